@@ -1,0 +1,3 @@
+from gpujob.cli.app import main
+
+main()

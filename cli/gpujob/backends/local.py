@@ -1,0 +1,278 @@
+"""The local backend: the job runs as a detached process group on this machine.
+
+``submit`` starts a small supervisor (:mod:`gpujob.backends._supervise`) in a
+new session, so the job outlives the CLI. The supervisor starts the job's
+command in a process group of its own, writes its output to the job's log,
+folds progress events into the registry, enforces ``limits.max_runtime`` and
+records the exit status. ``cancel`` sends SIGTERM to the job's group, then
+SIGKILL after a grace period. A job whose supervisor vanished (kill -9, a
+reboot) is reported failed instead of staying "running" forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+from gpujob.backends.base import JobRequest, Observed
+from gpujob.progress import LineSplitter
+
+if TYPE_CHECKING:
+    from gpujob.registry import Job
+
+LOG_NAME = "output.log"
+LAUNCH_NAME = "launch.json"
+POLL_S = 0.2
+
+
+class LocalBackend:
+    name = "local"
+
+    # ------------------------------------------------------------------ submit
+
+    def render(self, request: JobRequest) -> str:
+        env = {**request.env, **{n: "<from your environment, redacted in logs>" for n in request.secret_names}}
+        lines = [
+            "backend: local (a detached process group on this machine)",
+            f"job:     {request.name} (kind {request.kind})",
+            f"command: {shlex.join(self._argv(request))}",
+            f"workdir: {request.workdir}",
+            f"outputs: {request.output_dir}",
+            f"logs:    {request.job_dir / LOG_NAME}",
+            f"limits:  max runtime {request.max_runtime_s or 'none'}"
+            + (" s" if request.max_runtime_s else ""),
+            "env:",
+            *(f"  {k}={v}" for k, v in sorted(env.items())),
+            f"  PATH=<yours, with {Path(sys.executable).parent} first>",
+        ]
+        return "\n".join(lines)
+
+    def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
+        job_dir = request.job_dir
+        job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spec_file = job_dir / "spec.json"
+        _write_private(spec_file, json.dumps(request.spec, indent=2))
+        launch = {
+            "argv": self._argv(request),
+            "workdir": request.workdir,
+            "max_runtime_s": request.max_runtime_s,
+            "secret_names": sorted(secrets),
+        }
+        _write_private(job_dir / LAUNCH_NAME, json.dumps(launch, indent=2))
+        env = dict(os.environ)
+        env.update(request.env)
+        env.update(secrets)
+        env.update(self._job_env(request, spec_file))
+        with open(job_dir / "supervisor.log", "ab") as sup_log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gpujob.backends._supervise", request.job_id],
+                stdin=subprocess.DEVNULL, stdout=sup_log, stderr=subprocess.STDOUT,
+                cwd=request.workdir, env=env, start_new_session=True, close_fds=True,
+            )
+        # The supervisor is reaped by init once the CLI exits; in long-lived callers
+        # (tests) the Popen object reaps it when it finishes.
+        _CHILDREN.append(proc)
+        return {"supervisor_pid": proc.pid, "supervisor_start": _start_time(proc.pid),
+                "log": str(job_dir / LOG_NAME)}
+
+    def _argv(self, request: JobRequest) -> list[str]:
+        spec_file = str(request.job_dir / "spec.json")
+        return [spec_file if arg == "{spec}" else arg for arg in request.command]
+
+    @staticmethod
+    def _job_env(request: JobRequest, spec_file: Path) -> dict[str, str]:
+        path = os.environ.get("PATH", "")
+        return {
+            "GPUJOB_JOB_ID": request.job_id,
+            "GPUJOB_JOB_NAME": request.name,
+            "GPUJOB_SPEC": str(spec_file),
+            "GPUJOB_OUTPUT_DIR": request.output_dir,
+            "GPUJOB_HOME": str(request.job_dir.parent.parent),
+            "PYTHONUNBUFFERED": "1",
+            # `python` in a command means gpujob's own interpreter and virtualenv.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{path}" if path else str(Path(sys.executable).parent),
+        }
+
+    # ------------------------------------------------------------------ observe
+
+    def status(self, job: "Job") -> Observed | None:
+        if not job.active:
+            return None
+        pid, start = job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")
+        if pid is None:
+            if time.time() - job.created_at > 60:
+                return Observed("failed", reason="the job never started (its supervisor was not launched)")
+            return None
+        if _alive(pid, start):
+            return None
+        self.cleanup(job)
+        return Observed(
+            "failed",
+            reason="the job's process vanished (killed with SIGKILL, or the machine restarted) "
+                   "before it could record an exit status",
+        )
+
+    def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        path = job.job_dir / LOG_NAME
+        pid, start = job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")
+        waited = 0.0
+        while not path.exists():
+            if not follow or not _alive(pid, start) or waited > 30:
+                return
+            time.sleep(POLL_S)
+            waited += POLL_S
+        with open(path, "rb") as fh:
+            if tail is not None:
+                yield from _tail_lines(fh, tail)
+            splitter = LineSplitter()
+            while True:
+                chunk = fh.read(1 << 16)
+                if chunk:
+                    yield from splitter.feed(chunk)
+                    continue
+                if not follow or not _alive(pid, start):
+                    # One last read: the supervisor may have written as it exited.
+                    yield from splitter.feed(fh.read())
+                    yield from splitter.flush()
+                    return
+                time.sleep(POLL_S)
+
+    def list(self) -> list[str]:
+        from gpujob.registry import gpujob_home
+
+        jobs_dir = gpujob_home() / "jobs"
+        alive = []
+        for launch in sorted(jobs_dir.glob(f"*/{LAUNCH_NAME}")):
+            handle = _read_handle(launch.parent)
+            if handle and _alive(handle.get("supervisor_pid"), handle.get("supervisor_start")):
+                alive.append(launch.parent.name)
+        return alive
+
+    # ------------------------------------------------------------------ stop
+
+    def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
+        pid, start = job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")
+        if not _alive(pid, start):
+            self.cleanup(job)
+            return
+        pgid = job.handle.get("pgid")
+        target = pgid if pgid else None
+        # SIGTERM to the job's group lets it save a checkpoint; the supervisor keeps
+        # logging and records the exit. Before the job started, the supervisor itself
+        # is told, so it never starts it.
+        _signal_group(target, signal.SIGTERM) if target else _signal(pid, signal.SIGTERM)
+        if _wait_gone(pid, start, grace_s):
+            return
+        if target:
+            _signal_group(target, signal.SIGKILL)
+        if _wait_gone(pid, start, 5.0):
+            return
+        _signal(pid, signal.SIGKILL)
+        _wait_gone(pid, start, 5.0)
+
+    def cleanup(self, job: "Job") -> None:
+        """Kill whatever is left in the job's process group (orphaned workers holding a GPU)."""
+        pgid = job.handle.get("pgid")
+        if pgid and not _alive(job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")):
+            _signal_group(pgid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- process helpers
+
+_CHILDREN: list[subprocess.Popen] = []
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _read_handle(job_dir: Path) -> dict | None:
+    try:
+        return json.loads((job_dir / "handle.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int | None, start: int | None) -> bool:
+    if not pid:
+        return False
+    for child in list(_CHILDREN):  # reap our own finished children so they are not zombies
+        if child.poll() is not None:
+            _CHILDREN.remove(child)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return start is None or int(fields[19]) == start
+
+
+def _wait_gone(pid: int | None, start: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid, start):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid, start)
+
+
+def _signal(pid: int | None, sig: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail_lines(fh, count: int) -> list[str]:
+    """The last ``count`` complete lines; leaves ``fh`` at the end of what was read."""
+    fh.seek(0, os.SEEK_END)
+    end = fh.tell()
+    if count <= 0:
+        return []
+    block, data, pos = 1 << 14, b"", end
+    while pos > 0 and data.count(b"\n") <= count:
+        pos = max(0, pos - block)
+        fh.seek(pos)
+        data = fh.read(end - pos)
+    fh.seek(end)
+    lines = data.split(b"\n")
+    complete, torn = lines[:-1], lines[-1]
+    fh.seek(end - len(torn))  # a torn last line is read again by the follower once complete
+    return [ln.decode("utf-8", "replace").rstrip("\r") for ln in complete[-count:]]

@@ -1,0 +1,1 @@
+"""The `gpujob` command line (Typer): parse, call the service layer, print."""

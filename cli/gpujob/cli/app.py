@@ -1,0 +1,47 @@
+"""The `gpujob` command: registers the subcommands, nothing else.
+
+Subcommands live in :mod:`gpujob.cli.spec_cmds` (validate, render, schema) and
+:mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from gpujob import __version__
+from gpujob.cli import job_cmds, spec_cmds
+
+app = typer.Typer(
+    name="gpujob",
+    help="Run GPU batch jobs (Whisper fine-tuning and evaluation, or any command) from one YAML spec.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpujob {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print gpujob's version and exit."),
+) -> None:
+    """gpujob: one YAML job spec in, a running GPU job and live progress out.
+
+    Start with `gpujob validate jobs/hello.yaml`, then `gpujob submit jobs/hello.yaml --follow`.
+    """
+
+
+spec_cmds.register(app)
+job_cmds.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,98 @@
+"""What every subcommand shares: option aliases, error mapping, the registry."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Annotated, Callable, List, Optional
+
+import typer
+
+from gpujob.errors import GpujobError
+
+SetOpt = Annotated[
+    Optional[List[str]],
+    typer.Option("--set", "-s", metavar="KEY.PATH=VALUE",
+                 help="Override a spec key, e.g. --set training.learning_rate=1e-5 (repeatable)."),
+]
+BackendOpt = Annotated[
+    Optional[str],
+    typer.Option("--backend", "-b", help="local | docker | kubernetes | host (default: runtime.backend)."),
+]
+JobRef = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name.")]
+OptionalJobRef = Annotated[
+    Optional[str],
+    typer.Argument(metavar="[JOB]", help="Job id, unique id prefix, or job name (default: the newest job)."),
+]
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn domain errors into their message, a hint and the exit code; no traceback.
+
+    Exit 2: the input needs fixing (spec, flag, job id). Exit 1: something failed.
+    Anything else is a bug in gpujob: one line, and the traceback with GPUJOB_DEBUG=1.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            err("interrupted")
+            raise typer.Exit(130) from None
+        except GpujobError as exc:
+            err(f"error: {exc.message}")
+            if exc.hint:
+                err(f"hint: {exc.hint}")
+            raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:
+            if _is_spec_error(exc):
+                err(str(exc))
+                raise typer.Exit(2) from None
+            if os.environ.get("GPUJOB_DEBUG"):
+                raise
+            err(f"gpujob: internal error: {type(exc).__name__}: {exc}")
+            err("this is a bug in gpujob; rerun with GPUJOB_DEBUG=1 for the traceback and report it")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _is_spec_error(exc: Exception) -> bool:
+    spec = sys.modules.get("gpujob.spec")
+    return spec is not None and isinstance(exc, spec.SpecError)
+
+
+def open_registry():
+    from gpujob.registry import Registry
+
+    return Registry()
+
+
+def find_job(registry, ref: str | None):
+    """The job a user named, or the newest one when they named none."""
+    if ref is not None:
+        return registry.resolve(ref)
+    newest = registry.list(limit=1)
+    if not newest:
+        from gpujob.errors import UserError
+
+        raise UserError("there are no jobs yet", hint="submit one: gpujob submit jobs/hello.yaml --follow")
+    return newest[0]
+
+
+def load(path: str, overrides: list[str] | None):
+    """Load and validate one spec; print its warnings; SpecError propagates."""
+    from gpujob.spec import load_spec
+
+    loaded = load_spec(path, overrides or ())
+    for warning in loaded.warnings:
+        err(f"warning: {warning}")
+    return loaded

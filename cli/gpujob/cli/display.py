@@ -1,0 +1,200 @@
+"""How jobs and logs look on screen. Plain text everywhere; rich only for the live bar."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import typer
+
+from gpujob.progress import (
+    ProgressState,
+    describe_event,
+    fmt_duration,
+    fmt_pct,
+    fmt_rate,
+    is_event_line,
+    parse_line,
+)
+from gpujob.registry import Job
+
+
+def _state(job: Job) -> ProgressState:
+    return ProgressState.from_dict(job.progress)
+
+
+def _wer(state: ProgressState) -> str:
+    wer = state.last_wer
+    return "-" if wer is None else f"{wer * 100:.2f}%"
+
+
+def _cost(job: Job) -> str:
+    return f"${job.cost_usd:.2f}"
+
+
+def _age(ts: float) -> str:
+    return fmt_duration(time.time() - ts) + " ago"
+
+
+# ----------------------------------------------------------------------------- list
+
+
+def job_table(jobs: list[Job]) -> str:
+    header = ("ID", "NAME", "BACKEND", "STATUS", "PROGRESS", "WER", "RUNTIME", "COST", "SUBMITTED")
+    rows = [header]
+    for job in jobs:
+        state = _state(job)
+        rows.append((job.id, job.name, job.backend, job.status, fmt_pct(state.fraction), _wer(state),
+                     fmt_duration(job.runtime_s), _cost(job), _age(job.created_at)))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    state = _state(job)
+    return {
+        "id": job.id, "name": job.name, "kind": job.kind, "backend": job.backend, "status": job.status,
+        "reason": job.reason, "exit_code": job.exit_code, "progress": state.fraction,
+        "step": state.step, "total_steps": state.total_steps, "steps_per_s": state.steps_per_s,
+        "eta_s": state.eta_s if job.active else None, "loss": state.loss, "eval": state.eval,
+        "metrics": job.metrics or state.metrics, "checkpoint": state.checkpoint,
+        "output_dir": job.output_dir, "spec_path": job.spec_path, "runtime_s": job.runtime_s,
+        "cost_usd": job.cost_usd, "created_at": job.created_at, "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def job_details(job: Job) -> str:
+    state = _state(job)
+    rows: list[tuple[str, str]] = [("job", f"{job.id}  {job.name}  (kind {job.kind}, backend {job.backend})")]
+    since = job.finished_at or job.started_at or job.created_at
+    rows.append(("status", f"{job.status}  since {datetime.fromtimestamp(since):%Y-%m-%d %H:%M:%S}"
+                           f"  (runtime {fmt_duration(job.runtime_s)}, cost {_cost(job)})"))
+    if job.reason and job.status != "succeeded":
+        rows.append(("reason", job.reason))
+    if state.step is not None or state.total_steps:
+        total = state.total_steps or "?"
+        line = f"step {state.step or 0}/{total} ({fmt_pct(state.fraction)})  {fmt_rate(state.steps_per_s)}"
+        if job.active:
+            line += f"  ETA {fmt_duration(state.eta_s)}"
+        rows.append(("progress", line))
+        extra = []
+        if state.loss is not None:
+            extra.append(f"loss {state.loss:.4f}")
+        if state.learning_rate is not None:
+            extra.append(f"lr {state.learning_rate:.2e}")
+        if state.samples_per_s is not None:
+            extra.append(f"{state.samples_per_s:.1f} samples/s")
+        if state.epoch is not None:
+            extra.append(f"epoch {state.epoch:.2f}")
+        if extra:
+            rows.append(("train", "  ".join(extra)))
+    if state.eval:
+        rows.append(("eval", describe_event({"event": "eval", **state.eval}).removeprefix("[eval] ")))
+    metrics = job.metrics or state.metrics
+    if metrics:
+        rows.append(("metrics", "  ".join(f"{k} {v}" for k, v in metrics.items())))
+    if state.checkpoint:
+        rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
+    rows.append(("outputs", job.output_dir or "-"))
+    if job.spec_path:
+        rows.append(("spec", job.spec_path))
+    if job.active:
+        nxt = f"gpujob logs -f {job.id}   |   gpujob cancel {job.id}"
+    elif job.status == "succeeded":
+        nxt = f"ls {job.output_dir}" if job.output_dir and "://" not in job.output_dir else f"gpujob logs {job.id}"
+    else:
+        nxt = f"gpujob logs {job.id} --tail 50"
+    rows.append(("next", nxt))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def final_line(job: Job) -> str:
+    state = _state(job)
+    words = f"job {job.id} ({job.name}) {job.status} after {fmt_duration(job.runtime_s)}"
+    if state.last_wer is not None:
+        words += f", WER {_wer(state)}"
+    if job.status != "succeeded" and job.reason:
+        words += f": {job.reason}"
+    return words
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+class LogPrinter:
+    """Prints log lines. raw: as written. Otherwise event lines become words, and on a
+    terminal (live=None → auto) progress events drive a live bar instead of lines."""
+
+    def __init__(self, *, raw: bool = False, live: bool | None = None, state: ProgressState | None = None):
+        self.raw = raw
+        self.live = (sys.stdout.isatty() and not raw) if live is None else live
+        self.state = state or ProgressState()
+        self._live = None
+        self._console = None
+
+    def __enter__(self) -> "LogPrinter":
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._console = Console()
+            self._live = Live(self._bar(), console=self._console, refresh_per_second=4, transient=False,
+                              get_renderable=self._bar)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def line(self, line: str) -> None:
+        if self.raw:
+            typer.echo(line)
+            return
+        events = parse_line(line)
+        for event in events:
+            self.state.apply(event)
+        if not events:
+            self._print(line)
+            return
+        if not is_event_line(line):  # an event behind other text (a tqdm bar): keep the text
+            self._print(line[: line.find("@gpujob/")].rstrip())
+        for event in events:
+            if self._live is not None and event.get("event") == "progress":
+                continue
+            self._print(describe_event(event))
+
+    def _print(self, text: str) -> None:
+        if not text:
+            return
+        if self._console is not None:
+            self._console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            typer.echo(text)
+
+    def _bar(self):
+        from rich.text import Text
+
+        s = self.state
+        frac = s.fraction or 0.0
+        width = 24
+        filled = int(round(frac * width))
+        text = Text()
+        total = s.total_steps or "?"
+        text.append(f"step {s.step or 0}/{total} ")
+        text.append("━" * filled, style="green")
+        text.append("━" * (width - filled), style="grey37")
+        text.append(f" {fmt_pct(s.fraction)}  {fmt_rate(s.steps_per_s)}  ETA {fmt_duration(s.eta_s)}")
+        if s.loss is not None:
+            text.append(f"  loss {s.loss:.4f}")
+        if s.last_wer is not None:
+            text.append(f"  WER {s.last_wer * 100:.2f}%")
+        return text

@@ -1,0 +1,142 @@
+"""submit, list, status, logs, cancel: commands that act on jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from gpujob.cli.common import BackendOpt, JobRef, OptionalJobRef, SetOpt, find_job, friendly, load, open_registry
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit")(friendly(submit))
+    app.command("list")(friendly(list_jobs))
+    app.command("status")(friendly(status))
+    app.command("logs")(friendly(logs))
+    app.command("cancel")(friendly(cancel))
+
+
+def submit(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Job spec to run.")],
+    backend: BackendOpt = None,
+    overrides: SetOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the job's logs until it ends.")] = False,
+) -> None:
+    """Validate a spec and start the job. Returns at once unless --follow."""
+    from gpujob import service
+
+    loaded = load(file, overrides)
+    registry = open_registry()
+    job = service.submit(loaded, registry, backend=backend)
+    typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.status}")
+    if job.status == "failed":
+        typer.echo(f"reason: {job.reason}")
+        raise typer.Exit(1)
+    if not follow:
+        typer.echo(f"next: gpujob logs -f {job.id}   |   gpujob status {job.id}   |   gpujob cancel {job.id}")
+        return
+    _follow(registry, job.id, tail=None, raw=False)
+
+
+def list_jobs(
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Show every job, not only the last 20.")] = False,
+    active: Annotated[bool, typer.Option("--active", help="Only queued or running jobs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Jobs, newest first: id, name, backend, status, progress, last WER, runtime, cost."""
+    from gpujob import service
+    from gpujob.cli import display
+
+    registry = open_registry()
+    jobs = service.refresh_all(registry, registry.list(limit=None if all_ else 20, active_only=active))
+    if as_json:
+        typer.echo(json.dumps([display.job_summary(j) for j in jobs], indent=2))
+        return
+    if not jobs:
+        typer.echo("no jobs yet; try: gpujob submit jobs/hello.yaml --follow")
+        return
+    typer.echo(display.job_table(jobs))
+
+
+def status(
+    ref: OptionalJobRef = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """One job in detail: step/total, it/s, ETA, loss, last eval, outputs, and why it failed."""
+    from gpujob import service
+    from gpujob.cli import display
+
+    registry = open_registry()
+    job = service.refresh(registry, find_job(registry, ref))
+    if as_json:
+        typer.echo(json.dumps(display.job_summary(job), indent=2))
+        return
+    typer.echo(display.job_details(job))
+
+
+def logs(
+    ref: OptionalJobRef = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Exactly what the job wrote, event lines included.")] = False,
+) -> None:
+    """A job's output. On a terminal, -f adds a live bar: step/total, it/s, ETA, loss, WER."""
+    registry = open_registry()
+    job = find_job(registry, ref)
+    if follow:
+        _follow(registry, job.id, tail=tail, raw=raw)
+        return
+    from gpujob import service
+    from gpujob.cli import display
+
+    printer = display.LogPrinter(raw=raw, live=False)
+    for line in service.logs(registry, job, follow=False, tail=tail):
+        printer.line(line)
+
+
+def _follow(registry, job_id: str, *, tail: int | None, raw: bool) -> None:
+    """Print a job's log as it grows, until the job ends; exit 1 unless it succeeded."""
+    from gpujob import service
+    from gpujob.cli import display
+
+    job = service.refresh(registry, registry.get(job_id))
+    printer = display.LogPrinter(raw=raw, live=None, state=None)
+    try:
+        with printer:
+            for line in service.logs(registry, job, follow=True, tail=tail):
+                printer.line(line)
+    except KeyboardInterrupt:
+        typer.echo(f"\ndetached; the job keeps running: gpujob logs -f {job_id}  |  gpujob cancel {job_id}", err=True)
+        raise typer.Exit(130) from None
+    job = _settled(registry, job_id)
+    typer.echo(display.final_line(job), err=True)
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+def _settled(registry, job_id: str, timeout: float = 5.0):
+    """The job's record once the backend has written its end (logs can end a moment earlier)."""
+    from gpujob import service
+
+    deadline = time.monotonic() + timeout
+    job = service.refresh(registry, registry.get(job_id))
+    while job.active and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = service.refresh(registry, registry.get(job_id))
+    return job
+
+
+def cancel(
+    ref: JobRef,
+    grace: Annotated[float, typer.Option("--grace", min=0, help="Seconds between SIGTERM and SIGKILL.")] = 10.0,
+) -> None:
+    """Stop a job: SIGTERM (so it can save a checkpoint), then SIGKILL after --grace seconds."""
+    from gpujob import service
+
+    registry = open_registry()
+    job = service.cancel(registry, registry.resolve(ref), grace_s=grace)
+    typer.echo(f"job {job.id} ({job.name}): {job.status}")
+    typer.echo(f"next: gpujob logs {job.id} --tail 20")

@@ -1,0 +1,62 @@
+"""validate, render, schema: commands that read specs and start nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, List
+
+import typer
+
+from gpujob.cli.common import BackendOpt, SetOpt, err, friendly, load
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(friendly(validate))
+    app.command("render")(friendly(render))
+    app.command("schema")(friendly(schema))
+
+
+def validate(
+    files: Annotated[List[str], typer.Argument(metavar="FILE...", help="Job spec files to check.")],
+    overrides: SetOpt = None,
+) -> None:
+    """Check job specs: every problem at once, each with file, line and key. Exit 2 if any is invalid."""
+    from gpujob.spec import SpecError
+
+    bad = 0
+    for path in files:
+        try:
+            loaded = load(path, overrides)
+        except SpecError as exc:
+            bad += 1
+            n = len(exc.problems)
+            err(f"✗ {path}: {n} problem{'s' if n != 1 else ''}")
+            for problem in exc.problems:
+                err(f"  {problem}")
+            continue
+        spec = loaded.spec
+        typer.echo(f"✓ {path}: valid ({spec.kind} job {spec.name!r}, backend {spec.runtime.backend})")
+    if bad:
+        raise typer.Exit(2)
+    if len(files) == 1:
+        typer.echo(f"next: gpujob render {files[0]}   (what would run)   or   gpujob submit {files[0]}")
+
+
+def render(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Job spec to render.")],
+    backend: BackendOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Dry run: print what the backend would run for this spec, and start nothing."""
+    from gpujob import service
+
+    typer.echo(service.render(load(file, overrides), backend))
+
+
+def schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="The spec reference as Markdown.")] = False,
+) -> None:
+    """Print the job spec's JSON Schema (for editors and CI), or the Markdown reference."""
+    from gpujob.spec import json_schema, reference_markdown
+
+    typer.echo(reference_markdown() if markdown else json.dumps(json_schema(), indent=2))

@@ -1,0 +1,284 @@
+"""The job registry: one SQLite file under ``$GPUJOB_HOME`` (default ``~/.gpujob``).
+
+It holds every job, each status transition with its time, the backend's handle
+(pid, container id, Job name...), the latest progress snapshot and the final
+metrics. Safe under concurrent CLI calls and background supervisors:
+
+* WAL journal, so readers (``list``, ``logs -f``) never block the writer;
+* every write is one short ``BEGIN IMMEDIATE`` transaction with a busy timeout,
+  so two ``submit`` calls at once queue instead of failing;
+* ``synchronous=FULL``: a CLI killed mid-write leaves the last committed state,
+  never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import string
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from gpujob.errors import AmbiguousJob, JobNotFound
+
+ACTIVE = ("queued", "starting", "running", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
+STATUSES = ACTIVE + TERMINAL
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    backend       TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    reason        TEXT,
+    exit_code     INTEGER,
+    spec_path     TEXT,
+    spec_json     TEXT NOT NULL,
+    output_dir    TEXT,
+    handle_json   TEXT NOT NULL DEFAULT '{}',
+    progress_json TEXT NOT NULL DEFAULT '{}',
+    metrics_json  TEXT NOT NULL DEFAULT '{}',
+    cost_usd      REAL NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL,
+    started_at    REAL,
+    finished_at   REAL,
+    updated_at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS transitions (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL REFERENCES jobs(id),
+    status  TEXT NOT NULL,
+    reason  TEXT,
+    at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
+"""
+
+_ID_FIRST = string.ascii_lowercase
+_ID_REST = string.ascii_lowercase + string.digits
+
+
+def gpujob_home() -> Path:
+    return Path(os.environ.get("GPUJOB_HOME") or Path.home() / ".gpujob").expanduser()
+
+
+def new_job_id() -> str:
+    """Six characters, a letter first: short to type, 1.4e9 possibilities."""
+    return secrets.choice(_ID_FIRST) + "".join(secrets.choice(_ID_REST) for _ in range(5))
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    kind: str
+    backend: str
+    status: str
+    reason: str | None
+    exit_code: int | None
+    spec_path: str | None
+    spec: dict[str, Any]
+    output_dir: str | None
+    handle: dict[str, Any]
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    cost_usd: float
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    transitions: list[tuple[str, float, str | None]] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def runtime_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    @property
+    def job_dir(self) -> Path:
+        return gpujob_home() / "jobs" / self.id
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(
+            id=row["id"], name=row["name"], kind=row["kind"], backend=row["backend"],
+            status=row["status"], reason=row["reason"], exit_code=row["exit_code"],
+            spec_path=row["spec_path"], spec=json.loads(row["spec_json"]),
+            output_dir=row["output_dir"], handle=json.loads(row["handle_json"]),
+            progress=json.loads(row["progress_json"]), metrics=json.loads(row["metrics_json"]),
+            cost_usd=row["cost_usd"], created_at=row["created_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], updated_at=row["updated_at"],
+        )
+
+
+class Registry:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = Path(home) if home else gpujob_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        self.path = self.home / "registry.db"
+        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 30000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            with self._write() as conn:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writes
+
+    def create(self, *, name: str, kind: str, backend: str, spec: dict[str, Any],
+               spec_path: str | None, output_dir: str | None) -> Job:
+        now = time.time()
+        with self._write() as conn:
+            while True:
+                job_id = new_job_id()
+                if not conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                    break
+            conn.execute(
+                "INSERT INTO jobs (id, name, kind, backend, status, spec_path, spec_json, output_dir,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, name, kind, backend, spec_path, json.dumps(spec), output_dir, now, now),
+            )
+            conn.execute("INSERT INTO transitions (job_id, status, at) VALUES (?, 'queued', ?)", (job_id, now))
+        return self.get(job_id)
+
+    def transition(self, job_id: str, status: str, *, reason: str | None = None,
+                   exit_code: int | None = None, only_from: tuple[str, ...] = ACTIVE) -> bool:
+        """Move a job to ``status`` if it is currently in ``only_from``; True if it moved.
+
+        The condition makes racing writers safe: a supervisor reporting "succeeded"
+        and a ``cancel`` reporting "cancelled" cannot both win.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] not in only_from:
+                return False
+            if status == "cancelled" or (status in TERMINAL and row["status"] == "cancelling"):
+                status = "cancelled"
+                reason = reason or "cancelled by the user"
+            sets = ["status = ?", "updated_at = ?"]
+            args: list[Any] = [status, now]
+            if reason is not None or status in TERMINAL:
+                sets.append("reason = ?")
+                args.append(reason)
+            if exit_code is not None:
+                sets.append("exit_code = ?")
+                args.append(exit_code)
+            if status == "running":
+                sets.append("started_at = COALESCE(started_at, ?)")
+                args.append(now)
+            if status in TERMINAL:
+                sets.append("finished_at = ?")
+                args.append(now)
+            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+            conn.execute("INSERT INTO transitions (job_id, status, reason, at) VALUES (?, ?, ?, ?)",
+                         (job_id, status, reason, now))
+        return True
+
+    def update(self, job_id: str, *, handle: dict[str, Any] | None = None,
+               progress: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+               cost_usd: float | None = None) -> None:
+        sets, args = ["updated_at = ?"], [time.time()]
+        for column, value in (("handle_json", handle), ("progress_json", progress), ("metrics_json", metrics)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(json.dumps(value))
+        if cost_usd is not None:
+            sets.append("cost_usd = ?")
+            args.append(cost_usd)
+        with self._write() as conn:
+            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> Job:
+        row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        job = Job._from_row(row)
+        job.transitions = [
+            (r["status"], r["at"], r["reason"])
+            for r in self._conn.execute(
+                "SELECT status, at, reason FROM transitions WHERE job_id = ? ORDER BY seq", (job_id,))
+        ]
+        return job
+
+    def resolve(self, ref: str) -> Job:
+        """A job by full id, unique id prefix, or unambiguous name."""
+        ref = ref.strip()
+        if not ref:
+            raise JobNotFound(ref)
+        rows = self._conn.execute("SELECT id FROM jobs WHERE id = ?", (ref,)).fetchall()
+        if not rows:
+            escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = self._conn.execute(
+                "SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY created_at DESC",
+                (escaped + "%",)).fetchall()
+        if not rows:
+            rows = self._conn.execute(
+                "SELECT id FROM jobs WHERE name = ? ORDER BY created_at DESC", (ref,)).fetchall()
+        if not rows:
+            raise JobNotFound(ref)
+        if len(rows) > 1:
+            raise AmbiguousJob(ref, [self.get(r["id"]) for r in rows[:10]])
+        return self.get(rows[0]["id"])
+
+    def list(self, *, limit: int | None = None, active_only: bool = False,
+             backend: str | None = None) -> list[Job]:
+        sql, args = "SELECT * FROM jobs", []
+        where = []
+        if active_only:
+            where.append(f"status IN ({', '.join('?' * len(ACTIVE))})")
+            args.extend(ACTIVE)
+        if backend:
+            where.append("backend = ?")
+            args.append(backend)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Job._from_row(r) for r in self._conn.execute(sql, args)]
+
+    def integrity_ok(self) -> bool:
+        return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

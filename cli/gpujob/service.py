@@ -1,0 +1,143 @@
+"""What the CLI commands call: submit, refresh, cancel, logs.
+
+The service joins a validated spec, a backend and the registry. It is the only
+place that writes job state the backend observed into the registry, so every
+backend behaves the same to the user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+from gpujob.backends import JobRequest, get_backend
+from gpujob.backends.base import RUNNER_MODULE
+from gpujob.errors import JobStateError, MissingSecret, UserError
+from gpujob.registry import Job, Registry
+
+if TYPE_CHECKING:
+    from gpujob.spec import LoadedSpec
+
+
+def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path, backend: str | None = None) -> JobRequest:
+    spec = loaded.spec
+    if spec.kind == "command":
+        command = list(spec.command or [])
+    else:
+        command = ["python", "-m", RUNNER_MODULE, "{spec}"]
+    return JobRequest(
+        job_id=job_id,
+        name=spec.name,
+        kind=spec.kind,
+        spec=loaded.data,
+        spec_path=loaded.path,
+        command=command,
+        env=dict(spec.runtime.env),
+        secret_names=list(spec.runtime.secrets),
+        workdir=os.getcwd(),
+        output_dir=output_dir(loaded),
+        job_dir=job_dir,
+        max_runtime_s=spec.limits.max_runtime_seconds,
+        gpus=spec.resources.gpus or 0,
+        labels={"gpujob.dev/id": job_id, "gpujob.dev/name": spec.name},
+    )
+
+
+def output_dir(loaded: "LoadedSpec") -> str:
+    """``output.dir``, absolute; a URI (s3://, hf://) is kept as written."""
+    spec = loaded.spec
+    target = spec.output.dir or f"outputs/{spec.name}"
+    if "://" in target:
+        return target
+    return str((Path.cwd() / Path(target).expanduser()).resolve())
+
+
+def render(loaded: "LoadedSpec", backend: str | None = None) -> str:
+    name = backend or loaded.spec.runtime.backend
+    from gpujob.registry import gpujob_home
+
+    request = build_request(loaded, job_id="<new-id>", job_dir=gpujob_home() / "jobs" / "<new-id>")
+    return get_backend(name).render(request)
+
+
+def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,
+           environ: Mapping[str, str] | None = None) -> Job:
+    environ = os.environ if environ is None else environ
+    spec = loaded.spec
+    name = backend or spec.runtime.backend
+    impl = get_backend(name)
+    missing = [n for n in spec.runtime.secrets if not environ.get(n)]
+    if missing:
+        raise MissingSecret(missing, loaded.path)
+    if spec.kind != "command" and importlib.util.find_spec(RUNNER_MODULE) is None:
+        raise UserError(
+            f"{loaded.path}: kind: {spec.kind} runs the built-in Whisper runner ({RUNNER_MODULE}), "
+            "which this version of gpujob does not include yet",
+            hint="use kind: command with your own training script for now")
+    out = output_dir(loaded)
+    for other in registry.list(active_only=True):
+        if other.output_dir == out:
+            raise UserError(
+                f"output directory {out} is in use by running job {other.id} ({other.name})",
+                hint=f"wait for it (`gpujob logs -f {other.id}`), cancel it, or set output.dir "
+                     "(for a sweep: --set output.dir=outputs/NAME)")
+    job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
+                          spec_path=loaded.path, output_dir=out)
+    request = build_request(loaded, job_id=job.id, job_dir=job.job_dir, backend=name)
+    try:
+        handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets})
+    except Exception as exc:
+        registry.transition(job.id, "failed", reason=f"the {name} backend could not start the job: {exc}")
+        raise
+    registry.update(job.id, handle=handle)
+    return _wait_started(registry, job.id)
+
+
+def _wait_started(registry: Registry, job_id: str, timeout: float = 5.0) -> Job:
+    """Give the job a moment to start, so an immediate failure is reported by submit."""
+    deadline = time.monotonic() + timeout
+    job = registry.get(job_id)
+    while job.status in ("queued", "starting") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = registry.get(job_id)
+    return job
+
+
+def refresh(registry: Registry, job: Job) -> Job:
+    """Ask the backend about an active job and record what it saw."""
+    if not job.active:
+        return job
+    try:
+        impl = get_backend(job.backend)
+    except UserError:
+        return job
+    seen = impl.status(job)
+    if seen is not None and seen.status != job.status:
+        registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code)
+        return registry.get(job.id)
+    return job
+
+
+def refresh_all(registry: Registry, jobs: list[Job]) -> list[Job]:
+    return [refresh(registry, job) if job.active else job for job in jobs]
+
+
+def cancel(registry: Registry, job: Job, *, grace_s: float = 10.0) -> Job:
+    job = refresh(registry, job)
+    if not job.active:
+        raise JobStateError(f"job {job.id} ({job.name}) already {job.status}; nothing to cancel",
+                            hint=f"see why with `gpujob status {job.id}`")
+    registry.transition(job.id, "cancelling", reason="cancel requested")
+    impl = get_backend(job.backend)
+    impl.cancel(registry.get(job.id), grace_s=grace_s)
+    # The backend's own record (the supervisor's) wins; if nothing recorded the end, we do.
+    registry.transition(job.id, "cancelled", reason="cancelled by the user")
+    return registry.get(job.id)
+
+
+def logs(registry: Registry, job: Job, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+    impl = get_backend(job.backend)
+    yield from impl.logs(job, follow=follow, tail=tail)

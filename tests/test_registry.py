@@ -1,0 +1,156 @@
+"""The SQLite registry: lookups, transitions, concurrent writers, a writer killed mid-write."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpujob.errors import AmbiguousJob, JobNotFound
+from gpujob.registry import Registry
+
+
+def _new(reg: Registry, name: str = "hello"):
+    return reg.create(name=name, kind="command", backend="local", spec={"kind": "command"},
+                      spec_path="jobs/hello.yaml", output_dir="/tmp/out")
+
+
+def test_create_and_get_round_trip(gpujob_home):
+    reg = Registry()
+    job = _new(reg)
+    assert len(job.id) == 6 and job.id[0].isalpha()
+    assert job.status == "queued" and job.spec == {"kind": "command"}
+    assert (gpujob_home / "registry.db").exists()
+    assert oct(gpujob_home.stat().st_mode & 0o777) == "0o700"
+    assert [t[0] for t in reg.get(job.id).transitions] == ["queued"]
+
+
+def test_transitions_are_recorded_in_order_with_times():
+    reg = Registry()
+    job = _new(reg)
+    assert reg.transition(job.id, "running")
+    assert reg.transition(job.id, "failed", reason="exited with code 3", exit_code=3)
+    got = reg.get(job.id)
+    assert [t[0] for t in got.transitions] == ["queued", "running", "failed"]
+    times = [t[1] for t in got.transitions]
+    assert times == sorted(times)
+    assert got.exit_code == 3 and got.reason == "exited with code 3"
+    assert got.started_at is not None and got.finished_at >= got.started_at
+
+
+def test_a_finished_job_cannot_be_moved_again():
+    reg = Registry()
+    job = _new(reg)
+    reg.transition(job.id, "succeeded")
+    assert not reg.transition(job.id, "failed", reason="late vanished-process check")
+    assert reg.get(job.id).status == "succeeded"
+
+
+def test_an_exit_while_cancelling_is_recorded_as_cancelled():
+    reg = Registry()
+    job = _new(reg)
+    reg.transition(job.id, "running")
+    reg.transition(job.id, "cancelling")
+    reg.transition(job.id, "failed", exit_code=-15)
+    got = reg.get(job.id)
+    assert got.status == "cancelled" and got.reason == "cancelled by the user" and got.exit_code == -15
+
+
+def test_resolve_by_id_prefix_and_name():
+    reg = Registry()
+    a, b = _new(reg, "alpha"), _new(reg, "beta")
+    assert reg.resolve(a.id).id == a.id
+    assert reg.resolve(a.id[:4]).id == a.id
+    assert reg.resolve("beta").id == b.id
+    with pytest.raises(JobNotFound, match="no job matches 'gamma'"):
+        reg.resolve("gamma")
+    with pytest.raises(JobNotFound):
+        reg.resolve("%")  # LIKE wildcards are not wildcards here
+
+
+def test_resolve_an_ambiguous_name_lists_the_candidates():
+    reg = Registry()
+    first, second = _new(reg, "sweep"), _new(reg, "sweep")
+    with pytest.raises(AmbiguousJob) as info:
+        reg.resolve("sweep")
+    assert first.id in info.value.message and second.id in info.value.message
+    assert info.value.exit_code == 2
+
+
+def _writer(home: str, worker: int, count: int) -> None:
+    os.environ["GPUJOB_HOME"] = home
+    reg = Registry()
+    for i in range(count):
+        job = _new(reg, f"w{worker}-{i}")
+        reg.transition(job.id, "running")
+        reg.update(job.id, progress={"step": i, "worker": worker})
+        reg.transition(job.id, "succeeded", exit_code=0)
+
+
+def test_concurrent_writers_lose_nothing(gpujob_home):
+    Registry().close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(gpujob_home), w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    reg = Registry()
+    jobs = reg.list()
+    assert len(jobs) == 160 and len({j.id for j in jobs}) == 160
+    assert all(j.status == "succeeded" and j.exit_code == 0 for j in jobs)
+    assert sorted(j.name for j in jobs) == sorted(f"w{w}-{i}" for w in range(4) for i in range(40))
+    assert all([t[0] for t in reg.get(j.id).transitions] == ["queued", "running", "succeeded"] for j in jobs)
+    assert reg.integrity_ok()
+
+
+def test_reader_is_not_blocked_while_a_writer_holds_a_transaction(gpujob_home):
+    reg = Registry()
+    job = _new(reg)
+    other = Registry()
+    other._conn.execute("BEGIN IMMEDIATE")
+    other._conn.execute("UPDATE jobs SET status = 'running' WHERE id = ?", (job.id,))
+    t0 = time.monotonic()
+    assert reg.get(job.id).status == "queued"  # WAL: reads see the last commit, at once
+    assert time.monotonic() - t0 < 1.0
+    other._conn.execute("ROLLBACK")
+
+
+KILL_LOOP = """
+import os, sys
+from gpujob.registry import Registry
+reg = Registry()
+job_id = sys.argv[1]
+i = 0
+print("ready", flush=True)
+while True:
+    i += 1
+    reg.update(job_id, progress={"step": i, "pad": "x" * 4000})
+"""
+
+
+def test_writer_killed_mid_write_leaves_a_consistent_registry(gpujob_home):
+    reg = Registry()
+    keep = [_new(reg, f"keep-{i}") for i in range(5)]
+    for job in keep:
+        reg.transition(job.id, "succeeded", exit_code=0)
+    victim = _new(reg, "victim")
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_LOOP, victim.id], stdout=subprocess.PIPE,
+                                env={**os.environ, "GPUJOB_HOME": str(gpujob_home)})
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.3 + 0.2 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    fresh = Registry()
+    assert fresh.integrity_ok()
+    assert fresh.get(victim.id).progress["step"] > 0
+    assert all(fresh.get(j.id).status == "succeeded" for j in keep)
+    # and the registry is still writable
+    assert fresh.transition(victim.id, "failed", reason="test")

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.progress(step=step, total_steps=args.steps, epoch=step * args.batch_size / len(train),
                         loss=round(loss, 6), learning_rate=lr, samples_per_s=round(args.batch_size / elapsed, 1))
         if step % args.eval_every == 0 or step == args.steps:
-            misses = sum(abs(w * x + b - y) > 0.3 for x, y in held_out)
+            misses = sum(abs(w * x + b - y) > 0.2 for x, y in held_out)
             wer = misses / len(held_out)
             eval_loss = sum((w * x + b - y) ** 2 for x, y in held_out) / len(held_out)
             writer.eval(step=step, wer=round(wer, 4), eval_loss=round(eval_loss, 6))

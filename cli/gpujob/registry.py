@@ -192,8 +192,9 @@ class Registry:
             row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["status"] not in only_from:
                 return False
-            if status == "cancelled" or (status in TERMINAL and row["status"] == "cancelling"):
-                status = "cancelled"
+            if status in TERMINAL and row["status"] == "cancelling" and status != "cancelled":
+                status, reason = "cancelled", None  # the exit that a cancel caused
+            if status == "cancelled":
                 reason = reason or "cancelled by the user"
             sets = ["status = ?", "updated_at = ?"]
             args: list[Any] = [status, now]

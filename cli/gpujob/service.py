@@ -69,14 +69,14 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     spec = loaded.spec
     name = backend or spec.runtime.backend
     impl = get_backend(name)
-    missing = [n for n in spec.runtime.secrets if not environ.get(n)]
-    if missing:
-        raise MissingSecret(missing, loaded.path)
     if spec.kind != "command" and importlib.util.find_spec(RUNNER_MODULE) is None:
         raise UserError(
             f"{loaded.path}: kind: {spec.kind} runs the built-in Whisper runner ({RUNNER_MODULE}), "
             "which this version of gpujob does not include yet",
             hint="use kind: command with your own training script for now")
+    missing = [n for n in spec.runtime.secrets if not environ.get(n)]
+    if missing:
+        raise MissingSecret(missing, loaded.path)
     out = output_dir(loaded)
     for other in registry.list(active_only=True):
         if other.output_dir == out:

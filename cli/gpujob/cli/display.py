@@ -184,17 +184,16 @@ class LogPrinter:
         from rich.text import Text
 
         s = self.state
-        frac = s.fraction or 0.0
-        width = 24
-        filled = int(round(frac * width))
-        text = Text()
-        total = s.total_steps or "?"
-        text.append(f"step {s.step or 0}/{total} ")
+        head = f"step {s.step or 0}/{s.total_steps or '?'} "
+        tail = f" {fmt_pct(s.fraction)}  {fmt_rate(s.steps_per_s)}  ETA {fmt_duration(s.eta_s)}"
+        if s.loss is not None:
+            tail += f"  loss {s.loss:.4f}"
+        if s.last_wer is not None:
+            tail += f"  WER {s.last_wer * 100:.2f}%"
+        width = max(0, min(30, self._console.width - len(head) - len(tail) - 1))
+        filled = int(round((s.fraction or 0.0) * width))
+        text = Text(head)
         text.append("━" * filled, style="green")
         text.append("━" * (width - filled), style="grey37")
-        text.append(f" {fmt_pct(s.fraction)}  {fmt_rate(s.steps_per_s)}  ETA {fmt_duration(s.eta_s)}")
-        if s.loss is not None:
-            text.append(f"  loss {s.loss:.4f}")
-        if s.last_wer is not None:
-            text.append(f"  WER {s.last_wer * 100:.2f}%")
+        text.append(tail)
         return text

@@ -1,0 +1,155 @@
+"""The CLI as a user meets it: help, validate, render, errors, exit codes, the live bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gpujob import __version__
+from gpujob.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+HELLO = ROOT / "jobs" / "hello.yaml"
+runner = CliRunner()
+
+
+def gpujob(*args: str, **kw):
+    return runner.invoke(app, list(args), **kw)
+
+
+def test_version_and_help():
+    assert gpujob("--version").output.strip() == f"gpujob {__version__}"
+    help_text = gpujob("--help").output
+    for command in ("validate", "render", "submit", "list", "status", "logs", "cancel", "schema"):
+        assert command in help_text
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["status", "nope"]])
+def test_fast_commands_import_no_heavy_library(args, tmp_path):
+    probe = (
+        "import sys, runpy\n"
+        f"sys.argv = ['gpujob', *{args!r}]\n"
+        "try:\n    runpy.run_module('gpujob', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'transformers', 'datasets', 'kubernetes', 'docker', 'numpy', 'ruamel'}\n"
+        "print('HEAVY', sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "GPUJOB_HOME": str(tmp_path)})
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_validate_a_good_file():
+    result = gpujob("validate", str(HELLO))
+    assert result.exit_code == 0
+    assert "✓" in result.output and "'hello'" in result.output
+
+
+def test_validate_reports_each_bad_file_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: gpujob/v1\nkind: command\ncommand: [echo]\ntraining:\n  learnig_rate: 1e-5\n")
+    result = gpujob("validate", str(HELLO), str(bad))
+    assert result.exit_code == 2
+    assert "✓" in result.output  # the good one is still reported
+    assert "bad.yaml:5" in result.output and "learnig_rate" in result.output
+    assert "learning_rate" in result.output  # did you mean
+    assert "Traceback" not in result.output
+
+
+def test_validate_with_set_override(tmp_path):
+    result = gpujob("validate", str(HELLO), "--set", "limits.max_runtime=soon")
+    assert result.exit_code == 2 and "limits.max_runtime" in result.output
+
+
+def test_validate_a_missing_file_is_a_user_error(tmp_path):
+    result = gpujob("validate", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2 and "nope.yaml" in result.output and "Traceback" not in result.output
+
+
+def test_render_shows_what_would_run_and_redacts_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_API_TOKEN", "value-that-must-not-show")
+    spec = tmp_path / "r.yaml"
+    spec.write_text("apiVersion: gpujob/v1\nkind: command\nname: r\ncommand: [python, train.py, --lr, '1e-4']\n"
+                    "runtime:\n  env: {STAGE: dev}\n  secrets: [MY_API_TOKEN]\nlimits:\n  max_runtime: 2h\n")
+    result = gpujob("render", str(spec))
+    assert result.exit_code == 0, result.output
+    assert "command: python train.py --lr 1e-4" in result.output
+    assert "STAGE=dev" in result.output and "MY_API_TOKEN=<from your environment" in result.output
+    assert "value-that-must-not-show" not in result.output
+    assert "7200 s" in result.output
+
+
+def test_schema_is_json_with_the_yaml_key_names():
+    schema = json.loads(gpujob("schema").output)
+    assert "apiVersion" in schema["properties"] and "kind" in schema["required"]
+    assert "training" in gpujob("schema", "--markdown").output
+
+
+def test_planned_backends_say_so_with_exit_2():
+    result = gpujob("submit", str(HELLO), "--backend", "docker")
+    assert result.exit_code == 2
+    assert "docker" in result.output and "not available" in result.output and "--backend local" in result.output
+    assert gpujob("render", str(HELLO), "--backend", "nomad").exit_code == 2
+
+
+def test_train_jobs_are_refused_until_the_runner_exists():
+    result = gpujob("submit", str(ROOT / "jobs" / "train-el-small.yaml"))
+    assert result.exit_code == 2
+    assert "Whisper runner" in result.output
+
+
+def test_unknown_job_and_no_jobs_are_user_errors():
+    assert gpujob("status").exit_code == 2
+    result = gpujob("logs", "zz9")
+    assert result.exit_code == 2 and "no job matches 'zz9'" in result.output and "gpujob list" in result.output
+    assert gpujob("cancel", "zz9").exit_code == 2
+    assert "no jobs yet" in gpujob("list").output
+
+
+def test_list_and_status_json(tmp_path):
+    spec = tmp_path / "j.yaml"
+    spec.write_text(f"apiVersion: gpujob/v1\nkind: command\nname: j\ncommand: [echo, ok]\noutput:\n  dir: {tmp_path}/o\n")
+    assert gpujob("submit", str(spec), "--follow").exit_code == 0
+    listed = json.loads(gpujob("list", "--json").output)
+    assert listed[0]["name"] == "j" and listed[0]["status"] == "succeeded"
+    status = json.loads(gpujob("status", "j", "--json").output)
+    assert status["exit_code"] == 0 and status["output_dir"] == f"{tmp_path}/o"
+
+
+def test_follow_on_a_terminal_draws_a_live_bar(tmp_path):
+    """A real pseudo-terminal: the bar shows step/total, it/s, ETA, loss and WER; raw event lines do not."""
+    env = {**os.environ, "GPUJOB_HOME": str(tmp_path / "home"), "COLUMNS": "120", "TERM": "xterm"}
+    cmd = [sys.executable, "-m", "gpujob", "submit", str(HELLO), "--follow",
+           "--set", f"output.dir={tmp_path}/o", "--set", "command=[python, -m, gpujob.demo, --steps, '40']"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    proc.wait(10)
+    os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, screen
+    assert "step 40/40" in screen and "it/s" in screen and "ETA" in screen and "loss" in screen
+    assert "WER" in screen and "━" in screen
+    assert "@gpujob/v1" not in screen and "[progress]" not in screen
+    assert "succeeded" in screen

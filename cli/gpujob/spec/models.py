@@ -1,0 +1,459 @@
+"""Pydantic models for the gpujob job spec (``apiVersion: gpujob/v1``).
+
+Field descriptions here are the single source of the reference docs and the JSON Schema.
+Custom checks raise ``PydanticCustomError("gpujob", ...)`` so the loader can show the
+message verbatim; checks that involve several sections live in :func:`cross_field_problems`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
+    field_validator, model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .units import parse_cpu, parse_duration, parse_quantity
+
+API_VERSION = "gpujob/v1"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+HUB_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+SECRET_NAME_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY",
+                     "PRIVATE_KEY", "CREDENTIAL")
+CREDENTIAL_PATTERNS = tuple(re.compile(p) for p in (
+    r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}",
+    r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{20,}",
+    r"(?<![A-Za-z0-9])AKIA[0-9A-Z]{16}",
+    r"(?<![A-Za-z0-9])ghp_[A-Za-z0-9]{30,}",
+    r"(?<![A-Za-z0-9])xox[bp]-[A-Za-z0-9-]{10,}",
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+))
+# Pre-training peak learning rates from the Whisper paper (Radford et al. 2022, table 1).
+PRETRAIN_LR = {"tiny": 1.5e-3, "base": 1e-3, "small": 5e-4, "medium": 2.5e-4, "large": 1.75e-4}
+D_MODEL_SIZE = {384: "tiny", 512: "base", 768: "small", 1024: "medium", 1280: "large"}
+FINETUNE_LR_DIVISOR = 40
+
+
+def fail(message: str) -> PydanticCustomError:
+    """An error whose message the loader shows as-is (no template formatting)."""
+    return PydanticCustomError("gpujob", "{message}", {"message": message})
+
+
+def looks_secret_name(name: str) -> bool:
+    """True for variable names like HF_TOKEN, DB_PASSWORD, OPENAI_API_KEY."""
+    upper = name.upper()
+    return any(word in upper for word in SECRET_NAME_WORDS)
+
+
+def looks_like_credential(text: str) -> bool:
+    """True when ``text`` contains something shaped like a real token or private key."""
+    return any(p.search(text) for p in CREDENTIAL_PATTERNS)
+
+
+def default_learning_rate(checkpoint: str, d_model: int | None = None) -> float | None:
+    """Fine-tuning LR for a Whisper checkpoint: its pre-training LR / 40, or None if unknown.
+
+    The size is read from the name (``openai/whisper-small.en`` -> small), else from
+    ``d_model`` (384/512/768/1024/1280).
+    """
+    name = checkpoint.lower()
+    words = "|".join(PRETRAIN_LR)
+    match = re.search(rf"whisper[-_]({words})(?![a-z])", name) or re.search(
+        rf"(?<![a-z0-9])({words})(?![a-z])", name)
+    size = match.group(1) if match else D_MODEL_SIZE.get(d_model) if d_model else None
+    return PRETRAIN_LR[size] / FINETUNE_LR_DIVISOR if size else None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value[:40]}"' if not looks_like_credential(value) else "a value that looks like a credential"
+    return type(value).__name__ if isinstance(value, (list, dict)) else repr(value)
+
+
+def _no_unit_number(value: Any, kind: str, example: str) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise fail(f"{value!r} has no unit; {kind} need one, e.g. {example}")
+    return value
+
+
+def _check_duration(value: Any) -> Any:
+    value = _no_unit_number(value, "durations", "90m, 12h, 1h30m, 2d or 45s")
+    if isinstance(value, str):
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    return value
+
+
+def _check_quantity(value: Any) -> Any:
+    value = _no_unit_number(value, "sizes", "32Gi, 16G or 512Mi")
+    if isinstance(value, str):
+        try:
+            parse_quantity(value)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    return value
+
+
+def _check_cpu(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_cpu(value)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _check_env_key(name: str) -> str:
+    if not re.match(ENV_NAME_PATTERN, name):
+        raise fail("is not a valid environment variable name (letters, digits and _, not starting with a digit)")
+    if looks_secret_name(name):
+        raise fail(f"looks like a secret; don't put its value in the spec — list the name under "
+                   f"runtime.secrets: [{name}] and export it in your shell")
+    return name
+
+
+def _check_secret_name(value: Any) -> Any:
+    hint = ("only names are allowed here: list the environment variable's name (e.g. HF_TOKEN) "
+            "and export its value in your shell")
+    if isinstance(value, dict):
+        raise fail(f"got a mapping; {hint}")
+    if isinstance(value, str) and not re.match(ENV_NAME_PATTERN, value):
+        raise fail(f"this is not a variable name; {hint}")
+    return value
+
+
+def _none_to_empty(factory: type) -> BeforeValidator:
+    return BeforeValidator(lambda v: factory() if v is None else v)
+
+
+Duration = Annotated[str, BeforeValidator(_check_duration)]
+Quantity = Annotated[str, BeforeValidator(_check_quantity)]
+EnvName = Annotated[str, AfterValidator(_check_env_key)]
+SecretName = Annotated[str, Field(pattern=ENV_NAME_PATTERN), BeforeValidator(_check_secret_name)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class ModelSection(_Section):
+    """Which Whisper checkpoint to start from and what it should produce."""
+
+    checkpoint: NonEmptyStr = Field("openai/whisper-small", description=(
+        "Hugging Face Hub id or local directory of the Whisper checkpoint, e.g. `openai/whisper-small`, "
+        "`openai/whisper-large-v3`, `./outputs/my-run/checkpoint-4000`."))
+    language: NonEmptyStr | None = Field(None, description=(
+        "Spoken language, as a code or English name (`el`, `greek`). Unset: the model detects it. "
+        "YAML 1.2 is used, so `no` (Norwegian) stays a string."))
+    task: Literal["transcribe", "translate"] = Field("transcribe", description=(
+        "`transcribe` writes the speech in its own language; `translate` writes English."))
+
+
+class Source(_Section):
+    """One dataset (or a mix of splits of it) to read audio and transcripts from."""
+
+    dataset: NonEmptyStr = Field(description=(
+        "Hugging Face Hub dataset id (`google/fleurs`) or local directory (`data/cv-corpus-el/`)."))
+    config: NonEmptyStr | None = Field(None, description="Dataset configuration/subset, e.g. `el_gr` for FLEURS Greek.")
+    split: str = Field("train", description="Split to read; join several with `+`, e.g. `train+validation`.")
+    revision: NonEmptyStr | None = Field(None, description="Git revision (branch, tag or commit) of a Hub dataset, e.g. `refs/convert/parquet`.")
+    text_column: NonEmptyStr | None = Field(None, description=(
+        "Column holding the transcript (`sentence`, `transcription`, ...). Unset: detected automatically."))
+    audio_column: NonEmptyStr = Field("audio", description="Column holding the audio.")
+    weight: float = Field(1.0, gt=0, description=(
+        "Relative sampling weight when several sources are mixed (2 = sampled twice as often as 1)."))
+
+    @field_validator("split")
+    @classmethod
+    def _split_parts(cls, value: str) -> str:
+        if not value.strip() or any(not part.strip() for part in value.split("+")):
+            raise fail(f'"{value[:40]}" has an empty split name; join split names with +, e.g. train+validation')
+        return value
+
+
+class DataSection(_Section):
+    """Datasets for training and evaluation; several sources are mixed by weight."""
+
+    train: Annotated[list[Source], _none_to_empty(list)] = Field(
+        default_factory=list, description="Sources to fine-tune on. Required for `kind: train`.")
+    eval: Annotated[list[Source], _none_to_empty(list)] = Field(
+        default_factory=list, description="Sources to evaluate on (during training, and for `kind: evaluate`).")
+    streaming: bool = Field(False, description=(
+        "Stream datasets instead of downloading them first. Sizes are unknown when streaming, "
+        "so use `training.max_steps` rather than `training.epochs`."))
+
+
+class FreezeLayers(_Section):
+    """Freeze part of the encoder."""
+
+    encoder_layers: int = Field(ge=1, description=(
+        "Freeze the convolutional stem, positional embeddings and the first N encoder layers."))
+
+
+def _check_freeze(value: Any) -> Any:
+    if value is None or value in ("none", "encoder"):
+        return "none" if value is None else value
+    if isinstance(value, dict) and set(value) == {"encoder_layers"}:
+        n = value["encoder_layers"]
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            return FreezeLayers(encoder_layers=n)
+        raise fail(f"encoder_layers must be a whole number of at least 1 (got {_describe(n)})")
+    raise fail(f"use none, encoder, or {{encoder_layers: N}} (got {_describe(value)})")
+
+
+class TrainingSection(_Section):
+    """Optimisation settings. Defaults follow common Whisper fine-tuning practice."""
+
+    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = Field("auto", description=(
+        "Peak learning rate, or `auto`: the checkpoint's pre-training LR / 40 (tiny 3.75e-5, "
+        "base 2.5e-5, small 1.25e-5, medium 6.25e-6, large 4.375e-6)."))
+    lr_schedule: Literal["linear", "constant", "cosine"] = Field("linear", description=(
+        "Learning-rate schedule after warm-up; `linear` decays to 0 at the last step."))
+    warmup_steps: int = Field(500, ge=0, description="Steps of linear warm-up from 0 to the peak learning rate.")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to train for. For `kind: train` set exactly one of `max_steps` and `epochs`.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training data (may be fractional). Needs a known dataset size (no streaming).")
+    per_device_batch_size: int = Field(16, gt=0, description="Examples per GPU per forward pass.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description=(
+        "Forward passes per optimizer step; effective batch = per_device_batch_size x this x GPUs."))
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description=(
+        "Numeric precision; `auto` picks bf16 where the GPU supports it, else fp16."))
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description=(
+        "Trade compute for memory; `auto` turns it on when the batch would not fit otherwise."))
+    dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout probability. Above 0.1 gives a warning: Whisper was pre-trained without dropout."))
+    freeze: Annotated[Literal["none", "encoder"] | FreezeLayers, BeforeValidator(_check_freeze)] = Field(
+        "none", description="What to keep frozen: `none`, `encoder` (the whole encoder), or `{encoder_layers: N}`.")
+    eval_steps: int = Field(1000, gt=0, description="Evaluate on `data.eval` every this many steps.")
+    save_steps: int = Field(1000, gt=0, description="Save a checkpoint every this many steps.")
+    save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints (oldest are deleted).")
+    generation_max_length: int = Field(225, ge=1, le=448, description=(
+        "Maximum tokens generated per utterance during evaluation (Whisper's decoder limit is 448)."))
+    seed: int = Field(42, description="Random seed for shuffling and initialisation.")
+    group_by_length: bool = Field(True, description="Batch utterances of similar length together (less padding, faster).")
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _lr(cls, value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f'expected a number like 1e-5 or "auto", got {_describe(value)}')
+        if value <= 0:
+            raise fail(f"must be greater than 0 (got {value!r})")
+        return value
+
+
+class EvaluationSection(_Section):
+    """How transcripts are scored."""
+
+    metrics: list[Literal["wer", "cer"]] = Field(
+        default_factory=lambda: ["wer", "cer"], min_length=1,
+        description="Metrics to report: `wer` (word error rate) and/or `cer` (character error rate).")
+    normalizer: Literal["basic", "none"] = Field("basic", description=(
+        "Text normalisation before scoring: `basic` lower-cases and strips punctuation; `none` compares verbatim."))
+    batch_size: int = Field(16, gt=0, description="Examples per GPU during evaluation.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        dupes = sorted({m for m in value if value.count(m) > 1})
+        if dupes:
+            raise fail(f'lists {", ".join(dupes)} more than once')
+        return value
+
+
+class OutputSection(_Section):
+    """Where results go."""
+
+    dir: NonEmptyStr | None = Field(None, description=(
+        "Output directory. Default: `outputs/<name>`, relative to the directory you run gpujob from."))
+    hub_repo: str | None = Field(None, pattern=HUB_REPO_PATTERN, description=(
+        "Push the final model to this Hugging Face Hub repository (`owner/name`)."))
+    private: bool = Field(True, description="Create the Hub repository as private.")
+
+
+_CPU_SCHEMA = {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                         {"type": "string", "pattern": r"^[0-9]+m$|^[0-9]+(\.[0-9]+)?$"}, {"type": "null"}]}
+_QUANTITY_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)$"}
+
+
+class ResourcesSection(_Section):
+    """Hardware to request from the backend."""
+
+    gpus: int | None = Field(None, ge=0, description="Number of GPUs. Default: 1 for train/evaluate, 0 for command.")
+    gpu_type: NonEmptyStr | None = Field(None, description="GPU model to ask for, e.g. `A100-80GB`, `H100` (backend-specific).")
+    cpu: Annotated[float | None, BeforeValidator(_check_cpu), WithJsonSchema(_CPU_SCHEMA)] = Field(
+        None, gt=0, description="CPU cores: a number (`4`, `0.5`) or Kubernetes millicores (`500m`).")
+    memory: Annotated[Quantity | None, WithJsonSchema({"anyOf": [_QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
+        None, description="Memory as a Kubernetes quantity: `32Gi`, `16G`, `512Mi`.")
+    shm: Annotated[Quantity, WithJsonSchema(_QUANTITY_SCHEMA)] = Field(
+        "8Gi", description="Shared memory (/dev/shm) for data-loader workers, as a Kubernetes quantity.")
+    disk: Annotated[Quantity | None, WithJsonSchema({"anyOf": [_QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
+        None, description="Scratch disk as a Kubernetes quantity, e.g. `100Gi`.")
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """``memory`` in bytes, or None."""
+        return parse_quantity(self.memory) if self.memory else None
+
+    @property
+    def shm_bytes(self) -> int:
+        """``shm`` in bytes."""
+        return parse_quantity(self.shm)
+
+    @property
+    def disk_bytes(self) -> int | None:
+        """``disk`` in bytes, or None."""
+        return parse_quantity(self.disk) if self.disk else None
+
+
+class RuntimeSection(_Section):
+    """Where and how the job runs."""
+
+    backend: Literal["local", "docker", "kubernetes", "host"] = Field("local", description=(
+        "`local`: a process on this machine; `docker`: a container here; `kubernetes`: a Job in a cluster; "
+        "`host`: a remote GPU host."))
+    image: NonEmptyStr | None = Field(None, description="Container image for docker/kubernetes. Default: the gpujob runner image.")
+    namespace: NonEmptyStr | None = Field(None, description="Kubernetes namespace. Default: the current context's.")
+    queue: NonEmptyStr | None = Field(None, description="Scheduler queue (e.g. a Kueue LocalQueue name), if the backend has one.")
+    env: Annotated[dict[EnvName, str], _none_to_empty(dict)] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}}, description=(
+        "Environment variables for the job. Values are strings: quote numbers and booleans (`PORT: \"8080\"`). "
+        "Never put secrets here; use `secrets`."))
+    secrets: Annotated[list[SecretName], _none_to_empty(list)] = Field(default_factory=list, description=(
+        "Names of environment variables (e.g. `HF_TOKEN`) passed from your shell to the job. Names only, never values."))
+
+    @field_validator("secrets")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        dupes = sorted({s for s in value if value.count(s) > 1})
+        if dupes:
+            raise fail(f'lists {", ".join(dupes)} more than once')
+        return value
+
+
+class LimitsSection(_Section):
+    """Guards against runaway jobs."""
+
+    max_runtime: Annotated[Duration | None, WithJsonSchema({"anyOf": [
+        {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"}, {"type": "null"}]})] = Field(
+        None, description="Stop the job after this long: `45s`, `90m`, `12h`, `1h30m`, `2d`.")
+    max_cost: float | None = Field(None, ge=0, description="Stop the job once its estimated cost reaches this many USD.")
+    idle_minutes: int = Field(15, ge=1, description="Stop the job if it reports no progress for this many minutes.")
+
+    @property
+    def max_runtime_seconds(self) -> int | None:
+        """``max_runtime`` in seconds, or None."""
+        return parse_duration(self.max_runtime) if self.max_runtime else None
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelSection, "data": DataSection, "training": TrainingSection,
+    "evaluation": EvaluationSection, "output": OutputSection, "resources": ResourcesSection,
+    "runtime": RuntimeSection, "limits": LimitsSection,
+}
+
+
+class CrossFieldError(ValueError):
+    """Raised by :class:`JobSpec` when checks spanning several keys fail."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+
+
+def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span several keys, on plain (possibly invalid) spec data."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+
+    def section(key: str) -> Mapping[str, Any]:
+        value = data.get(key)
+        return value if isinstance(value, Mapping) else {}
+
+    kind, command = data.get("kind"), data.get("command")
+    if kind == "command":
+        if command is None:
+            out.append((("command",), "is required for kind: command (a list like [python, train.py])"))
+        elif command == []:
+            out.append((("command",), "must not be empty for kind: command (a list like [python, train.py])"))
+    elif kind in ("train", "evaluate"):
+        if command is not None:
+            out.append((("command",), "only for kind: command; train/evaluate jobs run the built-in Whisper runner"))
+        key = "train" if kind == "train" else "eval"
+        if section("data").get(key) in (None, []):
+            what = "datasets to fine-tune on" if kind == "train" else "datasets to evaluate on"
+            out.append((("data", key), f"is required for kind: {kind} (a list of {what})"))
+    if kind == "train":
+        training = section("training")
+        steps, epochs = training.get("max_steps"), training.get("epochs")
+        if steps is not None and epochs is not None:
+            out.append((("training", "epochs"),
+                        "training.max_steps and training.epochs are both set; keep only one"))
+        elif steps is None and epochs is None:
+            out.append((("training",), "set training.max_steps or training.epochs (exactly one) "
+                                       "so the job knows when to stop"))
+    runtime = section("runtime")
+    env, secrets = runtime.get("env"), runtime.get("secrets")
+    if isinstance(env, Mapping) and isinstance(secrets, list):
+        for name in env:
+            if name in secrets:
+                out.append((("runtime", "env", name), "is also listed in runtime.secrets; keep it in one place"))
+    return out
+
+
+class JobSpec(BaseModel):
+    """A gpujob job: what to run (`kind`), on what data, with which resources, where."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, title="gpujob job spec",
+                              json_schema_extra={"patternProperties": {"^x-": {}}})
+
+    api_version: Literal["gpujob/v1"] = Field(alias="apiVersion", description="Spec format version. Always `gpujob/v1`.")
+    kind: Literal["train", "evaluate", "command"] = Field(description=(
+        "`train`: fine-tune Whisper; `evaluate`: score a checkpoint; `command`: run your own `command`."))
+    name: str | None = Field(None, max_length=53, pattern=NAME_PATTERN, description=(
+        "Job name: lowercase letters, digits and `-` (max 53). Default: the file name, slugified."))
+    description: str | None = Field(None, description="Free text shown in listings.")
+    model: ModelSection = Field(default_factory=ModelSection, description="Checkpoint and language.")
+    data: DataSection = Field(default_factory=DataSection, description="Datasets.")
+    training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings.")
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="Scoring.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Where results go.")
+    resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Hardware to request.")
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection, description="Backend, image, environment.")
+    limits: LimitsSection = Field(default_factory=LimitsSection, description="Runtime and cost limits.")
+    command: list[NonEmptyStr] | None = Field(None, description=(
+        "The program and its arguments, for `kind: command` only (required there), e.g. `[python, train.py]`."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # x-* keys only hold YAML anchors; empty sections mean defaults
+            return {k: v for k, v in data.items()
+                    if not (k in SECTIONS and v is None or isinstance(k, str) and k.startswith("x-"))}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        problems = cross_field_problems(self.model_dump(by_alias=True))
+        if problems:
+            raise CrossFieldError(problems)
+        if self.resources.gpus is None:
+            self.resources.gpus = 0 if self.kind == "command" else 1
+        return self
+
+    def resolved_learning_rate(self) -> float | None:
+        """The learning rate to use: the given number, or the ``auto`` default (None if unknown)."""
+        lr = self.training.learning_rate
+        return default_learning_rate(self.model.checkpoint) if lr == "auto" else float(lr)
+
+    def resolved_output_dir(self) -> str:
+        """``output.dir``, or ``outputs/<name>`` (``outputs/job`` when unnamed)."""
+        return self.output.dir or f"outputs/{self.name or 'job'}"

@@ -153,3 +153,27 @@ def test_follow_on_a_terminal_draws_a_live_bar(tmp_path):
     assert "WER" in screen and "━" in screen
     assert "@gpujob/v1" not in screen and "[progress]" not in screen
     assert "succeeded" in screen
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_yaml_ish = st.lists(
+    st.sampled_from(["apiVersion: gpujob/v1\n", "kind: command\n", "kind: train\n", "command: [a]\n",
+                     "training:\n", "  max_steps: ", "  - ", "{", "[", "]", "}", ": ", "\t", "&a ", "*a",
+                     "'", '"', "${X}", "\n", "-1", "1e-5", "no", "~", "---\n", "\x00", "é", "  "])
+    | st.text(max_size=8),
+    max_size=25,
+).map("".join)
+
+
+@given(text=_yaml_ish)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_validate_never_shows_a_traceback_for_random_yaml(tmp_path, text):
+    spec = tmp_path / "random.yaml"
+    spec.write_text(text, encoding="utf-8", errors="replace")
+    result = gpujob("validate", str(spec))
+    assert result.exit_code in (0, 2), result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    if result.exit_code == 2:
+        assert "random.yaml" in result.output

@@ -30,6 +30,14 @@ def _wer(state: ProgressState) -> str:
     return "-" if wer is None else f"{wer * 100:.2f}%"
 
 
+def _metric(key: str, value: Any) -> str:
+    if key in ("wer", "cer") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{key.upper()} {value * 100:.2f}%"
+    if isinstance(value, float):
+        return f"{key} {value:.4g}"
+    return f"{key} {value}"
+
+
 def _cost(job: Job) -> str:
     return f"${job.cost_usd:.2f}"
 
@@ -98,7 +106,7 @@ def job_details(job: Job) -> str:
         rows.append(("eval", describe_event({"event": "eval", **state.eval}).removeprefix("[eval] ")))
     metrics = job.metrics or state.metrics
     if metrics:
-        rows.append(("metrics", "  ".join(f"{k} {v}" for k, v in metrics.items())))
+        rows.append(("metrics", "  ".join(_metric(k, v) for k, v in metrics.items())))
     if state.checkpoint:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
     rows.append(("outputs", job.output_dir or "-"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
@@ -81,24 +81,23 @@ def _no_unit_number(value: Any, kind: str, example: str) -> Any:
     return value
 
 
-def _check_duration(value: Any) -> Any:
-    value = _no_unit_number(value, "durations", "90m, 12h, 1h30m, 2d or 45s")
-    if isinstance(value, str):
-        try:
-            parse_duration(value)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
-    return value
+def _checked_by(parse: Callable[[str], Any], kind: str, example: str) -> Callable[[Any], Any]:
+    """A before-validator: numbers without a unit are refused; strings must parse."""
+
+    def check(value: Any) -> Any:
+        value = _no_unit_number(value, kind, example)
+        if isinstance(value, str):
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise fail(str(exc)) from None
+        return value
+
+    return check
 
 
-def _check_quantity(value: Any) -> Any:
-    value = _no_unit_number(value, "sizes", "32Gi, 16G or 512Mi")
-    if isinstance(value, str):
-        try:
-            parse_quantity(value)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
-    return value
+_check_duration = _checked_by(parse_duration, "durations", "90m, 12h, 1h30m, 2d or 45s")
+_check_quantity = _checked_by(parse_quantity, "sizes", "32Gi, 16G or 512Mi")
 
 
 def _check_cpu(value: Any) -> Any:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from gpujob.spec import LoadedSpec
 
 
-def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path, backend: str | None = None) -> JobRequest:
+def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobRequest:
     spec = loaded.spec
     if spec.kind == "command":
         command = list(spec.command or [])
@@ -86,7 +86,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
                      "(for a sweep: --set output.dir=outputs/NAME)")
     job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
                           spec_path=loaded.path, output_dir=out)
-    request = build_request(loaded, job_id=job.id, job_dir=job.job_dir, backend=name)
+    request = build_request(loaded, job_id=job.id, job_dir=job.job_dir)
     try:
         handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets})
     except Exception as exc:

@@ -4,6 +4,8 @@
 #   make bench  benchmarks (CLI start-up time; more arrive with the runner)
 
 PYTHON ?= python3
+# The CPU build of torch (a wheel of it ships with these machines); override for CUDA: make TORCH=torch
+TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
@@ -13,7 +15,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,assets,test]'
 	touch $@
 
 install: $(STAMP)

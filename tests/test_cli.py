@@ -100,10 +100,20 @@ def test_planned_backends_say_so_with_exit_2():
     assert gpujob("render", str(HELLO), "--backend", "nomad").exit_code == 2
 
 
-def test_train_jobs_are_refused_until_the_runner_exists():
+def test_train_jobs_need_the_runner_libraries(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     result = gpujob("submit", str(ROOT / "jobs" / "train-el-small.yaml"))
     assert result.exit_code == 2
-    assert "Whisper runner" in result.output
+    assert "Whisper runner" in result.output and "torch" in result.output and "gpujob[runner]" in result.output
+
+
+def test_train_job_secrets_are_checked_before_anything_starts(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    result = gpujob("submit", str(ROOT / "jobs" / "train-el-small.yaml"))
+    assert result.exit_code == 2 and "HF_TOKEN is not set" in result.output
 
 
 def test_unknown_job_and_no_jobs_are_user_errors():

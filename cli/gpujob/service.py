@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob.backends import JobRequest, get_backend
 from gpujob.backends.base import RUNNER_MODULE
+
+RUNNER_LIBRARIES = ("torch", "transformers", "datasets", "jiwer", "soundfile", "soxr")
 from gpujob.errors import JobStateError, MissingSecret, UserError
 from gpujob.registry import Job, Registry
 
@@ -69,11 +71,13 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     spec = loaded.spec
     name = backend or spec.runtime.backend
     impl = get_backend(name)
-    if spec.kind != "command" and importlib.util.find_spec(RUNNER_MODULE) is None:
-        raise UserError(
-            f"{loaded.path}: kind: {spec.kind} runs the built-in Whisper runner ({RUNNER_MODULE}), "
-            "which this version of gpujob does not include yet",
-            hint="use kind: command with your own training script for now")
+    if spec.kind != "command" and name == "local":
+        missing_libs = [m for m in RUNNER_LIBRARIES if importlib.util.find_spec(m) is None]
+        if missing_libs:
+            raise UserError(
+                f"{loaded.path}: kind: {spec.kind} runs the Whisper runner ({RUNNER_MODULE}), which needs "
+                f"{', '.join(missing_libs)} in gpujob's environment",
+                hint="install them: pip install 'gpujob[runner]'")
     missing = [n for n in spec.runtime.secrets if not environ.get(n)]
     if missing:
         raise MissingSecret(missing, loaded.path)

@@ -1,4 +1,4 @@
-"""validate, render, schema: commands that read specs and start nothing."""
+"""validate, check, render, schema: commands that read specs and start nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from gpujob.cli.common import BackendOpt, SetOpt, err, friendly, load
 
 def register(app: typer.Typer) -> None:
     app.command("validate")(friendly(validate))
+    app.command("check")(friendly(check))
     app.command("render")(friendly(render))
     app.command("schema")(friendly(schema))
 
@@ -40,6 +41,29 @@ def validate(
         raise typer.Exit(2)
     if len(files) == 1:
         typer.echo(f"next: gpujob render {files[0]}   (what would run)   or   gpujob submit {files[0]}")
+
+
+def check(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="A train or evaluate job spec.")],
+    overrides: SetOpt = None,
+    sample: Annotated[int, typer.Option("--sample", min=1, help="Clips read per source.")] = 200,
+) -> None:
+    """Preflight the data before paying for a GPU: sources reachable, columns, bad clips, steps per epoch."""
+    from gpujob.errors import UserError
+
+    loaded = load(file, overrides)
+    if loaded.spec.kind == "command":
+        raise UserError(f"{file}: kind: command has no data to check", hint=f"gpujob validate {file}")
+    try:
+        from gpujob.runner import data
+    except ImportError as exc:
+        raise UserError(f"gpujob check needs the runner's libraries ({exc.name} is missing)",
+                        hint="pip install 'gpujob[runner]'") from None
+    report = data.preflight(loaded.spec, sample=sample)
+    typer.echo(report.format())
+    if not report.ok:
+        raise typer.Exit(2)
+    typer.echo(f"next: gpujob submit {file}")
 
 
 def render(

@@ -259,6 +259,9 @@ class EvaluationSection(_Section):
     normalizer: Literal["basic", "none"] = Field("basic", description=(
         "Text normalisation before scoring: `basic` lower-cases and strips punctuation; `none` compares verbatim."))
     batch_size: int = Field(16, gt=0, description="Examples per GPU during evaluation.")
+    before_training: bool = Field(False, description=(
+        "`kind: train`: also score the starting checkpoint before the first step, so the final metrics "
+        "show the zero-shot WER (`baseline_wer`) next to the fine-tuned one."))
 
     @field_validator("metrics")
     @classmethod

@@ -1,0 +1,89 @@
+"""``python -m gpujob.runner SPEC``: the program inside every train/evaluate job.
+
+SPEC is the job's validated spec (the backend's spec.json, or a YAML file).
+Exit codes: 0 done; 2 the spec or the data is wrong (retrying will not help);
+1 anything else; 143 stopped by SIGTERM after saving a checkpoint.
+It writes progress events on stdout (gpujob.progress) and knows nothing of backends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _load(path: str):
+    from gpujob.spec import JobSpec, load_spec
+
+    if path.endswith(".json"):
+        return JobSpec.model_validate(json.loads(Path(path).read_text()))
+    return load_spec(path).spec
+
+
+def _output_dir(spec) -> Path:
+    return Path(os.environ.get("GPUJOB_OUTPUT_DIR") or spec.output.dir or f"outputs/{spec.name}")
+
+
+def _quiet_libraries() -> None:
+    """Job logs are for people: no download bars or per-step library chatter."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m gpujob.runner SPEC", file=sys.stderr)
+        return 2
+    from gpujob.progress import ProgressWriter
+    from gpujob.spec import SpecError
+
+    writer = ProgressWriter()
+    try:
+        spec = _load(argv[0])
+    except (SpecError, OSError, ValueError) as exc:
+        print(f"gpujob runner: cannot read the spec {argv[0]}:\n{exc}", file=sys.stderr, flush=True)
+        writer.end(status="failed", message="invalid spec")
+        return 2
+    if spec.kind not in ("train", "evaluate"):
+        print(f"gpujob runner: kind {spec.kind!r} is not run by the runner", file=sys.stderr)
+        return 2
+
+    _quiet_libraries()
+    from gpujob.runner import data as data_mod
+
+    out_dir = _output_dir(spec)
+    try:
+        report = data_mod.preflight(spec)
+        print(report.format(), flush=True)
+        if not report.ok:
+            writer.end(status="failed", message="preflight: " + "; ".join(report.errors)[:400])
+            return 2
+        if spec.kind == "train":
+            from gpujob.runner import train
+
+            return train.run(spec, out_dir, writer)
+        from gpujob.runner import evaluate
+
+        return evaluate.run(spec, out_dir, writer)
+    except data_mod.DataError as exc:
+        print(f"DataError: {exc}", file=sys.stderr, flush=True)
+        writer.end(status="failed", message=str(exc)[:400])
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,166 @@
+"""Transcribe and score: used by evaluation inside training and by ``kind: evaluate`` jobs.
+
+Greedy batched generation (no ``forced_decoder_ids``: language and task are
+passed to ``generate``). When the encoder is frozen its outputs do not change,
+so they are computed once per clip and kept (within a memory budget) for every
+later evaluation and epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from gpujob.runner.batches import example_key, features
+from gpujob.runner.metrics import Scores, score, worst
+from gpujob.runner.model import Precision, encode, encoder_frozen, language_name
+
+CACHE_BUDGET_MB = int(os.environ.get("GPUJOB_ENCODER_CACHE_MB", "4096"))
+
+
+class EncoderCache:
+    """Encoder states by example key, on the CPU, up to a budget; only used while the encoder is frozen."""
+
+    def __init__(self, budget_mb: int = CACHE_BUDGET_MB) -> None:
+        self.budget = budget_mb * 2**20
+        self.used = 0
+        self.states: dict[str, torch.Tensor] = {}
+        self.hits = 0
+
+    def get(self, keys: list[str]) -> list[torch.Tensor] | None:
+        if not all(k in self.states for k in keys):
+            return None
+        self.hits += len(keys)
+        return [self.states[k] for k in keys]
+
+    def put(self, keys: list[str], states: torch.Tensor) -> None:
+        for key, state in zip(keys, states):
+            size = state.numel() * state.element_size()
+            if key in self.states or self.used + size > self.budget:
+                continue
+            self.states[key] = state.detach().to("cpu", copy=True)
+            self.used += size
+
+
+def encoder_states(model, feature_extractor, audio, keys, device: torch.device, precision: Precision,
+                   cache: EncoderCache | None) -> torch.Tensor | None:
+    """Encoder outputs for a batch when the encoder is frozen (from the cache where possible); else None."""
+    if not encoder_frozen(model):
+        return None
+    if cache is not None:
+        hit = cache.get(keys)
+        if hit is not None:
+            return torch.stack(hit).to(device)
+    with _autocast(device, precision):
+        states = encode(model, features(feature_extractor, audio, device))
+    if cache is not None:
+        cache.put(keys, states)
+    return states
+
+
+def _autocast(device: torch.device, precision: Precision):
+    if precision.autocast_dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=precision.autocast_dtype)
+
+
+@torch.no_grad()
+def transcribe(model, processor, audio: list, keys: list[str], *, spec: Any, device: torch.device,
+               precision: Precision, cache: EncoderCache | None = None) -> list[str]:
+    from transformers.modeling_outputs import BaseModelOutput
+
+    was_training = model.training
+    model.eval()
+    gen_kwargs = {
+        "language": language_name(spec.model.language),
+        "task": spec.model.task,
+        "max_length": min(spec.training.generation_max_length, 448),
+        "num_beams": 1,
+        "do_sample": False,
+    }
+    states = encoder_states(model, processor.feature_extractor, audio, keys, device, precision, cache)
+    with _autocast(device, precision):
+        if states is not None:
+            out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), **gen_kwargs)
+        else:
+            out = model.generate(input_features=features(processor.feature_extractor, audio, device), **gen_kwargs)
+    model.train(was_training)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    return [t.strip() for t in processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+
+
+def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
+             precision: Precision, cache: EncoderCache | None = None) -> Scores:
+    batch_size = spec.evaluation.batch_size
+    refs, hyps, ids, audio, keys = [], [], [], [], []
+
+    def flush():
+        hyps.extend(transcribe(model, processor, audio, keys, spec=spec, device=device, precision=precision,
+                               cache=cache))
+        audio.clear()
+        keys.clear()
+
+    for example in examples:
+        refs.append(example["text"])
+        ids.append(str(example.get("id", len(ids))))
+        audio.append(example["audio"])
+        keys.append(example_key(example))
+        if len(audio) == batch_size:
+            flush()
+    if audio:
+        flush()
+    return score(refs, hyps, normalize=spec.evaluation.normalizer, ids=ids)
+
+
+def write_predictions(path: Path, scores: Scores) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for utterance in scores.per_utterance:
+            fh.write(json.dumps(utterance, ensure_ascii=False) + "\n")
+
+
+def summary_lines(scores: Scores, label: str = "") -> list[str]:
+    head = f"{label}WER {scores.wer * 100:.2f}%  CER {scores.cer * 100:.2f}%" if scores.wer is not None \
+        else f"{label}no scorable utterances"
+    lines = [f"{head}  ({scores.utterances} utterances, {scores.words} words"
+             + (f", {scores.skipped_empty} with empty references left out" if scores.skipped_empty else "") + ")"]
+    bad = worst(scores, 5)
+    if bad:
+        lines.append("worst utterances:")
+        for u in bad:
+            lines.append(f"  WER {u['wer'] * 100:5.1f}%  {u['id']}")
+            lines.append(f"      ref: {u['reference_normalized']}")
+            lines.append(f"      hyp: {u['prediction_normalized']}")
+    return lines
+
+
+def run(spec: Any, out_dir: Path, writer) -> int:
+    """The ``kind: evaluate`` job: score a checkpoint on ``data.eval``."""
+    from gpujob.runner import data as data_mod
+    from gpujob.runner.model import load, pick_device, pick_precision
+
+    device = pick_device()
+    precision = pick_precision(spec.training.precision, device)
+    model, processor = load(spec, device, for_training=False)
+    stats = data_mod.Stats()
+    examples = data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=spec.training.seed,
+                                      stats=stats)
+    writer.start(kind="evaluate", name=spec.name)
+    t0 = time.perf_counter()
+    scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision)
+    elapsed = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(out_dir / "predictions.jsonl", scores)
+    metrics = scores.as_metrics(spec.evaluation.metrics)
+    metrics.update({"utterances": scores.utterances, "utterances_per_s": round(scores.utterances / elapsed, 3)})
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for line in summary_lines(scores):
+        print(line, flush=True)
+    writer.eval(step=0, **scores.as_metrics(spec.evaluation.metrics))
+    writer.artifact(path=str(out_dir / "predictions.jsonl"), name="predictions")
+    writer.end(status="succeeded", metrics=metrics)
+    return 0

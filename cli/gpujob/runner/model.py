@@ -1,0 +1,138 @@
+"""Load a Whisper checkpoint and set it up the way the spec asks.
+
+- Language and task go through the generation config and the tokenizer's
+  prefix tokens; ``forced_decoder_ids`` is cleared, so transformers never warns
+  about it and generation cannot disagree with training.
+- ``use_cache`` is off while training with gradient checkpointing (the two do
+  not mix) and on for generation, so no warning is printed every step.
+- ``freeze: encoder`` freezes the whole encoder; ``freeze: {encoder_layers: N}``
+  freezes the conv stem, the positional embedding and the first N layers.
+- Gradient checkpointing is set only on the parts that train: a frozen encoder
+  runs under ``torch.no_grad`` once per batch (see :func:`encode`), with no
+  graph and no recomputation.
+- SDPA attention; precision ``auto`` is bf16 where the GPU supports it, else
+  fp16 with a loss scaler on GPU, else fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+@dataclass
+class Precision:
+    name: str                       # "bf16" | "fp16" | "fp32"
+    autocast_dtype: torch.dtype | None
+    scaler: bool
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def pick_precision(requested: str, device: torch.device) -> Precision:
+    if device.type != "cuda":
+        if requested in ("bf16", "fp16"):
+            # CPU autocast in fp16 is slow and lossy; bf16 on CPU is allowed when asked for.
+            return Precision("bf16", torch.bfloat16, False) if requested == "bf16" else Precision("fp32", None, False)
+        return Precision("fp32", None, False)
+    if requested == "auto":
+        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "bf16":
+        return Precision("bf16", torch.bfloat16, False)
+    if requested == "fp16":
+        return Precision("fp16", torch.float16, True)
+    return Precision("fp32", None, False)
+
+
+def language_name(code_or_name: str | None) -> str | None:
+    """'el' or 'greek' or 'Greek' -> 'greek' (what transformers' Whisper expects)."""
+    if not code_or_name:
+        return None
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    key = code_or_name.strip().lower()
+    if key in LANGUAGES:
+        return LANGUAGES[key]
+    if key in TO_LANGUAGE_CODE:
+        return key
+    raise ValueError(f"model.language: unknown Whisper language {code_or_name!r} (use a code like 'el' or a "
+                     "name like 'greek')")
+
+
+def load(spec: Any, device: torch.device, *, for_training: bool):
+    """The model and processor for a validated spec, configured for language, task and dropout."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    checkpoint = spec.model.checkpoint
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
+    if for_training:
+        kwargs["dropout"] = spec.training.dropout
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint, **kwargs)
+    processor = WhisperProcessor.from_pretrained(checkpoint)
+    language = language_name(spec.model.language)
+    gen = model.generation_config
+    gen.forced_decoder_ids = None
+    model.config.forced_decoder_ids = None
+    if language:
+        gen.language = language
+    gen.task = spec.model.task
+    processor.tokenizer.set_prefix_tokens(language=language, task=spec.model.task, predict_timestamps=False)
+    return model.to(device), processor
+
+
+def freeze(model, how: Any) -> dict[str, int]:
+    """Apply ``training.freeze``; returns trainable/frozen parameter counts."""
+    encoder = model.model.encoder
+    if how == "encoder":
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+    elif how not in (None, "none"):
+        n = how.encoder_layers if hasattr(how, "encoder_layers") else int(how["encoder_layers"])
+        if n > len(encoder.layers):
+            raise ValueError(f"training.freeze.encoder_layers: {n} is more than the model's "
+                             f"{len(encoder.layers)} encoder layers; use freeze: encoder")
+        for module in (encoder.conv1, encoder.conv2, encoder.embed_positions, *encoder.layers[:n]):
+            for p in module.parameters():
+                p.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"trainable": trainable, "frozen": frozen}
+
+
+def encoder_frozen(model) -> bool:
+    return not any(p.requires_grad for p in model.model.encoder.parameters())
+
+
+def set_gradient_checkpointing(model, mode: str, *, device: torch.device) -> bool:
+    """Checkpoint only layers that train. ``auto``: on for 24+ decoder layers on a GPU (medium, large).
+
+    transformers >= 5 checkpoints per layer (``layer.gradient_checkpointing``), so a
+    frozen layer is simply never checkpointed: it runs once, without a graph.
+    """
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    on = mode == "on" or (mode == "auto" and device.type == "cuda" and model.config.decoder_layers >= 24)
+    model.config.use_cache = not on
+    fn = functools.partial(checkpoint, use_reentrant=False)
+    for layer in (*model.model.encoder.layers, *model.model.decoder.layers):
+        layer.gradient_checkpointing = on and any(p.requires_grad for p in layer.parameters())
+        layer._gradient_checkpointing_func = fn
+    return on
+
+
+def encode(model, features: torch.Tensor) -> torch.Tensor:
+    """Encoder states; under no_grad and in eval mode when the encoder is frozen."""
+    encoder = model.model.encoder
+    if encoder_frozen(model):
+        was_training = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            out = encoder(features).last_hidden_state
+        encoder.train(was_training)
+        return out
+    return encoder(features).last_hidden_state

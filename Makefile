@@ -1,5 +1,6 @@
 # gpujob — everything a fresh machine needs goes through these targets.
-#   make demo   run the example job on the local backend and show list/status/logs
+#   make demo   fine-tune Whisper base on Greek speech on this CPU: WER before and after
+#   make demo-hello  the progress-protocol example job (seconds)
 #   make test   the full test suite (what CI runs)
 #   make bench  benchmarks (CLI start-up time; more arrive with the runner)
 
@@ -11,7 +12,7 @@ PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench docs clean
+.PHONY: install test assets demo demo-hello bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,16 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
+assets: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m gpujob.runner.convert_ct2 --out .assets/whisper-base
+	$(PY) -m gpujob.runner.greek_speech .assets/greek-speech
+
+demo: assets
+	$(GPUJOB) submit jobs/quickstart.yaml --follow
+	$(GPUJOB) list
+	$(GPUJOB) status
+
+demo-hello: $(STAMP)
 	$(GPUJOB) validate jobs/hello.yaml
 	$(GPUJOB) submit jobs/hello.yaml --follow
 	$(GPUJOB) list

@@ -1,0 +1,1 @@
+"""The Whisper runner: what runs inside train/evaluate jobs (python -m gpujob.runner SPEC)."""

@@ -1,0 +1,211 @@
+"""The Whisper runner on a tiny random model with the real tokenizer and real (espeak-ng) Greek speech:
+model set-up, loss falling, checkpoints, resume without redoing or skipping steps, SIGTERM, evaluate jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gpujob.progress import parse_line  # noqa: E402
+from gpujob.runner.train import lr_lambda  # noqa: E402
+
+SENTENCES = [
+    "Καλημέρα σε όλους.", "Ο καιρός είναι ωραίος σήμερα.", "Πού είναι ο σταθμός;", "Θέλω ένα ποτήρι νερό.",
+    "Η θάλασσα είναι ήσυχη.", "Τα παιδιά παίζουν στο πάρκο.", "Διαβάζω ένα βιβλίο.", "Το τρένο φεύγει στις οκτώ.",
+    "Η γιαγιά μαγειρεύει φασολάδα.", "Ανοίξτε το παράθυρο, παρακαλώ.",
+]
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory) -> Path:
+    from gpujob.runner.convert_ct2 import ensure_whisper_base
+
+    return ensure_whisper_base(tmp_path_factory.mktemp("models") / "whisper-base")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, base_model) -> Path:
+    from gpujob.runner.convert_ct2 import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny", base_dir=base_model)
+
+
+@pytest.fixture(scope="session")
+def greek_folder(tmp_path_factory) -> Path:
+    """An audio folder (metadata.csv + wav) of real synthesized Greek speech: train/ and heldout/."""
+    root = tmp_path_factory.mktemp("greek")
+    for split, sentences in (("train", SENTENCES[:8]), ("heldout", SENTENCES[8:])):
+        folder = root / split
+        folder.mkdir()
+        rows = ["file_name,transcription"]
+        for i, text in enumerate(sentences):
+            wav = folder / f"{split}-{i}.wav"
+            subprocess.run(["espeak-ng", "-v", "el", "-s", "170", "-w", str(wav), text], check=True)
+            rows.append(f'{wav.name},"{text}"')
+        (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root
+
+
+def write_spec(tmp_path: Path, model: Path, data: Path, *, kind="train", out=None, **training) -> Path:
+    settings = {"max_steps": 12, "per_device_batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 2,
+                "eval_steps": 1000, "save_steps": 3, "save_total_limit": 10, "precision": "fp32",
+                "generation_max_length": 40, **training}
+    spec = {
+        "apiVersion": "gpujob/v1", "kind": kind, "name": "tiny-el",
+        "model": {"checkpoint": str(model), "language": "el"},
+        "data": {"eval": [{"dataset": str(data), "split": "heldout"}]},
+        "evaluation": {"batch_size": 4},
+        "output": {"dir": str(out or tmp_path / "out")},
+        "resources": {"gpus": 0},
+    }
+    if kind == "train":
+        spec["data"]["train"] = [{"dataset": str(data), "split": "train"}]
+        spec["training"] = settings
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def run_runner(spec: Path, *, stop_at_step: int | None = None, sig=signal.SIGKILL) -> tuple[int, list[dict], str]:
+    """Run `python -m gpujob.runner SPEC`; optionally send `sig` once a progress event for stop_at_step appears."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    env.pop("GPUJOB_OUTPUT_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gpujob.runner", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    events, lines = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        for event in parse_line(line):
+            events.append(event)
+            if stop_at_step is not None and event["event"] == "progress" and event["step"] >= stop_at_step:
+                proc.send_signal(sig)
+                stop_at_step = None
+    return proc.wait(timeout=300), events, "".join(lines)
+
+
+def steps_and_losses(events: list[dict]) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in events if e["event"] == "progress"]
+
+
+# ----------------------------------------------------------------------------- model set-up
+
+
+def test_language_task_freeze_and_checkpointing_are_set_as_the_spec_says(tiny_model):
+    from types import SimpleNamespace as NS
+
+    from gpujob.runner.model import encoder_frozen, freeze, load, set_gradient_checkpointing
+
+    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe"), training=NS(dropout=0.05))
+    model, processor = load(spec, torch.device("cpu"), for_training=True)
+    assert model.generation_config.language == "greek" and model.generation_config.task == "transcribe"
+    assert model.generation_config.forced_decoder_ids is None and model.config.forced_decoder_ids is None
+    assert model.config.dropout == 0.05
+    prefix = processor.tokenizer.convert_ids_to_tokens(processor.tokenizer("γεια").input_ids[:4])
+    assert prefix == ["<|startoftranscript|>", "<|el|>", "<|transcribe|>", "<|notimestamps|>"]
+
+    counts = freeze(model, NS(encoder_layers=1))
+    enc = model.model.encoder
+    assert not any(p.requires_grad for p in enc.conv1.parameters())
+    assert not any(p.requires_grad for p in enc.layers[0].parameters())
+    assert all(p.requires_grad for p in enc.layers[1].parameters())
+    assert counts["frozen"] > 0 and not encoder_frozen(model)
+    assert set_gradient_checkpointing(model, "on", device=torch.device("cpu"))
+    assert not enc.layers[0].gradient_checkpointing and enc.layers[1].gradient_checkpointing
+    assert all(layer.gradient_checkpointing for layer in model.model.decoder.layers)
+    assert model.config.use_cache is False
+
+    freeze(model, "encoder")
+    assert encoder_frozen(model)
+    set_gradient_checkpointing(model, "on", device=torch.device("cpu"))
+    assert not any(layer.gradient_checkpointing for layer in enc.layers)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    f = lr_lambda(warmup=10, total=110, schedule="linear")
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == 0.0
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def test_tiny_run_loss_falls_and_writes_checkpoints_metrics_and_card(tmp_path, tiny_model, greek_folder):
+    spec = write_spec(tmp_path, tiny_model, greek_folder, max_steps=16)
+    code, events, output = run_runner(spec)
+    assert code == 0, output[-3000:]
+    losses = [loss for _, loss in steps_and_losses(events)]
+    assert len(losses) == 16
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "eval" in kinds and "checkpoint" in kinds
+    assert events[-1]["status"] == "succeeded" and "wer" in events[-1]["metrics"]
+    out = tmp_path / "out"
+    assert (out / "checkpoints" / "checkpoint-15" / "complete").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 16 and 0 <= metrics["wer"]
+    card = (out / "model" / "README.md").read_text()
+    assert "model-index:" in card and "language:\n- el" in card and "type: wer" in card
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+    assert "Caching is incompatible" not in output and "forced_decoder_ids" not in output
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_steps(tmp_path, tiny_model, greek_folder):
+    (tmp_path / "a").mkdir()
+    code, events, output = run_runner(write_spec(tmp_path / "a", tiny_model, greek_folder))
+    assert code == 0, output[-3000:]
+    expected = steps_and_losses(events)
+
+    (tmp_path / "b").mkdir()
+    spec = write_spec(tmp_path / "b", tiny_model, greek_folder)
+    code, first, _ = run_runner(spec, stop_at_step=7, sig=signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    code, second, output = run_runner(spec)
+    assert code == 0, output[-3000:]
+    resumed = steps_and_losses(second)
+    assert resumed[0][0] == 7  # checkpoint-6 was the last complete one: nothing skipped
+    assert [s for s, _ in resumed] == list(range(7, 13))  # and nothing done twice in this run
+    for (step, loss), (ref_step, ref_loss) in zip(resumed, expected[6:]):
+        assert step == ref_step and loss == pytest.approx(ref_loss, rel=1e-4, abs=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_model, greek_folder):
+    spec = write_spec(tmp_path, tiny_model, greek_folder, save_steps=1000)
+    code, events, output = run_runner(spec, stop_at_step=4, sig=signal.SIGTERM)
+    assert code == 143, output[-3000:]
+    saved = [e for e in events if e["event"] == "checkpoint"]
+    assert saved and events[-1]["event"] == "end" and events[-1]["status"] == "failed"
+    step = saved[-1]["step"]
+    code, again, output = run_runner(spec)
+    assert code == 0, output[-3000:]
+    assert steps_and_losses(again)[0][0] == step + 1
+
+
+def test_evaluate_job_writes_predictions_and_metrics(tmp_path, tiny_model, greek_folder):
+    spec = write_spec(tmp_path, tiny_model, greek_folder, kind="evaluate")
+    code, events, output = run_runner(spec)
+    assert code == 0, output[-3000:]
+    out = tmp_path / "out"
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 2 and {"reference", "prediction", "wer"} <= set(predictions[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["utterances"] == 2 and "wer" in metrics and "cer" in metrics
+    assert events[-1]["event"] == "end" and events[-1]["metrics"]["wer"] == metrics["wer"]
+
+
+def test_bad_data_fails_with_exit_2_and_a_message(tmp_path, tiny_model, greek_folder):
+    path = write_spec(tmp_path, tiny_model, greek_folder)
+    spec = json.loads(path.read_text())
+    spec["data"]["train"][0]["text_column"] = "sentense"
+    path.write_text(json.dumps(spec))
+    code, events, output = run_runner(path)
+    assert code == 2
+    assert "sentense" in output and "transcription" in output  # did you mean: the columns that exist
+    assert "Traceback" not in output

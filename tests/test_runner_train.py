@@ -138,7 +138,7 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
 
 
 def test_tiny_run_loss_falls_and_writes_checkpoints_metrics_and_card(tmp_path, tiny_model, greek_folder):
-    spec = write_spec(tmp_path, tiny_model, greek_folder, max_steps=16)
+    spec = write_spec(tmp_path, tiny_model, greek_folder, max_steps=16, learning_rate=5e-3)
     code, events, output = run_runner(spec)
     assert code == 0, output[-3000:]
     losses = [loss for _, loss in steps_and_losses(events)]

@@ -148,7 +148,7 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     model, processor = load(spec, device, for_training=False)
     stats = data_mod.Stats()
     examples = data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=spec.training.seed,
-                                      stats=stats)
+                                      stats=stats, key="data.eval")
     writer.start(kind="evaluate", name=spec.name)
     t0 = time.perf_counter()
     scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision)

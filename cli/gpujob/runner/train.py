@@ -128,7 +128,7 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     # 3. data (one code path, streamed or not); evaluation examples are small enough to keep
     gpus = max(1, spec.resources.gpus or 1)
     per_step = t.per_device_batch_size * t.gradient_accumulation_steps * gpus
-    eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed)) \
+    eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed, key="data.eval")) \
         if spec.data.eval else []
     n_train = None
     if t.epochs is not None:

@@ -26,7 +26,7 @@ test: $(STAMP)
 
 assets: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob.runner.convert_ct2 --out .assets/whisper-base
-	$(PY) -m gpujob.runner.greek_speech .assets/greek-speech
+	$(PY) -m gpujob.runner.greek_speech .assets/greek-speech --train 200 --heldout 50
 
 demo: assets
 	$(GPUJOB) submit jobs/quickstart.yaml --follow

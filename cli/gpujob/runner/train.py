@@ -269,7 +269,8 @@ def run(spec: Any, out_dir: Path, writer) -> int:
         metrics.update({f"baseline_{k}": v for k, v in state["baseline"].items()})
     if skipped:
         metrics["skipped"] = skipped
-    checkpoint()
+    if latest_checkpoint(out_dir) != out_dir / "checkpoints" / f"checkpoint-{step}":
+        checkpoint()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from gpujob.runner.card import write_model_card
 

@@ -209,3 +209,30 @@ def test_bad_data_fails_with_exit_2_and_a_message(tmp_path, tiny_model, greek_fo
     assert code == 2
     assert "sentense" in output and "transcription" in output  # did you mean: the columns that exist
     assert "Traceback" not in output
+
+
+def test_epochs_set_the_number_of_steps_from_the_data(tmp_path, tiny_model, greek_folder):
+    path = write_spec(tmp_path, tiny_model, greek_folder)
+    spec = json.loads(path.read_text())
+    del spec["training"]["max_steps"]
+    spec["training"]["epochs"] = 2  # 8 clips, batch 4: 2 steps an epoch
+    path.write_text(json.dumps(spec))
+    code, events, output = run_runner(path)
+    assert code == 0, output[-3000:]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4] and progress[-1]["total_steps"] == 4
+    assert progress[-1]["epoch"] == pytest.approx(2.0)
+
+
+def test_gpujob_check_reports_counts_and_refuses_a_missing_column(tmp_path, tiny_model, greek_folder):
+    from typer.testing import CliRunner
+
+    from gpujob.cli.app import app
+
+    path = write_spec(tmp_path, tiny_model, greek_folder)
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "8 kept" in result.output and "2 kept" in result.output and "next: gpujob submit" in result.output
+    bad = CliRunner().invoke(app, ["check", str(path), "--set", "data.eval[0].text_column=sentence"])
+    assert bad.exit_code == 2
+    assert "data.eval[0].text_column" in bad.output and "transcription" in bad.output

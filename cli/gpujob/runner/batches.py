@@ -95,8 +95,9 @@ def _collate(items: list[tuple[dict, list[int]]]) -> Batch:
 
 
 def features(feature_extractor, audio: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Log-mel features, padded to 30 s, on ``device``."""
-    out = feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
+    """Log-mel features, padded to 30 s, on ``device``; on a GPU the STFT runs there too."""
+    out = feature_extractor(audio, sampling_rate=16000, return_tensors="pt",
+                            device=str(device) if device.type == "cuda" else "cpu")
     return out.input_features.to(device, non_blocking=True)
 
 

@@ -68,6 +68,19 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
+def count_train_examples(spec: Any) -> int:
+    """Rows in the training sources from their metadata; a counting pass only where none is known."""
+    total = 0
+    for i, source in enumerate(spec.data.train):
+        opened = data_mod.open_source(source, streaming=spec.data.streaming, key=f"data.train[{i}]")
+        rows = opened.num_rows
+        if rows is None:
+            print(f"data.train[{i}]: size unknown; counting its examples once", flush=True)
+            rows = sum(1 for _ in opened.records())
+        total += rows
+    return total
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -132,8 +145,7 @@ def run(spec: Any, out_dir: Path, writer) -> int:
         if spec.data.eval else []
     n_train = None
     if t.epochs is not None:
-        n_train = sum(1 for _ in data_mod.iter_examples(spec.data.train, streaming=spec.data.streaming,
-                                                        seed=t.seed))
+        n_train = count_train_examples(spec)
         total_steps = max(1, math.ceil(t.epochs * n_train / per_step))
     else:
         total_steps = t.max_steps

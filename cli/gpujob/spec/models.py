@@ -75,6 +75,13 @@ def _describe(value: Any) -> str:
     return type(value).__name__ if isinstance(value, (list, dict)) else repr(value)
 
 
+def _no_duplicates(value: list[str]) -> list[str]:
+    dupes = sorted({item for item in value if value.count(item) > 1})
+    if dupes:
+        raise fail(f'lists {", ".join(dupes)} more than once')
+    return value
+
+
 def _no_unit_number(value: Any, kind: str, example: str) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         raise fail(f"{value!r} has no unit; {kind} need one, e.g. {example}")
@@ -263,13 +270,7 @@ class EvaluationSection(_Section):
         "`kind: train`: also score the starting checkpoint before the first step, so the final metrics "
         "show the zero-shot WER (`baseline_wer`) next to the fine-tuned one."))
 
-    @field_validator("metrics")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        dupes = sorted({m for m in value if value.count(m) > 1})
-        if dupes:
-            raise fail(f'lists {", ".join(dupes)} more than once')
-        return value
+    _unique = field_validator("metrics")(classmethod(lambda cls, value: _no_duplicates(value)))
 
 
 class OutputSection(_Section):
@@ -333,13 +334,7 @@ class RuntimeSection(_Section):
     secrets: Annotated[list[SecretName], _none_to_empty(list)] = Field(default_factory=list, description=(
         "Names of environment variables (e.g. `HF_TOKEN`) passed from your shell to the job. Names only, never values."))
 
-    @field_validator("secrets")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        dupes = sorted({s for s in value if value.count(s) > 1})
-        if dupes:
-            raise fail(f'lists {", ".join(dupes)} more than once')
-        return value
+    _unique = field_validator("secrets")(classmethod(lambda cls, value: _no_duplicates(value)))
 
 
 class LimitsSection(_Section):

@@ -31,8 +31,9 @@ def _wer(state: ProgressState) -> str:
 
 
 def _metric(key: str, value: Any) -> str:
-    if key in ("wer", "cer") and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{key.upper()} {value * 100:.2f}%"
+    if key.endswith(("wer", "cer")) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        label = key.upper() if key in ("wer", "cer") else key
+        return f"{label} {value * 100:.2f}%"
     if isinstance(value, float):
         return f"{key} {value:.4g}"
     return f"{key} {value}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -139,10 +140,10 @@ def run(spec: Any, out_dir: Path, writer) -> int:
           f"gradient checkpointing {'on' if ckpt_on else 'off'}", flush=True)
 
     # 3. data (one code path, streamed or not); evaluation examples are small enough to keep
-    gpus = max(1, spec.resources.gpus or 1)
-    per_step = t.per_device_batch_size * t.gradient_accumulation_steps * gpus
-    eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed, key="data.eval")) \
-        if spec.data.eval else []
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # one process per GPU under torchrun; 1 here
+    per_step = t.per_device_batch_size * t.gradient_accumulation_steps * world
+    eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed,
+                                                key="data.eval")) if spec.data.eval else []
     n_train = None
     if t.epochs is not None:
         n_train = count_train_examples(spec)
@@ -165,7 +166,7 @@ def run(spec: Any, out_dir: Path, writer) -> int:
         from safetensors.torch import load_file
 
         weights = load_file(resume_from / "model.safetensors")
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        model.load_state_dict(weights, strict=False)  # tied proj_out is not stored separately
         blob = torch.load(resume_from / "training.pt", weights_only=False)
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])

@@ -70,7 +70,6 @@ def _type(prop: dict[str, Any], defs: dict[str, Any]) -> str:
         return "`{encoder_layers: N}`" if name == FreezeLayers.__name__ else "mapping"
     if "anyOf" in prop:
         parts = [_type(p, defs) for p in prop["anyOf"] if p.get("type") != "null"]
-        optional = any(p.get("type") == "null" for p in prop["anyOf"])
         return " or ".join(parts)
     if "enum" in prop:
         return " \\| ".join(f"`{v}`" for v in prop["enum"])

@@ -154,3 +154,22 @@ def test_writer_killed_mid_write_leaves_a_consistent_registry(gpujob_home):
     assert all(fresh.get(j.id).status == "succeeded" for j in keep)
     # and the registry is still writable
     assert fresh.transition(victim.id, "failed", reason="test")
+
+
+FIRST_USE = """
+from gpujob.registry import Registry
+reg = Registry()
+job = reg.create(name="first", kind="command", backend="local", spec={}, spec_path=None, output_dir=None)
+reg.transition(job.id, "running")
+"""
+
+
+def test_many_first_calls_at_once_on_a_new_home_all_succeed(tmp_path):
+    """The file is created and switched to WAL by whichever CLI call comes first; the others must wait, not fail."""
+    for round_ in range(8):
+        home = tmp_path / f"home-{round_}"
+        procs = [subprocess.Popen([sys.executable, "-c", FIRST_USE], stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "GPUJOB_HOME": str(home)}) for _ in range(6)]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors
+        assert len(Registry(home).list()) == 6

@@ -135,15 +135,30 @@ class Registry:
         self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA busy_timeout = 30000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.execute("PRAGMA foreign_keys = ON")
-        if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            with self._write() as conn:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._setup()
+
+    def _setup(self, timeout: float = 30.0) -> None:
+        """WAL mode and the schema, once per file. Switching the journal mode can answer
+        "database is locked" at once (SQLite does not wait there), e.g. when two first
+        CLI calls race to create the file, so that step is retried until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    with self._write() as conn:
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._conn.close()

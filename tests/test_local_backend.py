@@ -229,3 +229,30 @@ def test_a_second_job_on_the_same_output_dir_is_refused_while_the_first_runs(tmp
     second = gpujob("submit", str(spec))
     assert second.exit_code == 2 and "is in use by running job" in second.output
     gpujob("cancel", only_job().id, "--grace", "1")
+
+
+def test_a_job_that_stops_reporting_progress_is_stopped_as_hung(tmp_path):
+    script = ("import time; from gpujob.progress import ProgressWriter; w = ProgressWriter(); "
+              "w.progress(step=1, total_steps=10); time.sleep(120)")
+    spec = write_spec(tmp_path, ["python", "-c", script], extra="limits:\n  idle_minutes: 0.03\n")
+    gpujob("submit", str(spec))
+    job = wait_for(lambda: Registry().get(only_job().id) if not only_job().active else None, timeout=40)
+    assert job.status == "failed" and job.reason.startswith("hung: no progress for 2s after step 1")
+    assert "gpujob: hung" in gpujob("logs", job.id).output
+
+
+def test_a_quiet_job_that_never_reports_progress_is_not_stopped(tmp_path):
+    spec = write_spec(tmp_path, ["sh", "-c", "sleep 3; echo done"], extra="limits:\n  idle_minutes: 0.01\n")
+    assert gpujob("submit", str(spec), "--follow").exit_code == 0
+    assert only_job().status == "succeeded"
+
+
+def test_heartbeats_keep_a_job_with_long_work_between_steps_alive(tmp_path):
+    script = ("import time; from gpujob.progress import ProgressWriter; w = ProgressWriter(); "
+              "w.progress(step=1, total_steps=2)\n"
+              "for i in range(8): time.sleep(0.5); w.heartbeat(phase='eval', done=i, total=8)\n"
+              "w.progress(step=2, total_steps=2)")
+    spec = write_spec(tmp_path, ["python", "-c", script], extra="limits:\n  idle_minutes: 0.03\n")
+    result = gpujob("submit", str(spec), "--follow")
+    assert result.exit_code == 0, result.output
+    assert "[heartbeat] eval 7/8" in result.output

@@ -25,7 +25,10 @@ eval       step, wer, cer, eval_loss (wer/cer are fractions: 0.231 = 23.1 %)
 checkpoint step, path
 artifact   path, name
 end        status ("succeeded" | "failed"), metrics {name: value}, message
+heartbeat  phase, done, total (alive during long work between steps, e.g. evaluation)
 ========== ===============================================================
+
+Any event counts as a sign of life for hung-job detection (``limits.idle_minutes``).
 
 This module is stdlib-only: jobs import the writer, the CLI imports the
 parser, and neither pulls in anything heavy.
@@ -43,7 +46,7 @@ from typing import IO, Any, Iterable, Iterator
 
 PREFIX = "@gpujob/v1 "
 VERSION = 1
-EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end")
+EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat")
 
 _decoder = json.JSONDecoder()
 
@@ -85,6 +88,9 @@ class ProgressWriter:
 
     def end(self, **fields: Any) -> None:
         self.emit("end", **fields)
+
+    def heartbeat(self, **fields: Any) -> None:
+        self.emit("heartbeat", **fields)
 
 
 # --------------------------------------------------------------------------- parser
@@ -314,6 +320,9 @@ def describe_event(event: dict[str, Any]) -> str:
                 parts.append(f"{key.upper()} {event[key] * 100:.2f}%")
         if _num(event.get("eval_loss")) is not None:
             parts.append(f"eval_loss {event['eval_loss']:.4f}")
+    elif kind == "heartbeat":
+        done = f" {event['done']}/{event.get('total') or '?'}" if event.get("done") is not None else ""
+        parts.append(f"{event.get('phase', '')}{done}".strip())
     elif kind in ("checkpoint", "artifact"):
         if event.get("step") is not None:
             parts.append(f"step {event['step']}")

@@ -43,6 +43,7 @@ def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobReq
         output_dir=output_dir(loaded),
         job_dir=job_dir,
         max_runtime_s=spec.limits.max_runtime_seconds,
+        idle_s=spec.limits.idle_minutes * 60,
         gpus=spec.resources.gpus or 0,
         labels={"gpujob.dev/id": job_id, "gpujob.dev/name": spec.name},
     )

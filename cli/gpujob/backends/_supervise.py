@@ -47,6 +47,7 @@ class Supervisor:
         self.stop_reason: str | None = None  # set when we stop the job ourselves
         self.kill_at: float | None = None
         self.tail: list[str] = []
+        self.last_event: float | None = None  # monotonic time of the last progress event
         self.log = open(self.dir / LOG_NAME, "ab")
 
     # -------------------------------------------------------------- signals
@@ -99,11 +100,19 @@ class Supervisor:
     def _pump(self, started: float, limit: int | None) -> None:
         splitter, fd = LineSplitter(), self.child.stdout.fileno()
         last_snapshot, dirty = 0.0, False
+        idle = self.launch.get("idle_s")
         exited_at: float | None = None
         while True:
             now = time.monotonic()
             if limit and self.stop_reason is None and now - started > limit:
                 self.stop_reason = f"ran past limits.max_runtime ({fmt_duration(limit)}) and was stopped"
+                self._write_line(f"gpujob: {self.stop_reason}")
+                self._signal_job(signal.SIGTERM)
+                self.kill_at = now + KILL_GRACE_S
+            if (idle and self.stop_reason is None and self.last_event is not None
+                    and now - self.last_event > idle):
+                self.stop_reason = (f"hung: no progress for {fmt_duration(idle)} after step {self.state.step} "
+                                    "(limits.idle_minutes); stopped so it does not hold the GPU")
                 self._write_line(f"gpujob: {self.stop_reason}")
                 self._signal_job(signal.SIGTERM)
                 self.kill_at = now + KILL_GRACE_S
@@ -140,6 +149,8 @@ class Supervisor:
         for event in events:
             self.state.apply(event)
             self._important |= event.get("event") in IMPORTANT
+            if event.get("event") == "progress" or self.last_event is not None:
+                self.last_event = time.monotonic()  # armed by the first progress event
         return bool(events)
 
     def _write_line(self, line: str) -> None:

@@ -37,6 +37,7 @@ class JobRequest:
     output_dir: str
     job_dir: Path         # registry-owned folder for this job (log, spec copy)
     max_runtime_s: int | None = None
+    idle_s: float | None = None   # stop as hung after this long without a progress event
     gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
 

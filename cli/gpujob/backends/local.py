@@ -47,7 +47,8 @@ class LocalBackend:
             f"outputs: {request.output_dir}",
             f"logs:    {request.job_dir / LOG_NAME}",
             f"limits:  max runtime {request.max_runtime_s or 'none'}"
-            + (" s" if request.max_runtime_s else ""),
+            + (" s" if request.max_runtime_s else "")
+            + (f"; stopped as hung after {request.idle_s:g} s without progress" if request.idle_s else ""),
             "env:",
             *(f"  {k}={v}" for k, v in sorted(env.items())),
             f"  PATH=<yours, with {Path(sys.executable).parent} first>",
@@ -63,6 +64,7 @@ class LocalBackend:
             "argv": self._argv(request),
             "workdir": request.workdir,
             "max_runtime_s": request.max_runtime_s,
+            "idle_s": request.idle_s,
             "secret_names": sorted(secrets),
         }
         _write_private(job_dir / LAUNCH_NAME, json.dumps(launch, indent=2))

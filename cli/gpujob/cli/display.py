@@ -177,7 +177,7 @@ class LogPrinter:
         if not is_event_line(line):  # an event behind other text (a tqdm bar): keep the text
             self._print(line[: line.find("@gpujob/")].rstrip())
         for event in events:
-            if self._live is not None and event.get("event") == "progress":
+            if self._live is not None and event.get("event") in ("progress", "heartbeat"):
                 continue
             self._print(describe_event(event))
 

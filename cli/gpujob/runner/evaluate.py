@@ -95,15 +95,18 @@ def transcribe(model, processor, audio: list, keys: list[str], *, spec: Any, dev
 
 
 def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
-             precision: Precision, cache: EncoderCache | None = None) -> Scores:
+             precision: Precision, cache: EncoderCache | None = None, writer=None) -> Scores:
     batch_size = spec.evaluation.batch_size
     refs, hyps, ids, audio, keys = [], [], [], [], []
+    total = len(examples) if isinstance(examples, list) else None
 
     def flush():
         hyps.extend(transcribe(model, processor, audio, keys, spec=spec, device=device, precision=precision,
                                cache=cache))
         audio.clear()
         keys.clear()
+        if writer is not None:  # alive while evaluating: no step events come in the meantime
+            writer.heartbeat(phase="eval", done=len(hyps), total=total)
 
     for example in examples:
         refs.append(example["text"])
@@ -151,7 +154,7 @@ def run(spec: Any, out_dir: Path, writer) -> int:
                                       stats=stats, key="data.eval")
     writer.start(kind="evaluate", name=spec.name)
     t0 = time.perf_counter()
-    scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision)
+    scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision, writer=writer)
     elapsed = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", scores)

@@ -184,7 +184,7 @@ def run(spec: Any, out_dir: Path, writer) -> int:
 
     def run_eval(step: int, label: str = ""):
         scores = evaluate(model, processor, eval_examples, spec=spec, device=device, precision=precision,
-                          cache=cache)
+                          cache=cache, writer=writer)
         metrics = scores.as_metrics(spec.evaluation.metrics)
         writer.eval(step=step, **metrics)
         for line in summary_lines(scores, label)[:1]:

@@ -344,7 +344,9 @@ class LimitsSection(_Section):
         {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"}, {"type": "null"}]})] = Field(
         None, description="Stop the job after this long: `45s`, `90m`, `12h`, `1h30m`, `2d`.")
     max_cost: float | None = Field(None, ge=0, description="Stop the job once its estimated cost reaches this many USD.")
-    idle_minutes: int = Field(15, ge=1, description="Stop the job if it reports no progress for this many minutes.")
+    idle_minutes: float = Field(15, gt=0, description=(
+        "A job that has reported progress and then reports nothing for this many minutes is stopped as hung, "
+        "so a frozen run does not hold a GPU all night. Jobs that never report progress are not affected."))
 
     @property
     def max_runtime_seconds(self) -> int | None:

@@ -60,10 +60,11 @@ def output_dir(loaded: "LoadedSpec") -> str:
 
 def render(loaded: "LoadedSpec", backend: str | None = None) -> str:
     name = backend or loaded.spec.runtime.backend
-    from gpujob.registry import gpujob_home
+    from gpujob.registry import gpujob_home, new_job_id
 
-    request = build_request(loaded, job_id="<new-id>", job_dir=gpujob_home() / "jobs" / "<new-id>")
-    return get_backend(name).render(request)
+    preview_id = new_job_id()  # a real-looking id, so names are what submit makes; submit draws its own
+    request = build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id)
+    return get_backend(name, render_only=True).render(request)
 
 
 def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,

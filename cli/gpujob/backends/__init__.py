@@ -4,7 +4,7 @@
 |------------|-----------------------------------------------------|---------------|
 | local      | a detached process group on this machine            | available     |
 | docker     | a container on a Docker engine (local or ssh://)    | planned       |
-| kubernetes | a batch/v1 Job on a cluster                         | planned       |
+| kubernetes | a batch/v1 Job on a cluster                         | render only   |
 | host       | a rented GPU host (Lambda-style), via docker/ssh    | planned       |
 """
 
@@ -16,15 +16,23 @@ from gpujob.backends.base import Backend, JobRequest, Observed
 from gpujob.errors import BackendUnavailable, UserError
 
 NAMES = ("local", "docker", "kubernetes", "host")
-_IMPLEMENTED = {"local": ("gpujob.backends.local", "LocalBackend")}
+_IMPLEMENTED = {
+    "local": ("gpujob.backends.local", "LocalBackend"),
+    "kubernetes": ("gpujob.backends.kubernetes", "KubernetesBackend"),
+}
+_RENDER_ONLY = {"kubernetes"}
 
 __all__ = ["Backend", "JobRequest", "Observed", "NAMES", "get_backend"]
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, *, render_only: bool = False) -> Backend:
+    """The backend called ``name``; ``render_only`` for a dry run, which more backends support."""
     if name not in NAMES:
         raise UserError(f"unknown backend {name!r}; one of: {', '.join(NAMES)}")
     if name not in _IMPLEMENTED:
         raise BackendUnavailable(name, "not available in this version of gpujob yet")
+    if name in _RENDER_ONLY and not render_only:
+        raise BackendUnavailable(name, "this version of gpujob can only render its manifests "
+                                       f"(gpujob render SPEC --backend {name}); submitting comes next")
     module, cls = _IMPLEMENTED[name]
     return getattr(importlib.import_module(module), cls)()

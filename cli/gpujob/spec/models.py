@@ -293,6 +293,8 @@ class ResourcesSection(_Section):
 
     gpus: int | None = Field(None, ge=0, description="Number of GPUs. Default: 1 for train/evaluate, 0 for command.")
     gpu_type: NonEmptyStr | None = Field(None, description="GPU model to ask for, e.g. `A100-80GB`, `H100` (backend-specific).")
+    nodes: int = Field(1, ge=1, le=64, description=(
+        "Machines for one job (kubernetes): each runs `gpus` GPUs; more than one uses an Indexed Job and torchrun."))
     cpu: Annotated[float | None, BeforeValidator(_check_cpu), WithJsonSchema(_CPU_SCHEMA)] = Field(
         None, gt=0, description="CPU cores: a number (`4`, `0.5`) or Kubernetes millicores (`500m`).")
     memory: Annotated[Quantity | None, WithJsonSchema({"anyOf": [_QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
@@ -327,6 +329,13 @@ class RuntimeSection(_Section):
     image: NonEmptyStr | None = Field(None, description="Container image for docker/kubernetes. Default: the gpujob runner image.")
     namespace: NonEmptyStr | None = Field(None, description="Kubernetes namespace. Default: the current context's.")
     queue: NonEmptyStr | None = Field(None, description="Scheduler queue (e.g. a Kueue LocalQueue name), if the backend has one.")
+    cache_pvc: NonEmptyStr = Field("gpujob-hf-cache", description=(
+        "kubernetes: PersistentVolumeClaim mounted at /cache for the Hugging Face cache and relative outputs "
+        "(k8s/ creates `gpujob-hf-cache`)."))
+    secret_store: NonEmptyStr = Field("gpujob-secrets", description=(
+        "kubernetes: the Secret whose keys, named like `secrets`, hold their values (k8s/secret-example.yaml)."))
+    gpu_node_label: NonEmptyStr = Field("nvidia.com/gpu.product", description=(
+        "kubernetes: node label that `resources.gpu_type` is matched against (GPU feature discovery sets this one)."))
     env: Annotated[dict[EnvName, str], _none_to_empty(dict)] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}}, description=(
         "Environment variables for the job. Values are strings: quote numbers and booleans (`PORT: \"8080\"`). "

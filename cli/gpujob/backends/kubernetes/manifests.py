@@ -1,0 +1,250 @@
+"""A job request as Kubernetes objects: a batch/v1 Job, a ConfigMap with the spec, and for
+multi-node jobs a headless Service. Pure functions over plain dicts: no cluster, no client.
+
+What the Job carries, and why:
+
+- the job image and the runner command (torchrun for several GPUs or nodes); ``restartPolicy: Never``;
+- ``nvidia.com/gpu`` limits (requests equal limits), a nodeSelector on ``runtime.gpu_node_label`` for
+  ``resources.gpu_type``, a toleration for the usual ``nvidia.com/gpu`` taint, CPU/memory requests;
+- ``/dev/shm`` as a memory-backed emptyDir (the default 64 MiB breaks data loaders), the Hugging Face
+  cache on the PVC ``runtime.cache_pvc`` at /cache (relative outputs go there too, so they outlive the pod);
+- secrets through ``secretKeyRef`` into ``runtime.secret_store`` (never a literal value);
+- ``backoffLimit``; a ``podFailurePolicy`` that ignores disruptions (eviction, preemption) and fails
+  the Job at once on the runner's exit code 2 (the spec or data is wrong: a retry cannot help);
+  ``activeDeadlineSeconds`` from ``limits.max_runtime``; ``ttlSecondsAfterFinished``;
+- ``app.kubernetes.io/*`` and ``gpujob.dev/id`` labels; with ``runtime.queue`` the Kueue queue label
+  and ``suspend: true``, as Kueue expects;
+- the restricted Pod Security profile: non-root, no privilege escalation, no capabilities,
+  seccomp RuntimeDefault.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from gpujob import __version__
+from gpujob.backends.base import RUNNER_MODULE, JobRequest
+
+DEFAULT_IMAGE = f"ghcr.io/gpujob/gpujob:{__version__}"
+SPEC_DIR = "/etc/gpujob"
+CACHE_DIR = "/cache"
+CONTAINER = "job"
+BACKOFF_LIMIT = 2
+TTL_AFTER_FINISHED_S = 6 * 3600
+RDZV_PORT = 29500
+CONFIG_ERROR_EXIT = 2
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def object_name(request: JobRequest) -> str:
+    """``<name>-<id>``, cut so it stays a DNS-1123 label (63) with room for pod suffixes."""
+    head = request.name[: 52 - len(request.job_id)].rstrip("-")
+    return f"{head}-{request.job_id}"
+
+
+def labels(request: JobRequest) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "gpujob",
+        "app.kubernetes.io/instance": object_name(request),
+        "app.kubernetes.io/component": request.kind,
+        "app.kubernetes.io/managed-by": "gpujob",
+        "app.kubernetes.io/version": __version__,
+        "gpujob.dev/id": request.job_id,
+        "gpujob.dev/name": request.name[:63],
+    }
+
+
+def output_dir(request: JobRequest) -> str:
+    """Where the job writes: URIs and absolute paths as given; relative ones under the cache PVC."""
+    out = request.spec.get("output", {}).get("dir") or f"outputs/{request.name}"
+    if "://" in out or out.startswith("/"):
+        return out
+    return f"{CACHE_DIR}/{out.lstrip('./')}"
+
+
+def _command(request: JobRequest, gpus: int, nodes: int, service: str, name: str) -> list[str]:
+    spec_file = f"{SPEC_DIR}/spec.json"
+    if request.kind == "command":
+        return [spec_file if arg == "{spec}" else arg for arg in request.command]
+    if gpus <= 1 and nodes == 1:
+        return ["python", "-m", RUNNER_MODULE, spec_file]
+    argv = ["torchrun", f"--nproc-per-node={max(gpus, 1)}", f"--nnodes={nodes}"]
+    if nodes > 1:
+        argv += ["--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={name}-0.{service}",
+                 f"--master-port={RDZV_PORT}"]
+    return [*argv, "-m", RUNNER_MODULE, spec_file]
+
+
+def _env(request: JobRequest, store: str, out: str) -> list[dict[str, Any]]:
+    env = [{"name": k, "value": v} for k, v in sorted(request.env.items())]
+    env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": store, "key": n}}} for n in request.secret_names]
+    env += [
+        {"name": "GPUJOB_JOB_ID", "value": request.job_id},
+        {"name": "GPUJOB_JOB_NAME", "value": request.name},
+        {"name": "GPUJOB_SPEC", "value": f"{SPEC_DIR}/spec.json"},
+        {"name": "GPUJOB_OUTPUT_DIR", "value": out},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    return env
+
+
+def _resources(res: dict[str, Any], gpus: int) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.get("cpu"):
+        requests["cpu"] = f"{float(res['cpu']):g}"
+    if res.get("memory"):
+        requests["memory"] = limits["memory"] = res["memory"]
+    if res.get("disk"):
+        requests["ephemeral-storage"] = res["disk"]
+    if gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = gpus
+    out = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def render(request: JobRequest) -> list[dict[str, Any]]:
+    spec = request.spec
+    rt, res = spec.get("runtime", {}), spec.get("resources", {})
+    gpus, nodes = int(res.get("gpus") or 0), int(res.get("nodes") or 1)
+    name = object_name(request)
+    service = f"{name}-workers"
+    meta_labels = labels(request)
+    namespace = rt.get("namespace")
+    out = output_dir(request)
+
+    def meta(obj_name: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+        m: dict[str, Any] = {"name": obj_name, "labels": {**meta_labels, **(extra or {})}}
+        if namespace:
+            m["namespace"] = namespace
+        return m
+
+    config_map = {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(f"{name}-spec"),
+        "data": {"spec.json": json.dumps(spec, indent=2, sort_keys=True)},
+    }
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": rt.get("image") or DEFAULT_IMAGE,
+        "command": _command(request, gpus, nodes, service, name),
+        "env": _env(request, rt.get("secret_store", "gpujob-secrets"), out),
+        "resources": _resources(res, gpus),
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "runAsNonRoot": True},
+    }
+    if nodes > 1:
+        container["env"].insert(0, {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
+        container["ports"] = [{"name": "rendezvous", "containerPort": RDZV_PORT}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": "gpujob-runner",
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": f"{name}-spec"}},
+            {"name": "cache", "persistentVolumeClaim": {"claimName": rt.get("cache_pvc", "gpujob-hf-cache")}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.get("shm", "8Gi")}},
+        ],
+    }
+    if gpus:
+        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        if res.get("gpu_type"):
+            pod_spec["nodeSelector"] = {rt.get("gpu_node_label", "nvidia.com/gpu.product"): res["gpu_type"]}
+    if nodes > 1:
+        pod_spec["subdomain"] = service
+    job_labels = {"kueue.x-k8s.io/queue-name": rt["queue"]} if rt.get("queue") else {}
+    job_spec: dict[str, Any] = {
+        "backoffLimit": BACKOFF_LIMIT,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                  "values": [CONFIG_ERROR_EXIT]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+        "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
+    }
+    if request.max_runtime_s:
+        job_spec["activeDeadlineSeconds"] = request.max_runtime_s
+    if rt.get("queue"):
+        job_spec["suspend"] = True
+    if nodes > 1:
+        job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(name, job_labels), "spec": job_spec}
+    objects = [config_map, job]
+    if nodes > 1:
+        objects.append({
+            "apiVersion": "v1", "kind": "Service", "metadata": meta(service),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {"gpujob.dev/id": request.job_id},
+                     "ports": [{"name": "rendezvous", "port": RDZV_PORT}]},
+        })
+    return objects
+
+
+def semantic_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Rules the schemas miss: DNS-1123 names, GPU requests equal limits, podFailurePolicy needs Never."""
+    problems = []
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        if not _DNS_LABEL.match(name) or len(name) > 63:
+            problems.append(f"{obj['kind']} name {name!r} is not a DNS-1123 label of at most 63 characters")
+        if obj["kind"] != "Job":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        if "podFailurePolicy" in obj["spec"] and pod.get("restartPolicy") != "Never":
+            problems.append("Job: podFailurePolicy needs restartPolicy: Never")
+        for c in pod["containers"]:
+            req = c.get("resources", {}).get("requests", {}).get("nvidia.com/gpu")
+            lim = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+            if req != lim:
+                problems.append(f"container {c['name']}: nvidia.com/gpu requests ({req}) must equal limits ({lim})")
+    return problems
+
+
+def validate(objects: list[dict[str, Any]], version: str = "1.33.0") -> list[str]:
+    """Strict offline validation against the official schemas, then :func:`semantic_problems`."""
+    import kubernetes_validate
+
+    problems = []
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{obj['kind']} {obj['metadata']['name']}: {exc.message}")
+    return problems + semantic_problems(objects)
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    """The objects as one YAML stream; multi-line strings (the spec) as literal blocks."""
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import LiteralScalarString
+
+    def literal(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: literal(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [literal(v) for v in value]
+        return LiteralScalarString(value) if isinstance(value, str) and "\n" in value else value
+
+    yaml = YAML()
+    yaml.default_flow_style = False
+    buf = io.StringIO()
+    yaml.dump_all([literal(obj) for obj in objects], buf)
+    return buf.getvalue()

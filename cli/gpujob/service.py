@@ -51,8 +51,7 @@ def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobReq
 
 def output_dir(loaded: "LoadedSpec") -> str:
     """``output.dir``, absolute; a URI (s3://, hf://) is kept as written."""
-    spec = loaded.spec
-    target = spec.output.dir or f"outputs/{spec.name}"
+    target = loaded.spec.resolved_output_dir()
     if "://" in target:
         return target
     return str((Path.cwd() / Path(target).expanduser()).resolve())

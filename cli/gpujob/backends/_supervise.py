@@ -47,7 +47,8 @@ class Supervisor:
         self.stop_reason: str | None = None  # set when we stop the job ourselves
         self.kill_at: float | None = None
         self.tail: list[str] = []
-        self.last_event: float | None = None  # monotonic time of the last progress event
+        self.last_event: float | None = None  # monotonic time of the last event, once progress began
+        self._important = False  # an event since the last snapshot that should be shown at once
         self.log = open(self.dir / LOG_NAME, "ab")
 
     # -------------------------------------------------------------- signals
@@ -137,8 +138,6 @@ class Supervisor:
         for line in splitter.flush():
             self._take_line(line, parse=False)
         self.log.flush()
-
-    _important = False
 
     def _take_line(self, line: str, parse: bool = True) -> bool:
         for secret in self.secrets:

@@ -165,15 +165,17 @@ class LocalBackend:
             self.cleanup(job)
             return
         pgid = job.handle.get("pgid")
-        target = pgid if pgid else None
         # SIGTERM to the job's group lets it save a checkpoint; the supervisor keeps
         # logging and records the exit. Before the job started, the supervisor itself
         # is told, so it never starts it.
-        _signal_group(target, signal.SIGTERM) if target else _signal(pid, signal.SIGTERM)
+        if pgid:
+            _signal_group(pgid, signal.SIGTERM)
+        else:
+            _signal(pid, signal.SIGTERM)
         if _wait_gone(pid, start, grace_s):
             return
-        if target:
-            _signal_group(target, signal.SIGKILL)
+        if pgid:
+            _signal_group(pgid, signal.SIGKILL)
         if _wait_gone(pid, start, 5.0):
             return
         _signal(pid, signal.SIGKILL)
@@ -204,12 +206,17 @@ def _read_handle(job_dir: Path) -> dict | None:
         return None
 
 
+def _proc_stat(pid: int) -> list[bytes]:
+    """The fields of /proc/PID/stat after the command name: [0] state, [19] start time.
+    Raises FileNotFoundError when there is no such process, OSError where /proc is missing."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return fh.read().rsplit(b")", 1)[1].split()
+
+
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (guards against pid reuse)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return int(fields[19])
+        return int(_proc_stat(pid)[19])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -221,8 +228,7 @@ def _alive(pid: int | None, start: int | None) -> bool:
         if child.poll() is not None:
             _CHILDREN.remove(child)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
+        fields = _proc_stat(pid)
     except FileNotFoundError:
         return False
     except OSError:

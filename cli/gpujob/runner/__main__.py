@@ -23,7 +23,7 @@ def _load(path: str):
 
 
 def _output_dir(spec) -> Path:
-    return Path(os.environ.get("GPUJOB_OUTPUT_DIR") or spec.output.dir or f"outputs/{spec.name}")
+    return Path(os.environ.get("GPUJOB_OUTPUT_DIR") or spec.resolved_output_dir())
 
 
 def _quiet_libraries() -> None:

@@ -530,16 +530,20 @@ def _did_you_mean(word: str, columns: list[str]) -> str:
     return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
 
 
+def _require_column(name: str, what: str, parts: list[_Part], label: str, key: str) -> str:
+    """``name`` if every split has it; else a DataError with a did-you-mean and the columns that exist."""
+    for part in parts:
+        if name not in part.columns:
+            raise DataError(f'{what} "{name}" not found in {label} (split {part.split}); '
+                            f'{_did_you_mean(name, part.columns)}columns that exist: {", ".join(part.columns)}',
+                            key=key)
+    return name
+
+
 def _text_column(source: Any, parts: list[_Part], label: str, key: str) -> str:
     columns = parts[0].columns
     if source.text_column:
-        name = source.text_column
-        for part in parts:
-            if name not in part.columns:
-                raise DataError(f'column "{name}" not found in {label} (split {part.split}); '
-                                f'{_did_you_mean(name, part.columns)}columns that exist: {", ".join(part.columns)}',
-                                key=f"{key}.text_column")
-        return name
+        return _require_column(source.text_column, "column", parts, label, f"{key}.text_column")
     name = next((c for c in TEXT_COLUMNS if all(c in p.columns for p in parts)), None)
     if name is None:
         close = sorted({m for c in TEXT_COLUMNS for m in difflib.get_close_matches(c, columns, n=2, cutoff=0.6)})
@@ -556,12 +560,7 @@ def _audio_column(source: Any, kind: str, parts: list[_Part], label: str, key: s
         return name if name in parts[0].columns else "path"
     if kind == "audiofolder":
         return name if name in parts[0].columns else "file_name"
-    for part in parts:
-        if name not in part.columns:
-            raise DataError(f'audio column "{name}" not found in {label} (split {part.split}); '
-                            f'{_did_you_mean(name, part.columns)}columns that exist: {", ".join(part.columns)}',
-                            key=f"{key}.audio_column")
-    return name
+    return _require_column(name, "audio column", parts, label, f"{key}.audio_column")
 
 
 # ------------------------------------------------------------------------------- audio + filtering

@@ -35,7 +35,6 @@ from gpujob.runner import data as data_mod
 from gpujob.runner.batches import batches, features
 from gpujob.runner.evaluate import EncoderCache, _autocast, encoder_states, evaluate, summary_lines, write_predictions
 from gpujob.runner.model import freeze, load, pick_device, pick_precision, set_gradient_checkpointing
-from gpujob.spec import default_learning_rate
 
 DONE_MARKER = "complete"
 
@@ -45,14 +44,11 @@ class Stop(Exception):
 
 
 def learning_rate(spec: Any, model) -> float:
-    lr = spec.training.learning_rate
-    if lr != "auto":
-        return float(lr)
-    auto = default_learning_rate(spec.model.checkpoint, getattr(model.config, "d_model", None))
-    if auto is None:
+    lr = spec.resolved_learning_rate(getattr(model.config, "d_model", None))
+    if lr is None:
         raise ValueError("training.learning_rate: cannot derive a default for this checkpoint; set one "
                          "(rule of thumb: the pre-training rate / 40)")
-    return auto
+    return lr
 
 
 def lr_lambda(warmup: int, total: int, schedule: str):

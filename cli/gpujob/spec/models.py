@@ -457,10 +457,11 @@ class JobSpec(BaseModel):
             self.resources.gpus = 0 if self.kind == "command" else 1
         return self
 
-    def resolved_learning_rate(self) -> float | None:
-        """The learning rate to use: the given number, or the ``auto`` default (None if unknown)."""
+    def resolved_learning_rate(self, d_model: int | None = None) -> float | None:
+        """The learning rate to use: the given number, or the ``auto`` default (None if unknown);
+        ``d_model`` (from the checkpoint's config) sizes checkpoints whose name says nothing."""
         lr = self.training.learning_rate
-        return default_learning_rate(self.model.checkpoint) if lr == "auto" else float(lr)
+        return default_learning_rate(self.model.checkpoint, d_model) if lr == "auto" else float(lr)
 
     def resolved_output_dir(self) -> str:
         """``output.dir``, or ``outputs/<name>`` (``outputs/job`` when unnamed)."""

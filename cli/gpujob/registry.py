@@ -194,7 +194,8 @@ class Registry:
         return self.get(job_id)
 
     def transition(self, job_id: str, status: str, *, reason: str | None = None,
-                   exit_code: int | None = None, only_from: tuple[str, ...] = ACTIVE) -> bool:
+                   exit_code: int | None = None, only_from: tuple[str, ...] = ACTIVE,
+                   started_at: float | None = None) -> bool:
         """Move a job to ``status`` if it is currently in ``only_from``; True if it moved.
 
         The condition makes racing writers safe: a supervisor reporting "succeeded"
@@ -219,9 +220,9 @@ class Registry:
             if exit_code is not None:
                 sets.append("exit_code = ?")
                 args.append(exit_code)
-            if status == "running":
+            if status == "running" or (started_at is not None and status in TERMINAL):
                 sets.append("started_at = COALESCE(started_at, ?)")
-                args.append(now)
+                args.append(started_at or now)  # a backend may know when it really started
             if status in TERMINAL:
                 sets.append("finished_at = ?")
                 args.append(now)

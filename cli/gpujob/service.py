@@ -79,10 +79,11 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
                 f"{loaded.path}: kind: {spec.kind} runs the Whisper runner ({RUNNER_MODULE}), which needs "
                 f"{', '.join(missing_libs)} in gpujob's environment",
                 hint="install them: pip install 'gpujob[runner]'")
-    missing = [n for n in spec.runtime.secrets if not environ.get(n)]
+    from_env = getattr(impl, "secrets_from_environment", True)
+    missing = [n for n in spec.runtime.secrets if not environ.get(n)] if from_env else []
     if missing:
         raise MissingSecret(missing, loaded.path)
-    out = output_dir(loaded)
+    out = impl.output_dir(loaded.data) if hasattr(impl, "output_dir") else output_dir(loaded)
     for other in registry.list(active_only=True):
         if other.output_dir == out:
             raise UserError(
@@ -93,11 +94,13 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
                           spec_path=loaded.path, output_dir=out)
     request = build_request(loaded, job_id=job.id, job_dir=job.job_dir)
     try:
-        handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets})
+        handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets if from_env})
     except Exception as exc:
         registry.transition(job.id, "failed", reason=f"the {name} backend could not start the job: {exc}")
         raise
     registry.update(job.id, handle=handle)
+    if not getattr(impl, "self_reporting", False):
+        return refresh(registry, registry.get(job.id))
     return _wait_started(registry, job.id)
 
 
@@ -120,10 +123,14 @@ def refresh(registry: Registry, job: Job) -> Job:
     except UserError:
         return job
     seen = impl.status(job)
-    if seen is not None and seen.status != job.status:
-        registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code)
-        return registry.get(job.id)
-    return job
+    if seen is None:
+        return job
+    if seen.progress:
+        registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
+    if seen.status != job.status or (seen.reason or None) != (job.reason or None):
+        registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
+                            started_at=seen.started_at)
+    return registry.get(job.id)
 
 
 def refresh_all(registry: Registry, jobs: list[Job]) -> list[Job]:
@@ -143,6 +150,7 @@ def cancel(registry: Registry, job: Job, *, grace_s: float = 10.0) -> Job:
     return registry.get(job.id)
 
 
-def logs(registry: Registry, job: Job, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+def logs(registry: Registry, job: Job, *, follow: bool = False, tail: int | None = None,
+         all_workers: bool = False) -> Iterator[str]:
     impl = get_backend(job.backend)
-    yield from impl.logs(job, follow=follow, tail=tail)
+    yield from impl.logs(job, follow=follow, tail=tail, all_workers=all_workers)

@@ -4,7 +4,7 @@
 |------------|-----------------------------------------------------|---------------|
 | local      | a detached process group on this machine            | available     |
 | docker     | a container on a Docker engine (local or ssh://)    | planned       |
-| kubernetes | a batch/v1 Job on a cluster                         | render only   |
+| kubernetes | a batch/v1 Job on a cluster                         | available     |
 | host       | a rented GPU host (Lambda-style), via docker/ssh    | planned       |
 """
 
@@ -20,7 +20,7 @@ _IMPLEMENTED = {
     "local": ("gpujob.backends.local", "LocalBackend"),
     "kubernetes": ("gpujob.backends.kubernetes", "KubernetesBackend"),
 }
-_RENDER_ONLY = {"kubernetes"}
+_RENDER_ONLY: set[str] = set()
 
 __all__ = ["Backend", "JobRequest", "Observed", "NAMES", "get_backend"]
 

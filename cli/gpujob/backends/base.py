@@ -49,6 +49,8 @@ class Observed:
     status: str                 # a registry status: queued, running, succeeded, failed, cancelled
     exit_code: int | None = None
     reason: str | None = None
+    progress: dict | None = None   # a ProgressState snapshot, for backends without a supervisor of their own
+    started_at: float | None = None  # when the job's process really started (epoch seconds), if known
 
 
 class Backend(Protocol):
@@ -63,8 +65,10 @@ class Backend(Protocol):
     def status(self, job: "Job") -> Observed | None:
         """The job's state as the backend sees it; None when nothing is known beyond the registry."""
 
-    def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
-        """The job's output lines; with follow, keep yielding until the job has ended."""
+    def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
+             all_workers: bool = False) -> Iterator[str]:
+        """The job's output lines; with follow, keep yielding until the job has ended. Multi-node
+        jobs show worker 0, or with all_workers every worker's lines prefixed by its index."""
 
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
         """Stop the job: a polite signal, then a forced one after the grace period."""
@@ -122,3 +126,8 @@ def last_error_line(lines: list[str]) -> str | None:
 
 def runner_argv(python: str, spec_file: str) -> list[str]:
     return [python, "-m", RUNNER_MODULE, spec_file]
+
+
+class Notice(str):
+    """A line from gpujob itself inside a log stream ("waiting: unschedulable ..."), not the job's
+    output: the CLI prints it to stderr, so stdout stays exactly what the job wrote."""

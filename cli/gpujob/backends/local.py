@@ -34,6 +34,7 @@ POLL_S = 0.2
 
 class LocalBackend:
     name = "local"
+    self_reporting = True  # its supervisor writes the job's state into the registry
 
     # ------------------------------------------------------------------ submit
 
@@ -121,7 +122,8 @@ class LocalBackend:
                    "before it could record an exit status",
         )
 
-    def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+    def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
+             all_workers: bool = False) -> Iterator[str]:
         path = job.job_dir / LOG_NAME
         pid, start = job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")
         waited = 0.0

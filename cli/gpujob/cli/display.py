@@ -18,6 +18,7 @@ from gpujob.progress import (
     is_event_line,
     parse_line,
 )
+from gpujob.backends.base import Notice
 from gpujob.registry import Job
 
 
@@ -165,6 +166,12 @@ class LogPrinter:
             self._live = None
 
     def line(self, line: str) -> None:
+        if isinstance(line, Notice):  # gpujob's own word about the job (waiting, retrying), not its output
+            if self._console is not None:
+                self._console.print(f"gpujob: {line}", markup=False, highlight=False, style="dim")
+            else:
+                typer.echo(f"gpujob: {line}", err=True)
+            return
         if self.raw:
             typer.echo(line)
             return

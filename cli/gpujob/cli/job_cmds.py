@@ -82,22 +82,24 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Exactly what the job wrote, event lines included.")] = False,
+    all_workers: Annotated[bool, typer.Option(
+        "--all", help="Multi-node jobs: every worker's lines, prefixed by its index (default: worker 0).")] = False,
 ) -> None:
     """A job's output. On a terminal, -f adds a live bar: step/total, it/s, ETA, loss, WER."""
     registry = open_registry()
     job = find_job(registry, ref)
     if follow:
-        _follow(registry, job.id, tail=tail, raw=raw)
+        _follow(registry, job.id, tail=tail, raw=raw, all_workers=all_workers)
         return
     from gpujob import service
     from gpujob.cli import display
 
     printer = display.LogPrinter(raw=raw, live=False)
-    for line in service.logs(registry, job, follow=False, tail=tail):
+    for line in service.logs(registry, job, follow=False, tail=tail, all_workers=all_workers):
         printer.line(line)
 
 
-def _follow(registry, job_id: str, *, tail: int | None, raw: bool) -> None:
+def _follow(registry, job_id: str, *, tail: int | None, raw: bool, all_workers: bool = False) -> None:
     """Print a job's log as it grows, until the job ends; exit 1 unless it succeeded."""
     from gpujob import service
     from gpujob.cli import display
@@ -106,7 +108,7 @@ def _follow(registry, job_id: str, *, tail: int | None, raw: bool) -> None:
     printer = display.LogPrinter(raw=raw, live=None, state=None)
     try:
         with printer:
-            for line in service.logs(registry, job, follow=True, tail=tail):
+            for line in service.logs(registry, job, follow=True, tail=tail, all_workers=all_workers):
                 printer.line(line)
     except KeyboardInterrupt:
         typer.echo(f"\ndetached; the job keeps running: gpujob logs -f {job_id}  |  gpujob cancel {job_id}", err=True)

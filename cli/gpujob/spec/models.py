@@ -328,6 +328,9 @@ class RuntimeSection(_Section):
         "`host`: a remote GPU host."))
     image: NonEmptyStr | None = Field(None, description="Container image for docker/kubernetes. Default: the gpujob runner image.")
     namespace: NonEmptyStr | None = Field(None, description="Kubernetes namespace. Default: the current context's.")
+    context: NonEmptyStr | None = Field(None, description=(
+        "kubernetes: the kubeconfig context to submit to. Default: the current one. Later commands on the job "
+        "use the cluster it was submitted to, whatever the current context is then."))
     queue: NonEmptyStr | None = Field(None, description="Scheduler queue (e.g. a Kueue LocalQueue name), if the backend has one.")
     cache_pvc: NonEmptyStr = Field("gpujob-hf-cache", description=(
         "kubernetes: PersistentVolumeClaim mounted at /cache for the Hugging Face cache and relative outputs "

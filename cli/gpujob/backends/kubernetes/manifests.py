@@ -57,11 +57,15 @@ def labels(request: JobRequest) -> dict[str, str]:
 
 
 def output_dir(request: JobRequest) -> str:
+    return output_dir_for(request.spec)
+
+
+def output_dir_for(spec: dict[str, Any]) -> str:
     """Where the job writes: URIs and absolute paths as given; relative ones under the cache PVC."""
-    out = request.spec.get("output", {}).get("dir") or f"outputs/{request.name}"
+    out = (spec.get("output") or {}).get("dir") or f"outputs/{spec.get('name', 'job')}"
     if "://" in out or out.startswith("/"):
         return out
-    return f"{CACHE_DIR}/{out.lstrip('./')}"
+    return f"{CACHE_DIR}/{out.removeprefix('./')}"
 
 
 def _command(request: JobRequest, gpus: int, nodes: int, service: str, name: str) -> list[str]:
@@ -101,7 +105,7 @@ def _resources(res: dict[str, Any], gpus: int) -> dict[str, Any]:
     if res.get("disk"):
         requests["ephemeral-storage"] = res["disk"]
     if gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = gpus
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)  # quantities are strings
     out = {}
     if requests:
         out["requests"] = requests

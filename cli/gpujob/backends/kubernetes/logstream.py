@@ -1,0 +1,138 @@
+"""Follow one pod's log across dropped streams, without losing or repeating a line.
+
+The API server's log stream ends when a connection drops, an idle proxy times out or the API
+server restarts. The follower asks for ``timestamps=true``, remembers the timestamp of the last
+line it passed on and how many lines carried exactly that timestamp, and reconnects with
+``sinceTime`` a second earlier (the parameter has whole seconds). Lines older than the last one
+are dropped, and so are the first N lines that repeat its timestamp. A line cut off by a drop is
+held back until its newline arrives on the next connection. Once the pod has ended, one last
+non-following read collects anything written after the final drop.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Iterator
+
+_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+# open_stream(since_time, tail_lines, follow) -> byte chunks; raises on a failed connection.
+Opener = Callable[[str | None, int | None, bool], Iterable[bytes]]
+# pod_state() -> "waiting" (no log yet) | "running" | "ended" | "gone"
+StateFn = Callable[[], str]
+
+
+class LogNotReady(Exception):
+    """The container has not started yet (the API answers 400 'waiting to start')."""
+
+
+class PodGone(Exception):
+    """The pod no longer exists."""
+
+
+def parse_ts(line: str) -> tuple[int | None, str]:
+    """``"2026-11-25T10:00:00.5Z text"`` -> (nanoseconds since the epoch, ``"text"``)."""
+    head, sep, text = line.partition(" ")
+    m = _TS.match(head)
+    if not m:
+        return None, line
+    base = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+    frac = int((m.group(2) or "0").ljust(9, "0"))
+    return int(base.timestamp()) * 1_000_000_000 + frac, text
+
+
+def format_ts(ns: int) -> str:
+    """RFC 3339 with nanoseconds, as the kubelet writes them (trailing zeros trimmed)."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    base = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    digits = f"{frac:09d}".rstrip("0")
+    return f"{base}.{digits}Z" if digits else f"{base}Z"
+
+
+def since_param(ns: int) -> str:
+    """sinceTime for a reconnect: whole seconds, one second early (the filter's edge is not ours to trust)."""
+    seconds = ns // 1_000_000_000 - 1
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Follower:
+    """Yields a pod's log lines (without timestamps) until the pod has ended and its log is read."""
+
+    def __init__(self, open_stream: Opener, pod_state: StateFn, *, tail: int | None = None,
+                 follow: bool = True, transient: tuple[type[BaseException], ...] = (OSError,),
+                 sleep: Callable[[float], None] = time.sleep, max_backoff_s: float = 5.0) -> None:
+        self.open_stream = open_stream
+        self.pod_state = pod_state
+        self.tail = tail
+        self.follow = follow
+        self.transient = transient
+        self.sleep = sleep
+        self.max_backoff_s = max_backoff_s
+        self.last_ns: int | None = None
+        self.at_last = 0          # lines passed on that carry exactly last_ns
+        self.reconnects = 0
+
+    def _accept(self, raw: bytes, skip: list[int]) -> str | None:
+        ns, text = parse_ts(raw.decode("utf-8", "replace").rstrip("\r"))
+        if ns is not None and self.last_ns is not None:
+            if ns < self.last_ns:
+                return None
+            if ns == self.last_ns and skip[0] > 0:
+                skip[0] -= 1
+                return None
+        if ns is not None:
+            if ns == self.last_ns:
+                self.at_last += 1
+            else:
+                self.last_ns, self.at_last = ns, 1
+            skip[0] = 0
+        return text
+
+    def lines(self) -> Iterator[str]:
+        first, last_pass, backoff, final_failures = True, not self.follow, 0.2, 0
+        while True:
+            since = None if self.last_ns is None else since_param(self.last_ns)
+            skip = [self.at_last]
+            partial = b""
+            clean = False
+            try:
+                for chunk in self.open_stream(since, self.tail if first else None, not last_pass):
+                    first = False
+                    partial += chunk
+                    *complete, partial = partial.split(b"\n")
+                    for raw in complete:
+                        text = self._accept(raw, skip)
+                        if text is not None:
+                            backoff = 0.2
+                            yield text
+                first = False
+                clean = True
+            except LogNotReady:
+                if last_pass:
+                    return  # the container never started: there is no log to read
+            except PodGone:
+                return
+            except self.transient:
+                if last_pass:
+                    final_failures += 1
+                    if final_failures >= 5:
+                        raise
+            if last_pass:
+                if clean:
+                    if partial:
+                        text = self._accept(partial, skip)
+                        if text is not None:
+                            yield text
+                    return
+            else:
+                state = self.pod_state()
+                if state == "gone":
+                    return
+                if state == "ended":
+                    last_pass = True
+                    continue  # read once more, without follow: nothing after the last drop is lost
+            self.reconnects += 1
+            self.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)

@@ -96,6 +96,7 @@ class Emulator(kmock.KubernetesEmulator):
         self.rv = 0
         self.deletions: dict[tuple[str, str, str], str] = {}
         self.expire_watches = 0
+        self.reject_creates: dict[str, tuple[int, str]] = {}  # plural -> (HTTP status, message): admission says no
         self[enums.method.GET, kmock.subresource("log")] << self._serve_log
 
     def bump(self) -> str:
@@ -103,6 +104,11 @@ class Emulator(kmock.KubernetesEmulator):
         return str(self.rv)
 
     async def _handle(self, request):  # noqa: ANN001 - kmock's signature
+        if request.action == enums.action.CREATE and request.resource is not None \
+                and request.resource.plural in self.reject_creates:
+            status, message = self.reject_creates[request.resource.plural]
+            raise kmock.KubernetesError(status=status, reason="Forbidden" if status == 403 else "Invalid",
+                                        message=message, details={})
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {}) if request.action in (
                 enums.action.CREATE, enums.action.UPDATE) else None

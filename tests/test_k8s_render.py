@@ -62,8 +62,8 @@ def test_the_job_carries_gpus_shm_cache_secrets_policy_deadline_ttl_and_security
     (container,) = pod["containers"]
     assert job["metadata"]["name"] == "whisper-small-el-ab12cd" and job["metadata"]["namespace"] == "speech"
     assert job["metadata"]["labels"]["gpujob.dev/id"] == "ab12cd"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
     assert container["resources"]["requests"]["cpu"] == "8" and container["resources"]["limits"]["memory"] == "64Gi"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
@@ -127,19 +127,26 @@ def test_long_names_are_cut_to_valid_labels():
 def test_semantic_rules_catch_what_the_schema_misses():
     job = objects_for(TRAIN)["Job"]
     bad = copy.deepcopy(job)
-    bad["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] = 1
+    bad["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] = "1"
     bad["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
     bad["metadata"]["name"] = "Bad_Name"
     problems = " | ".join(manifests.semantic_problems([bad]))
     assert "must equal limits" in problems and "restartPolicy: Never" in problems and "DNS-1123" in problems
 
 
-def test_cli_renders_kubernetes_yaml_and_refuses_to_submit_yet(monkeypatch):
+def test_cli_renders_kubernetes_yaml_without_secret_values(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "unused")
     result = CliRunner().invoke(app, ["render", str(ROOT / "jobs" / "train-el-medium.yaml"), "--backend", "kubernetes"])
     assert result.exit_code == 0, result.output
     docs = list(YAML(typ="safe").load_all(result.output))
     assert [d["kind"] for d in docs] == ["ConfigMap", "Job"]
     assert "unused" not in result.output
+
+
+def test_submit_without_a_cluster_configured_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     submit = CliRunner().invoke(app, ["submit", str(ROOT / "jobs" / "hello.yaml"), "--backend", "kubernetes"])
-    assert submit.exit_code == 2 and "can only render" in submit.output
+    assert submit.exit_code == 2, submit.output
+    assert "no Kubernetes cluster configured" in submit.output and "KUBECONFIG" in submit.output
+    assert "Traceback" not in submit.output

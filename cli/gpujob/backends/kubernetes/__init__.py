@@ -129,11 +129,7 @@ class KubernetesBackend:
 
     def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
              all_workers: bool = False) -> Iterator[str]:
-        saved = job.job_dir / LOG_NAME
         if not job.handle.get("job"):
-            return
-        if not follow and job.status in _TERMINAL and saved.exists():
-            yield from _read_saved(saved, tail)
             return
         cluster = self._cluster(job)
         indices = list(range(int(job.handle.get("nodes") or 1))) if all_workers else [0]
@@ -155,8 +151,12 @@ class KubernetesBackend:
             kjob = cluster.job(name)
             pods = self._lead_pods(self._pods(cluster, job), index)
             started = [p for p in pods if _started(p) and p["metadata"]["name"] not in followed]
-            if first and len(started) > 1:  # joining late: the current attempt, not the old ones
+            if first and follow and len(started) > 1:  # joining late: the current attempt, not the old ones
                 followed.update(p["metadata"]["name"] for p in started[:-1])
+                earlier = explain.last_failed(started[:-1])
+                if earlier is not None:
+                    words, _ = explain.pod_words(earlier, self._tail(cluster, earlier, ERROR_TAIL_LINES))
+                    yield Notice(f"attempt {len(started) - 1} failed: {words}")
                 started = started[-1:]
             first = False
             if started:
@@ -173,7 +173,7 @@ class KubernetesBackend:
                 continue
             seen = explain.observe(kjob, pods, name=name, namespace=cluster.namespace)
             if seen.status in _TERMINAL or kjob is None:
-                if not pods and job.job_dir.joinpath(LOG_NAME).exists():
+                if not pods and index == 0 and job.job_dir.joinpath(LOG_NAME).exists():
                     yield from (prefix + ln for ln in _read_saved(job.job_dir / LOG_NAME, tail))
                 return
             if not follow:

@@ -18,7 +18,11 @@ from gpujob.errors import GpujobError, UserError
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 CONNECT_TIMEOUT_S = 10
-READ_TIMEOUT_S = 60
+READ_TIMEOUT_S = 60  # a log stream quiet this long is reopened (override: GPUJOB_K8S_READ_TIMEOUT_S)
+
+
+def read_timeout_s_() -> float:
+    return float(os.environ.get("GPUJOB_K8S_READ_TIMEOUT_S") or READ_TIMEOUT_S)
 
 
 class ClusterError(GpujobError):
@@ -212,7 +216,7 @@ class Cluster:
             resp.release_conn()
 
     def open_log(self, pod: str, container: str, *, follow: bool, since_time: str | None = None,
-                 tail: int | None = None, read_timeout_s: float = READ_TIMEOUT_S):
+                 tail: int | None = None, read_timeout_s: float | None = None):
         """The raw streaming response of ``pods/log`` with timestamps (urllib3 response).
 
         ``sinceTime`` is in the API but not in the Python client's method, so the request is built
@@ -228,7 +232,7 @@ class Cluster:
             method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
             path_params={"namespace": self.namespace, "name": pod}, query_params=query,
             header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
-        resp = self.api.call_api(*params, _request_timeout=(CONNECT_TIMEOUT_S, read_timeout_s))
+        resp = self.api.call_api(*params, _request_timeout=(CONNECT_TIMEOUT_S, read_timeout_s or read_timeout_s_()))
         if not 200 <= resp.status < 300:
             body = resp.read()
             exc = self._ApiException(status=resp.status, reason=resp.reason)

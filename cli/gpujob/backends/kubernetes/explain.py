@@ -175,7 +175,7 @@ def _pending(pod: dict[str, Any], prev: str) -> Observed:
 def _schedule_hint(pod: dict[str, Any], message: str) -> str:
     spec = pod.get("spec") or {}
     hints = []
-    for resource in _INSUFFICIENT.findall(message):
+    for resource in (r.rstrip(".") for r in _INSUFFICIENT.findall(message)):
         if resource == "nvidia.com/gpu":
             hints.append("no node has that many free GPUs now: it starts when GPUs free up, or lower resources.gpus")
         elif resource in ("cpu", "memory", "ephemeral-storage"):

@@ -3,7 +3,8 @@
 The API server's log stream ends when a connection drops, an idle proxy times out or the API
 server restarts. The follower asks for ``timestamps=true``, remembers the timestamp of the last
 line it passed on and how many lines carried exactly that timestamp, and reconnects with
-``sinceTime`` a second earlier (the parameter has whole seconds). Lines older than the last one
+``sinceTime`` set to that line's second (the parameter has whole seconds; the kubelet keeps
+lines at or after it). Lines older than the last one
 are dropped, and so are the first N lines that repeat its timestamp. A line cut off by a drop is
 held back until its newline arrives on the next connection. Once the pod has ended, one last
 non-following read collects anything written after the final drop.
@@ -52,8 +53,8 @@ def format_ts(ns: int) -> str:
 
 
 def since_param(ns: int) -> str:
-    """sinceTime for a reconnect: whole seconds, one second early (the filter's edge is not ours to trust)."""
-    seconds = ns // 1_000_000_000 - 1
+    """sinceTime for a reconnect: the last line's timestamp cut to whole seconds."""
+    seconds = ns // 1_000_000_000
     return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -91,15 +92,15 @@ class Follower:
         return text
 
     def lines(self) -> Iterator[str]:
-        first, last_pass, backoff, final_failures = True, not self.follow, 0.2, 0
+        last_pass, backoff, final_failures = not self.follow, 0.2, 0
         while True:
             since = None if self.last_ns is None else since_param(self.last_ns)
             skip = [self.at_last]
             partial = b""
             clean = False
             try:
-                for chunk in self.open_stream(since, self.tail if first else None, not last_pass):
-                    first = False
+                # --tail applies until a first line has come through; after that, sinceTime rules.
+                for chunk in self.open_stream(since, self.tail if self.last_ns is None else None, not last_pass):
                     partial += chunk
                     *complete, partial = partial.split(b"\n")
                     for raw in complete:
@@ -107,7 +108,6 @@ class Follower:
                         if text is not None:
                             backoff = 0.2
                             yield text
-                first = False
                 clean = True
             except LogNotReady:
                 if last_pass:

@@ -1,0 +1,383 @@
+"""The kubernetes backend, end to end through the `gpujob` command, against a Kubernetes API.
+
+Every scenario runs against the emulator (tests/k8s_emulator.py: kmock's API server plus a Job
+controller, scheduler and kubelet that runs the container's command as a real process). The same
+scenarios are the contract suite for a real cluster: set GPUJOB_TEST_KUBECONFIG (and optionally
+GPUJOB_TEST_NAMESPACE, GPUJOB_TEST_IMAGE: an image with gpujob installed) to run them there.
+Scenarios that need a fault only the emulator can inject (dropped log streams, 410 Gone, a
+rejected create) run on the emulator alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster  # noqa: E402
+
+pytest.importorskip("kubernetes")
+pytest.importorskip("kmock")
+
+GPUJOB = [sys.executable, "-m", "gpujob"]
+REAL = os.environ.get("GPUJOB_TEST_KUBECONFIG")
+
+
+class K8s:
+    """One cluster (emulated or real) and the `gpujob` command pointed at it."""
+
+    def __init__(self, tmp: Path, kubeconfig: Path, namespace: str, image: str, fake: FakeCluster | None):
+        self.tmp, self.kubeconfig, self.namespace, self.image, self.fake = tmp, kubeconfig, namespace, image, fake
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GPUJOB_HOME": str(tmp / "home"),
+                    "PYTHONUNBUFFERED": "1"}
+        self.env.pop("HF_TOKEN", None)
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.core, self.batch = client.CoreV1Api(api), client.BatchV1Api(api)
+
+    @property
+    def emulated(self) -> bool:
+        return self.fake is not None
+
+    def spec(self, name: str, code: str, **sections) -> Path:
+        """A command job running ``python -c code`` in the job image."""
+        runtime = {"backend": "kubernetes", "namespace": self.namespace, "image": self.image,
+                   **sections.pop("runtime", {})}
+        spec = {"apiVersion": "gpujob/v1", "kind": "command", "name": name,
+                "command": ["python", "-c", code], "resources": {"gpus": 0, **sections.pop("resources", {})},
+                "runtime": runtime, "limits": {"max_runtime": "10m", **sections.pop("limits", {})}, **sections}
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(json.dumps(spec))  # JSON is YAML
+        return path
+
+    def gpujob(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*GPUJOB, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+                              cwd=self.tmp)
+
+    def submit(self, path: Path, *extra: str) -> str:
+        r = self.gpujob("submit", str(path), *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout.split()[2]  # "submitted job <id> (...)"
+
+    def status(self, job_id: str) -> dict:
+        r = self.gpujob("status", job_id, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        return json.loads(r.stdout)
+
+    def wait_status(self, job_id: str, predicate, timeout: float = 60, what: str = "status") -> dict:
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            seen = self.status(job_id)
+            if predicate(seen):
+                return seen
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}; last status: {seen}")
+
+    def pods(self, job_id: str) -> list[dict]:
+        data = json.loads(self.core.list_namespaced_pod(self.namespace, label_selector=f"gpujob.dev/id={job_id}",
+                                                        _preload_content=False).data)
+        return [p for p in data["items"] if p["metadata"].get("labels", {}).get("gpujob.dev/id") == job_id]
+
+    def k8s_jobs(self, job_id: str) -> list[dict]:
+        data = json.loads(self.batch.list_namespaced_job(self.namespace, label_selector=f"gpujob.dev/id={job_id}",
+                                                         _preload_content=False).data)
+        return [j for j in data["items"] if j["metadata"].get("labels", {}).get("gpujob.dev/id") == job_id]
+
+
+@pytest.fixture(params=["emulator", "cluster"])
+def k8s(request, tmp_path):
+    if request.param == "cluster":
+        if not REAL:
+            pytest.skip("contract run against a real cluster: set GPUJOB_TEST_KUBECONFIG (and GPUJOB_TEST_NAMESPACE, "
+                        "GPUJOB_TEST_IMAGE) to run it")
+        yield K8s(tmp_path, Path(REAL), os.environ.get("GPUJOB_TEST_NAMESPACE", "gpujob"),
+                  os.environ.get("GPUJOB_TEST_IMAGE", "ghcr.io/gpujob/gpujob:0.1.0"), None)
+        return
+    with FakeCluster(tmp_path, node_labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}) as fake:
+        yield K8s(tmp_path, fake.kubeconfig, fake.namespace, "ghcr.io/gpujob/gpujob:test", fake)
+        assert fake.errors == [], f"the emulator's controllers failed: {fake.errors}"
+
+
+@pytest.fixture
+def emulated(k8s):
+    if not k8s.emulated:
+        pytest.skip("needs a fault only the emulator can inject")
+    return k8s
+
+
+DEMO = "import runpy, sys; sys.argv = ['demo'] + {args!r}; runpy.run_module('gpujob.demo', run_name='__main__')"
+
+
+def demo(*args: str) -> str:
+    return DEMO.format(args=list(args))
+
+
+def numbered(n: int, pause: float = 0.01) -> str:
+    return f"import time\nfor i in range({n}):\n    print(f'line {{i:03d}}', flush=True)\n    time.sleep({pause})"
+
+
+# ----------------------------------------------------------------------------- the must-show scenario
+
+
+def test_submit_status_logs_follow_and_cancel_end_to_end(k8s):
+    job_id = k8s.submit(k8s.spec("long-run", demo("--steps", "4000", "--step-time", "0.05", "--eval-every", "100")))
+    running = k8s.wait_status(job_id, lambda s: s["status"] == "running" and (s["step"] or 0) >= 5,
+                              what="running with progress")
+    assert running["total_steps"] == 4000 and running["steps_per_s"] and running["eta_s"] > 0
+
+    follower = subprocess.Popen([*GPUJOB, "logs", "-f", job_id], env=k8s.env, cwd=k8s.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress_lines = 0
+    for line in follower.stdout:  # the live log, from the start of the job
+        progress_lines += line.startswith("[progress] step")
+        if progress_lines == 3:
+            break
+    assert progress_lines == 3
+
+    cancelled = k8s.gpujob("cancel", job_id, "--grace", "5")
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert "cancelled" in cancelled.stdout
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 1, err  # the job did not succeed
+    assert "cancelled" in err
+
+    # Foreground deletion: the Job, its pods and its ConfigMap are gone (GPU freed), not orphaned.
+    assert k8s.k8s_jobs(job_id) == [] and k8s.pods(job_id) == []
+    status = k8s.status(job_id)
+    assert status["status"] == "cancelled" and status["step"] >= 5
+    # The log was saved before the pods went, so it can still be read.
+    saved = k8s.gpujob("logs", job_id, "--tail", "3")
+    assert saved.returncode == 0 and "[progress] step" in saved.stdout
+    if k8s.emulated:
+        assert k8s.fake.emulator.deletions[("jobs", k8s.namespace, f"long-run-{job_id}")] == "Foreground"
+        assert not [c for c in k8s.fake.objects(CONFIGMAPS) if job_id in c["metadata"]["name"]]
+
+
+def test_a_job_that_succeeds_reports_progress_metrics_and_keeps_its_log(k8s):
+    job_id = k8s.submit(k8s.spec("short-run", demo("--steps", "40", "--step-time", "0.02", "--eval-every", "20")))
+    r = k8s.gpujob("logs", "-f", job_id)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[end] succeeded" in r.stdout and "done: w=" in r.stdout
+    assert "succeeded" in r.stderr  # the final line
+    s = k8s.status(job_id)
+    assert s["status"] == "succeeded" and s["exit_code"] == 0
+    assert s["step"] == s["total_steps"] == 40 and s["metrics"]["wer"] < 0.5
+    assert s["runtime_s"] is not None and s["runtime_s"] >= 0.5
+    listing = k8s.gpujob("list")
+    assert job_id in listing.stdout and "succeeded" in listing.stdout and "kubernetes" in listing.stdout
+    if k8s.emulated:  # ttlSecondsAfterFinished removed the Job and its pods: the saved log remains
+        k8s.batch.delete_namespaced_job(k8s.k8s_jobs(job_id)[0]["metadata"]["name"], k8s.namespace,
+                                        propagation_policy="Background")
+        k8s.fake.wait_for(lambda: not k8s.pods(job_id), what="pods removed")
+        later = k8s.gpujob("logs", job_id)
+        assert later.returncode == 0 and "[end] succeeded" in later.stdout
+
+
+# ----------------------------------------------------------------------------- why is it not running?
+
+
+def test_unschedulable_gpu_request_is_explained(k8s):
+    job_id = k8s.submit(k8s.spec("too-many-gpus", "print('never')", resources={"gpus": 64}))
+    s = k8s.wait_status(job_id, lambda s: "unschedulable" in (s["reason"] or ""), what="Unschedulable")
+    assert s["status"] == "queued"
+    assert "Insufficient nvidia.com/gpu" in s["reason"] and "lower resources.gpus" in s["reason"]
+    k8s.gpujob("cancel", job_id)
+
+
+def test_gpu_type_no_node_has_is_explained(k8s):
+    job_id = k8s.submit(k8s.spec("wrong-gpu", "print('never')", resources={"gpus": 1, "gpu_type": "NO-SUCH-GPU"}))
+    s = k8s.wait_status(job_id, lambda s: "unschedulable" in (s["reason"] or ""), what="Unschedulable")
+    assert "no node has nvidia.com/gpu.product=NO-SUCH-GPU" in s["reason"]
+    k8s.gpujob("cancel", job_id)
+
+
+def test_image_that_cannot_be_pulled_is_explained(k8s):
+    if k8s.emulated:
+        k8s.fake.images = {k8s.image}
+    path = k8s.spec("bad-image", "print('never')", runtime={"image": "registry.invalid/gpujob/nothing:1"})
+    job_id = k8s.submit(path)
+    s = k8s.wait_status(job_id, lambda s: "cannot pull image" in (s["reason"] or ""), what="ImagePullBackOff")
+    assert s["status"] == "starting" and "registry.invalid/gpujob/nothing:1" in s["reason"]
+    assert "ImagePullBackOff" in s["reason"] or "ErrImagePull" in s["reason"]
+    k8s.gpujob("cancel", job_id)
+
+
+def test_out_of_memory_is_reported_as_oomkilled(k8s):
+    code = "import time\nx = bytearray(700 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\ntime.sleep(30)"
+    job_id = k8s.submit(k8s.spec("oom", code, resources={"memory": "200Mi"}))
+    s = k8s.wait_status(job_id, lambda s: s["status"] == "failed", timeout=90, what="failed")
+    assert "out of memory (OOMKilled, memory limit 200Mi)" in s["reason"]
+    assert "failed 3 time(s)" in s["reason"] and s["exit_code"] == 137  # backoffLimit 2: three attempts
+
+
+def test_max_runtime_is_enforced_as_deadline_exceeded(k8s):
+    job_id = k8s.submit(k8s.spec("too-slow", "import time; print('working', flush=True); time.sleep(120)",
+                                 limits={"max_runtime": "3s"}))
+    s = k8s.wait_status(job_id, lambda s: s["status"] == "failed", timeout=60, what="deadline")
+    assert "ran longer than limits.max_runtime (3s)" in s["reason"] and "DeadlineExceeded" in s["reason"]
+    assert not [p for p in k8s.pods(job_id) if p["status"].get("phase") == "Running"]
+
+
+def test_configuration_error_exit_2_fails_at_once_without_retries(k8s):
+    code = "import sys\nprint('ValueError: data.train[0]: no column named sentence', flush=True)\nsys.exit(2)"
+    job_id = k8s.submit(k8s.spec("bad-config", code))
+    s = k8s.wait_status(job_id, lambda s: s["status"] == "failed", what="failed")
+    assert s["exit_code"] == 2 and "not retried" in s["reason"]
+    assert "no column named sentence" in s["reason"]
+    assert len(k8s.pods(job_id)) == 1
+
+
+def test_missing_secret_is_explained_then_used_once_created(k8s):
+    store = f"gpujob-test-{os.getpid()}"
+    code = "import os; print('token length', len(os.environ['HF_TOKEN']), flush=True)"
+    job_id = k8s.submit(k8s.spec("needs-token", code, runtime={"secrets": ["HF_TOKEN"], "secret_store": store}))
+    s = k8s.wait_status(job_id, lambda s: "cannot start the container" in (s["reason"] or ""), what="secret error")
+    assert f'secret "{store}" not found' in s["reason"] and "kubectl create secret" in s["reason"]
+    token = "hf_" + "Zq7" * 11
+    k8s.core.create_namespaced_secret(k8s.namespace, {"apiVersion": "v1", "kind": "Secret",
+                                                      "metadata": {"name": store}, "stringData": {"HF_TOKEN": token}})
+    try:
+        r = k8s.gpujob("logs", "-f", job_id)
+        assert r.returncode == 0 and f"token length {len(token)}" in r.stdout, r.stdout + r.stderr
+        home = k8s.tmp / "home"
+        for f in home.rglob("*"):
+            if f.is_file():
+                assert token.encode() not in f.read_bytes(), f
+        job = k8s.k8s_jobs(job_id)
+        assert token not in json.dumps(job)
+    finally:
+        k8s.core.delete_namespaced_secret(store, k8s.namespace)
+
+
+def test_retried_attempt_is_followed_and_the_job_succeeds(k8s):
+    code = ("import os, sys\nmarker = os.path.join(os.environ['HF_HOME'], 'attempted-' + os.environ['GPUJOB_JOB_ID'])\n"
+            "os.makedirs(os.path.dirname(marker), exist_ok=True)\n"
+            "if not os.path.exists(marker):\n"
+            "    open(marker, 'w').close(); print('RuntimeError: flaky node', flush=True)\n"
+            "    import time; time.sleep(3); sys.exit(1)\n"
+            "print('second attempt fine', flush=True)")
+    job_id = k8s.submit(k8s.spec("flaky", code))
+    r = k8s.gpujob("logs", "-f", job_id)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RuntimeError: flaky node" in r.stdout and "second attempt fine" in r.stdout
+    assert "attempt 2" in r.stderr
+    assert k8s.status(job_id)["status"] == "succeeded"
+
+
+# ----------------------------------------------------------------------------- streams and watches
+
+
+def test_dropped_log_streams_lose_and_repeat_no_line(emulated):
+    fake = emulated.fake
+    fake.drop_streams_after, fake.drops_left, fake.drop_mid_line = 7, 4, True
+    job_id = emulated.submit(emulated.spec("numbers", numbered(120, pause=0.04)))
+    r = emulated.gpujob("logs", "-f", job_id, "--raw")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"line {i:03d}" for i in range(120)]
+    assert fake.drops == 4  # every stream broke off inside a line, while the job was writing
+
+
+def test_a_quiet_stretch_longer_than_the_read_timeout_is_followed(emulated):
+    emulated.env["GPUJOB_K8S_READ_TIMEOUT_S"] = "1"
+    code = "import time\nprint('before', flush=True)\ntime.sleep(4)\nprint('after', flush=True)"
+    job_id = emulated.submit(emulated.spec("quiet", code))
+    r = emulated.gpujob("logs", "-f", job_id, "--raw")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["before", "after"], r.stdout + r.stderr
+
+
+def test_expired_watches_are_listed_again_and_a_queued_job_is_followed(emulated):
+    fake = emulated.fake
+    job_id = emulated.submit(emulated.spec("queued", numbered(5), runtime={"queue": "gpu-queue"}))
+    s = emulated.wait_status(job_id, lambda s: "suspended" in (s["reason"] or ""), what="suspended")
+    assert s["status"] == "queued" and "queue 'gpu-queue'" in s["reason"]
+    fake.emulator.expire_watches = 3
+    follower = subprocess.Popen([*GPUJOB, "logs", "-f", job_id, "--raw"], env=emulated.env, cwd=emulated.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fake.wait_for(lambda: fake.emulator.expire_watches == 0, what="the watches to expire")
+    name = emulated.k8s_jobs(job_id)[0]["metadata"]["name"]
+    fake.patch(JOBS, name, {"spec": {"suspend": False}})  # Kueue admits the workload
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert out.splitlines() == [f"line {i:03d}" for i in range(5)]
+    assert "waiting in queue 'gpu-queue'" in err
+
+
+# ----------------------------------------------------------------------------- multi-node, list, failures
+
+
+def test_multi_node_logs_show_worker_zero_or_every_worker(k8s):
+    code = ("import os\nfor i in range(3):\n    print(f\"worker {os.environ['JOB_COMPLETION_INDEX']} line {i}\", "
+            "flush=True)")
+    job_id = k8s.submit(k8s.spec("two-nodes", code, resources={"nodes": 2}))
+    r = k8s.gpujob("logs", "-f", job_id, "--raw")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"worker 0 line {i}" for i in range(3)]
+    every = k8s.gpujob("logs", job_id, "--all", "--raw")
+    lines = every.stdout.splitlines()
+    assert sorted(lines) == sorted([f"[{w}] worker {w} line {i}" for w in (0, 1) for i in range(3)])
+
+
+def test_list_selects_gpujob_jobs_by_label(k8s):
+    from gpujob.backends.kubernetes import KubernetesBackend
+
+    k8s.batch.create_namespaced_job(k8s.namespace, {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "someone-elses", "labels": {"team": "x"}},
+        "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "c", "image": k8s.image, "command": ["true"]}]}}}})
+    try:
+        job_id = k8s.submit(k8s.spec("listed", numbered(1)))
+        old = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = str(k8s.kubeconfig)
+        try:
+            ids = KubernetesBackend().list()
+        finally:
+            os.environ.pop("KUBECONFIG") if old is None else os.environ.__setitem__("KUBECONFIG", old)
+        assert job_id in ids and all(len(i) == 6 for i in ids)
+    finally:
+        k8s.batch.delete_namespaced_job("someone-elses", k8s.namespace, propagation_policy="Background")
+
+
+def test_a_failed_create_removes_what_was_already_created(emulated):
+    fake = emulated.fake
+    fake.emulator.reject_creates["jobs"] = (403, 'jobs "x" is forbidden: exceeded quota: gpu-quota, requested: '
+                                                 "requests.nvidia.com/gpu=1, used: 8, limited: 8")
+    r = emulated.gpujob("submit", str(emulated.spec("over-quota", "print(1)")))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "exceeded quota" in r.stderr and "Traceback" not in r.stderr
+    assert fake.objects(CONFIGMAPS) == [] and fake.objects(JOBS) == []
+    listing = emulated.gpujob("list")
+    assert "failed" in listing.stdout
+
+
+def test_a_job_deleted_behind_gpujobs_back_is_reported(emulated):
+    job_id = emulated.submit(emulated.spec("deleted", "import time; time.sleep(60)"))
+    emulated.wait_status(job_id, lambda s: s["status"] == "running", what="running")
+    name = emulated.k8s_jobs(job_id)[0]["metadata"]["name"]
+    emulated.batch.delete_namespaced_job(name, emulated.namespace, propagation_policy="Background")
+    s = emulated.wait_status(job_id, lambda s: s["status"] == "failed", what="failed")
+    assert "no longer exists on the cluster" in s["reason"]
+
+
+def test_a_preempted_pod_is_replaced_without_counting_as_a_failure(emulated):
+    fake = emulated.fake
+    code = ("import os, time\nmarker = os.path.join(os.environ['HF_HOME'], 'started-' + os.environ['GPUJOB_JOB_ID'])\n"
+            "os.makedirs(os.path.dirname(marker), exist_ok=True)\nfirst = not os.path.exists(marker)\n"
+            "open(marker, 'a').close()\nprint('first run' if first else 'rescheduled', flush=True)\n"
+            "time.sleep(30 if first else 0)")
+    job_id = emulated.submit(emulated.spec("preempted", code))
+    emulated.wait_status(job_id, lambda s: s["status"] == "running", what="running")
+    fake.wait_for(lambda: any(l == "first run" for p in emulated.pods(job_id) for l in fake.pod_logs(
+        p["metadata"]["name"])), what="first run")
+    fake.evict(emulated.pods(job_id)[0]["metadata"]["name"])
+    s = emulated.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), what="finished")
+    assert s["status"] == "succeeded", s
+    job = emulated.k8s_jobs(job_id)[0]
+    assert not job["status"].get("failed")

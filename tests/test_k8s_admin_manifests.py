@@ -121,10 +121,10 @@ def test_runner_service_account_mounts_no_token():
 
 EXPECTED_USER_PERMISSIONS = {
     ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list", "watch", "delete"},
     ("", "pods/log"): {"get"},
-    ("", "services"): {"create", "get", "list", "delete"},
-    ("", "configmaps"): {"create", "get", "list", "delete"},
+    ("", "services"): {"create", "get", "list", "delete", "patch"},
+    ("", "configmaps"): {"create", "get", "list", "delete", "patch"},
     ("", "events"): {"get", "list", "watch"},
 }
 

@@ -142,14 +142,23 @@ class KubernetesBackend:
 
     def _worker_lines(self, cluster: "Cluster", job: "Job", index: int, *, follow: bool,
                       tail: int | None, prefix: str) -> Iterator[str]:
-        from gpujob.backends.kubernetes.cluster import WatchExpired
+        from gpujob.backends.kubernetes.cluster import ClusterError, WatchExpired
 
         name = job.handle["job"]
         followed: set[str] = set()
         first, last_notice = True, None
         while True:
-            kjob = cluster.job(name)
-            pods = self._lead_pods(self._pods(cluster, job), index)
+            try:
+                kjob = cluster.job(name)
+                pods = self._lead_pods(self._pods(cluster, job), index)
+            except ClusterError as exc:  # the API server went away for a moment (an upgrade, the VPN)
+                if not follow:
+                    raise
+                if str(exc) != last_notice:
+                    yield Notice(f"{exc}; retrying")
+                    last_notice = str(exc)
+                time.sleep(2.0)
+                continue
             started = [p for p in pods if _started(p) and p["metadata"]["name"] not in followed]
             if first and follow and len(started) > 1:  # joining late: the current attempt, not the old ones
                 followed.update(p["metadata"]["name"] for p in started[:-1])

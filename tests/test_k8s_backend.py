@@ -173,6 +173,8 @@ def test_a_job_that_succeeds_reports_progress_metrics_and_keeps_its_log(k8s):
     assert s["runtime_s"] is not None and s["runtime_s"] >= 0.5
     listing = k8s.gpujob("list")
     assert job_id in listing.stdout and "succeeded" in listing.stdout and "kubernetes" in listing.stdout
+    details = k8s.gpujob("status", job_id).stdout
+    assert "/cache/outputs/short-run  (on PersistentVolumeClaim gpujob-hf-cache" in details
     if k8s.emulated:  # ttlSecondsAfterFinished removed the Job and its pods: the saved log remains
         k8s.batch.delete_namespaced_job(k8s.k8s_jobs(job_id)[0]["metadata"]["name"], k8s.namespace,
                                         propagation_policy="Background")

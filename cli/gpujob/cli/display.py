@@ -111,13 +111,19 @@ def job_details(job: Job) -> str:
         rows.append(("metrics", "  ".join(_metric(k, v) for k, v in metrics.items())))
     if state.checkpoint:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
-    rows.append(("outputs", job.output_dir or "-"))
+    outputs = job.output_dir or "-"
+    if job.backend == "kubernetes" and job.output_dir and job.output_dir.startswith("/cache/"):
+        claim = ((job.spec.get("runtime") or {}).get("cache_pvc") or "gpujob-hf-cache")
+        outputs += f"  (on PersistentVolumeClaim {claim}, namespace {job.handle.get('namespace', '?')})"
+    rows.append(("outputs", outputs))
     if job.spec_path:
         rows.append(("spec", job.spec_path))
     if job.active:
         nxt = f"gpujob logs -f {job.id}   |   gpujob cancel {job.id}"
-    elif job.status == "succeeded":
+    elif job.status == "succeeded" and job.backend == "local":
         nxt = f"ls {job.output_dir}" if job.output_dir and "://" not in job.output_dir else f"gpujob logs {job.id}"
+    elif job.status == "succeeded":
+        nxt = f"gpujob logs {job.id}"
     else:
         nxt = f"gpujob logs {job.id} --tail 50"
     rows.append(("next", nxt))

@@ -214,10 +214,18 @@ class ProgressState:
             if self.total_steps:
                 self.eta_s = max(self.total_steps - s1, 0) / self.steps_per_s
 
-    def feed_lines(self, lines: Iterable[str]) -> None:
+    def feed_lines(self, lines: Iterable[str], *, newer_than: float | None = None) -> int:
+        """Fold the events in ``lines``; with ``newer_than``, skip events stamped at or before it
+        (lines read again). Returns how many events were folded."""
+        folded = 0
         for line in lines:
             for event in parse_line(line):
+                t = event.get("t")
+                if newer_than is not None and isinstance(t, (int, float)) and t <= newer_than:
+                    continue
                 self.apply(event)
+                folded += 1
+        return folded
 
     # ---- views
     @property

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 # The runner that train/evaluate jobs run inside the job (issue: the Whisper runner).
 RUNNER_MODULE = "gpujob.runner"
+# A job's output, in the registry's folder for it (written live by the local backend, saved at the
+# end by backends whose logs live elsewhere).
+LOG_NAME = "output.log"
 
 
 @dataclass

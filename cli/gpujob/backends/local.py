@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from gpujob.backends.base import JobRequest, Observed
+from gpujob.backends.base import LOG_NAME, JobRequest, Observed
 from gpujob.progress import LineSplitter
 
 if TYPE_CHECKING:
     from gpujob.registry import Job
 
-LOG_NAME = "output.log"
 LAUNCH_NAME = "launch.json"
 POLL_S = 0.2
 

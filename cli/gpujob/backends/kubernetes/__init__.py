@@ -21,22 +21,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import JobRequest, Notice, Observed
+from gpujob.backends.base import LOG_NAME, JobRequest, Notice, Observed
 from gpujob.backends.kubernetes import explain, manifests
 from gpujob.errors import GpujobError, UserError
-from gpujob.progress import ProgressState, parse_line
+from gpujob.progress import ProgressState
+from gpujob.registry import TERMINAL
 
 if TYPE_CHECKING:
     from gpujob.backends.kubernetes.cluster import Cluster
     from gpujob.registry import Job
 
-LOG_NAME = "output.log"
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"  # a pod label (Kubernetes 1.28+) and annotation
 PROGRESS_TAIL_LINES = 400
 ERROR_TAIL_LINES = 60
 _CREATE_ORDER = {"ConfigMap": 0, "Service": 1, "Job": 2}
-_TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class KubernetesBackend:
@@ -98,32 +96,26 @@ class KubernetesBackend:
         name = job.handle["job"]
         kjob = cluster.job(name)
         pods = self._pods(cluster, job)
-        blamed = explain.last_failed(pods)
-        tail = self._tail(cluster, blamed, ERROR_TAIL_LINES) if blamed else None
-        seen = explain.observe(kjob, pods, log_tail=tail, name=name, namespace=cluster.namespace)
         lead = self._lead_pods(pods, 0)
-        if lead and _started(lead[-1]):
-            seen.progress = self._progress(cluster, job, lead[-1])
+        current = lead[-1] if lead else None
+        # One read of the current pod's log serves both progress and, if it failed, the error line.
+        lead_tail = self._tail(cluster, current, PROGRESS_TAIL_LINES)
+        blamed = explain.last_failed(pods)
+        if blamed is None:
+            error_tail = None
+        elif blamed is current and lead_tail is not None:
+            error_tail = lead_tail[-ERROR_TAIL_LINES:]
+        else:
+            error_tail = self._tail(cluster, blamed, ERROR_TAIL_LINES)
+        seen = explain.observe(kjob, pods, log_tail=error_tail, name=name, namespace=cluster.namespace)
+        if lead_tail:
+            state = ProgressState.from_dict(job.progress)
+            if state.feed_lines(lead_tail, newer_than=state.updated_at):
+                seen.progress = state.to_dict()
         seen.started_at = _started_at(lead)
-        if seen.status in _TERMINAL:
+        if seen.status in TERMINAL:
             self._save_log(cluster, job, pods)
         return seen
-
-    def _progress(self, cluster: "Cluster", job: "Job", pod: dict) -> dict | None:
-        lines = self._tail(cluster, pod, PROGRESS_TAIL_LINES)
-        if not lines:
-            return None
-        state = ProgressState.from_dict(job.progress)
-        after = state.updated_at
-        changed = False
-        for line in lines:
-            for event in parse_line(line):
-                t = event.get("t")
-                if after is not None and isinstance(t, (int, float)) and t <= after:
-                    continue
-                state.apply(event)
-                changed = True
-        return state.to_dict() if changed else None
 
     # ------------------------------------------------------------------ logs
 
@@ -150,7 +142,8 @@ class KubernetesBackend:
         while True:
             try:
                 kjob = cluster.job(name)
-                pods = self._lead_pods(self._pods(cluster, job), index)
+                all_pods, rv = cluster.pods(self._selector(job))
+                pods = self._lead_pods(all_pods, index)
             except ClusterError as exc:  # the API server went away for a moment (an upgrade, the VPN)
                 if not follow:
                     raise
@@ -181,7 +174,7 @@ class KubernetesBackend:
                     return
                 continue
             seen = explain.observe(kjob, pods, name=name, namespace=cluster.namespace)
-            if seen.status in _TERMINAL or kjob is None:
+            if seen.status in TERMINAL or kjob is None:
                 if not pods and index == 0 and job.job_dir.joinpath(LOG_NAME).exists():
                     yield from (prefix + ln for ln in _read_saved(job.job_dir / LOG_NAME, tail))
                 return
@@ -193,7 +186,6 @@ class KubernetesBackend:
             # A pod that just ended: its Job's condition follows within moments, so look again soon.
             wait_s = 2 if pods and explain.pod_ended(pods[-1]) else self.watch_timeout_s
             try:
-                rv = self._list_version(cluster, job)
                 for _ in cluster.watch_pods(self._selector(job), rv, wait_s):
                     break  # something changed: look again
             except WatchExpired:
@@ -298,9 +290,6 @@ class KubernetesBackend:
     def _pods(self, cluster: "Cluster", job: "Job") -> list[dict]:
         return cluster.pods(self._selector(job))[0]
 
-    def _list_version(self, cluster: "Cluster", job: "Job") -> str | None:
-        return cluster.pods(self._selector(job))[1]
-
     @staticmethod
     def _lead_pods(pods: list[dict], index: int) -> list[dict]:
         """The pods (attempts, oldest first) of one worker index."""
@@ -356,7 +345,7 @@ def _nodes(spec: dict[str, Any]) -> int:
 
 def _index(pod: dict) -> int:
     meta = pod.get("metadata") or {}
-    raw = (meta.get("labels") or {}).get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_ANNOTATION)
+    raw = (meta.get("labels") or {}).get(INDEX_KEY) or (meta.get("annotations") or {}).get(INDEX_KEY)
     try:
         return int(raw) if raw is not None else 0
     except ValueError:

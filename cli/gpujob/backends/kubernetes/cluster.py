@@ -21,7 +21,7 @@ CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60  # a log stream quiet this long is reopened (override: GPUJOB_K8S_READ_TIMEOUT_S)
 
 
-def read_timeout_s_() -> float:
+def _read_timeout_s() -> float:
     return float(os.environ.get("GPUJOB_K8S_READ_TIMEOUT_S") or READ_TIMEOUT_S)
 
 
@@ -232,7 +232,7 @@ class Cluster:
             method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
             path_params={"namespace": self.namespace, "name": pod}, query_params=query,
             header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
-        resp = self.api.call_api(*params, _request_timeout=(CONNECT_TIMEOUT_S, read_timeout_s or read_timeout_s_()))
+        resp = self.api.call_api(*params, _request_timeout=(CONNECT_TIMEOUT_S, read_timeout_s or _read_timeout_s()))
         if not 200 <= resp.status < 300:
             body = resp.read()
             exc = self._ApiException(status=resp.status, reason=resp.reason)

@@ -457,6 +457,15 @@ def _build_tokenizer(ct2_dir: Path, vocab: list[str]):
     return tok
 
 
+_SPECIAL_TOKEN_FIELDS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
+                         "suppress_tokens", "begin_suppress_tokens")
+
+
+def _special_tokens(source: Any) -> dict[str, Any]:
+    """The special-token settings a WhisperConfig copies from a generation config (or another config)."""
+    return {name: getattr(source, name) for name in _SPECIAL_TOKEN_FIELDS}
+
+
 def _generation_config(ct2_cfg: dict[str, Any], vocab: list[str], special: dict[str, int], max_length: int):
     from transformers import GenerationConfig
 
@@ -532,12 +541,7 @@ def convert(ct2_dir: Path, out_dir: Path) -> Path:
         **dims,
         activation_function="gelu",
         scale_embedding=False,
-        decoder_start_token_id=gen.decoder_start_token_id,
-        bos_token_id=gen.bos_token_id,
-        eos_token_id=gen.eos_token_id,
-        pad_token_id=gen.pad_token_id,
-        suppress_tokens=gen.suppress_tokens,
-        begin_suppress_tokens=gen.begin_suppress_tokens,
+        **_special_tokens(gen),
         tie_word_embeddings=True,
         use_cache=True,
     )
@@ -626,12 +630,7 @@ def tiny_whisper(out_dir: Path, seed: int = 0, base_dir: Path | None = None) -> 
         decoder_ffn_dim=128,
         max_source_positions=1500,
         max_target_positions=448,
-        decoder_start_token_id=base_cfg.decoder_start_token_id,
-        bos_token_id=base_cfg.bos_token_id,
-        eos_token_id=base_cfg.eos_token_id,
-        pad_token_id=base_cfg.pad_token_id,
-        suppress_tokens=base_cfg.suppress_tokens,
-        begin_suppress_tokens=base_cfg.begin_suppress_tokens,
+        **_special_tokens(base_cfg),
         tie_word_embeddings=True,
     )
     config.architectures = ["WhisperForConditionalGeneration"]

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster  # noqa: E402
+from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
 
 pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")

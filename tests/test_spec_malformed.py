@@ -7,18 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from gpujob.spec import Problem, SpecError, load_spec, load_spec_text
+from spec_samples import COMMAND, HEAD, TRAIN
 
-HEAD = "apiVersion: gpujob/v1\n"
-TRAIN = HEAD + """\
-kind: train
-data:
-  train:
-    - dataset: google/fleurs
-      config: el_gr
-training:
-  max_steps: 100
-"""
-COMMAND = HEAD + "kind: command\ncommand: [echo, hi]\n"
 FAKE_HF_TOKEN = "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"
 
 

@@ -7,19 +7,9 @@ import pytest
 from gpujob.spec import JobSpec, LoadedSpec, SpecError, default_learning_rate, load_spec, load_spec_text
 from gpujob.spec.models import FreezeLayers
 from gpujob.spec.units import format_duration, parse_cpu, parse_duration, parse_quantity
+from spec_samples import COMMAND, TRAIN
 
-TRAIN = """\
-apiVersion: gpujob/v1
-kind: train
-data:
-  train:
-    - dataset: google/fleurs
-      config: el_gr
-training:
-  max_steps: 100
-"""
 EVALUATE = "apiVersion: gpujob/v1\nkind: evaluate\ndata:\n  eval: [{dataset: google/fleurs, split: test}]\n"
-COMMAND = "apiVersion: gpujob/v1\nkind: command\ncommand: [echo, hi]\n"
 HEAD_X = """\
 apiVersion: gpujob/v1
 kind: train

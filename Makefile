@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,assets,kubernetes,test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,assets,kubernetes,docker,test]'
 	touch $@
 
 install: $(STAMP)

@@ -17,3 +17,37 @@ def offline(monkeypatch):
     """Nothing here may reach the Hugging Face Hub (there is no network); say so to the libraries."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(var, "1")
+
+
+# ----------------------------------------------------------------------------- a real Docker engine
+# (tests/docker_engine.py: a dockerd the tests start, and images built from a local Debian base)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    from docker_engine import start_engine
+
+    engine = start_engine()
+    yield engine
+    if engine.owned:
+        try:  # live-restore would keep the tests' containers running past the daemon
+            client = engine.client()
+            for container in client.containers.list(all=True, filters={"label": "gpujob.dev/id"}):
+                container.remove(force=True)
+        except Exception:
+            pass
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_base_image(docker_engine):
+    from docker_engine import ensure_base_image
+
+    return ensure_base_image(docker_engine)
+
+
+@pytest.fixture(scope="session")
+def docker_demo_image(docker_engine, docker_base_image):
+    from docker_engine import ensure_demo_image
+
+    return ensure_demo_image(docker_engine)

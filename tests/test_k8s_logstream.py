@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpujob.backends.kubernetes.logstream import Follower, LogNotReady, PodGone, format_ts, parse_ts, since_param
+from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, format_ts, parse_ts, since_param
 
 T0 = 1_790_000_000 * 1_000_000_000  # a whole second, in ns
 
@@ -92,7 +92,7 @@ def test_waiting_container_and_vanished_pod():
     assert list(Follower(opener, lambda: next(states), sleep=lambda s: None).lines()) == ["started"]
 
     def gone(since, tail, follow):
-        raise PodGone()
+        raise SourceGone()
         yield b""
 
     assert list(Follower(gone, lambda: "gone", sleep=lambda s: None).lines()) == []

@@ -3,7 +3,7 @@
 | name       | where the job runs                                  | status        |
 |------------|-----------------------------------------------------|---------------|
 | local      | a detached process group on this machine            | available     |
-| docker     | a container on a Docker engine (local or ssh://)    | planned       |
+| docker     | a container on a Docker engine (local or ssh://)    | available     |
 | kubernetes | a batch/v1 Job on a cluster                         | available     |
 | host       | a rented GPU host (Lambda-style), via docker/ssh    | planned       |
 """
@@ -18,6 +18,7 @@ from gpujob.errors import BackendUnavailable, UserError
 NAMES = ("local", "docker", "kubernetes", "host")
 _IMPLEMENTED = {
     "local": ("gpujob.backends.local", "LocalBackend"),
+    "docker": ("gpujob.backends.docker", "DockerBackend"),
     "kubernetes": ("gpujob.backends.kubernetes", "KubernetesBackend"),
 }
 _RENDER_ONLY: set[str] = set()

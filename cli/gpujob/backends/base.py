@@ -127,6 +127,12 @@ def last_error_line(lines: list[str]) -> str | None:
     return None
 
 
+def read_saved_log(path: Path, tail: int | None) -> list[str]:
+    """A finished job's saved log (``LOG_NAME`` in its job folder), whole or its last ``tail`` lines."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines[-tail:] if tail else ([] if tail == 0 else lines)
+
+
 def runner_argv(python: str, spec_file: str) -> list[str]:
     return [python, "-m", RUNNER_MODULE, spec_file]
 

@@ -7,7 +7,7 @@
 - ``status`` reads the Job's conditions and its pods and says why it is not running in plain words
   (:mod:`.explain`); progress comes from the runner's event lines at the end of the pod's log.
 - ``logs -f`` waits for the pod (a watch that survives 410 Gone), follows its log across dropped
-  streams without losing or repeating lines (:mod:`.logstream`), and moves on to the next attempt
+  streams without losing or repeating lines (:mod:`gpujob.backends.logfollow`), and moves on to the next attempt
   when Kubernetes retries. Multi-node: worker 0, or every worker with ``--all``.
 - ``cancel`` deletes the Job with foreground propagation and its pods with the grace period asked for.
 - A finished job's log is saved in the registry's job folder before Kubernetes deletes the pods.
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import LOG_NAME, JobRequest, Notice, Observed
+from gpujob.backends.base import LOG_NAME, JobRequest, Notice, Observed, read_saved_log
 from gpujob.backends.kubernetes import explain, manifests
 from gpujob.errors import GpujobError, UserError
 from gpujob.progress import ProgressState
@@ -176,7 +176,7 @@ class KubernetesBackend:
             seen = explain.observe(kjob, pods, name=name, namespace=cluster.namespace)
             if seen.status in TERMINAL or kjob is None:
                 if not pods and index == 0 and job.job_dir.joinpath(LOG_NAME).exists():
-                    yield from (prefix + ln for ln in _read_saved(job.job_dir / LOG_NAME, tail))
+                    yield from (prefix + ln for ln in read_saved_log(job.job_dir / LOG_NAME, tail))
                 return
             if not follow:
                 return
@@ -197,7 +197,7 @@ class KubernetesBackend:
         import urllib3
 
         from gpujob.backends.kubernetes.cluster import ClusterError
-        from gpujob.backends.kubernetes.logstream import Follower, LogNotReady, PodGone
+        from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
 
         pod_name = pod["metadata"]["name"]
         api_exc = cluster._ApiException
@@ -209,7 +209,7 @@ class KubernetesBackend:
             except api_exc as exc:
                 body = str(exc.body or "")
                 if exc.status == 404:
-                    raise PodGone() from None
+                    raise SourceGone() from None
                 if exc.status == 400 and ("waiting to start" in body or "ContainerCreating" in body
                                           or "PodInitializing" in body):
                     raise LogNotReady() from None
@@ -304,7 +304,7 @@ class KubernetesBackend:
             resp.release_conn()
         except Exception:  # the log is a bonus for the reason; never fail a status call over it
             return None
-        from gpujob.backends.kubernetes.logstream import parse_ts
+        from gpujob.backends.logfollow import parse_ts
 
         return [parse_ts(ln)[1] for ln in data.decode("utf-8", "replace").splitlines()]
 
@@ -372,10 +372,6 @@ def _started_at(pods: list[dict]) -> float | None:
                 return None
     return None
 
-
-def _read_saved(path: Path, tail: int | None) -> list[str]:
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return lines[-tail:] if tail else ([] if tail == 0 else lines)
 
 
 def _merge(sources) -> Iterator[str]:

@@ -26,8 +26,9 @@ from typing import Any
 
 from gpujob import __version__
 from gpujob.backends.base import RUNNER_MODULE, JobRequest
+from gpujob.image import default_tag
 
-DEFAULT_IMAGE = f"ghcr.io/gpujob/gpujob:{__version__}"
+DEFAULT_IMAGE = default_tag("cuda")
 SPEC_DIR = "/etc/gpujob"
 CACHE_DIR = "/cache"
 CONTAINER = "job"

@@ -1,7 +1,9 @@
-"""Follow one pod's log across dropped streams, without losing or repeating a line.
+"""Follow one container's log across dropped streams, without losing or repeating a line.
 
-The API server's log stream ends when a connection drops, an idle proxy times out or the API
-server restarts. The follower asks for ``timestamps=true``, remembers the timestamp of the last
+Shared by the backends whose logs come over a connection that can drop: the Kubernetes API
+server's pod log (a dropped connection, an idle proxy, an API server restart) and the Docker
+engine's container log (dockerd restarted under a live-restored container). The follower asks
+for ``timestamps=true``, remembers the timestamp of the last
 line it passed on and how many lines carried exactly that timestamp, and reconnects with
 ``sinceTime`` set to that line's second (the parameter has whole seconds; the kubelet keeps
 lines at or after it). Lines older than the last one
@@ -17,11 +19,13 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
+from gpujob.backends.base import Notice
+
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
 # open_stream(since_time, tail_lines, follow) -> byte chunks; raises on a failed connection.
 Opener = Callable[[str | None, int | None, bool], Iterable[bytes]]
-# pod_state() -> "waiting" (no log yet) | "running" | "ended" | "gone"
+# state() -> "waiting" (no log yet) | "running" | "ended" | "gone" (of the pod or container)
 StateFn = Callable[[], str]
 
 
@@ -29,8 +33,8 @@ class LogNotReady(Exception):
     """The container has not started yet (the API answers 400 'waiting to start')."""
 
 
-class PodGone(Exception):
-    """The pod no longer exists."""
+class SourceGone(Exception):
+    """The pod or container no longer exists."""
 
 
 def parse_ts(line: str) -> tuple[int | None, str]:
@@ -59,18 +63,20 @@ def since_param(ns: int) -> str:
 
 
 class Follower:
-    """Yields a pod's log lines (without timestamps) until the pod has ended and its log is read."""
+    """Yields a pod's or container's log lines (without timestamps) until it has ended and its log is read."""
 
-    def __init__(self, open_stream: Opener, pod_state: StateFn, *, tail: int | None = None,
+    def __init__(self, open_stream: Opener, state: StateFn, *, tail: int | None = None,
                  follow: bool = True, transient: tuple[type[BaseException], ...] = (OSError,),
-                 sleep: Callable[[float], None] = time.sleep, max_backoff_s: float = 5.0) -> None:
+                 sleep: Callable[[float], None] = time.sleep, max_backoff_s: float = 5.0,
+                 on_error: Callable[[BaseException], str] | None = None) -> None:
         self.open_stream = open_stream
-        self.pod_state = pod_state
+        self.state = state
         self.tail = tail
         self.follow = follow
         self.transient = transient
         self.sleep = sleep
         self.max_backoff_s = max_backoff_s
+        self.on_error = on_error  # words for a lost connection, yielded once as a Notice while following
         self.last_ns: int | None = None
         self.at_last = 0          # lines passed on that carry exactly last_ns
         self.reconnects = 0
@@ -92,7 +98,7 @@ class Follower:
         return text
 
     def lines(self) -> Iterator[str]:
-        last_pass, backoff, final_failures = not self.follow, 0.2, 0
+        last_pass, backoff, final_failures, said = not self.follow, 0.2, 0, None
         while True:
             since = None if self.last_ns is None else since_param(self.last_ns)
             skip = [self.at_last]
@@ -106,19 +112,22 @@ class Follower:
                     for raw in complete:
                         text = self._accept(raw, skip)
                         if text is not None:
-                            backoff = 0.2
+                            backoff, said = 0.2, None
                             yield text
                 clean = True
             except LogNotReady:
                 if last_pass:
                     return  # the container never started: there is no log to read
-            except PodGone:
+            except SourceGone:
                 return
-            except self.transient:
+            except self.transient as exc:
                 if last_pass:
                     final_failures += 1
                     if final_failures >= 5:
                         raise
+                elif self.on_error is not None and (words := self.on_error(exc)) != said:
+                    said = words
+                    yield Notice(words)
             if last_pass:
                 if clean:
                     if partial:
@@ -127,7 +136,7 @@ class Follower:
                             yield text
                     return
             else:
-                state = self.pod_state()
+                state = self.state()
                 if state == "gone":
                     return
                 if state == "ended":

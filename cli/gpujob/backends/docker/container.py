@@ -1,0 +1,217 @@
+"""A job request as one container: what to create, what to copy in, what to show in a dry run.
+Pure functions over the request: no engine, no SDK (``device_requests`` are plain dicts, the
+shape the Engine API takes).
+
+What the container gets, and why:
+
+- the job image (``runtime.image``, else the gpujob image: the CUDA tag with GPUs, the -cpu one
+  without); the job's command behind a small ``sh`` entry (below); ``--init`` so signals reach
+  the job and zombies are reaped;
+- GPUs as a device request (``resources.gpus``), ``/dev/shm`` of ``resources.shm`` (the engine's
+  64 MiB default breaks data loaders), memory and CPU limits when given;
+- the volume ``gpujob-hf-cache`` at /cache (``HF_HOME=/cache/huggingface``): models and datasets
+  are downloaded once per engine, not once per job;
+- on a local engine: the working directory at its own path, read-only (relative paths in the
+  spec mean what they mean on your machine), the output directory at its own path, writable,
+  and your uid:gid as the user, so the outputs belong to you;
+  on a remote engine: outputs go to a volume of the job's own, ``gpujob-out-<id>`` at /outputs,
+  which is copied back to ``output.dir`` here when the job ends, then removed;
+- labels ``gpujob.dev/id``, ``gpujob.dev/name``, ``gpujob.dev/kind``; never a secret.
+
+Secrets are neither environment variables of the container (``docker inspect`` shows those) nor
+labels: they are copied into the created container as a file only its user can read, which the
+entry sources and deletes before the job starts.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from gpujob.backends.base import JobRequest
+from gpujob.spec.units import parse_cpu, parse_quantity
+
+RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
+SPEC_FILE = f"{RUN_DIR}/spec.json"
+SECRETS_FILE = f"{RUN_DIR}/secrets.env"
+CACHE_VOLUME = "gpujob-hf-cache"
+CACHE_DIR = "/cache"
+OUTPUTS_DIR = "/outputs"                # remote engines: the job's outputs volume, until copied back
+MANAGED_LABEL = "gpujob.dev/managed-by"
+ID_LABEL = "gpujob.dev/id"
+KILL_AFTER_S = 30                        # limits.max_runtime: SIGTERM, then SIGKILL this much later
+
+# The entry: read the secrets file into the environment and delete it, enforce limits.max_runtime
+# with timeout(1) when the image has it, then exec the job (so it gets the signals).
+ENTRY = f"""\
+f={SECRETS_FILE}
+if [ -f "$f" ]; then set -a; . "$f"; set +a; rm -f "$f"; fi
+if [ -n "$GPUJOB_MAX_RUNTIME_S" ]; then
+  if command -v timeout >/dev/null 2>&1; then
+    exec timeout -s TERM -k {KILL_AFTER_S} "$GPUJOB_MAX_RUNTIME_S" "$@"
+  fi
+  echo "gpujob: timeout(1) is not in the image, so limits.max_runtime is not enforced" >&2
+fi
+exec "$@"
+"""
+
+
+def default_image(gpus: int) -> str:
+    from gpujob.image import default_image as image_for
+
+    return image_for(gpus)
+
+
+def outputs_volume(job_id: str) -> str:
+    return f"gpujob-out-{job_id}"
+
+
+def container_name(request: JobRequest) -> str:
+    head = re.sub(r"[^a-zA-Z0-9_.-]+", "-", request.name)[:40].strip("-.") or "job"
+    return f"gpujob-{head}-{request.job_id}"
+
+
+@dataclass
+class Plan:
+    image: str
+    name: str
+    create: dict[str, Any]          # keyword arguments for the SDK's containers.create
+    files: list[tuple[str, bytes, int]] = field(default_factory=list)  # (path, content, mode), copied in
+    run_dir_owner: tuple[int, int] | None = None
+    out_in_container: str = ""
+    local: bool = True
+
+
+def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tuple[int, int] | None = None,
+         secrets: Mapping[str, str] | None = None) -> Plan:
+    spec = request.spec
+    res = spec.get("resources") or {}
+    image = image or (spec.get("runtime") or {}).get("image") or default_image(request.gpus)
+    name = container_name(request)
+    uri_output = "://" in request.output_dir
+    if uri_output or local:
+        out = request.output_dir
+    else:
+        out = OUTPUTS_DIR
+    argv = [SPEC_FILE if arg == "{spec}" else arg for arg in request.command]
+    env = {
+        **request.env,
+        "GPUJOB_JOB_ID": request.job_id,
+        "GPUJOB_JOB_NAME": request.name,
+        "GPUJOB_SPEC": SPEC_FILE,
+        "GPUJOB_OUTPUT_DIR": out,
+        "HF_HOME": f"{CACHE_DIR}/huggingface",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if request.max_runtime_s:
+        env["GPUJOB_MAX_RUNTIME_S"] = str(request.max_runtime_s)
+    mounts: list[dict[str, Any]] = [
+        {"Type": "volume", "Source": CACHE_VOLUME, "Target": CACHE_DIR, "ReadOnly": False}]
+    create: dict[str, Any] = {
+        "image": image,
+        "name": name,
+        "entrypoint": ["/bin/sh", "-c", ENTRY, "gpujob-entry"],
+        "command": argv,
+        "environment": env,
+        "labels": {**request.labels, MANAGED_LABEL: "gpujob", "gpujob.dev/kind": request.kind},
+        "init": True,
+        "stop_signal": "SIGTERM",
+        "shm_size": parse_quantity(res.get("shm") or "8Gi"),
+        "detach": True,
+    }
+    if local:
+        mounts.append({"Type": "bind", "Source": request.workdir, "Target": request.workdir, "ReadOnly": True})
+        if not uri_output:
+            mounts.append({"Type": "bind", "Source": out, "Target": out, "ReadOnly": False})
+        create["working_dir"] = request.workdir
+        if user is not None:
+            create["user"] = f"{user[0]}:{user[1]}"
+            env["HOME"] = "/tmp"  # your uid has no home in the image
+    elif not uri_output:
+        mounts.append({"Type": "volume", "Source": outputs_volume(request.job_id), "Target": OUTPUTS_DIR,
+                       "ReadOnly": False})
+    create["mounts"] = mounts
+    if request.gpus:
+        create["device_requests"] = [{"Driver": "", "Count": request.gpus, "Capabilities": [["gpu"]]}]
+    if res.get("memory"):
+        create["mem_limit"] = parse_quantity(res["memory"])
+    if res.get("cpu") is not None:
+        create["nano_cpus"] = int(parse_cpu(res["cpu"]) * 1e9)
+    import json
+
+    files = [(SPEC_FILE, json.dumps(spec, indent=2).encode(), 0o400)]
+    if secrets:
+        body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
+        files.append((SECRETS_FILE, body.encode(), 0o400))
+    return Plan(image=image, name=name, create=create, files=files, out_in_container=out, local=local)
+
+
+def archive(files: list[tuple[str, bytes, int]], owner: tuple[int, int] | None,
+            extra_dirs: tuple[str, ...] = ()) -> bytes:
+    """A tar of ``files`` (absolute paths) to extract at ``/``. Their folders and ``extra_dirs`` are
+    owned by ``owner`` (mode 0700); without a known owner (an image whose user is a name) files
+    are readable by all and folders open to all, so whoever the job runs as can use them."""
+    buf = io.BytesIO()
+    now = time.time()
+    dirs = sorted({path.rsplit("/", 1)[0] for path, _, _ in files} | set(extra_dirs))
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in dirs:
+            info = tarfile.TarInfo(d.lstrip("/"))
+            info.type, info.mtime = tarfile.DIRTYPE, now
+            info.mode = 0o700 if owner else 0o1777
+            if owner:
+                info.uid, info.gid = owner
+            tar.addfile(info)
+        for path, data, mode in files:
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mtime = len(data), now
+            info.mode = mode if owner else 0o444
+            if owner:
+                info.uid, info.gid = owner
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def image_user(config_user: str | None) -> tuple[int, int] | None:
+    """The uid:gid an image runs as, when its USER says it in numbers ('' means root)."""
+    text = (config_user or "").strip()
+    if not text:
+        return (0, 0)
+    uid, _, gid = text.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return (int(uid), int(gid or uid))
+    return None
+
+
+def describe(p: Plan, request: JobRequest, host: str) -> str:
+    """The dry run: what `gpujob submit` will ask the engine for."""
+    c = p.create
+    env = {**c["environment"], **{n: "<from your environment: copied in as a file, never shown>"
+                                  for n in request.secret_names}}
+    mounts = [f"  {m['Source']} -> {m['Target']}" + (" (read-only)" if m["ReadOnly"] else "")
+              + (" [volume]" if m["Type"] == "volume" else "") for m in c["mounts"]]
+    gpus = f"{request.gpus} (device request, capabilities [gpu])" if request.gpus else "none"
+    lines = [
+        f"backend: docker ({'local' if p.local else 'remote'} engine at {host})",
+        f"job:       {request.name} (kind {request.kind})",
+        f"container: {p.name}",
+        f"image:     {p.image}",
+        f"command:   {shlex.join(c['command'])}",
+        f"user:      {c.get('user') or 'the image USER'}",
+        f"workdir:   {c.get('working_dir') or 'the image WORKDIR'}",
+        f"outputs:   {p.out_in_container}" + ("" if p.local else f" (copied back to {request.output_dir} at the end)"),
+        f"gpus:      {gpus}",
+        f"shm:       {c['shm_size']} bytes" + (f"; memory limit {c['mem_limit']} bytes" if "mem_limit" in c else "")
+        + (f"; cpus {c['nano_cpus'] / 1e9:g}" if "nano_cpus" in c else ""),
+        "limits:    " + (f"max runtime {request.max_runtime_s} s (timeout(1) in the container)"
+                         if request.max_runtime_s else "none"),
+        "mounts:", *mounts,
+        "labels:", *(f"  {k}={v}" for k, v in sorted(c["labels"].items())),
+        "env:", *(f"  {k}={v}" for k, v in sorted(env.items())),
+    ]
+    return "\n".join(lines)

@@ -94,9 +94,9 @@ def test_schema_is_json_with_the_yaml_key_names():
 
 
 def test_planned_backends_say_so_with_exit_2():
-    result = gpujob("submit", str(HELLO), "--backend", "docker")
+    result = gpujob("submit", str(HELLO), "--backend", "host")
     assert result.exit_code == 2
-    assert "docker" in result.output and "not available" in result.output and "--backend local" in result.output
+    assert "host" in result.output and "not available" in result.output and "--backend local" in result.output
     assert gpujob("render", str(HELLO), "--backend", "nomad").exit_code == 2
 
 

@@ -125,7 +125,8 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         "detach": True,
     }
     if local:
-        mounts.append({"Type": "bind", "Source": request.workdir, "Target": request.workdir, "ReadOnly": True})
+        if request.workdir != "/":  # never the whole machine
+            mounts.append({"Type": "bind", "Source": request.workdir, "Target": request.workdir, "ReadOnly": True})
         if not uri_output:
             mounts.append({"Type": "bind", "Source": out, "Target": out, "ReadOnly": False})
         create["working_dir"] = request.workdir

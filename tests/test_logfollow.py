@@ -1,4 +1,4 @@
-"""Following one pod's log across broken streams: nothing lost, nothing repeated."""
+"""The log follower shared by the kubernetes and docker backends (gpujob.backends.logfollow)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 #   make demo-hello  the progress-protocol example job (seconds)
 #   make test   the full test suite (what CI runs)
 #   make bench  benchmarks (CLI start-up time; more arrive with the runner)
+#   make image  the job image (CUDA) on the Docker engine at DOCKER_HOST; make image-cpu its cpu variant
+#   make lock   re-resolve images/requirements.lock from images/requirements.in (needs PyPI)
 
 PYTHON ?= python3
 # The CPU build of torch (a wheel of it ships with these machines); override for CUDA: make TORCH=torch
@@ -12,7 +14,7 @@ PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test assets demo demo-hello bench docs clean
+.PHONY: install test assets demo demo-hello bench docs image image-cpu lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +47,16 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) scripts/gen_spec_docs.py
+
+image: $(STAMP)
+	$(GPUJOB) image build
+
+image-cpu: $(STAMP)
+	$(GPUJOB) image build --variant cpu
+
+lock: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check 'uv==0.13.8'
+	$(PY) scripts/lock_image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info cli/*.egg-info

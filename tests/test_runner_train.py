@@ -40,8 +40,11 @@ def tiny_model(tmp_path_factory, base_model) -> Path:
 
 @pytest.fixture(scope="session")
 def greek_folder(tmp_path_factory) -> Path:
+    return write_greek_folder(tmp_path_factory.mktemp("greek"))
+
+
+def write_greek_folder(root: Path) -> Path:
     """An audio folder (metadata.csv + wav) of real synthesized Greek speech: train/ and heldout/."""
-    root = tmp_path_factory.mktemp("greek")
     for split, sentences in (("train", SENTENCES[:8]), ("heldout", SENTENCES[8:])):
         folder = root / split
         folder.mkdir()

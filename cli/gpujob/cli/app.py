@@ -1,7 +1,8 @@
 """The `gpujob` command: registers the subcommands, nothing else.
 
-Subcommands live in :mod:`gpujob.cli.spec_cmds` (validate, render, schema) and
-:mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel).
+Subcommands live in :mod:`gpujob.cli.spec_cmds` (validate, render, schema),
+:mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel) and
+:mod:`gpujob.cli.image_cmds` (image build).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from gpujob import __version__
-from gpujob.cli import job_cmds, spec_cmds
+from gpujob.cli import image_cmds, job_cmds, spec_cmds
 
 app = typer.Typer(
     name="gpujob",
@@ -41,6 +42,7 @@ def _root(
 
 spec_cmds.register(app)
 job_cmds.register(app)
+image_cmds.register(app)
 
 
 def main() -> None:

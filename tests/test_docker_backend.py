@@ -12,28 +12,27 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from gpujob_cli import GpujobCli
+
 pytest.importorskip("docker")
 
-GPUJOB = [sys.executable, "-m", "gpujob"]
 SECRET = "hf_tEsT-not-a-real-token-0123456789"
 
 
-class Docker:
+class Docker(GpujobCli):
     """The `gpujob` command pointed at the tests' engine, in a temporary working directory."""
 
     def __init__(self, tmp: Path, engine, image: str):
-        self.tmp, self.engine, self.image = tmp, engine, image
-        self.env = {**os.environ, "DOCKER_HOST": engine.host, "GPUJOB_HOME": str(tmp / "home"),
-                    "PYTHONUNBUFFERED": "1"}
+        super().__init__(tmp, {**os.environ, "DOCKER_HOST": engine.host, "GPUJOB_HOME": str(tmp / "home"),
+                               "PYTHONUNBUFFERED": "1"})
         self.env.pop("HF_TOKEN", None)
+        self.engine, self.image = engine, image
         self.client = engine.client()
 
     def spec(self, name: str, command: list[str], **sections) -> Path:
@@ -44,30 +43,6 @@ class Docker:
         path = self.tmp / f"{name}.yaml"
         path.write_text(json.dumps(spec))  # JSON is YAML
         return path
-
-    def gpujob(self, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([*GPUJOB, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.tmp)
-
-    def submit(self, path: Path, *extra: str, env: dict | None = None) -> str:
-        r = self.gpujob("submit", str(path), *extra, env=env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        return r.stdout.split()[2]  # "submitted job <id> (...)"
-
-    def status(self, job_id: str) -> dict:
-        r = self.gpujob("status", job_id, "--json")
-        assert r.returncode == 0, r.stdout + r.stderr
-        return json.loads(r.stdout)
-
-    def wait_status(self, job_id: str, predicate, timeout: float = 60, what: str = "status") -> dict:
-        deadline = time.monotonic() + timeout
-        seen = None
-        while time.monotonic() < deadline:
-            seen = self.status(job_id)
-            if predicate(seen):
-                return seen
-            time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; last status: {seen}")
 
     def containers(self, job_id: str) -> list:
         return self.client.containers.list(all=True, filters={"label": f"gpujob.dev/id={job_id}"})
@@ -90,7 +65,7 @@ def py(code: str) -> list[str]:
 
 
 def test_job_runs_in_a_container_with_progress_in_logs_and_status(dk):
-    spec = dk.spec("hello-docker", demo("--steps", "30", "--step-time", "0.03", "--eval-every", "10"))
+    spec = dk.spec("hello-docker", demo("--steps", "30", "--step-time", "0.06", "--eval-every", "10"))
     job_id = dk.submit(spec)
     [c] = dk.containers(job_id)
     assert c.attrs["Config"]["Image"] == dk.image
@@ -116,7 +91,9 @@ def test_job_runs_in_a_container_with_progress_in_logs_and_status(dk):
 
 
 def test_failure_reports_the_exit_code_and_the_error_line(dk):
-    code = "import sys; print('loading data'); print('ValueError: column sentence not found', file=sys.stderr); sys.exit(3)"
+    # It fails after a moment, not at once: submit reports a job that already ended as failed (exit 1).
+    code = ("import sys, time; print('loading data', flush=True); time.sleep(2); "
+            "print('ValueError: column sentence not found', file=sys.stderr); sys.exit(3)")
     job_id = dk.submit(dk.spec("fails", py(code)))
     st = dk.wait_status(job_id, lambda s: s["status"] == "failed")
     assert st["exit_code"] == 3
@@ -252,7 +229,7 @@ def test_remote_engine_gets_no_bind_mounts_and_outputs_come_back(dk):
     if not dk.engine.tcp_host:
         pytest.skip("the tests' engine has no TCP listener (GPUJOB_TEST_DOCKER_HOST given)")
     dk.env["DOCKER_HOST"] = dk.engine.tcp_host  # not a unix socket: gpujob treats it as another machine
-    spec = dk.spec("remote", demo("--steps", "20", "--step-time", "0.02"), runtime={"secrets": ["HF_TOKEN"]})
+    spec = dk.spec("remote", demo("--steps", "20", "--step-time", "0.1"), runtime={"secrets": ["HF_TOKEN"]})
     job_id = dk.submit(spec, env={"HF_TOKEN": SECRET})
     [c] = dk.containers(job_id)
     mounts = c.attrs["Mounts"]

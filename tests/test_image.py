@@ -443,6 +443,7 @@ def test_a_train_job_submitted_to_docker_runs_the_runner_in_the_image(cpu_image,
     """The whole path in the real image: spec -> docker backend -> runner -> progress -> status.
     The spec's paths are relative: the working directory is mounted at its own path."""
     pytest.importorskip("torch")
+    from gpujob_cli import GpujobCli
     from test_runner_train import write_greek_folder, write_spec
 
     from gpujob.runner.convert_ct2 import ensure_whisper_base, tiny_whisper
@@ -456,21 +457,12 @@ def test_a_train_job_submitted_to_docker_runs_the_runner_in_the_image(cpu_image,
     spec["runtime"] = {"backend": "docker", "image": cpu_image["tag"],
                        "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}}
     path.write_text(json.dumps(spec))
-    env = {**os.environ, "DOCKER_HOST": cpu_image["engine"].host, "GPUJOB_HOME": str(tmp_path / "home")}
-
-    def gpujob(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gpujob", *args], env=env, cwd=work, capture_output=True,
-                              text=True, timeout=900)
-
-    submitted = gpujob("submit", "spec.yaml")
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    job_id = submitted.stdout.split()[2]
-    logs = gpujob("logs", "-f", job_id)
+    cli = GpujobCli(work, {**os.environ, "DOCKER_HOST": cpu_image["engine"].host,
+                           "GPUJOB_HOME": str(tmp_path / "home")})
+    job_id = cli.submit(Path("spec.yaml"))
+    logs = cli.gpujob("logs", "-f", job_id, timeout=900)
     assert "[progress] step 6/6" in logs.stdout, logs.stdout[-3000:] + logs.stderr
-    deadline = time.monotonic() + 120
-    while (status := json.loads(gpujob("status", job_id, "--json").stdout))["status"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, status
-        time.sleep(1)
+    status = cli.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=120)
     assert status["status"] == "succeeded", status
     assert status["step"] == 6 and 0 <= status["metrics"]["wer"]
     metrics = json.loads((work / "outputs/tiny/metrics.json").read_text())

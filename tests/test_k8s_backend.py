@@ -13,29 +13,27 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from gpujob_cli import GPUJOB, GpujobCli
 from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
 
 pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")
 
-GPUJOB = [sys.executable, "-m", "gpujob"]
 REAL = os.environ.get("GPUJOB_TEST_KUBECONFIG")
 
 
-class K8s:
+class K8s(GpujobCli):
     """One cluster (emulated or real) and the `gpujob` command pointed at it."""
 
     def __init__(self, tmp: Path, kubeconfig: Path, namespace: str, image: str, fake: FakeCluster | None):
-        self.tmp, self.kubeconfig, self.namespace, self.image, self.fake = tmp, kubeconfig, namespace, image, fake
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "GPUJOB_HOME": str(tmp / "home"),
-                    "PYTHONUNBUFFERED": "1"}
+        super().__init__(tmp, {**os.environ, "KUBECONFIG": str(kubeconfig), "GPUJOB_HOME": str(tmp / "home"),
+                               "PYTHONUNBUFFERED": "1"})
         self.env.pop("HF_TOKEN", None)
+        self.kubeconfig, self.namespace, self.image, self.fake = kubeconfig, namespace, image, fake
         from kubernetes import client, config
 
         api = config.new_client_from_config(config_file=str(kubeconfig))
@@ -55,30 +53,6 @@ class K8s:
         path = self.tmp / f"{name}.yaml"
         path.write_text(json.dumps(spec))  # JSON is YAML
         return path
-
-    def gpujob(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*GPUJOB, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.tmp)
-
-    def submit(self, path: Path, *extra: str) -> str:
-        r = self.gpujob("submit", str(path), *extra)
-        assert r.returncode == 0, r.stdout + r.stderr
-        return r.stdout.split()[2]  # "submitted job <id> (...)"
-
-    def status(self, job_id: str) -> dict:
-        r = self.gpujob("status", job_id, "--json")
-        assert r.returncode == 0, r.stdout + r.stderr
-        return json.loads(r.stdout)
-
-    def wait_status(self, job_id: str, predicate, timeout: float = 60, what: str = "status") -> dict:
-        deadline = time.monotonic() + timeout
-        seen = None
-        while time.monotonic() < deadline:
-            seen = self.status(job_id)
-            if predicate(seen):
-                return seen
-            time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; last status: {seen}")
 
     def pods(self, job_id: str) -> list[dict]:
         data = json.loads(self.core.list_namespaced_pod(self.namespace, label_selector=f"gpujob.dev/id={job_id}",

@@ -8,7 +8,6 @@ A build streams every line of the engine's output to ``on_line`` and turns an en
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from gpujob.errors import UserError
 REPOSITORY = "ghcr.io/gpujob/gpujob"
 VARIANTS = ("cuda", "cpu")
 DOCKERFILE = "images/Dockerfile"   # relative to the build context, the repository root
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # The cpu variant needs no CUDA libraries: a plain Ubuntu of the same release (same Python 3.12,
 # same apt packages) is 3 GB smaller than the CUDA base.
 CPU_BASE_IMAGE = "ubuntu:24.04"
@@ -95,7 +93,9 @@ def connect(docker_host: str | None = None):
     except ImportError:
         raise UserError("building the job image needs the Docker SDK",
                         hint="pip install 'gpujob[docker]'") from None
-    host = docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    from gpujob.backends.docker.engine import current_host
+
+    host = docker_host or current_host()
     try:
         client = docker.DockerClient(base_url=host, timeout=CLIENT_TIMEOUT_S)
         client.ping()

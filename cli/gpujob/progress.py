@@ -256,6 +256,13 @@ class ProgressState:
                 setattr(state, key, value)
         return state
 
+    @classmethod
+    def advance(cls, snapshot: dict[str, Any] | None, lines: Iterable[str]) -> dict[str, Any] | None:
+        """``snapshot`` advanced by the events in ``lines`` newer than it, or None when no event is
+        newer: for backends that read progress back from the end of a job's log."""
+        state = cls.from_dict(snapshot)
+        return state.to_dict() if state.feed_lines(lines, newer_than=state.updated_at) else None
+
 
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -18,14 +18,13 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends.base import LOG_NAME, JobRequest, Observed, explain_exit, last_error_line, read_saved_log
 from gpujob.backends.docker import container as cplan
-from gpujob.backends.docker.engine import Engine, current_host
+from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.errors import UserError
 from gpujob.progress import ProgressState
 from gpujob.registry import TERMINAL
@@ -45,8 +44,6 @@ class DockerBackend:
 
     def render(self, request: JobRequest) -> str:
         host = current_host()
-        from gpujob.backends.docker.engine import is_local
-
         local = is_local(host)
         p = cplan.plan(request, local=local, user=_my_user() if local else None)
         return cplan.describe(p, request, host)
@@ -123,9 +120,7 @@ class DockerBackend:
         seen = observe(state, max_runtime_s=_max_runtime(job), memory=_memory(job))
         tail = self._tail(engine, job, PROGRESS_TAIL_LINES) if state.get("Status") != "created" else None
         if tail:
-            progress = ProgressState.from_dict(job.progress)
-            if progress.feed_lines(tail, newer_than=progress.updated_at):
-                seen.progress = progress.to_dict()
+            seen.progress = ProgressState.advance(job.progress, tail)
             if seen.status == "failed" and seen.exit_code not in (None, 0):
                 err = last_error_line(tail[-ERROR_TAIL_LINES:])
                 if err and err not in (seen.reason or ""):

@@ -26,6 +26,7 @@ entry sources and deletes before the job starts.
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import tarfile
@@ -143,8 +144,6 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         create["mem_limit"] = parse_quantity(res["memory"])
     if res.get("cpu") is not None:
         create["nano_cpus"] = int(parse_cpu(res["cpu"]) * 1e9)
-    import json
-
     files = [(SPEC_FILE, json.dumps(spec, indent=2).encode(), 0o400)]
     if secrets:
         body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends.base import LOG_NAME, JobRequest, Notice, Observed, read_saved_log
@@ -109,9 +108,7 @@ class KubernetesBackend:
             error_tail = self._tail(cluster, blamed, ERROR_TAIL_LINES)
         seen = explain.observe(kjob, pods, log_tail=error_tail, name=name, namespace=cluster.namespace)
         if lead_tail:
-            state = ProgressState.from_dict(job.progress)
-            if state.feed_lines(lead_tail, newer_than=state.updated_at):
-                seen.progress = state.to_dict()
+            seen.progress = ProgressState.advance(job.progress, lead_tail)
         seen.started_at = _started_at(lead)
         if seen.status in TERMINAL:
             self._save_log(cluster, job, pods)

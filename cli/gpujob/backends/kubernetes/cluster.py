@@ -31,12 +31,10 @@ class ClusterError(GpujobError):
 
 def _import_client():
     try:
-        import kubernetes  # noqa: F401  (heavy: imported only when a kubernetes job is touched)
+        import kubernetes  # heavy: imported only when a kubernetes job is touched
     except ImportError:
         raise UserError("the kubernetes backend needs the official Kubernetes client",
                         hint="pip install 'gpujob[kubernetes]'") from None
-    import kubernetes
-
     return kubernetes
 
 

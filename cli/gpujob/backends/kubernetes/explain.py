@@ -78,7 +78,7 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *,
         return Observed("failed", reason=(
             f"the Job {namespace}/{name} no longer exists on the cluster (deleted outside gpujob, or removed "
             "by ttlSecondsAfterFinished before gpujob saw it end)"))
-    spec, st = job.get("spec") or {}, job.get("status") or {}
+    spec = job.get("spec") or {}
     if condition(job, "Complete") or condition(job, "SuccessCriteriaMet"):
         return Observed("succeeded", exit_code=0)
     failed = condition(job, "Failed") or condition(job, "FailureTarget")

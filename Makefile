@@ -18,7 +18,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,assets,kubernetes,docker,test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,assets,kubernetes,docker,host,test]'
 	touch $@
 
 install: $(STAMP)

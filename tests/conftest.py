@@ -51,3 +51,32 @@ def docker_demo_image(docker_engine, docker_base_image):
     from docker_engine import ensure_demo_image
 
     return ensure_demo_image(docker_engine)
+
+
+# ----------------------------------------------------------------------------- a real SSH server
+# (tests/ssh_server.py: Debian's sshd on loopback standing in for a rented GPU host, with fakes for
+# what only a GPU host has: nvidia-smi, systemctl, apt-get, nvidia-ctk, mountpoint)
+
+
+@pytest.fixture
+def ssh_host(tmp_path, gpujob_home):
+    """A fresh stand-in GPU host for each test (sshd starts in well under a second): nvidia-smi
+    works; Docker and the NVIDIA toolkit are not installed yet (``ssh_host.preinstall(...)``);
+    gpujob's key pair is in $GPUJOB_HOME/ssh and known_hosts is $GPUJOB_HOME/known_hosts (empty)."""
+    import os
+
+    from ssh_server import SshHost, sshd_unavailable, start_sshd
+
+    why = sshd_unavailable()
+    if why:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"SSH server tests cannot run in CI: {why}")
+        pytest.skip(why)
+    from gpujob.hosts.ssh import ensure_keypair
+
+    key_path, public_key = ensure_keypair(gpujob_home)
+    server = start_sshd(tmp_path / "sshd", public_key)
+    try:
+        yield SshHost(server, key_path, public_key, gpujob_home / "known_hosts")
+    finally:
+        server.stop()

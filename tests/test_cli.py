@@ -93,10 +93,10 @@ def test_schema_is_json_with_the_yaml_key_names():
     assert "training" in gpujob("schema", "--markdown").output
 
 
-def test_planned_backends_say_so_with_exit_2():
+def test_host_backend_without_a_host_says_what_to_set_with_exit_2():
     result = gpujob("submit", str(HELLO), "--backend", "host")
     assert result.exit_code == 2
-    assert "host" in result.output and "not available" in result.output and "--backend local" in result.output
+    assert "runtime.host" in result.output and "runtime.host_type" in result.output
     assert gpujob("render", str(HELLO), "--backend", "nomad").exit_code == 2
 
 

@@ -173,3 +173,57 @@ def test_many_first_calls_at_once_on_a_new_home_all_succeed(tmp_path):
         errors = [p.communicate(timeout=60)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), errors
         assert len(Registry(home).list()) == 6
+
+
+# ----------------------------------------------------------------------------- hosts
+
+
+def _host(reg: Registry, name: str = "a10-box", **extra):
+    fields = dict(provider="lambda", instance_type="gpu_1x_a10", ssh_user="ubuntu", ssh_port=22, state="booting",
+                  idle_minutes=15, price_cents_per_hour=75, launched_at=1000.0, instance_id="i-1")
+    return reg.add_host(name=name, **{**fields, **extra})
+
+
+def test_hosts_round_trip_with_cost_from_price_and_uptime():
+    reg = Registry()
+    host = _host(reg, settings={"layout_root": "/"})
+    assert host.state == "booting" and host.active and host.settings == {"layout_root": "/"}
+    # $0.75/h for 2 hours, then terminated: $1.50, and no more after that
+    done = reg.update_host("a10-box", state="terminated", terminated_at=1000.0 + 7200)
+    assert not done.active
+    assert done.cost_usd(now=1e9) == pytest.approx(1.50)
+    assert reg.get_host("a10-box").heartbeat == {}
+    assert [h.name for h in reg.list_hosts(active_only=True)] == []
+    assert [h.name for h in reg.list_hosts()] == ["a10-box"]
+
+
+def test_hosts_due_are_those_past_their_check_time_or_hard_deadline():
+    reg = Registry()
+    _host(reg, "early", check_after=500.0)
+    _host(reg, "later", check_after=5000.0)
+    _host(reg, "deadline", check_after=9000.0, hard_deadline=900.0)
+    _host(reg, "gone", check_after=1.0, state="terminated")
+    assert sorted(h.name for h in reg.hosts_due(1000.0)) == ["deadline", "early"]
+
+
+def test_unknown_host_is_a_user_error_naming_it():
+    from gpujob.errors import UserError
+
+    with pytest.raises(UserError, match="no host named 'nope'"):
+        Registry().get_host("nope")
+
+
+def test_a_version_1_registry_gains_the_hosts_table_and_keeps_its_jobs(gpujob_home):
+    import sqlite3
+
+    reg = Registry()
+    job = _new(reg)
+    reg.close()
+    conn = sqlite3.connect(gpujob_home / "registry.db")
+    conn.execute("DROP TABLE hosts")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    reg = Registry()
+    assert reg.get(job.id).name == "hello"
+    assert _host(reg).name == "a10-box"

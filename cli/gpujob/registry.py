@@ -2,7 +2,9 @@
 
 It holds every job, each status transition with its time, the backend's handle
 (pid, container id, Job name...), the latest progress snapshot and the final
-metrics. Safe under concurrent CLI calls and background supervisors:
+metrics; and every rented host (``gpujob host up``) with its instance, price,
+state, deadlines and the last heartbeat its idle agent reported. No secret is
+ever stored here. Safe under concurrent CLI calls and background supervisors:
 
 * WAL journal, so readers (``list``, ``logs -f``) never block the writer;
 * every write is one short ``BEGIN IMMEDIATE`` transaction with a busy timeout,
@@ -30,7 +32,8 @@ ACTIVE = ("queued", "starting", "running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ACTIVE + TERMINAL
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: the hosts table
+HOST_ACTIVE = ("launching", "booting", "provisioning", "ready", "terminating")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id            TEXT PRIMARY KEY,
@@ -62,6 +65,31 @@ CREATE TABLE IF NOT EXISTS transitions (
     at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
+CREATE TABLE IF NOT EXISTS hosts (
+    name            TEXT PRIMARY KEY,
+    provider        TEXT NOT NULL,
+    instance_id     TEXT,
+    instance_type   TEXT NOT NULL,
+    region          TEXT,
+    ip              TEXT,
+    ssh_user        TEXT NOT NULL,
+    ssh_port        INTEGER NOT NULL,
+    price_cents_per_hour REAL NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL,
+    reason          TEXT,
+    idle_minutes    REAL NOT NULL,
+    max_lifetime_s  REAL,
+    filesystem      TEXT,
+    settings_json   TEXT NOT NULL DEFAULT '{}',
+    heartbeat_json  TEXT NOT NULL DEFAULT '{}',
+    heartbeat_seen_at REAL,
+    check_after     REAL,
+    hard_deadline   REAL,
+    launched_at     REAL,
+    terminated_at   REAL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
 """
 
 _ID_FIRST = string.ascii_lowercase
@@ -124,6 +152,63 @@ class Job:
             cost_usd=row["cost_usd"], created_at=row["created_at"], started_at=row["started_at"],
             finished_at=row["finished_at"], updated_at=row["updated_at"],
         )
+
+
+@dataclass
+class Host:
+    """A rented machine (``gpujob host up``). ``settings`` holds how to reach and lay out it
+    (ssh, where gpujob's files live there, the image); ``heartbeat`` the idle agent's last word."""
+
+    name: str
+    provider: str
+    instance_id: str | None
+    instance_type: str
+    region: str | None
+    ip: str | None
+    ssh_user: str
+    ssh_port: int
+    price_cents_per_hour: float
+    state: str
+    reason: str | None
+    idle_minutes: float
+    max_lifetime_s: float | None
+    filesystem: str | None
+    settings: dict[str, Any]
+    heartbeat: dict[str, Any]
+    heartbeat_seen_at: float | None
+    check_after: float | None
+    hard_deadline: float | None
+    launched_at: float | None
+    terminated_at: float | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def active(self) -> bool:
+        return self.state in HOST_ACTIVE
+
+    @property
+    def price_per_hour(self) -> float:
+        return self.price_cents_per_hour / 100.0
+
+    def uptime_s(self, now: float | None = None) -> float:
+        if self.launched_at is None:
+            return 0.0
+        return max(0.0, (self.terminated_at or now or time.time()) - self.launched_at)
+
+    def cost_usd(self, now: float | None = None) -> float:
+        """What the instance has billed so far: its hourly price times the time since launch."""
+        return self.price_per_hour * self.uptime_s(now) / 3600.0
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> "Host":
+        data = dict(row)
+        data["settings"] = json.loads(data.pop("settings_json"))
+        data["heartbeat"] = json.loads(data.pop("heartbeat_json"))
+        return cls(**data)
+
+
+HOST_COLUMNS = tuple(f for f in Host.__dataclass_fields__ if f not in ("created_at", "updated_at"))
 
 
 class Registry:
@@ -296,6 +381,66 @@ class Registry:
             sql += " LIMIT ?"
             args.append(limit)
         return [Job._from_row(r) for r in self._conn.execute(sql, args)]
+
+    # ------------------------------------------------------------------ hosts
+
+    def add_host(self, **fields: Any) -> Host:
+        now = time.time()
+        cols = {k: v for k, v in fields.items() if k in HOST_COLUMNS}
+        cols.setdefault("settings", {})
+        cols.setdefault("heartbeat", {})
+        cols["settings_json"] = json.dumps(cols.pop("settings"))
+        cols["heartbeat_json"] = json.dumps(cols.pop("heartbeat"))
+        cols.update(created_at=now, updated_at=now)
+        with self._write() as conn:
+            conn.execute(f"INSERT INTO hosts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                         tuple(cols.values()))
+        return self.get_host(fields["name"])
+
+    def update_host(self, name: str, **fields: Any) -> Host:
+        unknown = set(fields) - set(HOST_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown host fields {sorted(unknown)}")
+        sets, args = ["updated_at = ?"], [time.time()]
+        for key, value in fields.items():
+            if key in ("settings", "heartbeat"):
+                key, value = f"{key}_json", json.dumps(value)
+            sets.append(f"{key} = ?")
+            args.append(value)
+        with self._write() as conn:
+            conn.execute(f"UPDATE hosts SET {', '.join(sets)} WHERE name = ?", (*args, name))
+        return self.get_host(name)
+
+    def get_host(self, name: str) -> Host:
+        row = self._conn.execute("SELECT * FROM hosts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            from gpujob.errors import UserError
+
+            raise UserError(f"no host named {name!r}", hint="run `gpujob host list` to see your hosts")
+        return Host._from_row(row)
+
+    def find_host(self, name: str) -> Host | None:
+        row = self._conn.execute("SELECT * FROM hosts WHERE name = ?", (name,)).fetchone()
+        return Host._from_row(row) if row else None
+
+    def list_hosts(self, *, active_only: bool = False) -> list[Host]:
+        sql = "SELECT * FROM hosts"
+        args: list[Any] = []
+        if active_only:
+            sql += f" WHERE state IN ({', '.join('?' * len(HOST_ACTIVE))})"
+            args.extend(HOST_ACTIVE)
+        return [Host._from_row(r) for r in self._conn.execute(sql + " ORDER BY created_at DESC", args)]
+
+    def hosts_due(self, now: float) -> list[Host]:
+        """Active hosts whose check time or hard deadline has passed (the reaper's work)."""
+        rows = self._conn.execute(
+            f"SELECT * FROM hosts WHERE state IN ({', '.join('?' * len(HOST_ACTIVE))})"
+            " AND ((check_after IS NOT NULL AND check_after <= ?) OR (hard_deadline IS NOT NULL AND hard_deadline <= ?))",
+            (*HOST_ACTIVE, now, now)).fetchall()
+        return [Host._from_row(r) for r in rows]
+
+    def jobs_on_host(self, name: str, *, active_only: bool = True) -> list[Job]:
+        return [j for j in self.list(active_only=active_only, backend="host") if j.handle.get("host") == name]
 
     def integrity_ok(self) -> bool:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

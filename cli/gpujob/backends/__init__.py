@@ -5,7 +5,7 @@
 | local      | a detached process group on this machine            | available     |
 | docker     | a container on a Docker engine (local or ssh://)    | available     |
 | kubernetes | a batch/v1 Job on a cluster                         | available     |
-| host       | a rented GPU host (Lambda-style), via docker/ssh    | planned       |
+| host       | a rented GPU host (Lambda-style), docker over ssh   | available     |
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _IMPLEMENTED = {
     "local": ("gpujob.backends.local", "LocalBackend"),
     "docker": ("gpujob.backends.docker", "DockerBackend"),
     "kubernetes": ("gpujob.backends.kubernetes", "KubernetesBackend"),
+    "host": ("gpujob.backends.host", "HostBackend"),
 }
 _RENDER_ONLY: set[str] = set()
 

@@ -2,7 +2,8 @@
 
 Subcommands live in :mod:`gpujob.cli.spec_cmds` (validate, render, schema),
 :mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel) and
-:mod:`gpujob.cli.image_cmds` (image build).
+:mod:`gpujob.cli.image_cmds` (image build) and :mod:`gpujob.cli.host_cmds` (host types, up, list,
+down, ssh, reap).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from gpujob import __version__
-from gpujob.cli import image_cmds, job_cmds, spec_cmds
+from gpujob.cli import host_cmds, image_cmds, job_cmds, spec_cmds
 
 app = typer.Typer(
     name="gpujob",
@@ -43,6 +44,7 @@ def _root(
 spec_cmds.register(app)
 job_cmds.register(app)
 image_cmds.register(app)
+host_cmds.register(app)
 
 
 def main() -> None:

@@ -74,10 +74,17 @@ def _is_spec_error(exc: Exception) -> bool:
     return spec is not None and isinstance(exc, spec.SpecError)
 
 
-def open_registry():
+def open_registry(*, reap: bool = True):
+    """The registry; first, hosts past a deadline are checked (cheap unless one is due), so a
+    rented host whose agent died is terminated by whichever gpujob command runs next."""
     from gpujob.registry import Registry
 
-    return Registry()
+    registry = Registry()
+    if reap:
+        from gpujob.hosts.service import reap_due
+
+        reap_due(registry)
+    return registry
 
 
 def find_job(registry, ref: str | None):

@@ -339,6 +339,21 @@ class RuntimeSection(_Section):
         "kubernetes: the Secret whose keys, named like `secrets`, hold their values (k8s/secret-example.yaml)."))
     gpu_node_label: NonEmptyStr = Field("nvidia.com/gpu.product", description=(
         "kubernetes: node label that `resources.gpu_type` is matched against (GPU feature discovery sets this one)."))
+    host: Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)] | None = Field(None, description=(
+        "host: run on this rented host (a name from `gpujob host list`). Unset: reuse an idle host of "
+        "`host_type`, else launch one."))
+    host_type: NonEmptyStr | None = Field(None, description=(
+        "host: the instance type to reuse or launch when `host` is unset, e.g. `gpu_1x_a100_sxm4` "
+        "(`gpujob host types` lists them with prices and the regions that have capacity)."))
+    region: NonEmptyStr | None = Field(None, description=(
+        "host: region to launch in, e.g. `us-east-1`. Unset: the first region with capacity."))
+    filesystem: NonEmptyStr | None = Field(None, description=(
+        "host: persistent file system to attach to a launched host; outputs are written to it, so they "
+        "outlive the host."))
+    host_idle: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
+        "15m", description="host: a host launched for this job terminates itself after being idle this long.")
+    host_max_lifetime: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
+        "12h", description="host: a host launched for this job is terminated this long after launch, busy or not.")
     env: Annotated[dict[EnvName, str], _none_to_empty(dict)] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}}, description=(
         "Environment variables for the job. Values are strings: quote numbers and booleans (`PORT: \"8080\"`). "
@@ -412,6 +427,9 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
             out.append((("training",), "set training.max_steps or training.epochs (exactly one) "
                                        "so the job knows when to stop"))
     runtime = section("runtime")
+    if runtime.get("backend") == "host" and not runtime.get("host") and not runtime.get("host_type"):
+        out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`) "
+                                         "or runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10)"))
     env, secrets = runtime.get("env"), runtime.get("secrets")
     if isinstance(env, Mapping) and isinstance(secrets, list):
         for name in env:

@@ -40,6 +40,14 @@ TIMEOUT_EXIT = 124  # timeout(1): limits.max_runtime was reached
 class DockerBackend:
     name = "docker"
 
+    def __init__(self, engine: Engine | None = None, *, outputs_root: str | None = None) -> None:
+        """``engine``: always use this engine (the host backend's SSH tunnel) instead of the one in
+        a job's handle or DOCKER_HOST. ``outputs_root``: on a remote engine, bind-mount
+        ``<outputs_root>/<job id>`` of that machine at /outputs (a persistent file system) instead
+        of a volume of the job's own; either way the outputs are copied back when the job ends."""
+        self._fixed_engine = engine
+        self._outputs_root = outputs_root
+
     # ------------------------------------------------------------------ render / submit
 
     def render(self, request: JobRequest) -> str:
@@ -49,8 +57,9 @@ class DockerBackend:
         return cplan.describe(p, request, host)
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        engine = Engine()
-        p = cplan.plan(request, local=engine.local, user=_my_user() if engine.local else None, secrets=secrets)
+        engine = self._fixed_engine or Engine()
+        p = cplan.plan(request, local=engine.local, user=_my_user() if engine.local else None, secrets=secrets,
+                       outputs_on_host=self._outputs_dir(request.job_id) if not engine.local else None)
         client = engine.client
         image = self._ensure_image(engine, p.image)
         owner = _my_user() if engine.local else cplan.image_user((image.attrs.get("Config") or {}).get("User"))
@@ -71,8 +80,14 @@ class DockerBackend:
                 except Exception:
                     pass
             raise
-        return {"host": engine.host, "container": p.name, "container_id": created.id, "image": p.image,
-                "remote": not engine.local, "out_in_container": p.out_in_container}
+        handle = {"host": engine.host, "container": p.name, "container_id": created.id, "image": p.image,
+                  "remote": not engine.local, "out_in_container": p.out_in_container}
+        if p.outputs_on_host:
+            handle["outputs_on_host"] = p.outputs_on_host
+        return handle
+
+    def _outputs_dir(self, job_id: str) -> str | None:
+        return f"{self._outputs_root.rstrip('/')}/{job_id}" if self._outputs_root else None
 
     def _ensure_image(self, engine: Engine, ref: str):
         import docker.errors as derr
@@ -203,7 +218,7 @@ class DockerBackend:
         self._finish(engine, job)
 
     def list(self) -> list[str]:
-        engine = Engine()
+        engine = self._fixed_engine or Engine()
         with engine.errors("listing containers"):
             found = engine.client.containers.list(all=True, filters={"label": f"{cplan.MANAGED_LABEL}=gpujob"})
         return sorted({c.labels[cplan.ID_LABEL] for c in found if cplan.ID_LABEL in c.labels})
@@ -217,9 +232,8 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _engine(job: "Job") -> Engine:
-        return Engine(job.handle.get("host"))
+    def _engine(self, job: "Job") -> Engine:
+        return self._fixed_engine or Engine(job.handle.get("host"))
 
     @staticmethod
     def _inspect(engine: Engine, job: "Job", quiet: bool = False) -> dict | None:
@@ -264,7 +278,7 @@ class DockerBackend:
             if copy_back:
                 _copy_out(c, job.handle["out_in_container"], Path(job.output_dir))
             c.remove(v=False)
-            if copy_back:
+            if copy_back and not job.handle.get("outputs_on_host"):
                 engine.client.volumes.get(cplan.outputs_volume(job.id)).remove()
         except (derr.APIError, OSError, tarfile.TarError, *engine.transient()):
             return

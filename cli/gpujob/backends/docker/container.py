@@ -86,10 +86,13 @@ class Plan:
     run_dir_owner: tuple[int, int] | None = None
     out_in_container: str = ""
     local: bool = True
+    outputs_on_host: str | None = None
 
 
 def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tuple[int, int] | None = None,
-         secrets: Mapping[str, str] | None = None) -> Plan:
+         secrets: Mapping[str, str] | None = None, outputs_on_host: str | None = None) -> Plan:
+    """``outputs_on_host``: a remote engine's folder (on its machine) to bind-mount at /outputs
+    instead of the job's own volume, e.g. a rented host's persistent file system."""
     spec = request.spec
     res = spec.get("resources") or {}
     image = image or (spec.get("runtime") or {}).get("image") or default_image(request.gpus)
@@ -134,6 +137,8 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         if user is not None:
             create["user"] = f"{user[0]}:{user[1]}"
             env["HOME"] = "/tmp"  # your uid has no home in the image
+    elif not uri_output and outputs_on_host:
+        mounts.append({"Type": "bind", "Source": outputs_on_host, "Target": OUTPUTS_DIR, "ReadOnly": False})
     elif not uri_output:
         mounts.append({"Type": "volume", "Source": outputs_volume(request.job_id), "Target": OUTPUTS_DIR,
                        "ReadOnly": False})
@@ -148,7 +153,8 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
     if secrets:
         body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
         files.append((SECRETS_FILE, body.encode(), 0o400))
-    return Plan(image=image, name=name, create=create, files=files, out_in_container=out, local=local)
+    return Plan(image=image, name=name, create=create, files=files, out_in_container=out, local=local,
+                outputs_on_host=outputs_on_host if not local and not uri_output else None)
 
 
 def archive(files: list[tuple[str, bytes, int]], owner: tuple[int, int] | None,
@@ -204,7 +210,8 @@ def describe(p: Plan, request: JobRequest, host: str) -> str:
         f"command:   {shlex.join(c['command'])}",
         f"user:      {c.get('user') or 'the image USER'}",
         f"workdir:   {c.get('working_dir') or 'the image WORKDIR'}",
-        f"outputs:   {p.out_in_container}" + ("" if p.local else f" (copied back to {request.output_dir} at the end)"),
+        f"outputs:   {p.out_in_container}" + ("" if p.local else f" (copied back to {request.output_dir} at the end)")
+        + (f"; on the host at {p.outputs_on_host}" if p.outputs_on_host else ""),
         f"gpus:      {gpus}",
         f"shm:       {c['shm_size']} bytes" + (f"; memory limit {c['mem_limit']} bytes" if "mem_limit" in c else "")
         + (f"; cpus {c['nano_cpus'] / 1e9:g}" if "nano_cpus" in c else ""),

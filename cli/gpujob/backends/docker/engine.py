@@ -40,10 +40,16 @@ def is_local(host: str) -> bool:
 class Engine:
     """A DockerClient for one engine, created lazily; ``errors()`` turns SDK failures into words."""
 
-    def __init__(self, host: str | None = None) -> None:
+    def __init__(self, host: str | None = None, *, local: bool | None = None, label: str | None = None) -> None:
         self.host = host or current_host()
-        self.local = is_local(self.host)
+        # A unix socket that is a tunnel to another machine (the host backend's SSH forward) is remote.
+        self.local = is_local(self.host) if local is None else local
+        self.label = label   # how messages name the engine, when its URL would mean nothing to the user
         self._client = None
+
+    @property
+    def where(self) -> str:
+        return self.label or self.host
 
     @property
     def client(self):
@@ -76,7 +82,7 @@ class Engine:
         except derr.NotFound:
             raise
         except derr.APIError as exc:
-            raise UserError(f"the Docker engine at {self.host} refused {doing}: {exc.explanation or exc}",
+            raise UserError(f"the Docker engine at {self.where} refused {doing}: {exc.explanation or exc}",
                             hint=_hint_for(str(exc.explanation or exc))) from None
         except (derr.DockerException, requests.exceptions.RequestException, OSError) as exc:
             raise self.unreachable(exc) from None
@@ -84,13 +90,17 @@ class Engine:
     def unreachable(self, exc: BaseException) -> UserError:
         text = str(exc)
         if "Permission denied" in text or isinstance(exc, PermissionError):
-            return UserError(f"not allowed to use the Docker engine at {self.host}",
+            return UserError(f"not allowed to use the Docker engine at {self.where}",
                              hint="add yourself to the docker group (sudo usermod -aG docker $USER, then log in "
                                   "again), or use a rootless engine through DOCKER_HOST")
         if "timed out" in text.lower():
-            return UserError(f"the Docker engine at {self.host} did not answer within {timeout_s()} s",
+            return UserError(f"the Docker engine at {self.where} did not answer within {timeout_s()} s",
                              hint="it may be busy (a large image being copied); try again, or allow longer "
                                   "with GPUJOB_DOCKER_TIMEOUT_S")
+        if self.label:
+            return UserError(f"no Docker engine answers at {self.where}: {_short(text)}",
+                             hint="check the host with `gpujob host list`; `gpujob host up --name NAME` "
+                                  "finishes its set-up (Docker included)")
         where = self.host + ("" if os.environ.get("DOCKER_HOST") else " (DOCKER_HOST is not set)")
         return UserError(f"no Docker engine answers at {where}: {_short(text)}",
                          hint="start it (sudo systemctl start docker), or point DOCKER_HOST at one "

@@ -1,0 +1,58 @@
+"""Where gpujob keeps its files on a host. Shared by the provisioner (which writes them over SSH)
+and the agent (which reads them there); stdlib only.
+
+``root`` is "/" on a real host. The tests' SSH server stands in for a host on this machine, so
+they provision under a folder instead of the real /etc and /opt.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+AGENT_UNIT = "gpujob-agent.service"
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    root: str = "/"
+    docker_host: str = "unix:///var/run/docker.sock"   # the engine on the host, as the host sees it
+
+    def _at(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    @property
+    def opt_dir(self) -> str:          # agent.py, lambda_api.py, layout.py (root-owned, 0755)
+        return self._at("opt", "gpujob")
+
+    @property
+    def etc_dir(self) -> str:          # agent.json (0600), lambda-api-key (0600); dir 0700
+        return self._at("etc", "gpujob")
+
+    @property
+    def config_path(self) -> str:
+        return posixpath.join(self.etc_dir, "agent.json")
+
+    @property
+    def api_key_path(self) -> str:
+        return posixpath.join(self.etc_dir, "lambda-api-key")
+
+    @property
+    def state_dir(self) -> str:        # heartbeat.json, agent.log, hung/<job>.json, uploads/<job>
+        return self._at("var", "lib", "gpujob")
+
+    @property
+    def heartbeat_path(self) -> str:
+        return posixpath.join(self.state_dir, "heartbeat.json")
+
+    @property
+    def hung_dir(self) -> str:
+        return posixpath.join(self.state_dir, "hung")
+
+    @property
+    def uploads_dir(self) -> str:      # one file per output upload in flight; the agent waits for them
+        return posixpath.join(self.state_dir, "uploads")
+
+    @property
+    def unit_path(self) -> str:
+        return self._at("etc", "systemd", "system", AGENT_UNIT)

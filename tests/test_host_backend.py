@@ -1,0 +1,294 @@
+"""Rented hosts end to end through the `gpujob` command: `host up` launches an instance on the
+Lambda API emulator (tests/lambda_emulator.py), provisions the stand-in host over real SSH (Debian's
+sshd, tests/ssh_server.py), jobs run in containers on a real Docker engine reached through the SSH
+tunnel, and the host's idle agent (run here with a clock the test moves on, and GPU readings the
+test sets) terminates the instance through the emulated API.
+
+What is real: SSH (client and server), Docker, the agent's code and its Docker and /proc probes,
+the CLI. What is emulated: the Lambda Cloud API; on the stand-in host, what only a GPU machine has
+(nvidia-smi, systemd, apt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpujob_cli import GpujobCli
+
+pytest.importorskip("docker")
+pytest.importorskip("paramiko")
+
+SECRET = "hf_hOsT-not-a-real-token-0123456789abcdef"
+IDLE_MIN = 3
+INTERVAL_S = 60
+
+
+class Clock:
+    """Real time plus an offset the test moves on: the emulator and the agent share it."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class Lab(GpujobCli):
+    def __init__(self, tmp: Path, home: Path, emu, ssh_host, engine, image: str, clock: Clock):
+        env = {**os.environ, "GPUJOB_HOME": str(home), "LAMBDA_API_KEY": emu.api_key,
+               "GPUJOB_LAMBDA_API_URL": emu.url, "GPUJOB_HOST_SSH_PORT": str(ssh_host.port),
+               "GPUJOB_HOST_SSH_USER": "root", "GPUJOB_HOST_ROOT": str(ssh_host.root),
+               "GPUJOB_HOST_DOCKER": engine.host, "DOCKER_HOST": engine.host, "GPUJOB_HOST_POLL_S": "0.2",
+               "PYTHONUNBUFFERED": "1"}
+        env.pop("HF_TOKEN", None)
+        super().__init__(tmp, env)
+        self.home, self.emu, self.host, self.engine, self.image, self.clock = home, emu, ssh_host, engine, image, clock
+
+    def up(self, *extra: str, name: str = "box", ok: bool = True) -> subprocess.CompletedProcess:
+        r = self.gpujob("host", "up", "--name", name, "--image", self.image, *extra, timeout=180)
+        if ok:
+            assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    def hosts(self, *extra: str) -> list[dict]:
+        r = self.gpujob("host", "list", "--json", *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return json.loads(r.stdout)
+
+    def spec(self, name: str, command: list[str], **runtime) -> Path:
+        spec = {"apiVersion": "gpujob/v1", "kind": "command", "name": name, "command": command,
+                "resources": {"gpus": 0, "shm": "64Mi"},
+                "runtime": {"backend": "host", "host": "box", "image": self.image, **runtime},
+                "limits": {"max_runtime": "10m", "idle_minutes": 1}}
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(json.dumps(spec))
+        return path
+
+    def agent(self, *, gpu_util: int = 0):
+        """The host's agent as its systemd unit would start it, from the config provisioning wrote,
+        with the test's clock, no interactive SSH sessions (an empty /proc), and nvidia-smi's readings
+        set by the test."""
+        from gpujob.hosts import agent
+
+        self.host.set_gpu_util(gpu_util)
+        config = self.host.layout().config_path
+        lay = agent.load_config(config).layout
+        empty_proc = self.tmp / "proc"
+        empty_proc.mkdir(exist_ok=True)
+        probes = agent.HostProbes(lay, proc_root=str(empty_proc), nvidia_smi=str(self.host.fakebin / "nvidia-smi"),
+                                  use_nvml=False)
+        return agent.build_agent(config, probes=probes, clock=self.clock, logs=False)
+
+    def instance(self) -> str:
+        [host] = [h for h in self.hosts("--all") if h["name"] == "box"]
+        return host["instance_id"]
+
+
+@pytest.fixture
+def lab(tmp_path, gpujob_home, ssh_host, docker_engine, docker_demo_image, monkeypatch):
+    from lambda_emulator import LambdaEmulator
+
+    clock = Clock()
+    monkeypatch.setenv("GPUJOB_AGENT_INTERVAL_S", str(INTERVAL_S))
+    with LambdaEmulator(clock=clock, boot_s=0.5, terminate_s=1.0, launch_interval_s=0) as emu:
+        work = tmp_path / "work"
+        work.mkdir()
+        yield Lab(work, gpujob_home, emu, ssh_host, docker_engine, docker_demo_image, clock)
+        # live-restore keeps containers past the test: remove this test's
+        client = docker_engine.client()
+        for c in client.containers.list(all=True, filters={"label": "gpujob.dev/host=box"}):
+            c.remove(force=True)
+
+
+def demo(steps: int, step_time: float = 0.02) -> list[str]:
+    return ["python", "-m", "gpujob.demo", "--steps", str(steps), "--step-time", str(step_time), "--eval-every", "10"]
+
+
+def test_a_job_on_a_rented_host_and_the_host_terminated_once_idle_with_nothing_lost(lab, docker_engine):
+    r = lab.up("--type", "gpu_1x_a10", "--idle", f"{IDLE_MIN}m", "--max-lifetime", "2h")
+    assert "host box is ready" in r.stdout and "127.0.0.1" in r.stdout
+    for step in ("nvidia driver", "docker", "nvidia container toolkit", "job image", "idle agent"):
+        assert f"box: {step}:" in r.stderr
+    [box] = lab.hosts()
+    assert box["state"] == "ready" and box["type"] == "gpu_1x_a10" and box["price_per_hour"] > 0
+    assert (lab.home / "known_hosts").read_text().startswith(box["instance_id"] + " ")
+
+    spec = lab.spec("greek-demo", demo(30), secrets=["HF_TOKEN"])
+    job_id = lab.submit(spec, env={"HF_TOKEN": SECRET})
+    r = lab.gpujob("logs", "-f", job_id, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "step 30/30" in r.stdout and "succeeded" in r.stderr
+    st = lab.status(job_id)
+    assert st["status"] == "succeeded" and st["backend"] == "host"
+    assert st["cost_usd"] > 0
+    # The outputs came back from the host, and the container is gone only after that.
+    assert (Path(st["output_dir"]) / "metrics.json").exists()
+    assert not docker_engine.client().containers.list(all=True, filters={"label": f"gpujob.dev/id={job_id}"})
+    ended = st["finished_at"]
+
+    # The agent: a minute between checks, the clock moved on a minute each time.
+    agent = lab.agent(gpu_util=0)
+    instance = box["instance_id"]
+    terminated_at = None
+    for _ in range(IDLE_MIN + 3):
+        decision = agent.tick()
+        if lab.emu.terminate_calls:
+            terminated_at = lab.emu.terminate_calls[-1][0]
+            break
+        assert decision.action == "none", decision.summary()
+        lab.clock.advance(INTERVAL_S)
+    assert terminated_at is not None, "the idle host was never terminated"
+    billed_after_job = terminated_at - ended
+    assert IDLE_MIN * 60 <= billed_after_job <= IDLE_MIN * 60 + INTERVAL_S + 5
+    assert lab.emu.terminate_calls == [(terminated_at, [instance])]
+
+    assert lab.hosts("--all")[0]["state"] in ("terminating", "terminated")
+    lab.clock.advance(5)                                       # the emulator's instance finishes terminating
+    [gone] = lab.hosts("--all")
+    assert gone["state"] == "terminated" and gone["cost_usd"] > 0
+    assert not lab.hosts()
+
+
+def test_no_api_key_or_token_is_written_anywhere_but_the_hosts_0600_key_file(lab, docker_engine):
+    lab.up("--type", "gpu_1x_a10")
+    spec = lab.spec("secret-demo", demo(5), secrets=["HF_TOKEN"])
+    job_id = lab.submit(spec, env={"HF_TOKEN": SECRET})
+    [container] = docker_engine.client().containers.list(all=True, filters={"label": f"gpujob.dev/id={job_id}"})
+    inspect = json.dumps(docker_engine.client().api.inspect_container(container.id))
+    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert lab.gpujob("logs", "-f", job_id, timeout=120).returncode == 0
+    rendered = lab.gpujob("render", str(spec), env={"HF_TOKEN": SECRET}).stdout
+    key = lab.emu.api_key
+    places = {"docker inspect": inspect, "process list": procs, "render": rendered,
+              "the host's sshd/systemd/apt logs": lab.host.logs_text(),
+              "commands run on the host": "\n".join(lab.host.command_lines())}
+    for path in lab.home.rglob("*"):
+        if path.is_file():
+            places[str(path)] = path.read_bytes().decode("latin-1")
+    key_file = Path(lab.host.layout().api_key_path)
+    for path in Path(lab.host.root).rglob("*"):
+        if path.is_file() and path != key_file:
+            places[str(path)] = path.read_bytes().decode("latin-1")
+    for where, text in places.items():
+        assert key not in text, f"the API key is in {where}"
+        assert SECRET not in text, f"the HF token is in {where}"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600" and key_file.read_text().strip() == key
+    assert oct(Path(lab.host.layout().config_path).stat().st_mode & 0o777) == "0o600"
+
+
+def test_no_capacity_in_the_region_lists_the_regions_that_have_some(lab):
+    lab.emu.capacity["gpu_1x_h100_pcie"] = {"us-west-1", "us-south-1"}
+    r = lab.up("--type", "gpu_1x_h100_pcie", "--region", "us-east-1", ok=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "us-east-1" in r.stderr and "us-west-1" in r.stderr and "us-south-1" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not lab.emu.instances and not lab.hosts()
+
+
+def test_an_unknown_type_is_a_user_error_naming_the_known_ones(lab):
+    r = lab.up("--type", "gpu_1x_tpu", ok=False)
+    assert r.returncode == 2 and "gpu_1x_tpu" in r.stderr and "gpu_1x_a10" in r.stderr
+
+
+def test_provisioning_interrupted_half_way_is_completed_by_running_host_up_again(lab):
+    lab.host.fail_once("apt-get", match="nvidia-container-toolkit", stderr="E: Unable to fetch some archives")
+    r = lab.up("--type", "gpu_1x_a10", ok=False)
+    assert r.returncode == 1
+    assert "nvidia container toolkit" in r.stderr and "Unable to fetch" in r.stderr
+    assert "gpujob host up --name box" in r.stderr            # the hint: how to finish
+    [box] = lab.hosts()
+    assert box["state"] == "provisioning" and "set-up stopped" in box["reason"]
+    installs_before = lab.host.apt_installs()
+
+    r = lab.up()                                               # the same name, no --type: finish it
+    assert "host box is ready" in r.stdout, r.stderr
+    assert "box: nvidia driver: already in place" in r.stderr and "box: docker: already in place" in r.stderr
+    assert "box: nvidia container toolkit: done" in r.stderr
+    assert lab.host.apt_installs()[: len(installs_before)] == installs_before
+    assert "docker.io" not in lab.host.apt_installs()[len(installs_before):]   # not done twice
+    assert len(lab.emu.instances) == 1                         # one machine, launched once
+    assert lab.hosts()[0]["state"] == "ready"
+
+
+def test_a_hung_job_is_stopped_by_the_agent_and_reported_as_hung(lab):
+    lab.up("--type", "gpu_1x_a10", "--idle", "30m")
+    code = ("from gpujob.progress import ProgressWriter; import time; "
+            "ProgressWriter().progress(step=1, total_steps=100, loss=1.0); time.sleep(600)")
+    job_id = lab.submit(lab.spec("frozen", ["python", "-c", code]))
+    lab.wait_status(job_id, lambda s: s["step"] == 1, what="the first progress event")
+    agent = lab.agent(gpu_util=0)
+    assert agent.tick().action == "none"
+    lab.clock.advance(2 * 60)                                   # idle_minutes: 1
+    decision = agent.tick()
+    assert any(job_id in str(h) for h in decision.hung), decision.summary()
+    st = lab.wait_status(job_id, lambda s: s["status"] == "failed", what="the hung job's end", timeout=90)
+    assert "hung" in st["reason"] and "no progress events" in st["reason"]
+    assert lab.emu.live_instances()                             # the host itself is still up
+
+
+def test_the_reaper_in_any_command_terminates_a_host_whose_agent_never_reported(lab):
+    lab.up("--type", "gpu_1x_a10", "--idle", "1m")
+    instance = lab.instance()
+    from gpujob.registry import Registry
+
+    reg = Registry(lab.home)
+    reg.update_host("box", check_after=time.time() - 1)        # its deadline has passed; no heartbeat ever
+    reg.close()
+    r = lab.gpujob("list")
+    assert r.returncode == 0, r.stderr
+    assert "host box: terminated: idle agent not reporting (no heartbeat ever)" in r.stderr
+    assert lab.emu.terminate_calls and lab.emu.terminate_calls[-1][1] == [instance]
+    assert lab.hosts("--all")[0]["state"] == "terminated"
+
+
+def test_the_reaper_leaves_a_host_alone_while_a_job_runs_and_obeys_the_max_lifetime(lab):
+    from gpujob.hosts import lambda_api, service
+    from gpujob.registry import Registry
+
+    lab.up("--type", "gpu_1x_a10", "--idle", "1m", "--max-lifetime", "1h")
+    job_id = lab.submit(lab.spec("long", demo(2000, 0.05)))
+    lab.wait_status(job_id, lambda s: (s["step"] or 0) > 0, what="progress")
+    client = lambda_api.LambdaClient(lab.emu.api_key, lab.emu.url)
+    reg = Registry(lab.home)
+    later = time.time() + 10 * 60
+    assert service.reap(reg, now=lambda: later, client=client, say=lambda line: None) == []
+    assert reg.get_host("box").active and not lab.emu.terminate_calls
+    past_lifetime = time.time() + 61 * 60
+    done = service.reap(reg, now=lambda: past_lifetime, client=client, say=lambda line: None)
+    assert done == ["host box: terminated: max lifetime (1h) reached"]
+    assert lab.emu.terminate_calls and reg.get_host("box").state == "terminated"
+
+
+def test_a_failing_terminate_is_retried_by_the_next_command(lab):
+    lab.up("--type", "gpu_1x_a10", "--idle", "1m")
+    from gpujob.registry import Registry
+
+    reg = Registry(lab.home)
+    reg.update_host("box", check_after=time.time() - 1)
+    lab.emu.fail_next("POST", "/instance-operations/terminate", 500, times=50)
+    r = lab.gpujob("list", timeout=300)
+    assert r.returncode == 0 and "could not terminate it" in r.stderr
+    assert reg.get_host("box").active
+    lab.emu._faults.clear()
+    r = lab.gpujob("host", "reap")
+    assert r.returncode == 0 and "host box: terminated" in r.stdout
+    assert reg.get_host("box").state == "terminated"
+
+
+def test_host_ssh_logs_in_with_the_pinned_key(lab):
+    lab.up("--type", "gpu_1x_a10")
+    r = lab.gpujob("host", "ssh", "box", "echo", "hello-from-the-host")
+    assert r.returncode == 0, r.stderr
+    assert "hello-from-the-host" in r.stdout
+    r = lab.gpujob("host", "ssh", "nope", "true")
+    assert r.returncode == 2 and "no host named 'nope'" in r.stderr

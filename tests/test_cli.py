@@ -187,3 +187,9 @@ def test_validate_never_shows_a_traceback_for_random_yaml(tmp_path, text):
     assert "Traceback" not in result.output and "internal error" not in result.output
     if result.exit_code == 2:
         assert "random.yaml" in result.output
+
+
+def test_costs_under_a_cent_show_as_such_not_as_nothing():
+    from gpujob.cli.display import money
+
+    assert (money(0), money(0.0004), money(0.75 * 15 / 3600), money(1.234)) == ("$0.00", "<$0.01", "<$0.01", "$1.23")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -265,7 +266,7 @@ def test_the_reaper_leaves_a_host_alone_while_a_job_runs_and_obeys_the_max_lifet
     assert reg.get_host("box").active and not lab.emu.terminate_calls
     past_lifetime = time.time() + 61 * 60
     done = service.reap(reg, now=lambda: past_lifetime, client=client, say=lambda line: None)
-    assert done == ["host box: terminated: max lifetime (1h) reached"]
+    assert done == ["host box: terminated: max lifetime (1h00m) reached"]
     assert lab.emu.terminate_calls and reg.get_host("box").state == "terminated"
 
 
@@ -292,3 +293,34 @@ def test_host_ssh_logs_in_with_the_pinned_key(lab):
     assert "hello-from-the-host" in r.stdout
     r = lab.gpujob("host", "ssh", "nope", "true")
     assert r.returncode == 2 and "no host named 'nope'" in r.stderr
+
+
+def test_a_job_naming_only_a_type_launches_a_host_then_the_next_job_reuses_it(lab):
+    spec = lab.spec("auto", demo(5), host=None, host_type="gpu_1x_a10", host_idle="20m")
+    spec.write_text(spec.read_text().replace('"host": null, ', ""))
+    r = lab.gpujob("submit", str(spec), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "launching gpu_1x_a10" in r.stderr
+    first = r.stdout.split()[2]
+    assert lab.gpujob("logs", "-f", first, timeout=120).returncode == 0
+    [host] = lab.hosts()
+    assert host["state"] == "ready" and host["name"].startswith("1x-a10-") and first in host["jobs"]
+    r = lab.gpujob("submit", str(spec), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"reusing idle host {host['name']}" in r.stderr
+    second = r.stdout.split()[2]
+    assert lab.gpujob("logs", "-f", second, timeout=120).returncode == 0
+    assert len(lab.emu.instances) == 1 and lab.status(second)["status"] == "succeeded"
+
+
+def test_cancel_stops_a_job_on_its_host(lab):
+    lab.up("--type", "gpu_1x_a10")
+    job_id = lab.submit(lab.spec("to-cancel", demo(5000, 0.05)))
+    lab.wait_status(job_id, lambda s: (s["step"] or 0) > 0, what="progress")
+    r = lab.gpujob("cancel", job_id, "--grace", "2")
+    assert r.returncode == 0, r.stderr
+    st = lab.status(job_id)
+    assert st["status"] == "cancelled"
+    r = lab.gpujob("host", "down", "box")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"host box: terminated after \S+, cost (<\$0\.01|\$\d+\.\d\d)$", r.stdout.strip())

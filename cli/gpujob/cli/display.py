@@ -40,8 +40,14 @@ def _metric(key: str, value: Any) -> str:
     return f"{key} {value}"
 
 
+def money(usd: float | None) -> str:
+    """$1.23; a cost that is not zero but under a cent shows as <$0.01, not as nothing."""
+    usd = usd or 0.0
+    return "<$0.01" if 0 < usd < 0.005 else f"${usd:.2f}"
+
+
 def _cost(job: Job) -> str:
-    return f"${job.cost_usd:.2f}"
+    return money(job.cost_usd)
 
 
 def _age(ts: float) -> str:

@@ -94,7 +94,8 @@ def list_hosts(
             "price_per_hour": v.host.price_per_hour, "uptime_s": v.host.uptime_s(), "cost_usd": v.host.cost_usd(),
             "idle": v.idle, "agent": v.agent, "heartbeat": v.host.heartbeat, "launched_at": v.host.launched_at,
             "terminated_at": v.host.terminated_at, "hard_deadline": v.host.hard_deadline,
-            "jobs": [j.id for j in registry.jobs_on_host(v.host.name)],
+            "jobs": [j.id for j in registry.jobs_on_host(v.host.name, active_only=False)],
+            "active_jobs": [j.id for j in registry.jobs_on_host(v.host.name)],
         } for v in views], indent=2))
         return
     if not views:
@@ -105,7 +106,7 @@ def list_hosts(
     for v in views:
         h = v.host
         rows.append((h.name, h.state, h.instance_type, h.region or "-", h.ip or "-", f"{h.price_per_hour:.2f}",
-                     fmt_duration(h.uptime_s()), f"${h.cost_usd():.2f}", v.idle, v.agent))
+                     fmt_duration(h.uptime_s()), money(h.cost_usd()), v.idle, v.agent))
     typer.echo(_table(rows))
     for v in views:
         if v.host.reason and v.host.state in ("terminated", "provisioning"):
@@ -120,7 +121,7 @@ def down(
     from gpujob.hosts import service
 
     host = service.down(open_registry(), name, force=force)
-    typer.echo(f"host {host.name}: {host.state} after {_dur(host.uptime_s())}, cost ${host.cost_usd():.2f}")
+    typer.echo(f"host {host.name}: {host.state} after {_dur(host.uptime_s())}, cost {money(host.cost_usd())}")
 
 
 def ssh(ctx: typer.Context, name: NameArg) -> None:
@@ -147,6 +148,12 @@ def reap() -> None:
         active = registry.list_hosts(active_only=True)
         typer.echo(f"nothing to do: {len(active)} host(s) running, each with a live agent or within its deadlines"
                    if active else "nothing to do: no hosts running")
+
+
+def money(usd: float) -> str:
+    from gpujob.cli.display import money as fmt
+
+    return fmt(usd)
 
 
 def _dur(seconds: float) -> str:

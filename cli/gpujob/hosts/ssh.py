@@ -636,13 +636,7 @@ class _Forwarder:
         up = threading.Thread(target=self._pump_up, args=(local, chan), daemon=True)
         up.start()
         try:
-            while True:
-                data = chan.recv(65536)
-                if not data:
-                    break
-                local.sendall(data)
-        except OSError:
-            pass
+            _pump(chan.recv, local.sendall)
         finally:
             with contextlib.suppress(OSError):
                 local.shutdown(socket.SHUT_WR)
@@ -660,16 +654,19 @@ class _Forwarder:
     @staticmethod
     def _pump_up(local: socket.socket, chan) -> None:
         try:
-            while True:
-                data = local.recv(65536)
-                if not data:
-                    break
-                chan.sendall(data)
-        except OSError:
-            pass
+            _pump(local.recv, chan.sendall)
         finally:
             with contextlib.suppress(Exception):
                 chan.shutdown_write()
+
+
+def _pump(recv: Callable[[int], bytes], send: Callable[[bytes], None]) -> None:
+    """Copy bytes from one end to the other until the first end closes (or either breaks)."""
+    try:
+        while data := recv(65536):
+            send(data)
+    except OSError:
+        pass
 
 
 def _feed(chan, data: bytes) -> None:

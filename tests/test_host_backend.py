@@ -161,7 +161,12 @@ def test_a_job_on_a_rented_host_and_the_host_terminated_once_idle_with_nothing_l
 
 
 def test_no_api_key_or_token_is_written_anywhere_but_the_hosts_0600_key_file(lab, docker_engine):
-    lab.up("--type", "gpu_1x_a10")
+    lab.up("--type", "gpu_1x_a10", "--ssh-does-not-keep-alive", "--max-lifetime", "6h")
+    config = json.loads(Path(lab.host.layout().config_path).read_text())
+    [box] = lab.hosts()
+    assert config["ssh_keeps_alive"] is False and config["idle_minutes"] == 15
+    assert config["hard_deadline"] == pytest.approx(box["launched_at"] + 6 * 3600)
+    assert config["instance_id"] == box["instance_id"]
     spec = lab.spec("secret-demo", demo(5), secrets=["HF_TOKEN"])
     job_id = lab.submit(spec, env={"HF_TOKEN": SECRET})
     [container] = docker_engine.client().containers.list(all=True, filters={"label": f"gpujob.dev/id={job_id}"})
@@ -324,3 +329,11 @@ def test_cancel_stops_a_job_on_its_host(lab):
     r = lab.gpujob("host", "down", "box")
     assert r.returncode == 0, r.stderr
     assert re.search(r"host box: terminated after \S+, cost (<\$0\.01|\$\d+\.\d\d)$", r.stdout.strip())
+
+
+def test_host_list_without_the_api_key_shows_what_gpujob_last_knew(lab):
+    lab.up("--type", "gpu_1x_a10")
+    r = lab.gpujob("host", "list", env={"LAMBDA_API_KEY": ""})
+    assert r.returncode == 0, r.stderr
+    assert "showing what gpujob last knew" in r.stderr and "LAMBDA_API_KEY" in r.stderr
+    assert re.search(r"^box\s+ready\s+gpu_1x_a10", r.stdout, re.M)

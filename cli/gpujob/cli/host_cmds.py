@@ -60,6 +60,9 @@ def up(
     max_lifetime: Annotated[str, typer.Option("--max-lifetime", help="Terminate this long after launch, busy or not.")] = "12h",
     filesystem: Annotated[Optional[str], typer.Option("--filesystem", help="Persistent file system to attach; outputs go there.")] = None,
     image: Annotated[Optional[str], typer.Option("--image", help="Job image to have on the host [default: the gpujob image].")] = None,
+    ssh_keeps_alive: Annotated[bool, typer.Option(
+        "--ssh-keeps-alive/--ssh-does-not-keep-alive",
+        help="Whether an interactive SSH session on the host counts as activity.")] = True,
 ) -> None:
     """Launch a GPU host and set it up (Docker, NVIDIA toolkit, the job image, the idle agent)."""
     from gpujob.hosts import service
@@ -69,7 +72,8 @@ def up(
     if name is not None and not re.match(NAME_PATTERN, name):
         raise UserError(f"--name {name!r}: use lowercase letters, digits and -", hint="e.g. --name a100-greek")
     req = service.UpRequest(instance_type=type_, region=region, name=name, idle_minutes=_seconds(idle, "--idle") / 60,
-                            max_lifetime_s=_seconds(max_lifetime, "--max-lifetime"), filesystem=filesystem, image=image)
+                            max_lifetime_s=_seconds(max_lifetime, "--max-lifetime"), filesystem=filesystem, image=image,
+                            ssh_keeps_alive=ssh_keeps_alive)
     host = service.up(open_registry(), req)
     typer.echo(f"host {host.name} is ready: {host.instance_type} at {host.ip} (${host.price_per_hour:.2f}/h); "
                f"terminates itself after {idle} idle, at most {max_lifetime} after launch")

@@ -148,6 +148,7 @@ class UpRequest:
     max_lifetime_s: float | None = DEFAULT_MAX_LIFETIME_S
     filesystem: str | None = None
     image: str | None = None
+    ssh_keeps_alive: bool = True       # an interactive SSH session counts as activity
 
 
 def up(registry: "Registry", req: UpRequest, *, say: Say = _stderr) -> "Host":
@@ -192,6 +193,7 @@ def _launch(registry: "Registry", client, req: UpRequest, existing, say: Say) ->
         "docker_host": os.environ.get("GPUJOB_HOST_DOCKER", HostLayout.docker_host),
         "image": req.image,
         "ssh_key_name": key_name,
+        "ssh_keeps_alive": req.ssh_keeps_alive,
     }
     fields = dict(provider=PROVIDER, instance_type=req.instance_type, region=req.region,
                   ssh_user=os.environ.get("GPUJOB_HOST_SSH_USER", "ubuntu"),
@@ -249,7 +251,8 @@ def agent_config(host: "Host") -> dict:
     lay = layout_of(host)
     cfg = AgentConfig(instance_id=host.instance_id, api_base_url=os.environ.get("GPUJOB_LAMBDA_API_URL") or None,
                       idle_minutes=host.idle_minutes, hard_deadline=host.hard_deadline,
-                      check_interval_s=check_interval_s(), root=lay.root, docker_host=lay.docker_host)
+                      check_interval_s=check_interval_s(), root=lay.root, docker_host=lay.docker_host,
+                      ssh_keeps_alive=bool(host.settings.get("ssh_keeps_alive", True)))
     import json
 
     return json.loads(cfg.to_json())
@@ -418,9 +421,14 @@ def _dur(seconds: float | None) -> str:
     return fmt_duration(seconds)
 
 
-def list_hosts(registry: "Registry", *, all_: bool = False, live: bool = True) -> list[HostView]:
+def list_hosts(registry: "Registry", *, all_: bool = False, live: bool = True, say: Say = _stderr) -> list[HostView]:
+    """The hosts, brought up to date with the provider and their agents' heartbeats; when the API
+    cannot be asked (no key, no network) the registry's last word is shown, with a warning."""
     if live and registry.list_hosts(active_only=True):
-        sync(registry)
+        try:
+            sync(registry)
+        except GpujobError as exc:
+            say(f"showing what gpujob last knew: cannot ask Lambda Cloud ({exc.message})")
         for host in registry.list_hosts(active_only=True):
             if host.state == "ready" and host.ip:
                 read_heartbeat(registry, host, timeout_s=5)

@@ -150,6 +150,8 @@ def test_a_job_on_a_rented_host_and_the_host_terminated_once_idle_with_nothing_l
         lab.clock.advance(INTERVAL_S)
     assert terminated_at is not None, "the idle host was never terminated"
     billed_after_job = terminated_at - ended
+    print(f"billed after the last job: {billed_after_job:.1f} s (idle {IDLE_MIN * 60} s + one check {INTERVAL_S} s "
+          f"at most); billed in all: {lab.emu.billed_seconds(box['instance_id']):.1f} s")
     assert IDLE_MIN * 60 <= billed_after_job <= IDLE_MIN * 60 + INTERVAL_S + 5
     assert lab.emu.terminate_calls == [(terminated_at, [instance])]
 
@@ -337,3 +339,27 @@ def test_host_list_without_the_api_key_shows_what_gpujob_last_knew(lab):
     assert r.returncode == 0, r.stderr
     assert "showing what gpujob last knew" in r.stderr and "LAMBDA_API_KEY" in r.stderr
     assert re.search(r"^box\s+ready\s+gpu_1x_a10", r.stdout, re.M)
+
+
+def test_with_a_persistent_file_system_outputs_land_on_it_and_come_back(lab):
+    lab.emu.add_file_system("greek-asr", region="us-west-1")
+    mount = lab.host.mount(Path(lab.host.root) / "lambda/nfs/greek-asr")
+    r = lab.up("--type", "gpu_1x_a10", "--filesystem", "greek-asr")
+    assert "persistent file system: done" in r.stderr
+    [box] = lab.hosts()
+    assert box["region"] == "us-west-1"                        # the file system's region
+    [inst] = [i for i in lab.emu.instances.values()]
+    assert inst["file_system_names"] == ["greek-asr"]
+    job_id = lab.submit(lab.spec("on-fs", demo(12)))
+    assert lab.gpujob("logs", "-f", job_id, timeout=120).returncode == 0
+    on_host = mount / "gpujob" / "outputs" / job_id / "metrics.json"
+    assert on_host.exists(), sorted(str(p) for p in mount.rglob("*"))
+    here = Path(lab.status(job_id)["output_dir"]) / "metrics.json"
+    assert here.read_text() == on_host.read_text()
+
+
+def test_a_file_system_in_another_region_is_refused_before_launching(lab):
+    lab.emu.add_file_system("greek-asr", region="us-west-1")
+    r = lab.up("--type", "gpu_1x_a10", "--filesystem", "greek-asr", "--region", "us-east-1", ok=False)
+    assert r.returncode == 2 and "us-west-1" in r.stderr and "--region us-west-1" in r.stderr
+    assert not lab.emu.instances

@@ -179,12 +179,21 @@ def _launch(registry: "Registry", client, req: UpRequest, existing, say: Say) ->
     if itype is None:
         close = ", ".join(sorted(types)[:12])
         raise UserError(f"unknown instance type {req.instance_type!r}", hint=f"one of: {close}")
+    fs_mount = None
+    region = req.region
     if req.filesystem:
-        names = {fs.get("name") for fs in client.file_systems()}
-        if req.filesystem not in names:
+        systems = {fs.get("name"): fs for fs in client.file_systems()}
+        fs = systems.get(req.filesystem)
+        if fs is None:
             raise UserError(f"no persistent file system named {req.filesystem!r} in your account",
-                            hint=("yours: " + ", ".join(sorted(n for n in names if n))) if names
+                            hint=("yours: " + ", ".join(sorted(n for n in systems if n))) if systems
                             else "create one in the Lambda Cloud dashboard (Storage), in the region you launch in")
+        fs_region = fs.get("region") if isinstance(fs.get("region"), str) else (fs.get("region") or {}).get("name")
+        if region and fs_region and region != fs_region:
+            raise UserError(f"file system {req.filesystem} is in {fs_region}, not {region}; an instance can only "
+                            "attach a file system of its own region", hint=f"use --region {fs_region}")
+        region = region or fs_region
+        fs_mount = fs.get("mount_point") or FILESYSTEM_MOUNT.format(name=req.filesystem)
     _, public_key = ensure_keypair(_home())
     key_name = _ssh_key_name(client, public_key)
     name = req.name or _new_name(req.instance_type)
@@ -194,8 +203,9 @@ def _launch(registry: "Registry", client, req: UpRequest, existing, say: Say) ->
         "image": req.image,
         "ssh_key_name": key_name,
         "ssh_keeps_alive": req.ssh_keeps_alive,
+        "filesystem_mount": fs_mount,
     }
-    fields = dict(provider=PROVIDER, instance_type=req.instance_type, region=req.region,
+    fields = dict(provider=PROVIDER, instance_type=req.instance_type, region=region,
                   ssh_user=os.environ.get("GPUJOB_HOST_SSH_USER", "ubuntu"),
                   ssh_port=int(os.environ.get("GPUJOB_HOST_SSH_PORT", "22")),
                   price_cents_per_hour=float(itype.price_cents_per_hour), state="launching", reason=None,
@@ -206,7 +216,7 @@ def _launch(registry: "Registry", client, req: UpRequest, existing, say: Say) ->
     host = registry.update_host(name, **fields) if existing else registry.add_host(name=name, **fields)
     say(f"launching {req.instance_type} (${itype.price_per_hour:.2f}/h) as host {name}")
     try:
-        instance_id = client.launch(instance_type=req.instance_type, region=req.region, ssh_key_names=[key_name],
+        instance_id = client.launch(instance_type=req.instance_type, region=region, ssh_key_names=[key_name],
                                     file_system_names=[req.filesystem] if req.filesystem else [],
                                     name=f"gpujob-{name}")
     except BaseException as exc:
@@ -268,7 +278,8 @@ def _provision(registry: "Registry", host: "Host", image: str | None, say: Say) 
     # The host key is pinned at first contact with a machine gpujob itself just launched, never later.
     first_contact = host.state in ("booting", "provisioning") and not is_pinned(host.instance_id or host.name)
     conn = connect(host, pin_new=first_contact, timeout_s=120)
-    mount = FILESYSTEM_MOUNT.format(name=host.filesystem) if host.filesystem else None
+    mount = (host.settings.get("filesystem_mount") or FILESYSTEM_MOUNT.format(name=host.filesystem)
+             if host.filesystem else None)
     if mount:
         lay = layout_of(host)
         mount = lay.root.rstrip("/") + mount if lay.root != "/" else mount

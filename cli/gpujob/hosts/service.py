@@ -161,7 +161,8 @@ def up(registry: "Registry", req: UpRequest, *, say: Say = _stderr) -> "Host":
         if req.instance_type and req.instance_type != host.instance_type:
             raise UserError(f"host {host.name} is a {host.instance_type}, not a {req.instance_type}",
                             hint="leave out --type to finish setting it up, or pick another --name")
-        say(f"host {host.name} exists ({host.state}); finishing its set-up")
+        say(f"host {host.name} exists ({host.state}); "
+            + ("checking its set-up" if host.state == "ready" else "finishing its set-up"))
     else:
         host = _launch(registry, client, req, existing, say)
     host = _wait_active(registry, client, host, say)
@@ -277,7 +278,6 @@ def _provision(registry: "Registry", host: "Host", image: str | None, say: Say) 
     registry.update_host(host.name, settings={**host.settings, "image": image})
     # The host key is pinned at first contact with a machine gpujob itself just launched, never later.
     first_contact = host.state in ("booting", "provisioning") and not is_pinned(host.instance_id or host.name)
-    conn = connect(host, pin_new=first_contact, timeout_s=120)
     mount = (host.settings.get("filesystem_mount") or FILESYSTEM_MOUNT.format(name=host.filesystem)
              if host.filesystem else None)
     if mount:
@@ -287,15 +287,17 @@ def _provision(registry: "Registry", host: "Host", image: str | None, say: Say) 
                                  api_key=lambda_api.api_key(), filesystem_mount=mount,
                                  load_image=_image_loader(image))
     try:
-        with conn:
+        with connect(host, pin_new=first_contact, timeout_s=120) as conn:
             provision(conn, settings, on_step=lambda r: say(f"host {host.name}: {r.name}: "
                                                              f"{'already in place' if r.state == 'ok' else r.state}"
                                                              + (f" ({r.detail})" if r.detail else "")))
     except GpujobError as exc:
         registry.update_host(host.name, reason=f"set-up stopped: {exc.message}")
-        raise GpujobError(f"host {host.name}: set-up stopped: {exc.message}",
-                          hint=f"fix it and run `gpujob host up --name {host.name}` again to finish (the host is "
-                               f"billing meanwhile; `gpujob host down {host.name}` terminates it)") from None
+        again = (f"run `gpujob host up --name {host.name}` again to finish (the host is billing meanwhile; "
+                 f"`gpujob host down {host.name}` terminates it)")
+        kind = UserError if isinstance(exc, UserError) else GpujobError
+        raise kind(f"host {host.name}: set-up stopped: {exc.message}",
+                   hint=f"{exc.hint}; then {again}" if exc.hint else f"fix it and {again}") from None
     now = time.time()
     settings_now = {**registry.get_host(host.name).settings, "outputs_root": f"{mount}/gpujob/outputs" if mount else None}
     return registry.update_host(host.name, state="ready", reason=None, settings=settings_now,

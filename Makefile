@@ -2,7 +2,8 @@
 #   make demo   fine-tune Whisper base on Greek speech on this CPU: WER before and after
 #   make demo-hello  the progress-protocol example job (seconds)
 #   make test   the full test suite (what CI runs)
-#   make bench  benchmarks (CLI start-up time; more arrive with the runner)
+#   make bench  benchmarks: CLI start-up time, then the runner's data loading (CPU) and its training and
+#               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json"
 #   make image  the job image (CUDA) on the Docker engine at DOCKER_HOST; make image-cpu its cpu variant
 #   make lock   re-resolve images/requirements.lock from images/requirements.in (needs PyPI)
 
@@ -10,6 +11,7 @@ PYTHON ?= python3
 # The CPU build of torch (a wheel of it ships with these machines); override for CUDA: make TORCH=torch
 TORCH  ?= torch==2.13.0
 VENV   ?= .venv
+BENCH_ARGS ?=
 PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
@@ -44,6 +46,7 @@ demo-hello: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_startup.py
+	HF_HUB_OFFLINE=1 $(PY) scripts/bench_runner.py $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(PY) scripts/gen_spec_docs.py

@@ -239,3 +239,20 @@ def test_gpujob_check_reports_counts_and_refuses_a_missing_column(tmp_path, tiny
     bad = CliRunner().invoke(app, ["check", str(path), "--set", "data.eval[0].text_column=sentence"])
     assert bad.exit_code == 2
     assert "data.eval[0].text_column" in bad.output and "transcription" in bad.output
+
+
+def test_log_mel_features_stay_float32_inside_a_bf16_autocast(tiny_model):
+    """The runner computes features inside its autocast block; under bf16 the extractor's matmul
+    came out in bf16 and crashed converting to numpy on the first batch of every bf16 GPU run."""
+    import numpy as np
+    from transformers import WhisperFeatureExtractor
+
+    from gpujob.runner.batches import features
+
+    extractor = WhisperFeatureExtractor.from_pretrained(tiny_model)
+    audio = [np.sin(np.linspace(0, 440 * 2 * np.pi, 16000)).astype(np.float32)]
+    plain = features(extractor, audio, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = features(extractor, audio, torch.device("cpu"))
+    assert mixed.dtype == torch.float32 and mixed.shape == plain.shape == (1, 80, 3000)
+    assert torch.equal(mixed, plain)

@@ -95,9 +95,14 @@ def _collate(items: list[tuple[dict, list[int]]]) -> Batch:
 
 
 def features(feature_extractor, audio: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Log-mel features, padded to 30 s, on ``device``; on a GPU the STFT runs there too."""
-    out = feature_extractor(audio, sampling_rate=16000, return_tensors="pt",
-                            device=str(device) if device.type == "cuda" else "cpu")
+    """Log-mel features, padded to 30 s, on ``device``; on a GPU the STFT runs there too.
+
+    Always computed in float32, outside any autocast the caller is in: under bf16 autocast the
+    extractor's mel-filter matmul would come out in bf16, which it then cannot turn into numpy
+    (a crash on the first batch of every bf16 GPU run), and fp16 log-mels lose precision."""
+    with torch.autocast(device.type, enabled=False):
+        out = feature_extractor(audio, sampling_rate=16000, return_tensors="pt",
+                                device=str(device) if device.type == "cuda" else "cpu")
     return out.input_features.to(device, non_blocking=True)
 
 

@@ -1,0 +1,165 @@
+"""scripts/bench_runner.py: a smoke run on the CPU (tiny model, a handful of clips) and its report.
+
+The GPU figures need an H100/H200 (docs/performance.md); here the same code runs with --quick --device cpu,
+and the report is checked for its sections, its rows and that the JSON holds the printed numbers. The run takes
+25-35 s on 2 cores, so those tests are marked slow; the out-of-memory test is not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("soundfile")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_runner.py"
+TARGETS = ("small full fine-tune", "medium full fine-tune", "small frozen encoder")
+
+
+def same(json_value: float, shown: str) -> bool:
+    """``shown`` is ``json_value`` as the report prints it (one decimal, three below 1)."""
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    return abs(json_value - float(shown)) <= 0.5 * 10 ** -decimals + 1e-9
+
+
+def cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+def table_after(lines: list[str], header_start: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the first table whose header line starts with ``header_start``."""
+    i = next(n for n, line in enumerate(lines) if line.startswith(header_start))
+    assert set(lines[i + 1].replace(" ", "")) == {"-"}, lines[i + 1]
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.strip() or line.startswith(("==", "x2022 =", "note:", "  ")):
+            break
+        rows.append(cells(line))
+    return cells(lines[i]), rows
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    json_path = out / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(json_path)],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout.splitlines(), json.loads(json_path.read_text())
+
+
+@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+def test_cpu_section_measures_every_stage_per_core(report):
+    lines, data = report
+    assert any(line.startswith("== CPU: data loading, per core") for line in lines)
+    header, rows = table_after(lines, "stage ")
+    assert header[:4] == ["stage", "clips/s", "audio-s/s", "ms/clip"]
+    by_stage = {row[0]: row[1] for row in rows}
+    for stage in ("decode wav 16 kHz", "decode flac 16 kHz", "decode flac 44.1 kHz", "decode mp3 48 kHz",
+                  "resample 44.1 -> 16 kHz", "resample 48 -> 16 kHz", "log-mel, WhisperFeatureExtractor"):
+        assert float(by_stage[stage]) > 0, stage
+    assert any(s.startswith("log-mel, runner features()") and float(v) > 0 for s, v in by_stage.items())
+    # the JSON holds the printed numbers
+    stages = {s["stage"]: s for s in data["cpu"]["stages"]}
+    assert set(stages) == set(by_stage)
+    for stage, shown in by_stage.items():
+        assert same(stages[stage]["clips_per_s"], shown), (stage, shown)
+        assert stages[stage]["audio_s_per_s"] > 0
+
+
+@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+def test_keep_up_table_names_the_three_targets_with_cores_and_a_verdict(report):
+    lines, data = report
+    header, rows = table_after(lines, "target ")
+    assert header[:5] == ["target", "samples/s", "pipeline (CPU work per sample)", "per core", "cores needed"]
+    for target, rate in zip(TARGETS, (300, 100, 450)):
+        mine = [r for r in rows if r[0] == target]
+        assert mine, target
+        for r in mine:
+            assert int(r[1]) == rate
+            assert int(r[4]) >= 1
+            assert r[5] in ("yes", "no") and r[6] in ("yes", "no")
+    keep = data["cpu"]["keep_up"]
+    assert {k["target"] for k in keep} == set(TARGETS)
+    for k in keep:
+        assert k["cores_needed"] * k["per_core_clips_per_s"] >= k["samples_per_s"]
+        assert k["keeps_up_here"] == (k["cores_needed"] <= k["cores_here"])
+
+
+@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+def test_training_table_has_the_2022_recipe_the_runner_and_ratios(report):
+    lines, data = report
+    header, rows = table_after(lines, "recipe ")
+    for column in ("samples/s", "x2022", "ref", "TFLOP/sample", "MFU", "peak GiB"):
+        assert column in header
+    col = {name: header.index(name) for name in header}
+    by_recipe = {r[0]: r for r in rows}
+    for recipe in ("2022", "sdpa-bf16", "2022-frozen", "sdpa-bf16-frozen", "gpujob", "gpujob-frozen", "gpujob-audio"):
+        assert recipe in by_recipe, recipe
+        assert float(by_recipe[recipe][col["samples/s"]]) > 0, by_recipe[recipe]
+        assert float(by_recipe[recipe][col["x2022"]]) > 0
+    assert by_recipe["2022"][col["x2022"]] == "1.00"
+    assert "sdpa-bf16-compile" not in by_recipe  # left out of --quick
+    train = {r["recipe"]: r for r in data["train"]}
+    assert set(train) == set(by_recipe)
+    for name, row in by_recipe.items():
+        assert train[name]["status"] == "ok"
+        assert same(train[name]["samples_per_s"], row[col["samples/s"]]), (name, row)
+        assert same(train[name]["x_2022"], row[col["x2022"]]), (name, row)
+        assert train[name]["flop_per_sample"] > 0 and 0 < train[name]["mfu"] < 1
+    # the runner rows are set up by the runner's own code
+    assert train["gpujob"]["setup"]["precision"] == "fp32"  # model.pick_precision('auto') on a CPU
+    assert train["gpujob-frozen"]["setup"]["frozen_encoder"] is True
+    assert train["gpujob-frozen"]["flop_per_sample"] < train["gpujob"]["flop_per_sample"]
+    assert train["2022"]["setup"] == {"attention": "eager", "precision": "fp16", "checkpointing": "reentrant",
+                                      "frozen_encoder": False, "compiled": False, "adamw": "foreach"}
+
+
+@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+def test_evaluation_rows_and_json_metadata(report):
+    lines, data = report
+    assert any(line.startswith("== cpu: evaluation") for line in lines)
+    rows = data["eval"]
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert rows[0]["config"].startswith("2022") and rows[-1]["config"].startswith("gpujob")
+    assert all(r["utt_per_s"] > 0 and r["new_tokens"] == 8 for r in rows)
+    for key in ("date", "cpu_model", "cores", "versions", "device"):
+        assert data[key]
+    assert {"torch", "transformers", "numpy"} <= set(data["versions"])
+    assert data["flop_per_sample"]["tiny"]["full"] > data["flop_per_sample"]["tiny"]["frozen_encoder"] > 0
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_runner", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_runner"] = module  # its dataclasses look their module up while it loads
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop("bench_runner", None)
+    return module
+
+
+def test_an_out_of_memory_recipe_is_reported_and_the_run_goes_on(monkeypatch):
+    import torch
+
+    bench = _load_script()
+
+    def oom(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(bench, "build_model", oom)
+    row = bench.run_recipe(bench.RECIPE_BY_NAME["sdpa-bf16"], "tiny", torch.device("cpu"), 64, 1, 1,
+                           None, None, [])
+    assert row["status"] == "OOM at batch 64"
+    assert "samples_per_s" not in row

@@ -53,6 +53,7 @@ import torch  # noqa: E402
 
 from gpujob.runner import audio as audio_mod  # noqa: E402
 from gpujob.runner import batches as batches_mod  # noqa: E402
+from gpujob.runner.train import optimizer_step  # noqa: E402  (the runner's own step, in every recipe)
 
 PEAK_FLOPS = 790e12           # the bf16 figure for one H100: MFU is measured against it
 LABEL_TOKENS = 48
@@ -525,15 +526,7 @@ def _reference_step(recipe: Recipe, model, device: torch.device, feats: torch.Te
                 out = forward(input_features=feats, labels=labels, use_cache=False)
         loss = out.loss.float()
         (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, params, scaler)
 
     setup = {"attention": recipe.attn, "precision": recipe.precision,
              "checkpointing": recipe.checkpointing, "frozen_encoder": recipe.frozen != "no",
@@ -574,15 +567,7 @@ def _runner_step(recipe: Recipe, size: str, device: torch.device, feats: torch.T
         loss = _forward(model, processor, batch, device, precision, None)
         (scaler.scale(loss) if scaler else loss).backward()
         loss.item()  # train.run adds it to the progress line every step (a sync)
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, params, scaler)
 
     setup = {"attention": model.config._attn_implementation, "precision": precision.name,
              "checkpointing": "on" if ckpt_on else "off", "frozen_encoder": recipe.runner_freeze == "encoder",

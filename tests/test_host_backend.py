@@ -169,7 +169,7 @@ def test_no_api_key_or_token_is_written_anywhere_but_the_hosts_0600_key_file(lab
     assert config["ssh_keeps_alive"] is False and config["idle_minutes"] == 15
     assert config["hard_deadline"] == pytest.approx(box["launched_at"] + 6 * 3600)
     assert config["instance_id"] == box["instance_id"]
-    spec = lab.spec("secret-demo", demo(5), secrets=["HF_TOKEN"])
+    spec = lab.spec("secret-demo", demo(20, 0.2), secrets=["HF_TOKEN"])   # still running when inspected
     job_id = lab.submit(spec, env={"HF_TOKEN": SECRET})
     [container] = docker_engine.client().containers.list(all=True, filters={"label": f"gpujob.dev/id={job_id}"})
     inspect = json.dumps(docker_engine.client().api.inspect_container(container.id))

@@ -18,7 +18,7 @@ from gpujob.backends.base import RUNNER_MODULE
 
 RUNNER_LIBRARIES = ("torch", "transformers", "datasets", "jiwer", "soundfile", "soxr")
 from gpujob.errors import JobStateError, MissingSecret, UserError
-from gpujob.registry import TERMINAL, Job, Registry
+from gpujob.registry import Job, Registry
 
 if TYPE_CHECKING:
     from gpujob.spec import LoadedSpec
@@ -123,23 +123,19 @@ def refresh(registry: Registry, job: Job) -> Job:
     except UserError:
         return job
     seen = impl.status(job)
-    job_cost = getattr(impl, "job_cost", None)
-    if job_cost is not None:
-        cost = job_cost(registry.get(job.id))
-        if cost is not None:
-            registry.update(job.id, cost_usd=cost)
-    if seen is None:
-        return registry.get(job.id)
-    if seen.progress:
-        registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
-    if seen.status != job.status or (seen.reason or None) != (job.reason or None):
-        registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
-                            started_at=seen.started_at)
-        if job_cost is not None and seen.status in TERMINAL:  # the final share, at the recorded end
-            cost = job_cost(registry.get(job.id))
-            if cost is not None:
-                registry.update(job.id, cost_usd=cost)
-    return registry.get(job.id)
+    if seen is not None:
+        if seen.progress:
+            registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
+        if seen.status != job.status or (seen.reason or None) != (job.reason or None):
+            registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
+                                started_at=seen.started_at)
+    job = registry.get(job.id)
+    job_cost = getattr(impl, "job_cost", None)  # backends that bill by the hour: the job's share so far
+    cost = job_cost(job) if job_cost is not None else None
+    if cost is not None:
+        registry.update(job.id, cost_usd=cost)
+        job = registry.get(job.id)
+    return job
 
 
 def refresh_all(registry: Registry, jobs: list[Job]) -> list[Job]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import atexit
 import json
-import sys
+import shlex
 import threading
 import time
 from contextlib import ExitStack
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from gpujob.backends.docker import DockerBackend
     from gpujob.registry import Host, Job, Registry
 
-IDLE_LABEL = "gpujob.dev/idle-minutes"
 HOST_LABEL = "gpujob.dev/host"
 
 
@@ -90,10 +89,6 @@ def _registry() -> "Registry":
     return Registry()
 
 
-def _notice(line: str) -> None:
-    print(f"gpujob: {line}", file=sys.stderr, flush=True)
-
-
 class HostBackend:
     name = "host"
 
@@ -117,15 +112,18 @@ class HostBackend:
 
     @staticmethod
     def _labelled(request: JobRequest, host_name: str) -> JobRequest:
+        """The labels the host's agent reads: the job's hung-after minutes (limits.idle_minutes)."""
+        from gpujob.hosts.agent import IDLE_MINUTES_LABEL
+
         idle_minutes = (request.idle_s or 0) / 60 or 15
-        labels = {**request.labels, IDLE_LABEL: f"{idle_minutes:g}", HOST_LABEL: host_name}
+        labels = {**request.labels, IDLE_MINUTES_LABEL: f"{idle_minutes:g}", HOST_LABEL: host_name}
         return replace(request, labels=labels)
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
         from gpujob.hosts import service
 
         registry = _registry()
-        host = service.host_for_job(registry, request.spec.get("runtime") or {}, say=_notice)
+        host = service.host_for_job(registry, request.spec.get("runtime") or {}, say=service.notice)
         session = _session(host)
         lay = service.layout_of(host)
         claim = f"{lay.uploads_dir}/submit-{request.job_id}"
@@ -135,11 +133,11 @@ class HostBackend:
         try:
             outputs_root = host.settings.get("outputs_root")
             if outputs_root:
-                session.conn.run(f"mkdir -p {service.quote(outputs_root)}/{request.job_id}", timeout_s=60)
+                session.conn.run(f"mkdir -p {shlex.quote(f'{outputs_root}/{request.job_id}')}", timeout_s=60)
             handle = session.docker().submit(self._labelled(request, host.name), secrets)
         finally:
             try:
-                session.conn.run(f"rm -f {service.quote(claim)}", timeout_s=30, check=False)
+                session.conn.run(f"rm -f {shlex.quote(claim)}", timeout_s=30, check=False)
             except GpujobError:
                 pass
         handle["engine"] = handle.pop("host", None)

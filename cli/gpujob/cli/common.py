@@ -79,8 +79,10 @@ def open_registry(*, reap: bool = True):
     rented host whose agent died is terminated by whichever gpujob command runs next."""
     from gpujob.registry import Registry
 
+    import time
+
     registry = Registry()
-    if reap:
+    if reap and registry.hosts_due(time.time()):  # the host service is imported only when there is work
         from gpujob.hosts.service import reap_due
 
         reap_due(registry)

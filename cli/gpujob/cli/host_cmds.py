@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from gpujob.cli.common import err, friendly, open_registry
+from gpujob.cli.common import friendly, open_registry
 from gpujob.errors import UserError
 
 host_app = typer.Typer(help="Rented GPU hosts (Lambda Cloud) that terminate themselves when idle.",
@@ -170,5 +170,3 @@ def _table(rows: List[tuple]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
-
-__all__ = ["register", "err"]

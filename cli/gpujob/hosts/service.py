@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import secrets as _secrets
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -67,7 +66,8 @@ def poll_s() -> float:
 Say = Callable[[str], None]
 
 
-def _stderr(line: str) -> None:
+def notice(line: str) -> None:
+    """A line from gpujob itself on stderr (stdout stays what commands print)."""
     print(f"gpujob: {line}", file=sys.stderr, flush=True)
 
 
@@ -97,10 +97,9 @@ def layout_of(host: "Host") -> HostLayout:
 
 
 def is_pinned(alias: str) -> bool:
-    path = known_hosts_path()
-    if not path.exists():
-        return False
-    return any(line.split(" ", 1)[0] == alias for line in path.read_text().splitlines() if line.strip())
+    from gpujob.hosts import ssh
+
+    return ssh.is_pinned(known_hosts_path(), alias)
 
 
 def connect(host: "Host", *, pin_new: bool = False, timeout_s: float = 15) -> "HostConnection":
@@ -151,7 +150,7 @@ class UpRequest:
     ssh_keeps_alive: bool = True       # an interactive SSH session counts as activity
 
 
-def up(registry: "Registry", req: UpRequest, *, say: Say = _stderr) -> "Host":
+def up(registry: "Registry", req: UpRequest, *, say: Say = notice) -> "Host":
     """Launch a host (or pick up a half-made one by name), wait for it, provision it. Idempotent:
     run it again with the same --name after an interruption and it finishes the set-up."""
     existing = registry.find_host(req.name) if req.name else None
@@ -214,7 +213,10 @@ def _launch(registry: "Registry", client, req: UpRequest, existing, say: Say) ->
                   filesystem=req.filesystem, settings=settings, heartbeat={}, instance_id=None, ip=None,
                   launched_at=None, terminated_at=None, check_after=None, hard_deadline=None,
                   heartbeat_seen_at=None)
-    host = registry.update_host(name, **fields) if existing else registry.add_host(name=name, **fields)
+    if existing:
+        registry.update_host(name, **fields)
+    else:
+        registry.add_host(name=name, **fields)
     say(f"launching {req.instance_type} (${itype.price_per_hour:.2f}/h) as host {name}")
     try:
         instance_id = client.launch(instance_type=req.instance_type, region=region, ssh_key_names=[key_name],
@@ -264,9 +266,9 @@ def agent_config(host: "Host") -> dict:
                       idle_minutes=host.idle_minutes, hard_deadline=host.hard_deadline,
                       check_interval_s=check_interval_s(), root=lay.root, docker_host=lay.docker_host,
                       ssh_keeps_alive=bool(host.settings.get("ssh_keeps_alive", True)))
-    import json
+    from dataclasses import asdict
 
-    return json.loads(cfg.to_json())
+    return asdict(cfg)
 
 
 def _provision(registry: "Registry", host: "Host", image: str | None, say: Say) -> "Host":
@@ -434,7 +436,7 @@ def _dur(seconds: float | None) -> str:
     return fmt_duration(seconds)
 
 
-def list_hosts(registry: "Registry", *, all_: bool = False, live: bool = True, say: Say = _stderr) -> list[HostView]:
+def list_hosts(registry: "Registry", *, all_: bool = False, live: bool = True, say: Say = notice) -> list[HostView]:
     """The hosts, brought up to date with the provider and their agents' heartbeats; when the API
     cannot be asked (no key, no network) the registry's last word is shown, with a warning."""
     if live and registry.list_hosts(active_only=True):
@@ -483,7 +485,7 @@ def terminate(registry: "Registry", host: "Host", reason: str, client=None,
                                 terminated_at=host.terminated_at or now(), check_after=None)
 
 
-def down(registry: "Registry", name: str, *, force: bool = False, say: Say = _stderr) -> "Host":
+def down(registry: "Registry", name: str, *, force: bool = False, say: Say = notice) -> "Host":
     from gpujob import service
 
     host = registry.get_host(name)
@@ -507,7 +509,7 @@ def down(registry: "Registry", name: str, *, force: bool = False, say: Say = _st
 
 
 def reap(registry: "Registry", *, hosts: list["Host"] | None = None, now: Callable[[], float] = time.time,
-         client=None, say: Say = _stderr) -> list[str]:
+         client=None, say: Say = notice) -> list[str]:
     """Check each host and terminate the ones that must not go on billing. Returns what was done."""
     client = client or api()
     done: list[str] = []
@@ -569,20 +571,20 @@ def reap_due(registry: "Registry") -> None:
         return
     try:
         for line in reap(registry, hosts=due):
-            _stderr(line)
+            notice(line)
     except GpujobError as exc:
         names = ", ".join(h.name for h in due)
-        _stderr(f"could not check host {names} (past its deadline): {exc.message}")
+        notice(f"could not check host {names} (past its deadline): {exc.message}")
         if exc.hint:
-            _stderr(f"hint: {exc.hint}")
+            notice(f"hint: {exc.hint}")
     except Exception as exc:  # the reaper must never break `gpujob list`
-        _stderr(f"could not check hosts past their deadline: {type(exc).__name__}: {exc}")
+        notice(f"could not check hosts past their deadline: {type(exc).__name__}: {exc}")
 
 
 # ----------------------------------------------------------------------------- jobs on hosts
 
 
-def host_for_job(registry: "Registry", runtime: dict, *, say: Say = _stderr) -> "Host":
+def host_for_job(registry: "Registry", runtime: dict, *, say: Say = notice) -> "Host":
     """The host a job runs on: the one named in runtime.host, else an idle ready host of
     runtime.host_type, else a new one."""
     from gpujob.spec.units import parse_duration
@@ -634,6 +636,3 @@ def ssh_argv(registry: "Registry", name: str, extra: list[str]) -> list[str]:
                           known_hosts=known_hosts_path(), alias=host.instance_id or host.name)
     return conn.interactive_argv(list(extra))
 
-
-def quote(path: str) -> str:
-    return shlex.quote(path)

@@ -172,6 +172,11 @@ def _pinned_keys(known_hosts: Path, alias: str) -> list:
     return list(found.values()) if found else []
 
 
+def is_pinned(known_hosts: Path, alias: str) -> bool:
+    """Whether a host key is pinned for ``alias``."""
+    return bool(_pinned_keys(known_hosts, alias))
+
+
 def _pin(known_hosts: Path, alias: str, key) -> None:
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

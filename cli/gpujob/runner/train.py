@@ -223,15 +223,7 @@ def run(spec: Any, out_dir: Path, writer) -> int:
                 state["batch_in_epoch"] = index + 1
                 if micro < accum:
                     continue
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, params, scaler)
                 scheduler.step()
                 step += 1
                 state["step"] = step
@@ -292,6 +284,20 @@ def run(spec: Any, out_dir: Path, writer) -> int:
         writer.artifact(path=url, name="hub")
     writer.end(status="succeeded", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return 0
+
+
+def optimizer_step(optimizer, params, scaler) -> None:
+    """One optimiser step after the backward passes: unscale (fp16), clip the gradient norm at 1.0,
+    step (through the loss scaler when there is one), clear the gradients."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _forward(model, processor, batch, device, precision, cache) -> torch.Tensor:

@@ -372,3 +372,72 @@ def test_greek_speech_builds_disjoint_splits_and_a_common_voice_copy(tmp_path):
     assert sf.info(str(next((cv / "clips").glob("*.mp3")))).samplerate == 48000
     other_seed = greek_speech.build(tmp_path / "g2", train=6, heldout=4, seed=8, workers=1)
     assert not other_seed.skipped
+
+
+def _order(examples) -> list[tuple]:
+    return [(e["source"], e["id"], e["text"], hashlib.sha1(e["audio"].tobytes()).hexdigest()) for e in examples]
+
+
+def test_loader_threads_give_the_same_examples_order_and_counts_as_inline_decoding(tmp_path, corpus):
+    """Three sources mixed by weight, with a corrupt clip, an empty transcript and a clip over 30 s
+    among them: decoding on 3 threads ahead of the consumer changes nothing a user could see."""
+    speech = corpus["speech"]
+    texts = corpus["texts"][:6]
+    long_clip = np.concatenate([speech[texts[0]], np.zeros(31 * 16000, dtype=np.float32)])
+    rows = [(f"c_{i}.mp3", t) for i, t in enumerate(texts)] + [("broken.mp3", "Χαλασμένο αρχείο ήχου."),
+                                                              ("long.mp3", "Πολύ μεγάλο κομμάτι."),
+                                                              ("c_0.mp3", "   ")]
+    clips = {f"c_{i}.mp3": speech[t] for i, t in enumerate(texts)} | {"long.mp3": long_clip}
+    cv = _write_cv(tmp_path / "cv", {"train": rows}, clips)
+    (cv / "clips" / "broken.mp3").write_bytes(b"not audio\n" * 100)
+    data = (f"  train:\n    - {{dataset: '{cv}', weight: 2}}\n"
+            f"    - {{dataset: '{corpus['folder']}'}}\n    - {{dataset: '{corpus['parquet']}'}}\n")
+    runs = {}
+    for workers in (0, 3):
+        stats = Stats()
+        out = list(iter_examples(_sources(data), streaming=False, seed=4, stats=stats, max_bad_share=0.5,
+                                 shuffle=True, workers=workers, prefetch=5))
+        runs[workers] = (_order(out), stats)
+    (inline, s0), (threaded, s3) = runs[0], runs[3]
+    assert threaded == inline and len(inline) == 6 + N_FOLDER + N_PARQUET
+    assert (s3.kept, s3.too_long, s3.empty_text, s3.bad_audio) == (s0.kept, s0.too_long, s0.empty_text,
+                                                                  s0.bad_audio) == (len(inline), 1, 1, 1)
+    assert s3.bad_paths == s0.bad_paths == [str(cv / "clips" / "broken.mp3")]
+    assert s3.audio_seconds == pytest.approx(s0.audio_seconds)
+
+
+def test_too_many_bad_clips_raise_at_the_same_clip_with_loader_threads(tmp_path, corpus):
+    speech = corpus["speech"]
+    texts = corpus["texts"][:3]
+    rows = [(f"missing_{i}.mp3", f"Πρόταση αριθμός {i} χωρίς αρχείο ήχου.") for i in range(22)]
+    rows += [(f"c_{i}.mp3", t) for i, t in enumerate(texts)] * 20
+    cv = _write_cv(tmp_path / "cv", {"train": rows}, {f"c_{i}.mp3": speech[t] for i, t in enumerate(texts)})
+    stats = Stats()
+    with pytest.raises(DataError) as info:
+        list(iter_examples(_sources(f"  train: [{{dataset: '{cv}'}}]"), streaming=True, seed=0, stats=stats,
+                           workers=2, prefetch=16))
+    assert stats.seen == 20 and "20 of 20" in str(info.value)
+
+
+def test_a_consumer_that_stops_early_leaves_no_decoding_behind(corpus):
+    import threading
+
+    stream = iter_examples(_sources(_mix_yaml(corpus)), streaming=False, seed=0, workers=2, prefetch=8)
+    first = [next(stream) for _ in range(3)]
+    stream.close()
+    assert len(first) == 3
+    for thread in threading.enumerate():
+        if thread.name.startswith("gpujob-decode"):
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "a decoding thread outlived its stream"
+
+
+def test_loader_workers_auto_leaves_a_core_for_the_training_loop(monkeypatch):
+    from gpujob.runner import data
+
+    for cores, expected in ((1, 1), (2, 1), (4, 3), (16, 8), (64, 8)):
+        monkeypatch.setattr(data.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert data.loader_threads("auto") == expected
+    assert data.loader_threads(0) == 0 and data.loader_threads(5) == 5
+    assert _spec(f"  train: [{{dataset: x}}]\n  loader_workers: 3").data.loader_workers == 3
+    assert _spec("  train: [{dataset: x}]").data.loader_workers == "auto"

@@ -256,3 +256,47 @@ def test_log_mel_features_stay_float32_inside_a_bf16_autocast(tiny_model):
         mixed = features(extractor, audio, torch.device("cpu"))
     assert mixed.dtype == torch.float32 and mixed.shape == plain.shape == (1, 80, 3000)
     assert torch.equal(mixed, plain)
+
+
+def test_batched_sorted_evaluation_gives_the_plain_greedy_transcripts(tmp_path, base_model):
+    """The runner's evaluation (length-sorted batches of 3, its own log-mel, its language/task
+    set-up) against the plain path: the library's feature extractor and ``generate`` one clip
+    at a time, greedy. Real Whisper base, real Greek speech of different lengths."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from gpujob.runner import data as data_mod
+    from gpujob.runner.evaluate import evaluate
+    from gpujob.runner.model import load, pick_precision
+    from gpujob.spec import JobSpec
+
+    folder = tmp_path / "mixed" / "train"
+    folder.mkdir(parents=True)
+    rows = ["file_name,transcription"]
+    for i, text in enumerate(SENTENCES[:7]):
+        words = " ".join([text] * (1 + i % 3))  # 1-3 repetitions: clips of 1 to about 8 s
+        subprocess.run(["espeak-ng", "-v", "el", "-s", "170", "-w", str(folder / f"{i}.wav"), words], check=True)
+        rows.append(f'{i}.wav,"{words}"')
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    spec = JobSpec.model_validate({
+        "apiVersion": "gpujob/v1", "kind": "evaluate", "model": {"checkpoint": str(base_model), "language": "el"},
+        "data": {"eval": [{"dataset": str(folder.parent)}]}, "evaluation": {"batch_size": 3},
+        "training": {"generation_max_length": 60, "precision": "fp32"}, "resources": {"gpus": 0}})
+    examples = list(data_mod.iter_examples(spec.data.eval, streaming=False, seed=0, workers=2))
+    assert len({len(e["audio"]) for e in examples}) == 7
+    cpu = torch.device("cpu")
+    model, processor = load(spec, cpu, for_training=False)
+    scores = evaluate(model, processor, examples, spec=spec, device=cpu, precision=pick_precision("fp32", cpu))
+    ours = [u["prediction"] for u in scores.per_utterance]
+
+    plain = WhisperForConditionalGeneration.from_pretrained(base_model).eval()
+    proc = WhisperProcessor.from_pretrained(base_model)
+    expected = []
+    with torch.no_grad():
+        for e in examples:
+            feats = proc.feature_extractor(e["audio"], sampling_rate=16000, return_tensors="pt").input_features
+            ids = plain.generate(feats, language="greek", task="transcribe", num_beams=1, do_sample=False,
+                                 max_length=60)
+            expected.append(proc.batch_decode(ids, skip_special_tokens=True)[0].strip())
+    assert ours == expected
+    assert [u["id"] for u in scores.per_utterance] == [e["id"] for e in examples]
+    assert any(expected) and len(set(expected)) > 3

@@ -38,11 +38,14 @@ twice the weight is drawn twice as often while both last, so it runs out sooner.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import csv
 import difflib
 import itertools
 import json
 import math
+import os
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -71,7 +74,8 @@ _FIX_HUB = ("check the network (and that HF_HUB_OFFLINE / HF_DATASETS_OFFLINE ar
             "or download a local copy and point `dataset:` at that directory")
 
 __all__ = ["DECODER_MAX_TOKENS", "MAX_SECONDS", "TEXT_COLUMNS", "DataError", "OpenedSource", "PreflightReport",
-           "SourceReport", "SourceStats", "Stats", "iter_examples", "load_audio", "open_source", "preflight"]
+           "SourceReport", "SourceStats", "Stats", "iter_examples", "load_audio", "loader_threads", "open_source",
+           "preflight"]
 
 
 class DataError(Exception):
@@ -615,23 +619,56 @@ def _check_bad(per: SourceStats, key: str, max_bad_share: float, *, final: bool)
                     "Fix or remove those files, or check the audio column", key=key)
 
 
+def _read(rec: _Record) -> tuple[str, np.ndarray | AudioError | None]:
+    """One record's transcript and decoded audio (or the AudioError; None when the text is empty,
+    which is not decoded at all). Runs on a loader thread: soundfile, soxr and ffmpeg release the GIL."""
+    text = "" if rec.text is None else str(rec.text).strip()
+    if not text:
+        return text, None
+    try:
+        return text, load_audio(rec.audio, name=rec.id)
+    except AudioError as exc:
+        return text, exc
+
+
+def _ordered(fn: Callable[[Any], Any], items: Iterable[Any], pool: Any, window: int) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item))`` in the order of ``items``, with up to ``window`` calls running ahead on
+    ``pool``; without a pool, one call at a time as the items are asked for."""
+    if pool is None:
+        for item in items:
+            yield item, fn(item)
+        return
+    pending: collections.deque = collections.deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= window:
+                item, future = pending.popleft()
+                yield item, future.result()
+        while pending:
+            item, future = pending.popleft()
+            yield item, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
+
+
 def _examples(opened: OpenedSource, stats: Stats, *, max_bad_share: float, limit: int | None = None,
-              shuffle: bool = False, seed: int = 0, raise_on_bad: bool = True) -> Iterator[dict[str, Any]]:
+              shuffle: bool = False, seed: int = 0, raise_on_bad: bool = True, pool: Any = None,
+              window: int = 1) -> Iterator[dict[str, Any]]:
     label, name = opened.label, opened.source.dataset
     per = stats.source(label)
     records = opened.records(shuffle=shuffle, seed=seed)
     if limit is not None:
         records = itertools.islice(records, limit)
+    read = _ordered(_read, records, pool, window)
     try:
-        for rec in records:
-            text = "" if rec.text is None else str(rec.text).strip()
-            if not text:
+        for rec, (text, audio) in read:  # counted in the order read, however many threads decode
+            if audio is None:
                 stats.count(label, "empty_text")
                 continue
-            try:
-                audio = load_audio(rec.audio, name=rec.id)
-            except AudioError as exc:
-                stats.count(label, "bad_audio", path=exc.path if exc.path != "<bytes>" else rec.id)
+            if isinstance(audio, AudioError):
+                stats.count(label, "bad_audio", path=audio.path if audio.path != "<bytes>" else rec.id)
             else:
                 seconds = len(audio) / TARGET_SR
                 if seconds > MAX_SECONDS:
@@ -646,8 +683,22 @@ def _examples(opened: OpenedSource, stats: Stats, *, max_bad_share: float, limit
     except Exception as exc:  # noqa: BLE001 - a failing stream (network, corrupt parquet) -> clear message
         raise DataError(f"reading {label} failed after {per.seen} rows: {type(exc).__name__}: {_short(exc)}",
                         key=opened.key) from None
+    finally:
+        read.close()
     if raise_on_bad:
         _check_bad(per, opened.key, max_bad_share, final=True)
+
+
+def loader_threads(setting: int | str | None) -> int:
+    """``data.loader_workers`` as a number of decoding threads: ``auto`` is one per core this
+    process may use, less one for the training loop, at most 8; 0 decodes on the calling thread."""
+    if setting not in (None, "auto"):
+        return int(setting)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
 
 
 def _labels(sources: list[Any]) -> list[str]:
@@ -658,7 +709,8 @@ def _labels(sources: list[Any]) -> list[str]:
 
 def iter_examples(sources: Iterable[Any], *, streaming: bool, seed: int, max_bad_share: float = 0.05,
                   stats: Stats | None = None, stop: Literal["all_exhausted", "first_exhausted"] = "all_exhausted",
-                  shuffle: bool = False, key: str = "data.train") -> Iterator[dict[str, Any]]:
+                  shuffle: bool = False, key: str = "data.train", workers: int = 0,
+                  prefetch: int = 0) -> Iterator[dict[str, Any]]:
     """Examples ``{"audio", "text", "source", "id"}`` from ``sources`` (spec ``Source`` objects), mixed by weight.
 
     At each step a source still running is drawn with probability proportional to its ``weight``
@@ -673,6 +725,10 @@ def iter_examples(sources: Iterable[Any], *, streaming: bool, seed: int, max_bad
     in ``stats``. When a source's share of undecodable clips exceeds ``max_bad_share`` (checked once
     it has 20 clips, and at its end), :class:`DataError` is raised naming counts and paths.
     All sources are opened (and their columns checked) before the first example is yielded.
+
+    ``workers`` threads decode the audio ahead of the consumer, up to ``prefetch`` clips per
+    source (at least 4 per thread). The examples, their order and the counts are the same for
+    any number of workers; 0 decodes each clip on the calling thread when it is asked for.
     """
     if stop not in ("all_exhausted", "first_exhausted"):
         raise ValueError(f"stop must be all_exhausted or first_exhausted, not {stop!r}")
@@ -682,7 +738,10 @@ def iter_examples(sources: Iterable[Any], *, streaming: bool, seed: int, max_bad
               for i, (s, lab) in enumerate(zip(sources, _labels(sources)))]
     for o in opened:
         stats.source(o.label)
-    streams = [_examples(o, stats, max_bad_share=max_bad_share, shuffle=shuffle, seed=seed + 7919 * i)
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpujob-decode") if workers > 0 else None
+    window = max(prefetch, 4 * workers)
+    streams = [_examples(o, stats, max_bad_share=max_bad_share, shuffle=shuffle, seed=seed + 7919 * i,
+                         pool=pool, window=window)
                for i, o in enumerate(opened)]
     weights = [float(s.weight) for s in sources]
     rng = random.Random(seed)
@@ -701,6 +760,8 @@ def iter_examples(sources: Iterable[Any], *, streaming: bool, seed: int, max_bad
     finally:
         for s in streams:
             s.close()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------- preflight
@@ -809,42 +870,50 @@ def preflight(spec: Any, *, tokenizer: Any = None, sample: int = 200, max_bad_sh
     count_tokens, method = _token_counter(tokenizer)
     gen_limit = training.generation_max_length
     train_estimates: list[int | None] = []
-    for group in ("train", "eval"):
-        sources = list(getattr(data, group))
-        for i, (source, label) in enumerate(zip(sources, _labels(sources))):
-            key = f"data.{group}[{i}]"
-            rep = SourceReport(key=key, label=label, split=source.split, streaming=data.streaming,
-                               label_method=method, generation_max_length=gen_limit)
-            report.sources.append(rep)
-            try:
-                opened = open_source(source, streaming=data.streaming, key=key, label=label, hub_streaming=True)
-            except DataError as exc:
-                rep.error = str(exc)
-                report.errors.append(str(exc))
+    workers = loader_threads(getattr(data, "loader_workers", 0))
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpujob-check") if workers else None
+    window = 4 * workers
+    try:
+        for group in ("train", "eval"):
+            sources = list(getattr(data, group))
+            for i, (source, label) in enumerate(zip(sources, _labels(sources))):
+                key = f"data.{group}[{i}]"
+                rep = SourceReport(key=key, label=label, split=source.split, streaming=data.streaming,
+                                   label_method=method, generation_max_length=gen_limit)
+                report.sources.append(rep)
+                try:
+                    opened = open_source(source, streaming=data.streaming, key=key, label=label, hub_streaming=True)
+                except DataError as exc:
+                    rep.error = str(exc)
+                    report.errors.append(str(exc))
+                    if group == "train":
+                        train_estimates.append(None)
+                    continue
+                rep.reachable, rep.kind, rep.columns = True, opened.kind, opened.columns
+                rep.text_column, rep.rows = opened.text_column, opened.num_rows
+                stats = Stats()
+                try:
+                    for ex in _examples(opened, stats, max_bad_share=max_bad_share, limit=sample, raise_on_bad=False,
+                                       pool=pool, window=window):
+                        n = count_tokens(ex["text"])
+                        rep.labels_checked += 1
+                        rep.longest_label = max(rep.longest_label, n)
+                        rep.labels_over_decoder += n > DECODER_MAX_TOKENS
+                        rep.labels_over_generation += n > gen_limit
+                except DataError as exc:
+                    report.errors.append(str(exc))
+                per = stats.source(label)
+                rep.stats = per
+                if per.seen and per.kept and rep.rows is not None:
+                    rep.estimated_examples = round(rep.rows * per.kept / per.seen)
+                elif rep.rows == 0 or (per.seen and not per.kept):
+                    rep.estimated_examples = 0
                 if group == "train":
-                    train_estimates.append(None)
-                continue
-            rep.reachable, rep.kind, rep.columns = True, opened.kind, opened.columns
-            rep.text_column, rep.rows = opened.text_column, opened.num_rows
-            stats = Stats()
-            try:
-                for ex in _examples(opened, stats, max_bad_share=max_bad_share, limit=sample, raise_on_bad=False):
-                    n = count_tokens(ex["text"])
-                    rep.labels_checked += 1
-                    rep.longest_label = max(rep.longest_label, n)
-                    rep.labels_over_decoder += n > DECODER_MAX_TOKENS
-                    rep.labels_over_generation += n > gen_limit
-            except DataError as exc:
-                report.errors.append(str(exc))
-            per = stats.source(label)
-            rep.stats = per
-            if per.seen and per.kept and rep.rows is not None:
-                rep.estimated_examples = round(rep.rows * per.kept / per.seen)
-            elif rep.rows == 0 or (per.seen and not per.kept):
-                rep.estimated_examples = 0
-            if group == "train":
-                train_estimates.append(rep.estimated_examples)
-            _judge_source(report, rep, per, key, max_bad_share, gen_limit, method)
+                    train_estimates.append(rep.estimated_examples)
+                _judge_source(report, rep, per, key, max_bad_share, gen_limit, method)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     if train_estimates and all(n is not None for n in train_estimates):
         report.examples_per_epoch = sum(train_estimates)  # type: ignore[arg-type]
         report.steps_per_epoch = math.ceil(report.examples_per_epoch / report.effective_batch_size)

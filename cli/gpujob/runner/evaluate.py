@@ -94,28 +94,44 @@ def transcribe(model, processor, audio: list, keys: list[str], *, spec: Any, dev
     return [t.strip() for t in processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
 
 
+SORT_WINDOW_BATCHES = 8
+
+
 def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
              precision: Precision, cache: EncoderCache | None = None, writer=None) -> Scores:
+    """Transcribe and score ``examples``, in the order given.
+
+    Generation runs in batches of ``evaluation.batch_size``, formed from windows of 8 batches
+    sorted by clip length (longest first). A batch takes as many decoding steps as its longest
+    transcript, and clips of a similar length have transcripts of a similar length, so less of
+    each batch waits for one long utterance. Every clip is padded to 30 s, so the batch it lands
+    in does not change its input."""
     batch_size = spec.evaluation.batch_size
-    refs, hyps, ids, audio, keys = [], [], [], [], []
+    refs, hyps, ids = [], [], []
+    window: list[tuple[Any, str]] = []  # (audio, key) of examples not yet transcribed
     total = len(examples) if isinstance(examples, list) else None
 
     def flush():
-        hyps.extend(transcribe(model, processor, audio, keys, spec=spec, device=device, precision=precision,
-                               cache=cache))
-        audio.clear()
-        keys.clear()
-        if writer is not None:  # alive while evaluating: no step events come in the meantime
-            writer.heartbeat(phase="eval", done=len(hyps), total=total)
+        order = sorted(range(len(window)), key=lambda i: -len(window[i][0]))
+        texts: list[str] = [""] * len(window)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            out = transcribe(model, processor, [window[i][0] for i in chunk], [window[i][1] for i in chunk],
+                             spec=spec, device=device, precision=precision, cache=cache)
+            for i, text in zip(chunk, out):
+                texts[i] = text
+            if writer is not None:  # alive while evaluating: no step events come in the meantime
+                writer.heartbeat(phase="eval", done=len(hyps) + start + len(chunk), total=total)
+        hyps.extend(texts)
+        window.clear()
 
     for example in examples:
         refs.append(example["text"])
         ids.append(str(example.get("id", len(ids))))
-        audio.append(example["audio"])
-        keys.append(example_key(example))
-        if len(audio) == batch_size:
+        window.append((example["audio"], example_key(example)))
+        if len(window) == batch_size * SORT_WINDOW_BATCHES:
             flush()
-    if audio:
+    if window:
         flush()
     return score(refs, hyps, normalize=spec.evaluation.normalizer, ids=ids)
 
@@ -151,7 +167,9 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     model, processor = load(spec, device, for_training=False)
     stats = data_mod.Stats()
     examples = data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=spec.training.seed,
-                                      stats=stats, key="data.eval")
+                                      stats=stats, key="data.eval",
+                                      workers=data_mod.loader_threads(spec.data.loader_workers),
+                                      prefetch=2 * spec.evaluation.batch_size)
     writer.start(kind="evaluate", name=spec.name)
     t0 = time.perf_counter()
     scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision, writer=writer)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from gpujob.runner import data as data_mod
-from gpujob.runner.batches import batches, features
+from gpujob.runner.batches import batches, features, pad_audio, prefetched
 from gpujob.runner.evaluate import EncoderCache, _autocast, encoder_states, evaluate, summary_lines, write_predictions
 from gpujob.runner.model import freeze, load, pick_device, pick_precision, set_gradient_checkpointing
 
@@ -138,8 +138,9 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     # 3. data (one code path, streamed or not); evaluation examples are small enough to keep
     world = int(os.environ.get("WORLD_SIZE", "1"))  # one process per GPU under torchrun; 1 here
     per_step = t.per_device_batch_size * t.gradient_accumulation_steps * world
+    workers = data_mod.loader_threads(spec.data.loader_workers)
     eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed,
-                                                key="data.eval")) if spec.data.eval else []
+                                                key="data.eval", workers=workers)) if spec.data.eval else []
     n_train = None
     if t.epochs is not None:
         n_train = count_train_examples(spec)
@@ -174,6 +175,8 @@ def run(spec: Any, out_dir: Path, writer) -> int:
         state = json.loads((resume_from / "state.json").read_text())
         print(f"resuming from {resume_from} (step {state['step']}/{total_steps})", flush=True)
 
+    print(f"data: {workers} loader thread{'s' if workers != 1 else ''} decoding ahead"
+          if workers else "data: decoded in the training loop (data.loader_workers: 0)", flush=True)
     writer.start(total_steps=total_steps, kind="train", name=spec.name, epochs=t.epochs)
     print(f"{total_steps} steps of {per_step} examples; learning rate {lr:.3g} ({t.lr_schedule}, "
           f"{t.warmup_steps} warmup)" + (f"; {n_train} training examples" if n_train else ""), flush=True)
@@ -201,6 +204,11 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     accum, micro, seen, loss_sum = t.gradient_accumulation_steps, 0, 0, 0.0
     t_step = time.perf_counter()
 
+    n_samples = processor.feature_extractor.n_samples
+
+    def pad(batch) -> None:  # on the prefetch thread, while the GPU runs the step before
+        batch.padded = pad_audio(batch.audio, n_samples, pin=device.type == "cuda")
+
     def checkpoint() -> None:
         save_checkpoint(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
         writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
@@ -208,11 +216,12 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     try:
         while step < total_steps and (t.epochs is None or state["epoch"] < math.ceil(t.epochs)):
             epoch = state["epoch"]
-            examples = data_mod.iter_examples(spec.data.train, streaming=spec.data.streaming, seed=t.seed + epoch)
+            examples = data_mod.iter_examples(spec.data.train, streaming=spec.data.streaming, seed=t.seed + epoch,
+                                              workers=workers, prefetch=2 * t.per_device_batch_size)
+            made = batches(examples, processor.tokenizer, batch_size=t.per_device_batch_size, seed=t.seed + epoch,
+                           group_by_length=t.group_by_length, skipped=skipped)
             index = -1
-            for index, batch in enumerate(batches(examples, processor.tokenizer, batch_size=t.per_device_batch_size,
-                                                  seed=t.seed + epoch, group_by_length=t.group_by_length,
-                                                  skipped=skipped)):
+            for index, batch in enumerate(prefetched(made, prepare=pad) if workers else made):
                 if index < state["batch_in_epoch"]:
                     continue  # done before the restart
                 loss = _forward(model, processor, batch, device, precision, cache) / accum
@@ -303,14 +312,16 @@ def optimizer_step(optimizer, params, scaler) -> None:
 def _forward(model, processor, batch, device, precision, cache) -> torch.Tensor:
     from transformers.modeling_outputs import BaseModelOutput
 
-    labels = batch.labels.to(device)
-    states = encoder_states(model, processor.feature_extractor, batch.audio, batch.ids, device, precision, cache)
+    labels = batch.labels.to(device, non_blocking=True)
+    audio = batch.padded if batch.padded is not None else batch.audio
+    states = encoder_states(model, processor.feature_extractor, audio, batch.ids, device, precision, cache)
+    if states is None:
+        feats = features(processor.feature_extractor, audio, device)
     with _autocast(device, precision):
         if states is not None:
             out = model(encoder_outputs=BaseModelOutput(last_hidden_state=states), labels=labels, use_cache=False)
         else:
-            out = model(input_features=features(processor.feature_extractor, batch.audio, device), labels=labels,
-                        use_cache=False)
+            out = model(input_features=feats, labels=labels, use_cache=False)
     return out.loss.float()
 
 

@@ -195,6 +195,18 @@ class DataSection(_Section):
     streaming: bool = Field(False, description=(
         "Stream datasets instead of downloading them first. Sizes are unknown when streaming, "
         "so use `training.max_steps` rather than `training.epochs`."))
+    loader_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field("auto", description=(
+        "Threads that decode audio ahead of the GPU. `auto`: one per CPU core of the job, less one "
+        "for the training loop, at most 8. 0 decodes each clip in the training loop."))
+
+    @field_validator("loader_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+            raise fail(f'expected a whole number from 0 to 64 or "auto", got {_describe(value)}')
+        return value
 
 
 class FreezeLayers(_Section):

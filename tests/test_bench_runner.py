@@ -2,7 +2,7 @@
 
 The GPU figures need an H100/H200 (docs/performance.md); here the same code runs with --quick --device cpu,
 and the report is checked for its sections, its rows and that the JSON holds the printed numbers. The run takes
-25-35 s on 2 cores, so those tests are marked slow; the out-of-memory test is not.
+40-50 s on 2 cores, so those tests are marked slow; the out-of-memory test is not.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def report(tmp_path_factory):
     return proc.stdout.splitlines(), json.loads(json_path.read_text())
 
 
-@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+@pytest.mark.slow  # one ~40-50 s subprocess (shared by the module)
 def test_cpu_section_measures_every_stage_per_core(report):
     lines, data = report
     assert any(line.startswith("== CPU: data loading, per core") for line in lines)
@@ -77,7 +77,7 @@ def test_cpu_section_measures_every_stage_per_core(report):
         assert stages[stage]["audio_s_per_s"] > 0
 
 
-@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+@pytest.mark.slow  # one ~40-50 s subprocess (shared by the module)
 def test_keep_up_table_names_the_three_targets_with_cores_and_a_verdict(report):
     lines, data = report
     header, rows = table_after(lines, "target ")
@@ -96,7 +96,39 @@ def test_keep_up_table_names_the_three_targets_with_cores_and_a_verdict(report):
         assert k["keeps_up_here"] == (k["cores_needed"] <= k["cores_here"])
 
 
-@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+@pytest.mark.slow  # one ~40-50 s subprocess (shared by the module)
+def test_loader_table_runs_the_runners_own_pipeline_per_thread_count(report):
+    lines, data = report
+    header, rows = table_after(lines, "data.loader_workers ")
+    assert header[:4] == ["data.loader_workers", "samples/s", "audio-s/s", "x inline"]
+    loader = data["cpu"]["loader"]
+    assert [r["workers"] for r in loader["runs"]] == sorted({0, 1, max(1, data["cores"] - 1), data["cores"]})
+    assert rows[0][0] == "0 (inline)" and rows[0][3] == "1.00"
+    for row, run in zip(rows, loader["runs"]):
+        assert same(run["samples_per_s"], row[1]) and run["samples_per_s"] > 0
+        assert row[4:] == ["yes" if run["samples_per_s"] >= t else "no" for t in (300, 100, 450)]
+    assert loader["rows"] == 12 and loader["labels"] is True  # the real Whisper tokenizer made the labels
+
+
+@pytest.mark.slow  # one ~40-50 s subprocess (shared by the module)
+def test_the_runner_end_to_end_row_comes_from_train_run_and_the_summary_shows_it(report):
+    lines, data = report
+    train = {r["recipe"]: r for r in data["train"]}
+    for name in ("gpujob-run", "gpujob-run-frozen"):
+        row = train[name]
+        assert row["status"] == "ok" and row["samples_per_s"] > 0, row
+        assert row["loader_workers"] >= 1 and row["rows"] == 1000 + 2 * 2  # shuffle buffer + the steps' batches
+        assert any(line.startswith("model ") for line in row["runner_output"])  # train.run's own first line
+    assert train["gpujob-run-frozen"]["setup"]["frozen_encoder"] is True
+    header, rows = table_after(lines, "model  recipe ")
+    assert header == ["model", "recipe", "samples/s", "loader here", "end to end", "target", "meets"]
+    by_recipe = {r[1]: r for r in rows}
+    assert by_recipe["gpujob-run"][3] == "(in it)"
+    assert float(by_recipe["gpujob"][3]) > 0  # the loader's capacity from the CPU part
+    assert {s["recipe"] for s in data["summary"]} == {r for r in train if r.startswith("gpujob")}
+
+
+@pytest.mark.slow  # one ~40-50 s subprocess (shared by the module)
 def test_training_table_has_the_2022_recipe_the_runner_and_ratios(report):
     lines, data = report
     header, rows = table_after(lines, "recipe ")
@@ -104,7 +136,8 @@ def test_training_table_has_the_2022_recipe_the_runner_and_ratios(report):
         assert column in header
     col = {name: header.index(name) for name in header}
     by_recipe = {r[0]: r for r in rows}
-    for recipe in ("2022", "sdpa-bf16", "2022-frozen", "sdpa-bf16-frozen", "gpujob", "gpujob-frozen", "gpujob-audio"):
+    for recipe in ("2022", "sdpa-bf16", "2022-frozen", "sdpa-bf16-frozen", "gpujob", "gpujob-frozen", "gpujob-audio",
+                   "gpujob-run", "gpujob-run-frozen"):
         assert recipe in by_recipe, recipe
         assert float(by_recipe[recipe][col["samples/s"]]) > 0, by_recipe[recipe]
         assert float(by_recipe[recipe][col["x2022"]]) > 0
@@ -125,7 +158,7 @@ def test_training_table_has_the_2022_recipe_the_runner_and_ratios(report):
                                       "frozen_encoder": False, "compiled": False, "adamw": "foreach"}
 
 
-@pytest.mark.slow  # one ~25-35 s subprocess (shared by the four)
+@pytest.mark.slow  # one ~40-50 s subprocess (shared by the module)
 def test_evaluation_rows_and_json_metadata(report):
     lines, data = report
     assert any(line.startswith("== cpu: evaluation") for line in lines)

@@ -99,3 +99,70 @@ def test_a_consumer_that_stops_early_stops_the_thread_and_closes_the_source():
     stream.close()
     assert closed.wait(10), "the source was not closed"
     assert not any(t.name == "gpujob-batches" and t.is_alive() for t in threading.enumerate())
+
+
+def _config(size: str):
+    sizes = {"small": (768, 12, 3072), "medium": (1024, 24, 4096)}
+    d, layers, ffn = sizes[size]
+    return transformers.WhisperConfig(d_model=d, encoder_layers=layers, decoder_layers=layers, encoder_ffn_dim=ffn,
+                                      decoder_ffn_dim=ffn, encoder_attention_heads=d // 64,
+                                      decoder_attention_heads=d // 64)
+
+
+@pytest.mark.parametrize("size", ["small", "medium"])
+def test_auto_evaluation_batch_is_the_largest_that_fits_half_the_free_memory(size):
+    from types import SimpleNamespace
+
+    from gpujob.runner.evaluate import eval_batch_size, generation_bytes_per_utterance
+    from gpujob.runner.model import Precision
+
+    model = SimpleNamespace(config=_config(size))
+    bf16, fp32 = Precision("bf16", torch.bfloat16, False), Precision("fp32", None, False)
+    cuda = torch.device("cuda")
+    per = generation_bytes_per_utterance(model.config, max_length=225, width=2)
+    cross = model.config.decoder_layers * 2 * 1500 * model.config.d_model * 2
+    assert per > cross  # at least the cross-attention cache, which alone is tens of MB per utterance
+    for gib in (80, 40, 24, 8, 0.01):
+        free = int(gib * 2**30)
+        batch = eval_batch_size("auto", model, cuda, bf16, max_length=225, free_bytes=free)
+        assert batch == 1 or batch * per <= free // 2
+        if batch < 256:
+            assert 2 * batch * per > free // 2  # the next size up would not fit
+    assert eval_batch_size("auto", model, cuda, fp32, max_length=225, free_bytes=40 * 2**30) < \
+        eval_batch_size("auto", model, cuda, bf16, max_length=225, free_bytes=40 * 2**30)
+    assert eval_batch_size("auto", model, torch.device("cpu"), fp32, max_length=225) == 16
+    assert eval_batch_size(12, model, cuda, bf16, max_length=225) == 12
+
+
+def test_an_evaluation_batch_that_runs_out_of_memory_is_halved_and_keeps_every_transcript(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from gpujob.runner import evaluate as ev
+    from gpujob.runner.model import Precision
+
+    calls = []
+
+    def transcribe(model, processor, audio, keys, **_kw):
+        calls.append(len(audio))
+        if len(audio) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [f"clip of {len(a)} samples" for a in audio]
+
+    monkeypatch.setattr(ev, "transcribe", transcribe)
+    examples = [{"audio": np.zeros(1000 + i * 37, np.float32), "text": f"clip of {1000 + i * 37} samples",
+                 "id": f"u{i}", "source": "s"} for i in range(11)]
+    spec = SimpleNamespace(evaluation=SimpleNamespace(batch_size=8, normalizer="none"),
+                           training=SimpleNamespace(generation_max_length=40))
+    scores = ev.evaluate(None, None, examples, spec=spec, device=torch.device("cpu"),
+                         precision=Precision("fp32", None, False), batch_size=8)
+    assert scores.wer == 0.0 and [u["id"] for u in scores.per_utterance] == [f"u{i}" for i in range(11)]
+    assert max(c for c in calls if c <= 3) == 2 and calls[0] == 8  # 8 -> 4 -> 2, then 2 for the rest
+    assert "batch size now 2" in capsys.readouterr().out
+
+    def broken(*_a, **_kw):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(ev, "transcribe", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # only out-of-memory is retried
+        ev.evaluate(None, None, examples, spec=spec, device=torch.device("cpu"),
+                    precision=Precision("fp32", None, False), batch_size=8)

@@ -95,33 +95,90 @@ def transcribe(model, processor, audio: list, keys: list[str], *, spec: Any, dev
 
 
 SORT_WINDOW_BATCHES = 8
+AUTO_BATCHES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+CPU_BATCH = 16
+
+
+def generation_bytes_per_utterance(config, *, max_length: int, width: int) -> int:
+    """GPU memory one utterance needs while it is generated, in bytes: the decoder's cross-attention
+    keys and values over 1500 encoder positions, its self-attention cache up to ``max_length``, and
+    the encoder's largest activations (hidden states, attention output, FFN) while it is encoded;
+    ``width`` bytes per value (2 under bf16/fp16 autocast, 4 in fp32)."""
+    d, src = config.d_model, config.max_source_positions
+    cross = config.decoder_layers * 2 * src * d
+    self_attn = config.decoder_layers * 2 * max_length * d
+    encoder = 2 * src * (6 * d + config.encoder_ffn_dim) + config.num_mel_bins * 2 * src * 2
+    logits = 2 * config.vocab_size * 2  # float32 scores of the last position, and a copy
+    return (cross + self_attn + encoder) * width + logits * 4
+
+
+def eval_batch_size(setting: int | str, model, device: torch.device, precision: Precision, *, max_length: int,
+                    free_bytes: int | None = None) -> int:
+    """``evaluation.batch_size``: a number as given; ``auto`` is 16 on a CPU and, on a GPU, the largest
+    of 256, 128, ... 1 whose generation memory fits in half of the memory free now (what the caching
+    allocator holds unused counts as free)."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda" and free_bytes is None:
+        return CPU_BATCH
+    if free_bytes is None:
+        free, _total = torch.cuda.mem_get_info(device)
+        free_bytes = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    width = 4 if precision.autocast_dtype is None else 2
+    need = generation_bytes_per_utterance(model.config, max_length=max_length, width=width)
+    return next((b for b in AUTO_BATCHES if b * need <= free_bytes // 2), 1)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError)
+                                                        and "out of memory" in str(exc).lower())
 
 
 def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
-             precision: Precision, cache: EncoderCache | None = None, writer=None) -> Scores:
+             precision: Precision, cache: EncoderCache | None = None, writer=None,
+             batch_size: int | None = None) -> Scores:
     """Transcribe and score ``examples``, in the order given.
 
-    Generation runs in batches of ``evaluation.batch_size``, formed from windows of 8 batches
-    sorted by clip length (longest first). A batch takes as many decoding steps as its longest
-    transcript, and clips of a similar length have transcripts of a similar length, so less of
-    each batch waits for one long utterance. Every clip is padded to 30 s, so the batch it lands
-    in does not change its input."""
-    batch_size = spec.evaluation.batch_size
+    Generation runs in batches of ``batch_size`` (default: :func:`eval_batch_size` of the spec's
+    ``evaluation.batch_size``), formed from windows of 8 batches sorted by clip length (longest
+    first). A batch takes as many decoding steps as its longest transcript, and clips of a similar
+    length have transcripts of a similar length, so less of each batch waits for one long
+    utterance. Every clip is padded to 30 s, so the batch it lands in does not change its input.
+    A batch that runs out of GPU memory is halved and retried, and the smaller size is kept."""
+    size = [batch_size or eval_batch_size(spec.evaluation.batch_size, model, device, precision,
+                                          max_length=min(spec.training.generation_max_length, 448))]
     refs, hyps, ids = [], [], []
     window: list[tuple[Any, str]] = []  # (audio, key) of examples not yet transcribed
     total = len(examples) if isinstance(examples, list) else None
 
+    def run(chunk: list[int]) -> list[str]:
+        while True:
+            try:
+                out: list[str] = []
+                for start in range(0, len(chunk), size[0]):
+                    part = chunk[start:start + size[0]]
+                    out += transcribe(model, processor, [window[i][0] for i in part], [window[i][1] for i in part],
+                                      spec=spec, device=device, precision=precision, cache=cache)
+                return out
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                if not _is_oom(exc) or size[0] == 1:
+                    raise
+                size[0] //= 2
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                print(f"evaluation: out of GPU memory; batch size now {size[0]}", flush=True)
+
     def flush():
         order = sorted(range(len(window)), key=lambda i: -len(window[i][0]))
         texts: list[str] = [""] * len(window)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            out = transcribe(model, processor, [window[i][0] for i in chunk], [window[i][1] for i in chunk],
-                             spec=spec, device=device, precision=precision, cache=cache)
-            for i, text in zip(chunk, out):
+        start = 0
+        while start < len(order):
+            chunk = order[start:start + size[0]]
+            for i, text in zip(chunk, run(chunk)):
                 texts[i] = text
+            start += len(chunk)
             if writer is not None:  # alive while evaluating: no step events come in the meantime
-                writer.heartbeat(phase="eval", done=len(hyps) + start + len(chunk), total=total)
+                writer.heartbeat(phase="eval", done=len(hyps) + start, total=total)
         hyps.extend(texts)
         window.clear()
 
@@ -129,7 +186,7 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: t
         refs.append(example["text"])
         ids.append(str(example.get("id", len(ids))))
         window.append((example["audio"], example_key(example)))
-        if len(window) == batch_size * SORT_WINDOW_BATCHES:
+        if len(window) >= size[0] * SORT_WINDOW_BATCHES:
             flush()
     if window:
         flush()
@@ -166,13 +223,18 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     precision = pick_precision(spec.training.precision, device)
     model, processor = load(spec, device, for_training=False)
     stats = data_mod.Stats()
+    batch_size = eval_batch_size(spec.evaluation.batch_size, model, device, precision,
+                                 max_length=min(spec.training.generation_max_length, 448))
+    workers = data_mod.loader_threads(spec.data.loader_workers)
+    print(f"evaluation: batches of {batch_size}"
+          + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else "")
+          + f"; precision {precision.name}; device {device.type}; {workers} loader threads", flush=True)
     examples = data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=spec.training.seed,
-                                      stats=stats, key="data.eval",
-                                      workers=data_mod.loader_threads(spec.data.loader_workers),
-                                      prefetch=2 * spec.evaluation.batch_size)
+                                      stats=stats, key="data.eval", workers=workers, prefetch=2 * batch_size)
     writer.start(kind="evaluate", name=spec.name)
     t0 = time.perf_counter()
-    scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision, writer=writer)
+    scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision, writer=writer,
+                      batch_size=batch_size)
     elapsed = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", scores)

@@ -33,7 +33,8 @@ import torch
 
 from gpujob.runner import data as data_mod
 from gpujob.runner.batches import batches, features, pad_audio, prefetched
-from gpujob.runner.evaluate import EncoderCache, _autocast, encoder_states, evaluate, summary_lines, write_predictions
+from gpujob.runner.evaluate import (EncoderCache, _autocast, encoder_states, eval_batch_size, evaluate,
+                                     summary_lines, write_predictions)
 from gpujob.runner.model import freeze, load, pick_device, pick_precision, set_gradient_checkpointing
 
 DONE_MARKER = "complete"
@@ -181,9 +182,18 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     print(f"{total_steps} steps of {per_step} examples; learning rate {lr:.3g} ({t.lr_schedule}, "
           f"{t.warmup_steps} warmup)" + (f"; {n_train} training examples" if n_train else ""), flush=True)
 
+    eval_batch = [0]
+
     def run_eval(step: int, label: str = ""):
+        # sized each time: what is free changes once the optimiser state exists
+        size = eval_batch_size(spec.evaluation.batch_size, model, device, precision,
+                               max_length=min(t.generation_max_length, 448))
+        if size != eval_batch[0]:
+            eval_batch[0] = size
+            print(f"evaluation: {len(eval_examples)} utterances in batches of {size}"
+                  + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else ""), flush=True)
         scores = evaluate(model, processor, eval_examples, spec=spec, device=device, precision=precision,
-                          cache=cache, writer=writer)
+                          cache=cache, writer=writer, batch_size=size)
         metrics = scores.as_metrics(spec.evaluation.metrics)
         writer.eval(step=step, **metrics)
         for line in summary_lines(scores, label)[:1]:

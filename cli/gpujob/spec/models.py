@@ -277,7 +277,19 @@ class EvaluationSection(_Section):
         description="Metrics to report: `wer` (word error rate) and/or `cer` (character error rate).")
     normalizer: Literal["basic", "none"] = Field("basic", description=(
         "Text normalisation before scoring: `basic` lower-cases and strips punctuation; `none` compares verbatim."))
-    batch_size: int = Field(16, gt=0, description="Examples per GPU during evaluation.")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description=(
+        "Examples per GPU during evaluation. `auto`: on a GPU the largest of 256, 128, ... whose "
+        "generation memory (cross- and self-attention caches, encoder) fits in half the free GPU memory, "
+        "halved again if a batch still runs out of memory; 16 on a CPU."))
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch(cls, value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail(f'expected a whole number of at least 1 or "auto", got {_describe(value)}')
+        return value
     before_training: bool = Field(False, description=(
         "`kind: train`: also score the starting checkpoint before the first step, so the final metrics "
         "show the zero-shot WER (`baseline_wer`) next to the fine-tuned one."))

@@ -988,7 +988,7 @@ def eval_part(size: str, device: torch.device, clips: list[np.ndarray], *, batch
               new_tokens: int, batch_override: int | None = None) -> list[dict[str, Any]]:
     from transformers import WhisperFeatureExtractor
 
-    from gpujob.runner.evaluate import transcribe
+    from gpujob.runner.evaluate import eval_batch_size, transcribe
     from gpujob.runner.model import Precision, pick_precision
 
     fe = WhisperFeatureExtractor(feature_size=MEL_BINS, sampling_rate=16000, hop_length=160, chunk_length=30,
@@ -999,8 +999,8 @@ def eval_part(size: str, device: torch.device, clips: list[np.ndarray], *, batch
         ("2022: fp16, eager, CPU log-mel", 16, Precision("fp16", torch.float16, True), "eager", True, False, 36),
         (f"bf16, sdpa, {dev} log-mel", 64, Precision("bf16", torch.bfloat16, False), "sdpa", False, False, 95),
         (f"bf16, sdpa, {dev} log-mel", 256, Precision("bf16", torch.bfloat16, False), "sdpa", False, False, 169),
-        (f"gpujob: evaluate.transcribe, defaults ({runner_precision.name}, sdpa, {dev} log-mel)", 16,
-         runner_precision, "sdpa", False, True, None),
+        (f"gpujob: evaluate.transcribe, defaults (batch_size auto, {runner_precision.name}, sdpa, {dev} log-mel)",
+         None, runner_precision, "sdpa", False, True, None),
     ]
     log(f"\n== {dev}: evaluation, whisper-{size}, greedy, {new_tokens} new tokens per utterance, log-mel time "
         f"included, {batches} timed batch(es) after one warm-up ==")
@@ -1020,6 +1020,8 @@ def eval_part(size: str, device: torch.device, clips: list[np.ndarray], *, batch
                 free_memory(device)
                 models[attn] = build_model(size, attn, device).eval()
             model = models[attn]
+            if b is None:  # what evaluation.batch_size: auto picks for a job's default generation_max_length
+                b = row["batch"] = eval_batch_size("auto", model, device, precision, max_length=225)
             audio = [clips[i % len(clips)] for i in range(b)]
             if runner:
                 tok = _Tokenizer()

@@ -69,6 +69,16 @@ def default_learning_rate(checkpoint: str, d_model: int | None = None) -> float 
     return PRETRAIN_LR[size] / FINETUNE_LR_DIVISOR if size else None
 
 
+def _whole_or_auto(value: Any, low: int, high: int | None = None) -> Any:
+    """A whole number from ``low`` (to ``high``) or the word auto; else a message that says which."""
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise fail(f'expected a whole number {span} or "auto", got {_describe(value)}')
+    return value
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value[:40]}"' if not looks_like_credential(value) else "a value that looks like a credential"
@@ -199,14 +209,8 @@ class DataSection(_Section):
         "Threads that decode audio ahead of the GPU. `auto`: one per CPU core of the job, less one "
         "for the training loop, at most 8. 0 decodes each clip in the training loop."))
 
-    @field_validator("loader_workers", mode="before")
-    @classmethod
-    def _workers(cls, value: Any) -> Any:
-        if value == "auto" and isinstance(value, str):
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
-            raise fail(f'expected a whole number from 0 to 64 or "auto", got {_describe(value)}')
-        return value
+    _workers = field_validator("loader_workers", mode="before")(
+        classmethod(lambda cls, value: _whole_or_auto(value, 0, 64)))
 
 
 class FreezeLayers(_Section):
@@ -282,14 +286,7 @@ class EvaluationSection(_Section):
         "generation memory (cross- and self-attention caches, encoder) fits in half the free GPU memory, "
         "halved again if a batch still runs out of memory; 16 on a CPU."))
 
-    @field_validator("batch_size", mode="before")
-    @classmethod
-    def _batch(cls, value: Any) -> Any:
-        if value == "auto" and isinstance(value, str):
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise fail(f'expected a whole number of at least 1 or "auto", got {_describe(value)}')
-        return value
+    _batch = field_validator("batch_size", mode="before")(classmethod(lambda cls, value: _whole_or_auto(value, 1)))
     before_training: bool = Field(False, description=(
         "`kind: train`: also score the starting checkpoint before the first step, so the final metrics "
         "show the zero-shot WER (`baseline_wer`) next to the fine-tuned one."))

@@ -432,12 +432,17 @@ def test_a_consumer_that_stops_early_leaves_no_decoding_behind(corpus):
             assert not thread.is_alive(), "a decoding thread outlived its stream"
 
 
-def test_loader_workers_auto_leaves_a_core_for_the_training_loop(monkeypatch):
+def test_loader_workers_auto_leaves_a_core_for_the_training_loop(monkeypatch, tmp_path):
     from gpujob.runner import data
 
     for cores, expected in ((1, 1), (2, 1), (4, 3), (16, 8), (64, 8)):
         monkeypatch.setattr(data.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
         assert data.loader_threads("auto") == expected
     assert data.loader_threads(0) == 0 and data.loader_threads(5) == 5
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(data, "CGROUP_CPU_MAX", str(cpu_max))
+    for quota, expected in (("250000 100000", 2), ("400000 100000", 3), ("max 100000", 8), ("garbage", 8)):
+        cpu_max.write_text(quota + "\n")  # a container limited to 2.5 CPUs has 3 usable, 4 CPUs has 4
+        assert data.loader_threads("auto") == expected, quota
     assert _spec(f"  train: [{{dataset: x}}]\n  loader_workers: 3").data.loader_workers == 3
     assert _spec("  train: [{dataset: x}]").data.loader_workers == "auto"

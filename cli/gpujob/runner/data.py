@@ -689,16 +689,31 @@ def _examples(opened: OpenedSource, stats: Stats, *, max_bad_share: float, limit
         _check_bad(per, opened.key, max_bad_share, final=True)
 
 
-def loader_threads(setting: int | str | None) -> int:
-    """``data.loader_workers`` as a number of decoding threads: ``auto`` is one per core this
-    process may use, less one for the training loop, at most 8; 0 decodes on the calling thread."""
-    if setting not in (None, "auto"):
-        return int(setting)
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a container's CPU quota (a
+    Kubernetes CPU limit or ``docker --cpus`` shows only there, not in the affinity)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    try:
+        quota, period = Path(CGROUP_CPU_MAX).read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def loader_threads(setting: int | str | None) -> int:
+    """``data.loader_workers`` as a number of decoding threads: ``auto`` is one per usable core,
+    less one for the training loop, at most 8; 0 decodes on the calling thread."""
+    if setting not in (None, "auto"):
+        return int(setting)
+    return max(1, min(8, usable_cores() - 1))
 
 
 def _labels(sources: list[Any]) -> list[str]:

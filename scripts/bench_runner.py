@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import json
 import math
@@ -404,6 +405,7 @@ def cpu_part(clips: list[np.ndarray], source: str, *, min_time: float, feature_b
     return result
 
 
+@functools.lru_cache(maxsize=1)
 def whisper_tokenizer():
     """The real Whisper tokenizer (from the packaged Whisper base, converted once into $GPUJOB_CACHE), or None."""
     try:
@@ -1227,8 +1229,7 @@ def summary(train: list[dict], cpu: dict | None) -> list[dict]:
     for r in train:
         if not r["recipe"].startswith("gpujob") or not r.get("samples_per_s"):
             continue
-        frozen = r["recipe"].endswith("frozen")
-        target = next((t[3] for t in TARGETS if t[1] == r["model"] and t[2] == frozen), None)
+        target = r.get("target_samples_per_s")  # set by train_part from the recipe's frozen encoder
         row = {"model": r["model"], "recipe": r["recipe"], "samples_per_s": r["samples_per_s"],
                "target_samples_per_s": target, "end_to_end": r["recipe"].startswith("gpujob-run")}
         if row["end_to_end"]:

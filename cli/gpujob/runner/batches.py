@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import random
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -109,7 +110,9 @@ def pad_audio(audio: list[np.ndarray], n_samples: int, *, pin: bool = False) -> 
     return out
 
 
-_FILTERS: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+# The Hann window and mel filters of each extractor, per device: made once, dropped with the extractor
+# (keyed by the object itself, so a new extractor never gets an old one's filters).
+_FILTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def features(feature_extractor, audio: list[np.ndarray] | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -135,11 +138,12 @@ def features(feature_extractor, audio: list[np.ndarray] | torch.Tensor, device: 
         if not isinstance(audio, torch.Tensor):
             audio = pad_audio(audio, fe.n_samples, pin=device.type == "cuda")
         wave = audio.to(device, non_blocking=True)
-        key = (id(fe), str(device))
-        if key not in _FILTERS:
-            _FILTERS[key] = (torch.hann_window(fe.n_fft, device=device),
-                             torch.from_numpy(np.asarray(fe.mel_filters)).to(device, torch.float32).T.contiguous())
-        window, mel = _FILTERS[key]
+        per_device = _FILTERS.setdefault(fe, {})
+        if str(device) not in per_device:
+            per_device[str(device)] = (
+                torch.hann_window(fe.n_fft, device=device),
+                torch.from_numpy(np.asarray(fe.mel_filters)).to(device, torch.float32).T.contiguous())
+        window, mel = per_device[str(device)]
         if device.type == "cpu":  # one clip at a time stays in cache: twice as fast as the batch on a CPU
             return torch.cat([_log_mel(wave[i:i + 1], fe, window, mel) for i in range(len(wave))])
         return _log_mel(wave, fe, window, mel)

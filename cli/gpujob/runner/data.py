@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import csv
 import difflib
 import itertools
@@ -708,6 +709,18 @@ def usable_cores() -> int:
     return cores
 
 
+@contextlib.contextmanager
+def _decoding_pool(workers: int, name: str) -> Iterator[concurrent.futures.ThreadPoolExecutor | None]:
+    """``workers`` decoding threads for :func:`_examples` (None for 0), shut down on leaving; clips
+    not started yet are dropped, the ones being decoded finish on their own."""
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name) if workers > 0 else None
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 def loader_threads(setting: int | str | None) -> int:
     """``data.loader_workers`` as a number of decoding threads: ``auto`` is one per usable core,
     less one for the training loop, at most 8; 0 decodes on the calling thread."""
@@ -753,30 +766,27 @@ def iter_examples(sources: Iterable[Any], *, streaming: bool, seed: int, max_bad
               for i, (s, lab) in enumerate(zip(sources, _labels(sources)))]
     for o in opened:
         stats.source(o.label)
-    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpujob-decode") if workers > 0 else None
-    window = max(prefetch, 4 * workers)
-    streams = [_examples(o, stats, max_bad_share=max_bad_share, shuffle=shuffle, seed=seed + 7919 * i,
-                         pool=pool, window=window)
-               for i, o in enumerate(opened)]
     weights = [float(s.weight) for s in sources]
     rng = random.Random(seed)
-    active = list(range(len(streams)))
-    try:
-        while active:
-            i = active[0] if len(active) == 1 else rng.choices(active, weights=[weights[j] for j in active])[0]
-            try:
-                example = next(streams[i])
-            except StopIteration:
-                active.remove(i)
-                if stop == "first_exhausted":
-                    return
-                continue
-            yield example
-    finally:
-        for s in streams:
-            s.close()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    with _decoding_pool(workers, "gpujob-decode") as pool:
+        streams = [_examples(o, stats, max_bad_share=max_bad_share, shuffle=shuffle, seed=seed + 7919 * i,
+                             pool=pool, window=max(prefetch, 4 * workers))
+                   for i, o in enumerate(opened)]
+        active = list(range(len(streams)))
+        try:
+            while active:
+                i = active[0] if len(active) == 1 else rng.choices(active, weights=[weights[j] for j in active])[0]
+                try:
+                    example = next(streams[i])
+                except StopIteration:
+                    active.remove(i)
+                    if stop == "first_exhausted":
+                        return
+                    continue
+                yield example
+        finally:
+            for s in streams:
+                s.close()
 
 
 # ------------------------------------------------------------------------------------- preflight
@@ -886,9 +896,8 @@ def preflight(spec: Any, *, tokenizer: Any = None, sample: int = 200, max_bad_sh
     gen_limit = training.generation_max_length
     train_estimates: list[int | None] = []
     workers = loader_threads(getattr(data, "loader_workers", 0))
-    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpujob-check") if workers else None
     window = 4 * workers
-    try:
+    with _decoding_pool(workers, "gpujob-check") as pool:
         for group in ("train", "eval"):
             sources = list(getattr(data, group))
             for i, (source, label) in enumerate(zip(sources, _labels(sources))):
@@ -926,9 +935,6 @@ def preflight(spec: Any, *, tokenizer: Any = None, sample: int = 200, max_bad_sh
                 if group == "train":
                     train_estimates.append(rep.estimated_examples)
                 _judge_source(report, rep, per, key, max_bad_share, gen_limit, method)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
     if train_estimates and all(n is not None for n in train_estimates):
         report.examples_per_epoch = sum(train_estimates)  # type: ignore[arg-type]
         report.steps_per_epoch = math.ceil(report.examples_per_epoch / report.effective_batch_size)

@@ -145,35 +145,36 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: t
     length have transcripts of a similar length, so less of each batch waits for one long
     utterance. Every clip is padded to 30 s, so the batch it lands in does not change its input.
     A batch that runs out of GPU memory is halved and retried, and the smaller size is kept."""
-    size = [batch_size or eval_batch_size(spec.evaluation.batch_size, model, device, precision,
-                                          max_length=min(spec.training.generation_max_length, 448))]
+    size = batch_size or eval_batch_size(spec.evaluation.batch_size, model, device, precision,
+                                         max_length=min(spec.training.generation_max_length, 448))
     refs, hyps, ids = [], [], []
     window: list[tuple[Any, str]] = []  # (audio, key) of examples not yet transcribed
     total = len(examples) if isinstance(examples, list) else None
 
     def run(chunk: list[int]) -> list[str]:
+        nonlocal size
         while True:
             try:
                 out: list[str] = []
-                for start in range(0, len(chunk), size[0]):
-                    part = chunk[start:start + size[0]]
+                for start in range(0, len(chunk), size):
+                    part = chunk[start:start + size]
                     out += transcribe(model, processor, [window[i][0] for i in part], [window[i][1] for i in part],
                                       spec=spec, device=device, precision=precision, cache=cache)
                 return out
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                if not _is_oom(exc) or size[0] == 1:
+                if not _is_oom(exc) or size == 1:
                     raise
-                size[0] //= 2
+                size //= 2
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                print(f"evaluation: out of GPU memory; batch size now {size[0]}", flush=True)
+                print(f"evaluation: out of GPU memory; batch size now {size}", flush=True)
 
     def flush():
         order = sorted(range(len(window)), key=lambda i: -len(window[i][0]))
         texts: list[str] = [""] * len(window)
         start = 0
         while start < len(order):
-            chunk = order[start:start + size[0]]
+            chunk = order[start:start + size]
             for i, text in zip(chunk, run(chunk)):
                 texts[i] = text
             start += len(chunk)
@@ -186,7 +187,7 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: t
         refs.append(example["text"])
         ids.append(str(example.get("id", len(ids))))
         window.append((example["audio"], example_key(example)))
-        if len(window) >= size[0] * SORT_WINDOW_BATCHES:
+        if len(window) >= size * SORT_WINDOW_BATCHES:
             flush()
     if window:
         flush()

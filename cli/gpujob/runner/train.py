@@ -182,14 +182,15 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     print(f"{total_steps} steps of {per_step} examples; learning rate {lr:.3g} ({t.lr_schedule}, "
           f"{t.warmup_steps} warmup)" + (f"; {n_train} training examples" if n_train else ""), flush=True)
 
-    eval_batch = [0]
+    eval_batch = 0
 
     def run_eval(step: int, label: str = ""):
+        nonlocal eval_batch
         # sized each time: what is free changes once the optimiser state exists
         size = eval_batch_size(spec.evaluation.batch_size, model, device, precision,
                                max_length=min(t.generation_max_length, 448))
-        if size != eval_batch[0]:
-            eval_batch[0] = size
+        if size != eval_batch:
+            eval_batch = size
             print(f"evaluation: {len(eval_examples)} utterances in batches of {size}"
                   + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else ""), flush=True)
         scores = evaluate(model, processor, eval_examples, spec=spec, device=device, precision=precision,

@@ -441,9 +441,10 @@ def write_cv_corpus(root: Path, clips: list[np.ndarray], rows: int, sr: int = 48
 
 
 def loader_part(clips: list[np.ndarray], *, rows: int, batch: int, cores: int) -> dict[str, Any]:
-    """The runner's own input pipeline, end to end, as train.run drives it: data.iter_examples over a Common
-    Voice dir of MP3s (decoded by ``workers`` threads) -> batches (labels, length groups) -> prefetched
-    (pad_audio on a background thread), drained as fast as it comes: the most the loader can feed a GPU."""
+    """The runner's own input pipeline, end to end, as train.run drives it: data.iter_clips over a Common
+    Voice dir of MP3s -> steps (each step's global batch from transcripts and length groups, then its
+    audio decoded by ``workers`` threads) -> prefetched (pad_audio on a background thread), drained as
+    fast as it comes: the most the loader can feed a GPU."""
     from gpujob.runner import data as data_mod
     from gpujob.spec.models import Source
 
@@ -457,12 +458,10 @@ def loader_part(clips: list[np.ndarray], *, rows: int, batch: int, cores: int) -
         seconds = sum(len(clips[i % len(clips)]) for i in range(rows)) / 16000
 
         def drain(workers: int) -> float:
+            if tokenizer is not None:  # as train.run: clips -> each step's global batch -> its audio decoded
+                return drain_steps(workers)
             examples = data_mod.iter_examples(sources, streaming=False, seed=0, workers=workers, prefetch=2 * batch)
-            if tokenizer is not None:
-                made = batches_mod.batches(examples, tokenizer, batch_size=batch, seed=0, group_by_length=True)
-            else:
-                made = (SimpleNamespace(audio=[e["audio"] for e in group], padded=None)
-                        for group in _chunks(examples, batch))
+            made = (SimpleNamespace(audio=[e["audio"] for e in group], padded=None) for group in _chunks(examples, batch))
 
             def pad(b) -> None:
                 b.padded = batches_mod.pad_audio(b.audio, 480000)
@@ -472,6 +471,27 @@ def loader_part(clips: list[np.ndarray], *, rows: int, batch: int, cores: int) -
                 if b.padded is None:
                     pad(b)  # no background thread: padding happens in the training loop
                 n += len(b.audio)
+            assert n == rows, f"the loader yielded {n} of {rows} examples"
+            return n / (time.perf_counter() - start)
+
+        def drain_steps(workers: int) -> float:
+            from gpujob.runner.steps import steps
+
+            def pad(step) -> None:
+                for b in step.micro:
+                    b.padded = batches_mod.pad_audio(b.audio, 480000)
+
+            start, n = time.perf_counter(), 0
+            clips = data_mod.iter_clips(sources, streaming=False, seed=0)
+            with data_mod.decoding_pool(workers, "gpujob-bench") as pool:
+                made = steps(clips, tokenizer, global_batch=batch, micro_steps=1, rank=0, world=1, seed=0,
+                             group_by_length=True, labels=data_mod._labels(sources), pool=pool,
+                             window=max(2 * batch, 4 * workers))
+                for step in (batches_mod.prefetched(made, prepare=pad) if workers else made):
+                    for b in step.micro:
+                        if b.padded is None:
+                            pad(step)  # no background thread: padding happens in the training loop
+                        n += len(b)
             assert n == rows, f"the loader yielded {n} of {rows} examples"
             return n / (time.perf_counter() - start)
 
@@ -485,7 +505,7 @@ def loader_part(clips: list[np.ndarray], *, rows: int, batch: int, cores: int) -
     for r in out["runs"]:
         r["speed_up"] = r["samples_per_s"] / base
     log(f"\n== CPU: the runner's loader end to end ({rows} rows of mp3 48 kHz, batch {batch}"
-        + ("" if tokenizer is not None else ", no labels") + "; data.iter_examples -> batches -> prefetched; "
+        + ("" if tokenizer is not None else ", no labels") + "; data.iter_clips -> steps -> prefetched; "
         "best of 2) ==")
     targets = [(t[0], t[3]) for t in TARGETS]
     log("\n".join(table(["data.loader_workers", "samples/s", "audio-s/s", "x inline"]

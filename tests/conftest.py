@@ -19,6 +19,24 @@ def offline(monkeypatch):
         monkeypatch.setenv(var, "1")
 
 
+# ----------------------------------------------------------------------------- Whisper models for the runner
+# (real Whisper base converted from the packaged CTranslate2 model; a tiny random Whisper with its tokenizer)
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory):
+    from gpujob.runner.convert_ct2 import ensure_whisper_base
+
+    return ensure_whisper_base(tmp_path_factory.mktemp("models") / "whisper-base")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, base_model):
+    from gpujob.runner.convert_ct2 import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny", base_dir=base_model)
+
+
 # ----------------------------------------------------------------------------- a real Docker engine
 # (tests/docker_engine.py: a dockerd the tests start, and images built from a local Debian base)
 

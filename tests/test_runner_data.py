@@ -20,9 +20,8 @@ if not shutil.which("espeak-ng"):
 
 from gpujob.runner import greek_speech  # noqa: E402
 from gpujob.runner.audio import to_mono_16k  # noqa: E402
-from gpujob.runner.data import (  # noqa: E402
-    DataError, Stats, iter_examples, load_audio, open_source, preflight,
-)
+from gpujob.runner.data import DataError, Stats, iter_examples, load_audio, open_source  # noqa: E402
+from gpujob.runner.preflight import preflight  # noqa: E402
 from gpujob.spec import load_spec_text  # noqa: E402
 
 CV_COLUMNS = greek_speech.CV_COLUMNS
@@ -132,7 +131,7 @@ def test_mix_yields_every_example_of_every_source_once(corpus):
     assert by_source == {str(corpus["cv"]): N_TRAIN + N_DEV, str(corpus["folder"]): N_FOLDER,
                          str(corpus["parquet"]): N_PARQUET}
     for e in out:
-        assert set(e) == {"audio", "text", "source", "id"}
+        assert set(e) == {"audio", "text", "source", "id", "n"}
         assert e["audio"].dtype == np.float32 and e["audio"].ndim == 1
         expected = corpus["expected"][e["source"]][e["text"]]  # the exact transcript, 16 kHz length
         assert abs(len(e["audio"]) - expected) <= 0.01 * expected + 16
@@ -141,6 +140,7 @@ def test_mix_yields_every_example_of_every_source_once(corpus):
     assert stats.audio_seconds == pytest.approx(sum(len(e["audio"]) for e in out) / 16000)
     cv_ids = {e["id"] for e in out if e["source"] == str(corpus["cv"])}
     assert cv_ids == set(corpus["clip_names"].values())
+    assert [e["n"] for e in out] == list(range(len(out)))  # places in the stream, in order
 
 
 def test_weights_change_order_not_totals(corpus):
@@ -446,3 +446,17 @@ def test_loader_workers_auto_leaves_a_core_for_the_training_loop(monkeypatch, tm
         assert data.loader_threads("auto") == expected, quota
     assert _spec(f"  train: [{{dataset: x}}]\n  loader_workers: 3").data.loader_workers == 3
     assert _spec("  train: [{dataset: x}]").data.loader_workers == "auto"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_are_disjoint_and_together_the_whole_stream_in_order(corpus, world):
+    """Each of `world` processes decodes every world-th clip of the one mixed stream: nothing twice, nothing
+    missed, each example's n its place in that stream."""
+    sources = _sources(_mix_yaml(corpus))
+    whole = list(iter_examples(sources, streaming=False, seed=9))
+    shares = [list(iter_examples(sources, streaming=False, seed=9, shard=(rank, world), workers=rank))
+              for rank in range(world)]
+    assert all(e["n"] % world == rank for rank, share in enumerate(shares) for e in share)
+    merged = sorted((e for share in shares for e in share), key=lambda e: e["n"])
+    assert [(e["n"], e["id"], e["text"]) for e in merged] == [(e["n"], e["id"], e["text"]) for e in whole]
+    assert all(np.array_equal(a["audio"], b["audio"]) for a, b in zip(merged, whole))

@@ -25,20 +25,6 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="session")
-def base_model(tmp_path_factory) -> Path:
-    from gpujob.runner.convert_ct2 import ensure_whisper_base
-
-    return ensure_whisper_base(tmp_path_factory.mktemp("models") / "whisper-base")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, base_model) -> Path:
-    from gpujob.runner.convert_ct2 import tiny_whisper
-
-    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny", base_dir=base_model)
-
-
-@pytest.fixture(scope="session")
 def greek_folder(tmp_path_factory) -> Path:
     return write_greek_folder(tmp_path_factory.mktemp("greek"))
 

@@ -44,6 +44,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+class _Silent:
+    """The progress writer of a process that is not the writer: it writes nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda **fields: None
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m gpujob.runner SPEC", file=sys.stderr)
@@ -51,12 +58,12 @@ def main(argv: list[str]) -> int:
     from gpujob.progress import ProgressWriter
     from gpujob.spec import SpecError
 
-    writer = ProgressWriter()
     try:
         spec = _load(argv[0])
     except (SpecError, OSError, ValueError) as exc:
         print(f"gpujob runner: cannot read the spec {argv[0]}:\n{exc}", file=sys.stderr, flush=True)
-        writer.end(status="failed", message="invalid spec")
+        if os.environ.get("RANK", "0") == "0":
+            ProgressWriter().end(status="failed", message="invalid spec")
         return 2
     if spec.kind not in ("train", "evaluate"):
         print(f"gpujob runner: kind {spec.kind!r} is not run by the runner", file=sys.stderr)
@@ -64,26 +71,56 @@ def main(argv: list[str]) -> int:
 
     _quiet_libraries()
     from gpujob.runner import data as data_mod
+    from gpujob.runner import distributed
 
+    group = distributed.start(spec.distributed.timeout_seconds)
+    writer = ProgressWriter() if group.is_writer else _Silent()
     out_dir = _output_dir(spec)
     try:
-        report = data_mod.preflight(spec)
-        print(report.format(), flush=True)
-        if not report.ok:
-            writer.end(status="failed", message="preflight: " + "; ".join(report.errors)[:400])
+        report = _preflight(spec, group)
+        if not report["ok"]:
+            writer.end(status="failed", message="preflight: " + "; ".join(report["errors"])[:400])
             return 2
         if spec.kind == "train":
             from gpujob.runner import train
 
-            return train.run(spec, out_dir, writer)
+            return train.run(spec, out_dir, writer, group)
         from gpujob.runner import evaluate
 
-        return evaluate.run(spec, out_dir, writer)
+        return evaluate.run(spec, out_dir, writer, group)
     except data_mod.DataError as exc:
         print(f"DataError: {exc}", file=sys.stderr, flush=True)
         writer.end(status="failed", message=str(exc)[:400])
         return 2
+    except Exception as exc:
+        if not (group.many and distributed.peer_lost(exc)):
+            raise
+        # Most likely not this process's fault: the launcher names the one that failed first.
+        lost = f"{distributed.LOST}: {distributed.plain(exc)}"
+        print(f"gpujob runner: {lost}", file=sys.stderr, flush=True)
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        get_error_handler().record_exception(RuntimeError(lost))  # for the launcher's summary
+        writer.end(status="failed", message="another process of the job failed, hung or was stopped")
+        return 1
+    finally:
+        group.close()
+
+
+def _preflight(spec, group) -> dict:
+    """The data preflight, run by the writer alone (it reads and decodes a sample of every source)
+    and its verdict shared, so every process stops, or none."""
+    report = None
+    if group.is_writer:
+        from gpujob.runner.preflight import preflight
+
+        found = preflight(spec, processes=group.world)
+        print(found.format(), flush=True)
+        report = {"ok": found.ok, "errors": found.errors}
+    return group.share(report)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)(sys.argv[1:]))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 MAX_LABEL_TOKENS = 448  # Whisper's decoder positions
+T = TypeVar("T")
 SHUFFLE_BUFFER = 1000   # examples held by the seeded shuffle (streamed or not)
 
 
@@ -31,6 +32,11 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def tokens(self) -> int:
+        """Label tokens in the batch: what its summed loss is divided by (with the other batches of the step)."""
+        return sum(self.label_lengths)
 
 
 def label_ids(tokenizer, text: str) -> list[int]:
@@ -54,49 +60,60 @@ def shuffled(examples: Iterable[dict], seed: int, buffer: int = SHUFFLE_BUFFER) 
     yield from pool
 
 
-def batches(examples: Iterable[dict], tokenizer, *, batch_size: int, seed: int, group_by_length: bool,
-            skipped: dict[str, int] | None = None, shuffle: bool = True) -> Iterator[Batch]:
-    """Batches of examples with labels; groups of 50 batches sorted by label length when asked."""
-    source = shuffled(examples, seed) if shuffle else iter(examples)
+def labelled(items: Iterable[T], tokenizer, *, size: int, seed: int, group_by_length: bool,
+             text: Callable[[T], str], skipped: dict[str, int] | None = None,
+             shuffle: bool = True) -> Iterator[list[tuple[T, list[int]]]]:
+    """``items`` with their label ids, in groups of ``size`` (the last one may be smaller).
+
+    Seeded shuffle buffer first (``shuffle``); with ``group_by_length``, 50 groups' worth of items
+    are sorted by label length, cut into groups, and the groups shuffled. Labels over Whisper's
+    decoder limit are left out and counted in ``skipped["label_too_long"]``. Only ``text(item)``
+    is read, so items can be clips whose audio is not decoded yet.
+    """
+    source = shuffled(items, seed) if shuffle else iter(items)
     rng = random.Random(seed + 1)
-    group = 50 * batch_size if group_by_length else batch_size
-    pending: list[tuple[dict, list[int]]] = []
+    window = 50 * size if group_by_length else size
+    pending: list[tuple[T, list[int]]] = []
 
-    def flush(items):
+    def flush(rows):
         if group_by_length:
-            items.sort(key=lambda item: len(item[1]))
-        chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+            rows.sort(key=lambda row: len(row[1]))
+        groups = [rows[i:i + size] for i in range(0, len(rows), size)]
         if group_by_length and shuffle:
-            rng.shuffle(chunks)
-        for chunk in chunks:
-            yield _collate(chunk)
+            rng.shuffle(groups)
+        yield from groups
 
-    for example in source:
-        ids = label_ids(tokenizer, example["text"])
+    for item in source:
+        ids = label_ids(tokenizer, text(item))
         if len(ids) > MAX_LABEL_TOKENS - 1:
             if skipped is not None:
                 skipped["label_too_long"] = skipped.get("label_too_long", 0) + 1
             continue
-        pending.append((example, ids))
-        if len(pending) >= group:
+        pending.append((item, ids))
+        if len(pending) >= window:
             yield from flush(pending)
             pending = []
     if pending:
         yield from flush(pending)
 
 
-def _collate(items: list[tuple[dict, list[int]]]) -> Batch:
-    longest = max(len(ids) for _, ids in items)
-    labels = torch.full((len(items), longest), -100, dtype=torch.long)
-    for row, (_, ids) in enumerate(items):
+def batches(examples: Iterable[dict], tokenizer, *, batch_size: int, seed: int, group_by_length: bool,
+            skipped: dict[str, int] | None = None, shuffle: bool = True) -> Iterator[Batch]:
+    """Batches of decoded examples with labels (:func:`labelled` groups, collated)."""
+    for group in labelled(examples, tokenizer, size=batch_size, seed=seed, group_by_length=group_by_length,
+                          text=lambda ex: ex["text"], skipped=skipped, shuffle=shuffle):
+        yield collate([(example_key(ex), ex["text"], ex["audio"], ids) for ex, ids in group])
+
+
+def collate(rows: list[tuple[str, str, np.ndarray, list[int]]]) -> Batch:
+    """(key, text, audio, label ids) rows as one Batch; labels padded with -100."""
+    longest = max((len(ids) for *_, ids in rows), default=1)
+    labels = torch.full((len(rows), longest), -100, dtype=torch.long)
+    for row, (*_, ids) in enumerate(rows):
         labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return Batch(
-        ids=[example_key(ex) for ex, _ in items],
-        texts=[ex["text"] for ex, _ in items],
-        audio=[ex["audio"] for ex, _ in items],
-        labels=labels,
-        label_lengths=[len(ids) for _, ids in items],
-    )
+    return Batch(ids=[key for key, *_ in rows], texts=[text for _, text, *_ in rows],
+                 audio=[audio for _, _, audio, _ in rows], labels=labels,
+                 label_lengths=[len(ids) for *_, ids in rows])
 
 
 def pad_audio(audio: list[np.ndarray], n_samples: int, *, pin: bool = False) -> torch.Tensor:
@@ -157,7 +174,6 @@ def _log_mel(wave: torch.Tensor, fe, window: torch.Tensor, mel: torch.Tensor) ->
     return (torch.maximum(log_spec, floor) + 4.0) / 4.0
 
 
-T = TypeVar("T")
 _END = object()
 
 

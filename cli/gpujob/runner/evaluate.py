@@ -136,7 +136,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
              precision: Precision, cache: EncoderCache | None = None, writer=None,
-             batch_size: int | None = None) -> Scores:
+             batch_size: int | None = None, group=None) -> Scores:
     """Transcribe and score ``examples``, in the order given.
 
     Generation runs in batches of ``batch_size`` (default: :func:`eval_batch_size` of the spec's
@@ -144,11 +144,28 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: t
     first). A batch takes as many decoding steps as its longest transcript, and clips of a similar
     length have transcripts of a similar length, so less of each batch waits for one long
     utterance. Every clip is padded to 30 s, so the batch it lands in does not change its input.
-    A batch that runs out of GPU memory is halved and retried, and the smaller size is kept."""
+    A batch that runs out of GPU memory is halved and retried, and the smaller size is kept.
+
+    With a ``group`` of several processes, each has transcribed its own share of the examples
+    (each example's ``n`` is its place in the whole set); every process gets all transcripts back
+    in that order, so the scores, the per-utterance list and every decision taken from them are
+    the ones a single process gets."""
+    rows = transcripts(model, processor, examples, spec=spec, device=device, precision=precision, cache=cache,
+                       writer=writer, batch_size=batch_size)
+    if group is not None and group.many:
+        rows = sorted((row for share in group.gather(rows) for row in share), key=lambda row: row[0])
+    return score([r[1] for r in rows], [r[2] for r in rows], normalize=spec.evaluation.normalizer,
+                 ids=[r[3] for r in rows])
+
+
+def transcripts(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
+                precision: Precision, cache: EncoderCache | None = None, writer=None,
+                batch_size: int | None = None) -> list[tuple[int, str, str, str]]:
+    """``(n, reference, transcript, id)`` for each example, in the order given (see :func:`evaluate`)."""
     size = batch_size or eval_batch_size(spec.evaluation.batch_size, model, device, precision,
                                          max_length=min(spec.training.generation_max_length, 448))
-    refs, hyps, ids = [], [], []
-    window: list[tuple[Any, str]] = []  # (audio, key) of examples not yet transcribed
+    rows: list[tuple[int, str, str, str]] = []
+    window: list[tuple[Any, str, int, str, str]] = []  # (audio, key, n, reference, id) not yet transcribed
     total = len(examples) if isinstance(examples, list) else None
 
     def run(chunk: list[int]) -> list[str]:
@@ -179,19 +196,18 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: t
                 texts[i] = text
             start += len(chunk)
             if writer is not None:  # alive while evaluating: no step events come in the meantime
-                writer.heartbeat(phase="eval", done=len(hyps) + start, total=total)
-        hyps.extend(texts)
+                writer.heartbeat(phase="eval", done=len(rows) + start, total=total)
+        rows.extend((n, ref, text, id_) for (_, _, n, ref, id_), text in zip(window, texts))
         window.clear()
 
-    for example in examples:
-        refs.append(example["text"])
-        ids.append(str(example.get("id", len(ids))))
-        window.append((example["audio"], example_key(example)))
+    for position, example in enumerate(examples):
+        window.append((example["audio"], example_key(example), example.get("n", position), example["text"],
+                       str(example.get("id", position))))
         if len(window) >= size * SORT_WINDOW_BATCHES:
             flush()
     if window:
         flush()
-    return score(refs, hyps, normalize=spec.evaluation.normalizer, ids=ids)
+    return rows
 
 
 def write_predictions(path: Path, scores: Scores) -> None:
@@ -215,12 +231,15 @@ def summary_lines(scores: Scores, label: str = "") -> list[str]:
     return lines
 
 
-def run(spec: Any, out_dir: Path, writer) -> int:
-    """The ``kind: evaluate`` job: score a checkpoint on ``data.eval``."""
+def run(spec: Any, out_dir: Path, writer, group=None) -> int:
+    """The ``kind: evaluate`` job: score a checkpoint on ``data.eval``. Under torchrun each process
+    decodes and transcribes every ``world``-th utterance; the writer scores them all and writes."""
     from gpujob.runner import data as data_mod
-    from gpujob.runner.model import load, pick_device, pick_precision
+    from gpujob.runner.distributed import Group
+    from gpujob.runner.model import load, pick_precision
 
-    device = pick_device()
+    group = group or Group()
+    device = group.device
     precision = pick_precision(spec.training.precision, device)
     model, processor = load(spec, device, for_training=False)
     stats = data_mod.Stats()
@@ -229,14 +248,18 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     workers = data_mod.loader_threads(spec.data.loader_workers)
     print(f"evaluation: batches of {batch_size}"
           + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else "")
-          + f"; precision {precision.name}; device {device.type}; {workers} loader threads", flush=True)
+          + f"; precision {precision.name}; device {device.type}; {workers} loader threads"
+          + (f"; {group.world} processes" if group.many else ""), flush=True)
     examples = data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=spec.training.seed,
-                                      stats=stats, key="data.eval", workers=workers, prefetch=2 * batch_size)
+                                      stats=stats, key="data.eval", workers=workers, prefetch=2 * batch_size,
+                                      shard=(group.rank, group.world))
     writer.start(kind="evaluate", name=spec.name)
     t0 = time.perf_counter()
     scores = evaluate(model, processor, examples, spec=spec, device=device, precision=precision, writer=writer,
-                      batch_size=batch_size)
+                      batch_size=batch_size, group=group)
     elapsed = time.perf_counter() - t0
+    if not group.is_writer:
+        return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", scores)
     metrics = scores.as_metrics(spec.evaluation.metrics)

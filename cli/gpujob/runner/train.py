@@ -1,8 +1,20 @@
 """The ``kind: train`` job: fine-tune Whisper, evaluate as it goes, keep the best.
 
-Reads as numbered steps: device and precision → model → data → optimiser and
-schedule → resume → loop (progress every step, eval every ``eval_steps``,
-checkpoint every ``save_steps``) → final evaluation, model, metrics, card.
+Reads as numbered steps: processes, device and precision → model → data → optimiser and
+schedule → resume → loop (progress every step, eval every ``eval_steps``, checkpoint every
+``save_steps``) → final evaluation, model, metrics, card.
+
+One process or one per GPU under torchrun (data-parallel, DDP), with the same result:
+
+- A step's **global batch** is ``per_device_batch_size × gradient_accumulation_steps × processes``
+  examples, the same ones whatever the layout (:mod:`.steps`); each process decodes only its share.
+- The **loss** of a step is the sum of the per-token losses of every label token in the global
+  batch, divided by their number: each micro-batch's summed loss is scaled by
+  ``processes / global tokens`` before its backward pass (DDP averages the gradients over the
+  processes), so 1 process × batch 8, 2 × 4, 1 × 4 × accumulation 2 and 2 × 2 × 2 take the same
+  step. The token count is summed over processes on the CPU (gloo) before the backward passes, so
+  no GPU sync is needed for it; the loss shown is read from the device once per optimizer step.
+- One process, the writer, writes events, checkpoints and outputs (:mod:`.distributed`).
 
 Output layout (``output.dir``)::
 
@@ -11,18 +23,17 @@ Output layout (``output.dir``)::
     metrics.json                     final metrics (and baseline_* with evaluation.before_training)
     predictions.jsonl                per-utterance results of the final evaluation
 
-A job restarted with the same output resumes from the newest complete
-checkpoint: same batches, same schedule, no step done twice or skipped.
-SIGTERM saves a checkpoint, then exits with 143.
+A job restarted with the same output resumes from the newest complete checkpoint, on any number
+of processes: same global batches, same schedule, no step done twice or skipped. SIGTERM (to
+any process) saves one checkpoint; every process then exits with 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import random
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -31,17 +42,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpujob.runner import checkpoint as ckpt
 from gpujob.runner import data as data_mod
-from gpujob.runner.batches import batches, features, pad_audio, prefetched
+from gpujob.runner.batches import Batch, collate, features, pad_audio, prefetched
+from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import (EncoderCache, _autocast, encoder_states, eval_batch_size, evaluate,
                                      summary_lines, write_predictions)
-from gpujob.runner.model import freeze, load, pick_device, pick_precision, set_gradient_checkpointing
+from gpujob.runner.model import freeze, load, pick_precision, set_gradient_checkpointing
+from gpujob.runner.steps import OUTCOMES, micro_steps_for, steps
 
-DONE_MARKER = "complete"
+latest_checkpoint = ckpt.latest
 
 
 class Stop(Exception):
-    """SIGTERM arrived: save and leave."""
+    """SIGTERM arrived (at any process): save and leave."""
 
 
 def learning_rate(spec: Any, model) -> float:
@@ -85,50 +99,21 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = [p for p in (out_dir / "checkpoints").glob("checkpoint-*") if (p / DONE_MARKER).exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def save_checkpoint(out_dir: Path, model, processor, optimizer, scheduler, scaler, state: dict, keep: int) -> Path:
-    root = out_dir / "checkpoints"
-    final = root / f"checkpoint-{state['step']}"
-    tmp = root / f".tmp-checkpoint-{state['step']}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state()}}, tmp / "training.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    (tmp / DONE_MARKER).write_text("ok\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    done = sorted((p for p in root.glob("checkpoint-*") if (p / DONE_MARKER).exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 # ---------------------------------------------------------------------------- the job
 
 
-def run(spec: Any, out_dir: Path, writer) -> int:
+def run(spec: Any, out_dir: Path, writer, group: Group | None = None) -> int:
     t = spec.training
-    # 1. device, precision, seed
-    device = pick_device()
+    # 1. processes, device, precision, seed
+    group = group or Group()
+    device = group.device
     precision = pick_precision(t.precision, device)
     seed_all(t.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if group.is_writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    # 2. model
-    resume_from = latest_checkpoint(out_dir)
+    # 2. model (the checkpoint to resume from is chosen once, by the writer)
+    resume_from = _resume_point(out_dir, group)
     model, processor = load(spec, device, for_training=True)
     frozen = freeze(model, t.freeze)
     ckpt_on = set_gradient_checkpointing(model, t.gradient_checkpointing, device=device)
@@ -136,52 +121,45 @@ def run(spec: Any, out_dir: Path, writer) -> int:
           f"{frozen['frozen'] / 1e6:.1f}M frozen; precision {precision.name}; device {device.type}; "
           f"gradient checkpointing {'on' if ckpt_on else 'off'}", flush=True)
 
-    # 3. data (one code path, streamed or not); evaluation examples are small enough to keep
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # one process per GPU under torchrun; 1 here
-    per_step = t.per_device_batch_size * t.gradient_accumulation_steps * world
-    workers = data_mod.loader_threads(spec.data.loader_workers)
-    eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed,
-                                                key="data.eval", workers=workers)) if spec.data.eval else []
-    n_train = None
-    if t.epochs is not None:
-        n_train = count_train_examples(spec)
-        total_steps = max(1, math.ceil(t.epochs * n_train / per_step))
-    else:
-        total_steps = t.max_steps
-
-    # 4. optimiser and schedule
+    # 3. optimiser and schedule; resume
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None, "baseline": None,
+             "global_batch": t.per_device_batch_size * t.gradient_accumulation_steps * group.world}
     lr = learning_rate(spec, model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps, t.lr_schedule))
     scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
-    cache = EncoderCache()
-
-    # 5. resume
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None,
-             "baseline": None}
-    if resume_from is not None:
-        from safetensors.torch import load_file
-
-        weights = load_file(resume_from / "model.safetensors")
-        model.load_state_dict(weights, strict=False)  # tied proj_out is not stored separately
-        blob = torch.load(resume_from / "training.pt", weights_only=False)
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        if scaler is not None and blob["scaler"]:
-            scaler.load_state_dict(blob["scaler"])
-        random.setstate(blob["rng"]["python"])
-        np.random.set_state(blob["rng"]["numpy"])
-        torch.set_rng_state(blob["rng"]["torch"])
-        state = json.loads((resume_from / "state.json").read_text())
+    workers = data_mod.loader_threads(spec.data.loader_workers)
+    n_train = group.share(count_train_examples(spec) if group.is_writer else None) if t.epochs is not None else None
+    saved = json.loads((resume_from / "state.json").read_text()) if resume_from is not None else None
+    if saved is not None and "global_batch" not in saved:  # saved before the global batch was: one process
+        saved["global_batch"] = t.per_device_batch_size * t.gradient_accumulation_steps
+        saved["batch_in_epoch"] //= t.gradient_accumulation_steps
+    global_batch = saved["global_batch"] if saved is not None else state["global_batch"]
+    total_steps = max(1, math.ceil(t.epochs * n_train / global_batch)) if n_train is not None else t.max_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps, t.lr_schedule))
+    if saved is not None:
+        ckpt.restore(resume_from, model, optimizer, scheduler, scaler)
+        state.update(saved)
         print(f"resuming from {resume_from} (step {state['step']}/{total_steps})", flush=True)
+    micro = micro_steps_for(global_batch, t.per_device_batch_size, group.world)
+    per_process = math.ceil(global_batch / (group.world * micro))
+    ddp = _wrap(model, group)
 
+    # 4. data: evaluation examples decoded once, each process its share
+    eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed,
+                                                key="data.eval", workers=workers,
+                                                shard=(group.rank, group.world))) if spec.data.eval else []
+    n_eval = group.sum_ints([len(eval_examples)])[0]  # a process's share can be empty: decide on the total
     print(f"data: {workers} loader thread{'s' if workers != 1 else ''} decoding ahead"
           if workers else "data: decoded in the training loop (data.loader_workers: 0)", flush=True)
     writer.start(total_steps=total_steps, kind="train", name=spec.name, epochs=t.epochs)
-    print(f"{total_steps} steps of {per_step} examples; learning rate {lr:.3g} ({t.lr_schedule}, "
-          f"{t.warmup_steps} warmup)" + (f"; {n_train} training examples" if n_train else ""), flush=True)
+    layout = (f"{group.world} process{'es' if group.many else ''} × {micro} micro-batch{'es' if micro != 1 else ''} "
+              f"of ≤{per_process}" if group.many or micro != t.gradient_accumulation_steps else None)
+    print(f"{total_steps} steps of {global_batch} examples" + (f" ({layout})" if layout else "")
+          + f"; learning rate {lr:.3g} ({t.lr_schedule}, {t.warmup_steps} warmup)"
+          + (f"; {n_train} training examples" if n_train else ""), flush=True)
 
+    cache = EncoderCache()
     eval_batch = 0
 
     def run_eval(step: int, label: str = ""):
@@ -191,12 +169,12 @@ def run(spec: Any, out_dir: Path, writer) -> int:
                                max_length=min(t.generation_max_length, 448))
         if size != eval_batch:
             eval_batch = size
-            print(f"evaluation: {len(eval_examples)} utterances in batches of {size}"
+            print(f"evaluation: {n_eval} utterances in batches of {size}"
+                  + (f" on each of {group.world} processes" if group.many else "")
                   + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else ""), flush=True)
         scores = evaluate(model, processor, eval_examples, spec=spec, device=device, precision=precision,
-                          cache=cache, writer=writer, batch_size=size)
-        metrics = scores.as_metrics(spec.evaluation.metrics)
-        writer.eval(step=step, **metrics)
+                          cache=cache, writer=writer, batch_size=size, group=group)
+        writer.eval(step=step, **scores.as_metrics(spec.evaluation.metrics))
         for line in summary_lines(scores, label)[:1]:
             print(line, flush=True)
         return scores
@@ -204,94 +182,112 @@ def run(spec: Any, out_dir: Path, writer) -> int:
     stop = {"asked": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
 
-    if eval_examples and spec.evaluation.before_training and state["baseline"] is None:
+    if n_eval and spec.evaluation.before_training and state["baseline"] is None:
         baseline = run_eval(0, "before training: ")
         state["baseline"] = baseline.as_metrics(spec.evaluation.metrics)
 
-    # 6. the loop
+    # 5. the loop
     model.train()
     step = state["step"]
     skipped: dict[str, int] = {}
-    accum, micro, seen, loss_sum = t.gradient_accumulation_steps, 0, 0, 0.0
+    labels = data_mod._labels(spec.data.train)
+    seen = data_mod.Stats()  # kept / too long / undecodable, summed over processes, for the 5 % rule
+    n_samples = processor.feature_extractor.n_samples
+    silence = _dummy(processor)
     t_step = time.perf_counter()
 
-    n_samples = processor.feature_extractor.n_samples
+    def pad(item) -> None:  # on the prefetch thread, while the GPU runs the step before
+        for batch in item.micro:
+            batch.padded = pad_audio(batch.audio, n_samples, pin=device.type == "cuda") if len(batch) else None
 
-    def pad(batch) -> None:  # on the prefetch thread, while the GPU runs the step before
-        batch.padded = pad_audio(batch.audio, n_samples, pin=device.type == "cuda")
+    saved_at = step if resume_from is not None else None  # the step of the newest checkpoint
 
-    def checkpoint() -> None:
-        save_checkpoint(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
-        writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
+    def save() -> None:
+        nonlocal saved_at
+        if group.is_writer:
+            ckpt.save(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
+            writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
+        group.barrier()  # no process leaves (or is stopped) while the writer is still writing
+        saved_at = step
 
     try:
         while step < total_steps and (t.epochs is None or state["epoch"] < math.ceil(t.epochs)):
             epoch = state["epoch"]
-            examples = data_mod.iter_examples(spec.data.train, streaming=spec.data.streaming, seed=t.seed + epoch,
-                                              workers=workers, prefetch=2 * t.per_device_batch_size)
-            made = batches(examples, processor.tokenizer, batch_size=t.per_device_batch_size, seed=t.seed + epoch,
-                           group_by_length=t.group_by_length, skipped=skipped)
-            index = -1
-            for index, batch in enumerate(prefetched(made, prepare=pad) if workers else made):
-                if index < state["batch_in_epoch"]:
-                    continue  # done before the restart
-                loss = _forward(model, processor, batch, device, precision, cache) / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                micro += 1
-                seen += len(batch)
-                loss_sum += loss.item()
-                state["batch_in_epoch"] = index + 1
-                if micro < accum:
-                    continue
-                optimizer_step(optimizer, params, scaler)
-                scheduler.step()
-                step += 1
-                state["step"] = step
-                now = time.perf_counter()
-                writer.progress(step=step, total_steps=total_steps,
-                                epoch=round(step * per_step / n_train, 4) if n_train else epoch,
-                                loss=round(loss_sum, 5), learning_rate=scheduler.get_last_lr()[0],
-                                samples_per_s=round(seen / max(now - t_step, 1e-9), 2))
-                micro, seen, loss_sum, t_step = 0, 0, 0.0, now
-                if eval_examples and step % t.eval_steps == 0 and step < total_steps:
-                    _after_eval(run_eval(step), state, step, out_dir, model, processor)
-                if step % t.save_steps == 0 or stop["asked"]:
-                    checkpoint()
-                if stop["asked"]:
-                    raise Stop()
-                if step >= total_steps:
-                    break
-            else:
-                if index < 0:
-                    raise data_mod.DataError("data.train: no training examples left after filtering "
-                                             "(see the preflight counts above)")
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-                continue
-            break
+            whole_epoch, stepped = state["batch_in_epoch"] == 0, False
+            clips = data_mod.iter_clips(spec.data.train, streaming=spec.data.streaming, seed=t.seed + epoch)
+            with data_mod.decoding_pool(workers, "gpujob-decode") as pool, contextlib.closing(steps(
+                    clips, processor.tokenizer, global_batch=global_batch, micro_steps=micro, rank=group.rank,
+                    world=group.world, seed=t.seed + epoch, group_by_length=t.group_by_length, labels=labels,
+                    skipped=skipped if group.is_writer else None, start=state["batch_in_epoch"], pool=pool,
+                    window=max(2 * per_process * micro, 4 * workers))) as made, \
+                    contextlib.closing(prefetched(made, prepare=pad) if workers else made) as stream:
+                for item in stream:
+                    counts = group.sum_ints([*item.counts, int(stop["asked"])])
+                    if counts[-1]:  # some process was told to stop: all of them stop here, after one checkpoint
+                        if saved_at != step:
+                            save()
+                        raise Stop()
+                    _account(seen, labels, counts, item, group)
+                    state["batch_in_epoch"] = item.index + 1
+                    tokens, examples = counts[0], counts[1]
+                    if not tokens:
+                        continue  # every clip of this global batch dropped out
+                    total = _train_step(ddp, model, processor, item.micro, tokens, group, device, precision, cache,
+                                        silence, scaler)
+                    optimizer_step(optimizer, params, scaler)
+                    scheduler.step()
+                    step, stepped = step + 1, True
+                    state["step"] = step
+                    loss = group.all_reduce_(total)
+                    now = time.perf_counter()
+                    if group.is_writer:
+                        writer.progress(step=step, total_steps=total_steps,
+                                        epoch=round(step * global_batch / n_train, 4) if n_train else epoch,
+                                        loss=float(f"{loss.item() / tokens:.7g}"), learning_rate=scheduler.get_last_lr()[0],
+                                        samples_per_s=round(examples / max(now - t_step, 1e-9), 2))
+                    t_step = now
+                    if n_eval and step % t.eval_steps == 0 and step < total_steps:
+                        _after_eval(run_eval(step), state, step, out_dir, model, processor, group)
+                    if step % t.save_steps == 0:
+                        save()
+                    if step >= total_steps:
+                        break
+            if step >= total_steps:
+                break
+            if whole_epoch and not stepped:
+                raise data_mod.DataError("data.train: no training examples left after filtering "
+                                         "(see the preflight counts above)")
+            _account(seen, labels, None, None, group, final=True)
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
     except Stop:
         print(f"SIGTERM: checkpoint saved at step {step}; resubmit with the same output to resume", flush=True)
         writer.end(status="failed", message=f"stopped by SIGTERM at step {step}; checkpoint saved")
         return 143
 
-    # 7. final evaluation, model, metrics, card
+    # 6. final evaluation, model, metrics, card
     metrics: dict[str, Any] = {"steps": step}
-    if eval_examples:
-        scores = run_eval(step, "after training: ")
-        _after_eval(scores, state, step, out_dir, model, processor)
+    scores = run_eval(step, "after training: ") if n_eval else None
+    if scores is not None:
+        _after_eval(scores, state, step, out_dir, model, processor, group)
+    if not group.is_writer:
+        return 0
+    if scores is not None:
         write_predictions(out_dir / "predictions.jsonl", scores)
         metrics.update(scores.as_metrics(spec.evaluation.metrics))
         metrics.update({"best_wer": state["best_wer"], "best_step": state["best_step"]})
         for line in summary_lines(scores, "after training: ")[1:]:
             print(line, flush=True)
     else:
-        _save_model(out_dir, model, processor)
+        ckpt.save_model(out_dir, model, processor)
     if state.get("baseline"):
         metrics.update({f"baseline_{k}": v for k, v in state["baseline"].items()})
-    if skipped:
-        metrics["skipped"] = skipped
-    if latest_checkpoint(out_dir) != out_dir / "checkpoints" / f"checkpoint-{step}":
-        checkpoint()
+    dropped = {**skipped, **{k: v for k, v in (("audio_too_long", seen.too_long), ("bad_audio", seen.bad_audio)) if v}}
+    if dropped:
+        metrics["skipped"] = dropped
+    if saved_at != step:
+        ckpt.save(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
+        writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from gpujob.runner.card import write_model_card
 
@@ -304,6 +300,76 @@ def run(spec: Any, out_dir: Path, writer) -> int:
         writer.artifact(path=url, name="hub")
     writer.end(status="succeeded", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return 0
+
+
+def _resume_point(out_dir: Path, group: Group) -> Path | None:
+    """The newest complete checkpoint, as the writer sees it; every process must see the same one."""
+    found = group.share(str(ckpt.latest(out_dir) or "") if group.is_writer else None)
+    path = Path(found) if found else None
+    visible = group.gather(path is None or (path / ckpt.DONE_MARKER).exists())
+    if not all(visible):
+        missing = ", ".join(str(r) for r, ok in enumerate(visible) if not ok)
+        raise data_mod.DataError(f"the checkpoint to resume from, {path}, is not visible to process(es) {missing}: "
+                                 "every node must see output.dir (shared storage: a ReadWriteMany volume)",
+                                 key="output.dir")
+    return path
+
+
+def _wrap(model, group: Group):
+    """DDP over the processes (gradients averaged in buckets while the backward pass runs); the model
+    itself for one. Inputs are already on the device, so DDP is given no device_ids to move them."""
+    if not group.many:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=None, gradient_as_bucket_view=True)
+
+
+def _account(seen: data_mod.Stats, labels: list[str], counts: list[int] | None, item, group: Group,
+             *, final: bool = False) -> None:
+    """Add a step's clip counts (summed over processes) to ``seen``; too many undecodable clips of a
+    source raise DataError on every process at once."""
+    if counts is not None:
+        for i, label in enumerate(labels):
+            for j, outcome in enumerate(OUTCOMES):
+                n = counts[2 + len(OUTCOMES) * i + j]
+                for target in (seen, seen.source(label)):
+                    setattr(target, outcome, getattr(target, outcome) + n)
+    for i, label in enumerate(labels):
+        per = seen.source(label)
+        try:
+            data_mod.check_bad(per, f"data.train[{i}]", 0.05, final=final)
+        except data_mod.DataError:
+            paths = [p for share in group.gather(item.bad_paths if item is not None else []) for p in share]
+            per.bad_paths = paths[:data_mod.MAX_BAD_PATHS_KEPT]
+            data_mod.check_bad(per, f"data.train[{i}]", 0.05, final=final)
+
+
+def _train_step(ddp, model, processor, micro: list[Batch], tokens: int, group: Group, device, precision, cache,
+                silence: Batch, scaler=None) -> torch.Tensor:
+    """The backward passes of one optimizer step on this process; returns its summed loss (on the device).
+
+    Each micro-batch's summed token loss is scaled by ``processes / tokens`` (``tokens``: the global
+    batch's label tokens, summed over processes), so that after DDP's averaging the gradient is the
+    global batch's token mean. Only the last micro-batch synchronises gradients; every process must
+    take part in it, so a process whose share is empty there runs one silent clip with weight 0."""
+    total = torch.zeros((), device=device)
+    order = sorted(micro, key=lambda b: len(b) > 0)  # empty ones first: the synchronising pass has data
+    for a, batch in enumerate(order):
+        last = a == len(order) - 1
+        weight = group.world / tokens
+        if not len(batch):
+            if not (last and group.many):
+                continue
+            batch, weight = silence, 0.0
+        sync = contextlib.nullcontext() if last or not group.many else ddp.no_sync()
+        with sync:
+            loss = loss_sum(ddp, model, processor, batch, device, precision, cache)
+            scaled = loss * weight
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if weight:
+            total += loss.detach()
+    return total
 
 
 def optimizer_step(optimizer, params, scaler) -> None:
@@ -320,33 +386,44 @@ def optimizer_step(optimizer, params, scaler) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _forward(model, processor, batch, device, precision, cache) -> torch.Tensor:
+def loss_sum(forward, model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:
+    """The sum of the per-token cross-entropy over the batch's label tokens, in float32.
+
+    ``forward`` is the model or its DDP wrapper (through which the pass must go for gradients to be
+    averaged); ``model`` is the plain model, for the frozen encoder's cached states."""
     from transformers.modeling_outputs import BaseModelOutput
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
     labels = batch.labels.to(device, non_blocking=True)
+    decoder_input_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
     audio = batch.padded if batch.padded is not None else batch.audio
     states = encoder_states(model, processor.feature_extractor, audio, batch.ids, device, precision, cache)
-    if states is None:
-        feats = features(processor.feature_extractor, audio, device)
     with _autocast(device, precision):
         if states is not None:
-            out = model(encoder_outputs=BaseModelOutput(last_hidden_state=states), labels=labels, use_cache=False)
+            out = forward(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                          decoder_input_ids=decoder_input_ids, use_cache=False)
         else:
-            out = model(input_features=feats, labels=labels, use_cache=False)
-    return out.loss.float()
+            out = forward(input_features=features(processor.feature_extractor, audio, device),
+                          decoder_input_ids=decoder_input_ids, use_cache=False)
+    logits = out.logits
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
 
 
-def _after_eval(scores, state: dict, step: int, out_dir: Path, model, processor) -> None:
+def _forward(model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:
+    """The batch's mean token loss (the benchmark's training step)."""
+    return loss_sum(model, model, processor, batch, device, precision, cache) / max(1, batch.tokens)
+
+
+def _dummy(processor) -> Batch:
+    """One second of silence with a one-token label: the synchronising pass of a process with no data."""
+    eot = processor.tokenizer.eos_token_id
+    return collate([("gpujob::silence", "", np.zeros(16000, dtype=np.float32), [eot])])
+
+
+def _after_eval(scores, state: dict, step: int, out_dir: Path, model, processor, group: Group) -> None:
     wer = scores.wer
     if wer is not None and (state["best_wer"] is None or wer < state["best_wer"]):
         state["best_wer"], state["best_step"] = wer, step
-        _save_model(out_dir, model, processor)
-
-
-def _save_model(out_dir: Path, model, processor) -> None:
-    tmp = out_dir / ".tmp-model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    shutil.rmtree(out_dir / "model", ignore_errors=True)
-    tmp.rename(out_dir / "model")
+        if group.is_writer:
+            ckpt.save_model(out_dir, model, processor)

@@ -312,10 +312,13 @@ _QUANTITY_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|T
 class ResourcesSection(_Section):
     """Hardware to request from the backend."""
 
-    gpus: int | None = Field(None, ge=0, description="Number of GPUs. Default: 1 for train/evaluate, 0 for command.")
+    gpus: int | None = Field(None, ge=0, description=(
+        "GPUs per node. Default: 1 for train/evaluate, 0 for command. With more than one, train/evaluate jobs "
+        "run one process per GPU under torchrun (data-parallel: the global batch is split across them)."))
     gpu_type: NonEmptyStr | None = Field(None, description="GPU model to ask for, e.g. `A100-80GB`, `H100` (backend-specific).")
     nodes: int = Field(1, ge=1, le=64, description=(
-        "Machines for one job (kubernetes): each runs `gpus` GPUs; more than one uses an Indexed Job and torchrun."))
+        "Machines for one job (kubernetes only): each runs `gpus` GPUs; more than one uses an Indexed Job, a "
+        "headless Service and torchrun's rendezvous on worker 0."))
     cpu: Annotated[float | None, BeforeValidator(_check_cpu), WithJsonSchema(_CPU_SCHEMA)] = Field(
         None, gt=0, description="CPU cores: a number (`4`, `0.5`) or Kubernetes millicores (`500m`).")
     memory: Annotated[Quantity | None, WithJsonSchema({"anyOf": [_QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
@@ -402,10 +405,45 @@ class LimitsSection(_Section):
         return parse_duration(self.max_runtime) if self.max_runtime else None
 
 
+class DistributedSection(_Section):
+    """Several GPUs or nodes: one process per GPU under torchrun, and how they wait for each other."""
+
+    timeout: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
+        "10m", description=(
+            "How long a process waits for the others in a collective (a step's all-reduce, a checkpoint being "
+            "written, an evaluation) before the job fails. It bounds how long a hung or lost process can hold "
+            "the others; a process that crashes ends the job at once."))
+    port: int = Field(29500, ge=1024, le=65535, description=(
+        "kubernetes, `resources.nodes` > 1: the rendezvous port on worker 0."))
+    restarts: int = Field(3, ge=0, le=100, description=(
+        "kubernetes, `resources.nodes` > 1: how many times the worker group restarts from the last "
+        "checkpoint when a worker is lost (preempted, its node drained). 0: the first loss fails the job."))
+    network_interface: NonEmptyStr | None = Field(None, description=(
+        "Network interface the processes talk over between nodes, e.g. `eth0` (sets NCCL_SOCKET_IFNAME and "
+        "GLOO_SOCKET_IFNAME). Unset: NCCL and gloo choose one."))
+    infiniband: bool | None = Field(None, description=(
+        "`false` sets NCCL_IB_DISABLE=1, for clusters without InfiniBand/RoCE where NCCL picks a device that "
+        "does not work. Unset: NCCL decides. Other NCCL variables go in `runtime.env`."))
+
+    @property
+    def timeout_seconds(self) -> int:
+        """``timeout`` in seconds."""
+        return parse_duration(self.timeout)
+
+    def network_env(self) -> dict[str, str]:
+        """The environment variables these settings stand for (empty by default)."""
+        env: dict[str, str] = {}
+        if self.network_interface:
+            env["NCCL_SOCKET_IFNAME"] = env["GLOO_SOCKET_IFNAME"] = self.network_interface
+        if self.infiniband is False:
+            env["NCCL_IB_DISABLE"] = "1"
+        return env
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelSection, "data": DataSection, "training": TrainingSection,
     "evaluation": EvaluationSection, "output": OutputSection, "resources": ResourcesSection,
-    "runtime": RuntimeSection, "limits": LimitsSection,
+    "runtime": RuntimeSection, "limits": LimitsSection, "distributed": DistributedSection,
 }
 
 
@@ -448,6 +486,12 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
             out.append((("training",), "set training.max_steps or training.epochs (exactly one) "
                                        "so the job knows when to stop"))
     runtime = section("runtime")
+    nodes = section("resources").get("nodes")
+    if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 1 \
+            and runtime.get("backend", "local") != "kubernetes":
+        out.append((("resources", "nodes"), f"{nodes} nodes need runtime.backend: kubernetes; the "
+                                            f"{runtime.get('backend', 'local')} backend runs a job on one machine "
+                                            "(for several GPUs on it, set resources.gpus)"))
     if runtime.get("backend") == "host" and not runtime.get("host") and not runtime.get("host_type"):
         out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`) "
                                          "or runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10)"))
@@ -479,6 +523,8 @@ class JobSpec(BaseModel):
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Hardware to request.")
     runtime: RuntimeSection = Field(default_factory=RuntimeSection, description="Backend, image, environment.")
     limits: LimitsSection = Field(default_factory=LimitsSection, description="Runtime and cost limits.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description=(
+        "Several GPUs or nodes: collective timeout, rendezvous, network."))
     command: list[NonEmptyStr] | None = Field(None, description=(
         "The program and its arguments, for `kind: command` only (required there), e.g. `[python, train.py]`."))
 

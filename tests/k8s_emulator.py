@@ -6,10 +6,18 @@ lists, watches, over real HTTP) plus what a cluster adds on top, run on this sid
   the Complete/Failed/Suspended conditions and their documented reasons;
 - a **scheduler**: one node with ``gpus`` GPUs and ``node_labels``; pods that do not fit stay
   Pending with an ``Unschedulable`` condition and the scheduler's message;
-- a **kubelet**: pulls only ``images``, resolves ``secretKeyRef``/``fieldRef``/``$(VAR)``, mounts the
-  ConfigMap, the PVC and ``/dev/shm`` as folders, and *runs the container's command as a real
+- a **kubelet**: pulls only ``images``, resolves ``secretKeyRef``/``fieldRef``, expands ``$(VAR)`` as
+  Kubernetes does (in an env value, only variables defined earlier in the list; in command and args,
+  any of the container's; ``$$`` is a literal ``$``; an unknown ``$(VAR)`` stays as written), mounts
+  the ConfigMap, the PVC and ``/dev/shm`` as folders, and *runs the container's command as a real
   process* whose output becomes the pod log (timestamped); memory over ``limits.memory`` is
   OOMKilled; deletion sends SIGTERM, then SIGKILL after the grace period;
+- the **cluster DNS** for pods under a headless Service, on loopback: a pod with ``hostname`` H and
+  ``subdomain`` S, selected by the headless Service S of its namespace N, is ``H.S``, ``H.S.N.svc``
+  and ``H.S.N.svc.cluster.local``. Every pod of the emulator runs on this machine, so such a name
+  stands for 127.0.0.1: the kubelet writes 127.0.0.1 in its place in the command, the args and
+  the env values before it starts the process (no resolver is involved). Ports are this machine's
+  too, so two pods cannot listen on one port at once;
 - the **garbage collector**: ``propagationPolicy`` Foreground (finalizer, pods first), Background and
   Orphan, and ownerReferences on the ConfigMap and Service;
 - **pods/log** (the emulator serves none): ``follow``, ``timestamps``, ``sinceTime``, ``tailLines``,
@@ -621,6 +629,24 @@ class FakeCluster:
                 rt.oom = True
                 os.killpg(rt.proc.pid, signal.SIGKILL)
 
+    def _dns_names(self, namespace: str) -> dict[str, str]:
+        """The names the cluster's DNS gives pods under a headless Service, each mapped to 127.0.0.1."""
+        services = {s["metadata"]["name"]: s for s in self._live(SERVICES)
+                    if s["metadata"].get("namespace") == namespace and s["spec"].get("clusterIP") == "None"}
+        names: dict[str, str] = {}
+        for p in self._live(PODS):
+            meta, spec = p["metadata"], p["spec"]
+            svc = services.get(spec.get("subdomain") or "")
+            if not spec.get("hostname") or svc is None or meta.get("namespace") != namespace:
+                continue
+            labels = meta.get("labels") or {}
+            if any(labels.get(k) != v for k, v in (svc["spec"].get("selector") or {}).items()):
+                continue
+            base = f"{spec['hostname']}.{spec['subdomain']}"
+            for name in (base, f"{base}.{namespace}.svc", f"{base}.{namespace}.svc.cluster.local"):
+                names[name] = "127.0.0.1"
+        return names
+
     def _unschedulable(self, pod: dict) -> str | None:
         spec = pod["spec"]
         selector = spec.get("nodeSelector") or {}
@@ -681,10 +707,11 @@ class FakeCluster:
                     return str(target) + value[len(mount_path):]
             return value
 
+        names = self._dns_names(pod["metadata"]["namespace"])
         env: dict[str, str] = {}
         for e in container.get("env") or []:
             if "value" in e:
-                env[e["name"]] = host(e["value"])
+                env[e["name"]] = resolve(host(expand(e["value"], env)), names)
                 continue
             src = e.get("valueFrom") or {}
             if "secretKeyRef" in src:
@@ -698,8 +725,7 @@ class FakeCluster:
                 path = src["fieldRef"]["fieldPath"]
                 m = re.match(r"metadata\.annotations\['(.+)'\]", path)
                 env[e["name"]] = (pod["metadata"].get("annotations") or {}).get(m.group(1), "") if m else ""
-        argv = [re.sub(r"\$\((\w+)\)", lambda mm: env.get(mm.group(1), mm.group(0)), host(a))
-                for a in container["command"] + list(container.get("args") or [])]
+        argv = [resolve(host(expand(a, env)), names) for a in container["command"] + list(container.get("args") or [])]
         workdir = root / "workdir"
         workdir.mkdir(parents=True, exist_ok=True)
         proc_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(workdir),
@@ -783,6 +809,35 @@ class FakeCluster:
             await self._patch(PODS, pod_name, {"status": {"conditions": conds}})
             await self._delete_pod(pod)
         self.run(go())
+
+
+def expand(value: str, defined: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: ``$(VAR)`` becomes VAR's value when VAR is in ``defined`` and
+    stays as written when not; ``$$`` is a literal ``$``; any other ``$`` is kept."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        if value.startswith("$(", i) and ")" in value[i + 2:]:
+            end = value.index(")", i + 2)
+            name = value[i + 2:end]
+            out.append(defined[name] if name in defined else value[i:end + 1])
+            i = end + 1
+            continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def resolve(value: str, names: dict[str, str]) -> str:
+    """``value`` with every whole DNS name in ``names`` (``worker-0.svc:29500``) replaced by its address."""
+    if not names:
+        return value
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.-])({alternatives})(?![\w-]|\.[\w-])")
+    return pattern.sub(lambda m: names[m.group(1)], value)
 
 
 def _terminated(pod: dict) -> dict | None:

@@ -97,7 +97,8 @@ def test_host_backend_without_a_host_says_what_to_set_with_exit_2():
     result = gpujob("submit", str(HELLO), "--backend", "host")
     assert result.exit_code == 2
     assert "runtime.host" in result.output and "runtime.host_type" in result.output
-    assert gpujob("render", str(HELLO), "--backend", "nomad").exit_code == 2
+    nomad = gpujob("render", str(HELLO), "--backend", "nomad")
+    assert nomad.exit_code == 2 and "unknown backend 'nomad'; one of: local, docker, kubernetes, host" in nomad.output
 
 
 def test_train_jobs_need_the_runner_libraries(monkeypatch):

@@ -82,3 +82,23 @@ def test_container_state_in_words():
     err = observe({"Status": "exited", "ExitCode": 127, "Error": 'exec: "python": executable file not found'})
     assert "could not run the job" in err.reason and "python" in err.reason
     assert "SIGTERM" in observe({"Status": "exited", "ExitCode": 143}).reason
+
+
+def test_a_train_job_with_two_gpus_runs_the_launcher_one_process_per_gpu(tmp_path):
+    from gpujob import service
+    from gpujob.backends.docker.container import describe
+    from gpujob.spec import load_spec_text
+
+    loaded = load_spec_text(
+        "apiVersion: gpujob/v1\nkind: train\nname: two\nmodel: {checkpoint: openai/whisper-small, language: el}\n"
+        "data: {train: [{dataset: google/fleurs, config: el_gr, split: train}]}\ntraining: {max_steps: 10}\n"
+        "resources: {gpus: 2}\nruntime: {backend: docker}\ndistributed: {network_interface: eth0}\n", "two.yaml")
+    req = service.build_request(loaded, job_id="abc123", job_dir=tmp_path / "home")
+    p = plan(req, local=False)
+    c = p.create
+    assert c["command"] == ["python", "-m", "gpujob.runner.launch", "--standalone", "--nproc-per-node=2",
+                            "/run/gpujob/spec.json"]
+    assert c["device_requests"] == [{"Driver": "", "Count": 2, "Capabilities": [["gpu"]]}]
+    assert c["environment"]["NCCL_SOCKET_IFNAME"] == c["environment"]["GLOO_SOCKET_IFNAME"] == "eth0"
+    assert "command:   python -m gpujob.runner.launch --standalone --nproc-per-node=2 /run/gpujob/spec.json" \
+        in describe(p, req, "ssh://gpu-box").splitlines()

@@ -363,3 +363,43 @@ def test_a_file_system_in_another_region_is_refused_before_launching(lab):
     r = lab.up("--type", "gpu_1x_a10", "--filesystem", "greek-asr", "--region", "us-east-1", ok=False)
     assert r.returncode == 2 and "us-west-1" in r.stderr and "--region us-west-1" in r.stderr
     assert not lab.emu.instances
+
+
+# ----------------------------------------------------------------------------- GPUs per host (no SSH needed)
+
+
+def gpu_spec(tmp: Path, gpus: int, **runtime) -> Path:
+    path = tmp / "gpus.yaml"
+    path.write_text(json.dumps({"apiVersion": "gpujob/v1", "kind": "command", "name": "gpus", "command": ["nvidia-smi"],
+                                "resources": {"gpus": gpus}, "runtime": {"backend": "host", **runtime}}))
+    return path
+
+
+def test_more_gpus_than_the_instance_type_has_is_refused_before_a_host_is_launched(tmp_path, monkeypatch):
+    from lambda_emulator import LambdaEmulator
+    from typer.testing import CliRunner
+
+    from gpujob.cli.app import app
+    from gpujob.registry import Registry
+
+    with LambdaEmulator(launch_interval_s=0) as emu:
+        monkeypatch.setenv("LAMBDA_API_KEY", emu.api_key)
+        monkeypatch.setenv("GPUJOB_LAMBDA_API_URL", emu.url)
+        r = CliRunner().invoke(app, ["submit", str(gpu_spec(tmp_path, 2, host_type="gpu_1x_a10"))])
+        assert r.exit_code == 2, r.output
+        assert "error: resources.gpus: the job asks for 2 GPUs, but a gpu_1x_a10 host has 1" in r.output
+        assert "gpujob host types" in r.output and "Traceback" not in r.output
+        assert not emu.instances                                  # nothing launched, nothing billed
+    assert Registry().list() == [] and Registry().list_hosts() == []
+
+
+def test_a_hosts_gpus_are_recorded_at_launch_and_checked_without_the_api(lab):
+    lab.up("--type", "gpu_1x_a10")
+    path = lab.spec("two", ["nvidia-smi"])
+    spec = json.loads(path.read_text())
+    spec["resources"]["gpus"] = 2
+    path.write_text(json.dumps(spec))
+    r = lab.gpujob("submit", str(path), env={"LAMBDA_API_KEY": ""})  # the count was kept when the host was launched
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the job asks for 2 GPUs, but a gpu_1x_a10 host has 1" in r.stderr
+    assert "no jobs yet" in lab.gpujob("list").stdout

@@ -300,6 +300,60 @@ def test_multi_node_logs_show_worker_zero_or_every_worker(k8s):
     assert sorted(lines) == sorted([f"[{w}] worker {w} line {i}" for w in (0, 1) for i in range(3)])
 
 
+RENDEZVOUS = """\
+import os, socket, time
+node, endpoint = int(os.environ["GPUJOB_NODE_INDEX"]), os.environ["GPUJOB_RDZV_ENDPOINT"]
+host, port = endpoint.rsplit(":", 1)
+print(f"node {node}: rendezvous at {endpoint}", flush=True)
+if node == 0:
+    server = socket.create_server(("", int(port)))
+    server.settimeout(60)
+    peer, _ = server.accept()
+    print("worker 0 heard:", peer.recv(100).decode(), flush=True)
+else:
+    for _ in range(300):
+        try:
+            conn = socket.create_connection((host, int(port)), timeout=2)
+            break
+        except OSError:
+            time.sleep(0.2)
+    conn.sendall(f"hello from worker {node}".encode())
+    conn.close()
+"""
+
+
+def test_workers_know_their_node_index_and_reach_worker_zero_at_the_rendezvous_endpoint(k8s):
+    port = _free_port() if k8s.emulated else 29500  # the emulator's pods share this machine's ports
+    job_id = k8s.submit(k8s.spec("rendezvous", RENDEZVOUS, resources={"nodes": 2}, distributed={"port": port}))
+    s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=120, what="finished")
+    assert s["status"] == "succeeded", s
+    name = k8s.k8s_jobs(job_id)[0]["metadata"]["name"]
+    host = "127.0.0.1" if k8s.emulated else f"{name}-0.{name}-workers"  # the emulator's DNS is loopback
+    lines = k8s.gpujob("logs", job_id, "--all", "--raw").stdout.splitlines()
+    assert sorted(lines) == sorted([f"[0] node 0: rendezvous at {host}:{port}",
+                                    f"[1] node 1: rendezvous at {host}:{port}",
+                                    "[0] worker 0 heard: hello from worker 1"])
+
+
+def test_one_failed_worker_fails_the_job_at_once_and_status_names_it(k8s):
+    code = ("import os, sys, time\nif os.environ['GPUJOB_NODE_INDEX'] == '0':\n    time.sleep(120)\n"
+            "print('gpujob: rank 1 of 2 failed first: exited with code 1: RuntimeError: boom', file=sys.stderr)\n"
+            "sys.exit(1)")
+    job_id = k8s.submit(k8s.spec("one-fails", code, resources={"nodes": 2}))
+    # well before worker 0 would have ended by itself (120 s): the failure policy fails the Job at once
+    s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=60, what="failed")
+    assert s["status"] == "failed" and s["exit_code"] == 1
+    assert s["reason"] == "worker 1: rank 1 of 2 failed first: exited with code 1: RuntimeError: boom"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_list_selects_gpujob_jobs_by_label(k8s):
     from gpujob.backends.kubernetes import KubernetesBackend
 

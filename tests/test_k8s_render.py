@@ -75,12 +75,13 @@ def test_the_job_carries_gpus_shm_cache_secrets_policy_deadline_ttl_and_security
                                "valueFrom": {"secretKeyRef": {"name": "gpujob-secrets", "key": "HF_TOKEN"}}}
     assert env["WANDB_MODE"]["value"] == "offline"
     assert env["GPUJOB_OUTPUT_DIR"]["value"] == "/cache/outputs/whisper-small-el"
-    assert container["command"][:3] == ["torchrun", "--nproc-per-node=2", "--nnodes=1"]
+    assert container["command"] == ["python", "-m", "gpujob.runner.launch", "--standalone", "--nproc-per-node=2",
+                                    "/etc/gpujob/spec.json"]
     spec = job["spec"]
     assert pod["restartPolicy"] == "Never" and spec["backoffLimit"] == 2
-    rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "job", "operator": "In", "values": [2]}}
-    assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    assert spec["podFailurePolicy"] == {"rules": [  # one node: other failures are retried (backoffLimit)
+        {"action": "FailJob", "onExitCodes": {"containerName": "job", "operator": "In", "values": [2]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}
     assert spec["activeDeadlineSeconds"] == 12 * 3600 and spec["ttlSecondsAfterFinished"] > 0
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -96,19 +97,53 @@ def test_a_queue_adds_the_kueue_label_and_creates_the_job_suspended():
     assert job["spec"]["suspend"] is True
 
 
-def test_several_nodes_use_an_indexed_job_a_headless_service_and_torchrun_rendezvous():
-    objs = objects_for(TRAIN, "resources.nodes=2", "resources.gpus=8")
+def test_several_nodes_use_an_indexed_job_a_headless_service_and_torchrun_rendezvous_on_worker_0():
+    objs = objects_for(TRAIN, "resources.nodes=2", "resources.gpus=8", "runtime.backend=kubernetes",
+                       "distributed.port=29400", "distributed.restarts=5")
     job, svc = objs["Job"], objs["Service"]
+    name = "whisper-small-el-ab12cd"
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     pod = job["spec"]["template"]["spec"]
-    assert pod["subdomain"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
-    assert svc["spec"]["selector"] == {"gpujob.dev/id": "ab12cd"}
-    argv = pod["containers"][0]["command"]
-    assert "--nnodes=2" in argv and "--nproc-per-node=8" in argv and "--node-rank=$(JOB_COMPLETION_INDEX)" in argv
-    assert f"--master-addr={job['metadata']['name']}-0.{svc['metadata']['name']}" in argv
-    env = {e["name"] for e in pod["containers"][0]["env"]}
-    assert "JOB_COMPLETION_INDEX" in env
+    assert pod["subdomain"] == f"{name}-workers"
+    assert svc == {"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": f"{name}-workers", "namespace": "speech", "labels": job["metadata"]["labels"]},
+                   "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                            "selector": {"gpujob.dev/id": "ab12cd"},
+                            "ports": [{"name": "rendezvous", "port": 29400}]}}
+    (container,) = pod["containers"]
+    endpoint = f"{name}-0.{name}-workers:29400"  # worker 0's pod: hostname <job>-0 under the Service
+    assert container["command"] == [
+        "python", "-m", "gpujob.runner.launch", "--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}", "--rdzv-id=ab12cd", "--max-restarts=5", "/etc/gpujob/spec.json"]
+    assert container["ports"] == [{"name": "rendezvous", "containerPort": 29400}]
+    # $(JOB_COMPLETION_INDEX) expands only because it is defined before GPUJOB_NODE_INDEX
+    assert container["env"][:3] == [
+        {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        {"name": "GPUJOB_NODE_INDEX", "value": "$(JOB_COMPLETION_INDEX)"},
+        {"name": "GPUJOB_RDZV_ENDPOINT", "value": endpoint}]
+    assert job["spec"]["podFailurePolicy"] == {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "job", "operator": "In", "values": [2]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": "job", "operator": "NotIn", "values": [0]}}]}
+    assert manifests.validate(list(objs.values()), K8S_VERSION) == []
+
+
+def test_network_settings_reach_the_pods_environment_and_runtime_env_wins():
+    objs = objects_for(TRAIN, "distributed.network_interface=ens5", "distributed.infiniband=false",
+                       "runtime.env.NCCL_IB_DISABLE='0'")
+    env = {e["name"]: e.get("value") for e in objs["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == "ens5"
+    assert env["NCCL_IB_DISABLE"] == "0" and env["WANDB_MODE"] == "offline"
+    assert "GPUJOB_NODE_INDEX" not in env  # one node: the runner's writer is the only node
+    assert manifests.validate(list(objs.values()), K8S_VERSION) == []
+
+
+def test_one_gpu_runs_the_runner_itself():
+    job = objects_for(TRAIN, "resources.gpus=1")["Job"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "python", "-m", "gpujob.runner", "/etc/gpujob/spec.json"]
 
 
 def test_a_command_job_runs_its_command_with_the_spec_path_filled_in():
@@ -132,6 +167,20 @@ def test_semantic_rules_catch_what_the_schema_misses():
     bad["metadata"]["name"] = "Bad_Name"
     problems = " | ".join(manifests.semantic_problems([bad]))
     assert "must equal limits" in problems and "restartPolicy: Never" in problems and "DNS-1123" in problems
+
+
+def test_cli_backend_flag_validates_the_spec_for_that_backend(tmp_path):
+    spec = tmp_path / "two-nodes.yaml"
+    spec.write_text(TRAIN.replace("resources: {gpus: 2,", "resources: {nodes: 2, gpus: 2,"))
+    rendered = CliRunner().invoke(app, ["render", str(spec), "--backend", "kubernetes"])
+    assert rendered.exit_code == 0, rendered.output
+    docs = {d["kind"]: d for d in YAML(typ="safe").load_all(rendered.output.split("\n", 1)[1])}
+    assert docs["Job"]["spec"]["completions"] == 2 and "Service" in docs
+    assert '"backend": "kubernetes"' in docs["ConfigMap"]["data"]["spec.json"]
+    local = CliRunner().invoke(app, ["submit", str(spec), "--backend", "local"])
+    assert local.exit_code == 2
+    assert "resources.nodes: 2 nodes need runtime.backend: kubernetes" in local.output
+    assert "Traceback" not in local.output
 
 
 def test_cli_renders_kubernetes_yaml_without_secret_values(monkeypatch):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob.backends import JobRequest, get_backend
 from gpujob.backends.base import RUNNER_MODULE
+from gpujob.backends.launch import runner_command
 
 RUNNER_LIBRARIES = ("torch", "transformers", "datasets", "jiwer", "soundfile", "soxr")
 from gpujob.errors import JobStateError, MissingSecret, UserError
@@ -26,10 +27,11 @@ if TYPE_CHECKING:
 
 def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobRequest:
     spec = loaded.spec
+    gpus = spec.resources.gpus or 0
     if spec.kind == "command":
         command = list(spec.command or [])
-    else:
-        command = ["python", "-m", RUNNER_MODULE, "{spec}"]
+    else:  # one process, or one per GPU under the launcher (kubernetes makes its own multi-node line)
+        command = runner_command(gpus=gpus)
     return JobRequest(
         job_id=job_id,
         name=spec.name,
@@ -37,14 +39,15 @@ def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobReq
         spec=loaded.data,
         spec_path=loaded.path,
         command=command,
-        env=dict(spec.runtime.env),
+        # distributed.network_interface / infiniband as NCCL and gloo variables; runtime.env wins
+        env={**spec.distributed.network_env(), **spec.runtime.env},
         secret_names=list(spec.runtime.secrets),
         workdir=os.getcwd(),
         output_dir=output_dir(loaded),
         job_dir=job_dir,
         max_runtime_s=spec.limits.max_runtime_seconds,
         idle_s=spec.limits.idle_minutes * 60,
-        gpus=spec.resources.gpus or 0,
+        gpus=gpus,
         labels={"gpujob.dev/id": job_id, "gpujob.dev/name": spec.name},
     )
 
@@ -59,11 +62,15 @@ def output_dir(loaded: "LoadedSpec") -> str:
 
 def render(loaded: "LoadedSpec", backend: str | None = None) -> str:
     name = backend or loaded.spec.runtime.backend
+    return get_backend(name, render_only=True).render(_preview_request(loaded))
+
+
+def _preview_request(loaded: "LoadedSpec") -> JobRequest:
+    """The request under a real-looking id, so names are what submit makes; submit draws its own."""
     from gpujob.registry import gpujob_home, new_job_id
 
-    preview_id = new_job_id()  # a real-looking id, so names are what submit makes; submit draws its own
-    request = build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id)
-    return get_backend(name, render_only=True).render(request)
+    preview_id = new_job_id()
+    return build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id)
 
 
 def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,
@@ -83,6 +90,9 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     missing = [n for n in spec.runtime.secrets if not environ.get(n)] if from_env else []
     if missing:
         raise MissingSecret(missing, loaded.path)
+    preflight = getattr(impl, "preflight", None)  # e.g. local: this machine has the GPUs asked for
+    if preflight is not None:
+        preflight(_preview_request(loaded))
     out = impl.output_dir(loaded.data) if hasattr(impl, "output_dir") else output_dir(loaded)
     for other in registry.list(active_only=True):
         if other.output_dir == out:

@@ -7,8 +7,10 @@ Started detached by :class:`gpujob.backends.local.LocalBackend`. It:
 3. folds progress events into the registry's snapshot (at most once a second,
    at once for eval, checkpoint and end events);
 4. stops the job when it runs past ``limits.max_runtime``;
-5. records the exit status and a plain-words reason, then kills any process
-   the job left behind in its group, so nothing keeps holding a GPU.
+5. records the exit status and a plain-words reason (for several processes, the
+   launcher's line naming the rank that failed first), then kills any process
+   the job left behind, in its group or in a session of its own (torchrun's
+   ranks), so nothing keeps holding a GPU.
 
 SIGTERM/SIGINT/SIGHUP sent to the supervisor are passed on to the job's group.
 """
@@ -23,8 +25,8 @@ import subprocess
 import sys
 import time
 
-from gpujob.backends.base import explain_exit, last_error_line
-from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, _start_time, _write_private
+from gpujob.backends.base import failure_reason
+from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, _start_time, _write_private, kill_strays
 from gpujob.progress import LineSplitter, ProgressState, fmt_duration, parse_line
 from gpujob.registry import Registry
 
@@ -161,8 +163,9 @@ class Supervisor:
     # -------------------------------------------------------------- finish
 
     def _finish(self, code: int | None, *, cancelled: bool = False, reason: str | None = None) -> int:
-        if self.child is not None:  # nothing of the job may outlive it
+        if self.child is not None:  # nothing of the job may outlive it, in its group or not
             self._signal_job(signal.SIGKILL)
+            kill_strays(self.job.id)
         self.log.close()
         state = self.state
         if cancelled:
@@ -184,7 +187,7 @@ class Supervisor:
         return 0
 
     def _reason(self, code: int | None) -> str:
-        reason = explain_exit(code, last_error_line(self.tail))
+        reason = failure_reason(code, self.tail)
         if self.state.message and self.state.end_status == "failed":
             reason += f" ({self.state.message})"
         return reason

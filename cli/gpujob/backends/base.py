@@ -9,10 +9,11 @@ about YAML, the CLI or the registry's tables: the service layer
 from __future__ import annotations
 
 import re
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping, Protocol
+
+from gpujob.exits import explain_exit  # noqa: F401 - re-exported: backends explain exits with it
 
 if TYPE_CHECKING:
     from gpujob.registry import Job
@@ -34,7 +35,7 @@ class JobRequest:
     spec: dict            # the validated spec, as plain data (apiVersion, kind, ...)
     spec_path: str | None
     command: list[str]    # argv inside the job; "{spec}" stands for the spec file there
-    env: dict[str, str]   # plain environment from runtime.env
+    env: dict[str, str]   # plain environment: runtime.env and the distributed network settings
     secret_names: list[str]
     workdir: str
     output_dir: str
@@ -82,49 +83,47 @@ class Backend(Protocol):
     def cleanup(self, job: "Job") -> None:
         """Free whatever the finished job still holds (processes, containers, pods)."""
 
+    # Optional, looked up with getattr by the service: ``preflight(request) -> None`` checks what can
+    # be checked before the job is recorded (this machine has the GPUs asked for) and raises a
+    # UserError if the backend cannot run it, so a refused job leaves nothing in the registry.
+
 
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def explain_exit(code: int | None, last_error: str | None = None) -> str:
-    """An exit status in plain words: 137 -> 'killed by SIGKILL (often: out of memory)'."""
-    if code is None:
-        words = "ended without an exit status"
-    elif code == 0:
-        words = "exited with code 0"
-    else:
-        signum = -code if code < 0 else code - 128 if 128 < code < 160 else None
-        if signum == signal.SIGKILL:
-            words = f"killed by SIGKILL (exit {code}; often: out of memory, or kill -9)"
-        elif signum == signal.SIGTERM:
-            words = f"terminated by SIGTERM (exit {code})"
-        elif signum == signal.SIGSEGV:
-            words = f"crashed with a segmentation fault (exit {code})"
-        elif signum == signal.SIGINT:
-            words = f"interrupted (exit {code})"
-        elif signum is not None and code < 0:
-            words = f"killed by signal {signal.Signals(signum).name if signum in signal.valid_signals() else signum}"
-        elif code == 2:
-            words = "exited with code 2 (the job rejected its input or configuration)"
-        elif code == 126:
-            words = "exited with code 126 (the command is not executable)"
-        elif code == 127:
-            words = "exited with code 127 (command not found)"
-        else:
-            words = f"exited with code {code}"
-    return f"{words}: {last_error}" if last_error else words
-
-
 _ERROR_LINE = re.compile(
-    r"^\s*(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*|(?:error|fatal|ERROR|FATAL)\b[:\s].*)$")
+    r"^\s*(?:\[rank ?\d+\]:?\s*)?"   # "[rank 1] ", "[rank1]:": lines of ranks other than the writer
+    r"(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*|(?:error|fatal|ERROR|FATAL)\b[:\s].*)$")
+# torchrun's own summary of failed ranks ("...errors.ChildFailedError: " and a table): it says less
+# than the rank's error above it, so it is never the error line.
+_CHILD_FAILED = "ChildFailedError"
+# The launcher's line (gpujob.runner.launch) when one of several processes failed.
+_RANK_FAILED = re.compile(r"gpujob: (rank \d+ of \d+ failed first: .+)$")
 
 
 def last_error_line(lines: list[str]) -> str | None:
     """The last line that looks like an error message ("RuntimeError: CUDA out of memory")."""
     for line in reversed(lines):
-        if _ERROR_LINE.match(line):
+        if _ERROR_LINE.match(line) and _CHILD_FAILED not in line:
             return line.strip()[:300]
     return None
+
+
+def rank_failure(lines: list[str]) -> str | None:
+    """The launcher's word on a job of several processes: "rank 1 of 2 failed first: exited with
+    code 1: RuntimeError: boom" (from its line ``gpujob: rank 1 of 2 failed first: ...``), or None."""
+    for line in reversed(lines):
+        found = _RANK_FAILED.search(line.rstrip())
+        if found:
+            return found.group(1)[:400]
+    return None
+
+
+def failure_reason(code: int | None, lines: list[str], fallback: str | None = None) -> str:
+    """Why a job's process exited with ``code``, from the end of its log: the launcher's line naming
+    the rank that failed first when several processes ran, else :func:`explain_exit` with the last
+    error line (or ``fallback``, e.g. the container's termination message)."""
+    return rank_failure(lines) or explain_exit(code, last_error_line(lines) or fallback)
 
 
 def read_saved_log(path: Path, tail: int | None) -> list[str]:

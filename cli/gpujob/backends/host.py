@@ -13,6 +13,8 @@
 - ``status``, ``logs -f``, ``cancel`` go to the same host (its name is in the job's handle); a job
   the agent stopped as hung is reported so; a job whose host is gone says so.
 - Cost: the job's runtime times the host's hourly price.
+- GPUs: the container gets ``resources.gpus`` of the host's GPUs; a job asking for more than its
+  instance type has is refused at submit, before a host is launched for it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob.backends.base import LOG_NAME, JobRequest, Observed, read_saved_log
-from gpujob.errors import GpujobError
+from gpujob.errors import GpujobError, UserError
 
 if TYPE_CHECKING:
     from gpujob.backends.docker import DockerBackend
@@ -118,6 +120,19 @@ class HostBackend:
         idle_minutes = (request.idle_s or 0) / 60 or 15
         labels = {**request.labels, IDLE_MINUTES_LABEL: f"{idle_minutes:g}", HOST_LABEL: host_name}
         return replace(request, labels=labels)
+
+    def preflight(self, request: JobRequest) -> None:
+        """Refuse a job that asks for more GPUs than its host's instance type has, before a host is
+        launched (and billed) for it."""
+        from gpujob.hosts import service
+
+        known = service.job_host_gpus(_registry(), request.spec.get("runtime") or {}) if request.gpus else None
+        if known and request.gpus > known[1]:
+            itype, count = known
+            raise UserError(f"resources.gpus: the job asks for {request.gpus} GPU{'s' if request.gpus > 1 else ''}, "
+                            f"but a {itype} host has {count}",
+                            hint="lower resources.gpus, or pick an instance type with that many GPUs for "
+                                 "runtime.host_type (`gpujob host types` lists them)")
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
         from gpujob.hosts import service

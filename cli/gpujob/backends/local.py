@@ -7,6 +7,13 @@ folds progress events into the registry, enforces ``limits.max_runtime`` and
 records the exit status. ``cancel`` sends SIGTERM to the job's group, then
 SIGKILL after a grace period. A job whose supervisor vanished (kill -9, a
 reboot) is reported failed instead of staying "running" forever.
+
+GPUs: a job gets CUDA_VISIBLE_DEVICES with the first ``resources.gpus`` GPUs
+nvidia-smi lists (by UUID; :mod:`gpujob.backends.gpus`), or "" without GPUs;
+asking for more than the machine has is refused at submit, before the job is
+recorded. A train/evaluate job with several GPUs runs the launcher (torchrun),
+one process per GPU: torchrun passes SIGTERM on to its ranks, and when the job
+ends, its ranks (in sessions of their own) are killed with it.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob.backends.base import LOG_NAME, JobRequest, Observed
+from gpujob.errors import UserError
 from gpujob.progress import LineSplitter
 
 if TYPE_CHECKING:
+    from gpujob.backends.gpus import Found
     from gpujob.registry import Job
 
 LAUNCH_NAME = "launch.json"
@@ -38,11 +47,19 @@ class LocalBackend:
     # ------------------------------------------------------------------ submit
 
     def render(self, request: JobRequest) -> str:
-        env = {**request.env, **{n: "<from your environment, redacted in logs>" for n in request.secret_names}}
+        found = _detect_gpus(request)
+        try:
+            gpu_env, gpus = _gpu_env(request, found), [_gpu_words(request, found)]
+        except UserError as exc:
+            gpu_env, gpus = {}, [f"PROBLEM: {exc.message}; submit refuses it", f"hint: {exc.hint}"]
+        env = {**request.env, **gpu_env,
+               **{n: "<from your environment, redacted in logs>" for n in request.secret_names}}
         lines = [
             "backend: local (a detached process group on this machine)",
             f"job:     {request.name} (kind {request.kind})",
             f"command: {shlex.join(self._argv(request))}",
+            f"gpus:    {gpus[0]}",
+            *(f"         {more}" for more in gpus[1:]),
             f"workdir: {request.workdir}",
             f"outputs: {request.output_dir}",
             f"logs:    {request.job_dir / LOG_NAME}",
@@ -55,7 +72,12 @@ class LocalBackend:
         ]
         return "\n".join(lines)
 
+    def preflight(self, request: JobRequest) -> None:
+        """Refuse a job that asks for more GPUs than this machine has, before it is recorded."""
+        _gpu_env(request, _detect_gpus(request))
+
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
+        gpu_env = _gpu_env(request, _detect_gpus(request))  # first: a job without its GPUs never starts
         job_dir = request.job_dir
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         spec_file = job_dir / "spec.json"
@@ -72,6 +94,7 @@ class LocalBackend:
         env.update(request.env)
         env.update(secrets)
         env.update(self._job_env(request, spec_file))
+        env.update(gpu_env)
         with open(job_dir / "supervisor.log", "ab") as sup_log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gpujob.backends._supervise", request.job_id],
@@ -183,10 +206,37 @@ class LocalBackend:
         _wait_gone(pid, start, 5.0)
 
     def cleanup(self, job: "Job") -> None:
-        """Kill whatever is left in the job's process group (orphaned workers holding a GPU)."""
+        """Kill whatever is left of the job (orphaned workers holding a GPU): its process group, and
+        its processes in sessions of their own."""
         pgid = job.handle.get("pgid")
         if pgid and not _alive(job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")):
             _signal_group(pgid, signal.SIGKILL)
+            kill_strays(job.id)
+
+
+# ----------------------------------------------------------------------------- GPUs
+
+
+def _detect_gpus(request: JobRequest) -> "Found | None":
+    """The GPUs the job may use (CUDA_VISIBLE_DEVICES in runtime.env limits them too); None
+    when it asks for none, so CPU jobs never run nvidia-smi."""
+    from gpujob.backends import gpus
+
+    return gpus.detect({**os.environ, **request.env}) if request.gpus > 0 else None
+
+
+def _gpu_env(request: JobRequest, found: "Found | None") -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for the job: its GPUs by UUID, or "" for a job without GPUs."""
+    from gpujob.backends import gpus
+
+    return gpus.job_env(request.gpus, found)
+
+
+def _gpu_words(request: JobRequest, found: "Found | None") -> str:
+    if found is None:
+        return "none (CUDA_VISIBLE_DEVICES is empty, so the job cannot take a GPU)"
+    each = "; one process each, under torchrun" if request.gpus > 1 and request.kind != "command" else ""
+    return f"{request.gpus}{each}: " + ", ".join(map(str, found.gpus[:request.gpus]))
 
 
 # ----------------------------------------------------------------------------- process helpers
@@ -243,6 +293,27 @@ def _alive(pid: int | None, start: int | None) -> bool:
     if fields[0] in (b"Z", b"X"):
         return False
     return start is None or int(fields[19]) == start
+
+
+def kill_strays(job_id: str) -> None:
+    """SIGKILL this user's processes that carry the job's id in their environment (GPUJOB_JOB_ID):
+    those in sessions of their own, which a signal to the job's process group does not reach.
+    torchrun starts each rank so; it passes SIGTERM on to them itself, but if it is killed, or dies,
+    the ranks would go on holding their GPUs."""
+    needle = f"GPUJOB_JOB_ID={job_id}".encode()
+    me = os.getpid()
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit() and int(e.name) != me]
+    except OSError:
+        return
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle not in fh.read().split(b"\0"):
+                    continue
+        except OSError:  # gone, or not ours
+            continue
+        _signal(int(pid), signal.SIGKILL)
 
 
 def _wait_gone(pid: int | None, start: int | None, timeout: float) -> bool:

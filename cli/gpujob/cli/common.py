@@ -18,7 +18,7 @@ SetOpt = Annotated[
 ]
 BackendOpt = Annotated[
     Optional[str],
-    typer.Option("--backend", "-b", help="local | docker | kubernetes | host (default: runtime.backend)."),
+    typer.Option("--backend", "-b", help="local | docker | kubernetes | host: sets runtime.backend (default: the spec's)."),
 ]
 JobRef = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name.")]
 OptionalJobRef = Annotated[
@@ -101,10 +101,19 @@ def find_job(registry, ref: str | None):
     return newest[0]
 
 
-def load(path: str, overrides: list[str] | None):
-    """Load and validate one spec; print its warnings; SpecError propagates."""
+def load(path: str, overrides: list[str] | None, backend: str | None = None):
+    """Load and validate one spec; print its warnings; SpecError propagates. ``--backend B`` is
+    ``--set runtime.backend=B``, so the spec is checked for the backend it will run on (a
+    ``resources.nodes: 2`` spec needs kubernetes)."""
     from gpujob.spec import load_spec
 
+    if backend is not None:
+        from gpujob.backends import NAMES
+        from gpujob.errors import UserError
+
+        if backend not in NAMES:
+            raise UserError(f"unknown backend {backend!r}; one of: {', '.join(NAMES)}")
+        overrides = [*(overrides or ()), f"runtime.backend={backend}"]
     loaded = load_spec(path, overrides or ())
     for warning in loaded.warnings:
         err(f"warning: {warning}")

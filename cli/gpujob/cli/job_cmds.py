@@ -28,9 +28,9 @@ def submit(
     """Validate a spec and start the job. Returns at once unless --follow."""
     from gpujob import service
 
-    loaded = load(file, overrides)
+    loaded = load(file, overrides, backend)
     registry = open_registry()
-    job = service.submit(loaded, registry, backend=backend)
+    job = service.submit(loaded, registry)
     typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.status}")
     if job.status == "failed":
         typer.echo(f"reason: {job.reason}")

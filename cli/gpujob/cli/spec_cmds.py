@@ -55,11 +55,11 @@ def check(
     if loaded.spec.kind == "command":
         raise UserError(f"{file}: kind: command has no data to check", hint=f"gpujob validate {file}")
     try:
-        from gpujob.runner import data
+        from gpujob.runner.preflight import preflight
     except ImportError as exc:
         raise UserError(f"gpujob check needs the runner's libraries ({exc.name} is missing)",
                         hint="pip install 'gpujob[runner]'") from None
-    report = data.preflight(loaded.spec, sample=sample)
+    report = preflight(loaded.spec, sample=sample)
     typer.echo(report.format())
     if not report.ok:
         raise typer.Exit(2)
@@ -74,7 +74,7 @@ def render(
     """Dry run: print what the backend would run for this spec, and start nothing."""
     from gpujob import service
 
-    typer.echo(service.render(load(file, overrides), backend))
+    typer.echo(service.render(load(file, overrides, backend)))
 
 
 def schema(

@@ -204,6 +204,7 @@ def _launch(registry: "Registry", client, req: UpRequest, existing, say: Say) ->
         "ssh_key_name": key_name,
         "ssh_keeps_alive": req.ssh_keeps_alive,
         "filesystem_mount": fs_mount,
+        "gpus": itype.gpus,
     }
     fields = dict(provider=PROVIDER, instance_type=req.instance_type, region=region,
                   ssh_user=os.environ.get("GPUJOB_HOST_SSH_USER", "ubuntu"),
@@ -619,6 +620,26 @@ def host_for_job(registry: "Registry", runtime: dict, *, say: Say = notice) -> "
                     max_lifetime_s=float(parse_duration(runtime.get("host_max_lifetime") or "12h")),
                     filesystem=runtime.get("filesystem"), image=runtime.get("image"))
     return up(registry, req, say=say)
+
+
+def job_host_gpus(registry: "Registry", runtime: dict) -> tuple[str, int] | None:
+    """The instance type a job with this ``runtime`` section runs on, and its GPUs, when that is known
+    before any host is launched for it: recorded with the named host at its launch, else from the
+    API's list of types. None when it is not known (no key, the API unreachable): the job goes on."""
+    name, itype = runtime.get("host"), runtime.get("host_type")
+    if name:
+        host = registry.find_host(name)
+        if host is not None and host.active:
+            if host.settings.get("gpus") is not None:
+                return host.instance_type, int(host.settings["gpus"])
+            itype = host.instance_type
+    if not itype:
+        return None
+    try:
+        found = api().instance_types().get(itype)
+    except GpujobError:
+        return None
+    return (itype, found.gpus) if found is not None else None
 
 
 def ssh_argv(registry: "Registry", name: str, extra: list[str]) -> list[str]:

@@ -3,8 +3,9 @@
 - ``submit`` checks the image is on the engine (pulling it if it is not), creates the container
   (:mod:`.container` says what it gets), copies the spec and the secrets in as files, starts it.
   If a step fails, the container is removed again.
-- ``status`` reads the container's state and exit code and says what happened in plain words;
-  progress comes from the runner's event lines at the end of the container's log.
+- ``status`` reads the container's state and exit code and says what happened in plain words
+  (for several processes: which rank failed first, and why); progress comes from the runner's
+  event lines at the end of the container's log.
 - ``logs -f`` follows the container's log with timestamps and reconnects where it left off when
   the stream drops (dockerd restarted under a live-restored container, an ssh tunnel cut), so no
   line is lost or repeated; a quiet job is not a dropped connection.
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import LOG_NAME, JobRequest, Observed, explain_exit, last_error_line, read_saved_log
+from gpujob.backends.base import LOG_NAME, JobRequest, Observed, failure_reason, last_error_line, read_saved_log
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.errors import UserError
@@ -132,14 +133,11 @@ class DockerBackend:
             return Observed("failed", reason=f"its container {job.handle['container']} is gone from the engine at "
                                              f"{engine.host} (removed outside gpujob: docker rm, docker system prune)")
         state = attrs.get("State") or {}
-        seen = observe(state, max_runtime_s=_max_runtime(job), memory=_memory(job))
         tail = self._tail(engine, job, PROGRESS_TAIL_LINES) if state.get("Status") != "created" else None
+        seen = observe(state, max_runtime_s=_max_runtime(job), memory=_memory(job),
+                       log_tail=tail[-ERROR_TAIL_LINES:] if tail else None)
         if tail:
             seen.progress = ProgressState.advance(job.progress, tail)
-            if seen.status == "failed" and seen.exit_code not in (None, 0):
-                err = last_error_line(tail[-ERROR_TAIL_LINES:])
-                if err and err not in (seen.reason or ""):
-                    seen.reason = f"{seen.reason}: {err}"
         seen.started_at = _epoch(state.get("StartedAt"))
         if seen.status in TERMINAL:
             self._finish(engine, job)
@@ -284,26 +282,30 @@ class DockerBackend:
             return
 
 
-def observe(state: dict[str, Any], *, max_runtime_s: int | None = None, memory: str | None = None) -> Observed:
-    """A container's State (from inspect) in the registry's words."""
+def observe(state: dict[str, Any], *, max_runtime_s: int | None = None, memory: str | None = None,
+            log_tail: list[str] | None = None) -> Observed:
+    """A container's State (from inspect) in the registry's words. ``log_tail``, the end of its log,
+    says why it failed: the launcher's line naming the rank that failed first, else the last error."""
     status = state.get("Status")
     if status == "created":
         return Observed("queued", reason="container created, not started yet")
     if status in ("running", "restarting", "paused"):
         return Observed("running", reason=None if status == "running" else f"container is {status}")
     code = state.get("ExitCode")
-    if state.get("Error"):
-        return Observed("failed", exit_code=code, reason=f"the container could not run the job: {state['Error']}")
-    if state.get("OOMKilled"):
-        limit = f" (resources.memory: {memory})" if memory else ""
-        return Observed("failed", exit_code=code,
-                        reason=f"killed: out of memory{limit}; raise resources.memory or lower the batch size")
-    if code == 0:
+    lines = log_tail or []
+    if code == 0 and not state.get("Error") and not state.get("OOMKilled"):
         return Observed("succeeded", exit_code=0)
-    if code == TIMEOUT_EXIT and max_runtime_s:
-        return Observed("failed", exit_code=code,
-                        reason=f"ran longer than limits.max_runtime ({max_runtime_s}s) and was stopped")
-    return Observed("failed", exit_code=code, reason=explain_exit(code))
+    if state.get("Error"):
+        reason = f"the container could not run the job: {state['Error']}"
+    elif state.get("OOMKilled"):
+        limit = f" (resources.memory: {memory})" if memory else ""
+        reason = f"killed: out of memory{limit}; raise resources.memory or lower the batch size"
+    elif code == TIMEOUT_EXIT and max_runtime_s:
+        reason = f"ran longer than limits.max_runtime ({max_runtime_s}s) and was stopped"
+    else:
+        return Observed("failed", exit_code=code, reason=failure_reason(code, lines))
+    err = last_error_line(lines) if code not in (None, 0) else None
+    return Observed("failed", exit_code=code, reason=f"{reason}: {err}" if err and err not in reason else reason)
 
 
 def _max_runtime(job: "Job") -> int | None:

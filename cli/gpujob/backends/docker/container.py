@@ -7,8 +7,9 @@ What the container gets, and why:
 - the job image (``runtime.image``, else the gpujob image: the CUDA tag with GPUs, the -cpu one
   without); the job's command behind a small ``sh`` entry (below); ``--init`` so signals reach
   the job and zombies are reaped;
-- GPUs as a device request (``resources.gpus``), ``/dev/shm`` of ``resources.shm`` (the engine's
-  64 MiB default breaks data loaders), memory and CPU limits when given;
+- GPUs as a device request (``resources.gpus``; with several, a train/evaluate job's command is the
+  launcher, torchrun, one process per GPU: :mod:`gpujob.backends.launch`), ``/dev/shm`` of
+  ``resources.shm`` (the engine's 64 MiB default breaks data loaders), memory and CPU limits when given;
 - the volume ``gpujob-hf-cache`` at /cache (``HF_HOME=/cache/huggingface``): models and datasets
   are downloaded once per engine, not once per job;
 - on a local engine: the working directory at its own path, read-only (relative paths in the

@@ -99,7 +99,7 @@ class KubernetesBackend:
         current = lead[-1] if lead else None
         # One read of the current pod's log serves both progress and, if it failed, the error line.
         lead_tail = self._tail(cluster, current, PROGRESS_TAIL_LINES)
-        blamed = explain.last_failed(pods)
+        blamed = explain.blamed(kjob, pods)
         if blamed is None:
             error_tail = None
         elif blamed is current and lead_tail is not None:

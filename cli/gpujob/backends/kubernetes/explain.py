@@ -1,4 +1,5 @@
-"""A Job and its pods, as the registry's status and a reason in plain words.
+"""A Job and its pods, as the registry's status and a reason in plain words (for several processes,
+the launcher's line naming the rank that failed first; with several nodes, which worker).
 
 Pure functions over the API's dicts, so every case (Unschedulable, ImagePullBackOff, OOMKilled,
 DeadlineExceeded, suspended by a queue, a missing Secret, retries) is tested without a cluster.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gpujob.backends.base import Observed, explain_exit, last_error_line
+from gpujob.backends.base import Observed, failure_reason
 from gpujob.progress import fmt_duration
 
 CONTAINER = "job"
@@ -47,6 +48,22 @@ def last_failed(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return failed[-1] if failed else None
 
 
+# The Job controller's message when a podFailurePolicy rule failed the Job: it names the pod.
+_POLICY_POD = re.compile(r"for pod [^/\s]+/(\S+) failed with exit code")
+
+
+def blamed(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pod whose failure explains the Job's: the one a podFailurePolicy rule named (with several
+    workers, the others are stopped after it and fail too), else the last that failed."""
+    cond = condition(job, "Failed") or condition(job, "FailureTarget")
+    found = _POLICY_POD.search((cond or {}).get("message") or "") if cond else None
+    if found:
+        pod = next((p for p in pods if p["metadata"]["name"] == found.group(1)), None)
+        if pod is not None:
+            return pod
+    return last_failed(pods)
+
+
 def pod_words(pod: dict[str, Any], log_tail: list[str] | None = None) -> tuple[str, int | None]:
     """How one pod ended, in words, and its exit code."""
     term = terminated(pod)
@@ -61,7 +78,7 @@ def pod_words(pod: dict[str, Any], log_tail: list[str] | None = None) -> tuple[s
         where = f", memory limit {limit}" if limit else ""
         return (f"killed: out of memory (OOMKilled{where}); raise resources.memory or lower the batch size",
                 code if code is not None else 137)
-    return explain_exit(code, last_error_line(log_tail or []) or (term.get("message") or "").strip()[:300] or None), code
+    return failure_reason(code, log_tail or [], (term.get("message") or "").strip()[:300] or None), code
 
 
 def _memory_limit(pod: dict[str, Any]) -> str | None:
@@ -123,8 +140,8 @@ def _failed(job: dict[str, Any], cond: dict[str, Any], pods: list[dict[str, Any]
             log_tail: list[str] | None) -> Observed:
     spec, st = job.get("spec") or {}, job.get("status") or {}
     reason = cond.get("reason") or ""
-    blamed = last_failed(pods)
-    words, code = pod_words(blamed, log_tail) if blamed else ("", None)
+    pod = blamed(job, pods)
+    words, code = pod_words(pod, log_tail) if pod else ("", None)
     if reason == "DeadlineExceeded":
         limit = spec.get("activeDeadlineSeconds")
         text = (f"stopped: ran longer than limits.max_runtime ({fmt_duration(limit)}); Kubernetes DeadlineExceeded"
@@ -136,11 +153,19 @@ def _failed(job: dict[str, Any], cond: dict[str, Any], pods: list[dict[str, Any]
         return Observed("failed", reason=f"{text}; last attempt {words}" if words else text, exit_code=code)
     if reason == "PodFailurePolicy":
         text = words or cond.get("message", "")
+        if pod is not None and spec.get("completionMode") == "Indexed" and words:
+            text = f"worker {_index(pod)}: {text}"
         if code == 2:
             text += "; not retried: exit code 2 means the spec or the data needs fixing"
         return Observed("failed", reason=text, exit_code=code)
     text = f"{reason}: {cond.get('message', '')}".strip(": ")
     return Observed("failed", reason=f"{text}; {words}" if words else text, exit_code=code)
+
+
+def _index(pod: dict[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    key = "batch.kubernetes.io/job-completion-index"
+    return (meta.get("labels") or {}).get(key) or (meta.get("annotations") or {}).get(key) or "?"
 
 
 _INSUFFICIENT = re.compile(r"Insufficient ([\w./-]+)")

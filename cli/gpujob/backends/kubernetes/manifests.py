@@ -3,14 +3,24 @@ multi-node jobs a headless Service. Pure functions over plain dicts: no cluster,
 
 What the Job carries, and why:
 
-- the job image and the runner command (torchrun for several GPUs or nodes); ``restartPolicy: Never``;
+- the job image and the runner command (:func:`gpujob.backends.launch.runner_command`: the launcher,
+  torchrun, for several GPUs or nodes); ``restartPolicy: Never``;
+- several nodes (``resources.nodes``): an Indexed Job whose pods are ``<job>-<index>`` under a headless
+  Service, so worker 0 is ``<job>-0.<service>``; torchrun's c10d rendezvous on worker 0 at
+  ``distributed.port`` (a containerPort and the Service's port) with ``distributed.restarts`` restarts;
+  ``GPUJOB_NODE_INDEX`` and ``GPUJOB_RDZV_ENDPOINT`` in every pod's environment (for ``kind: command``
+  jobs that start torchrun themselves; the runner's writer is rank 0, which c10d places on worker 0
+  because it numbers nodes in the order of their host names); ``distributed.network_interface`` and
+  ``infiniband`` as NCCL/gloo variables (every backend gets those through the request's env);
 - ``nvidia.com/gpu`` limits (requests equal limits), a nodeSelector on ``runtime.gpu_node_label`` for
   ``resources.gpu_type``, a toleration for the usual ``nvidia.com/gpu`` taint, CPU/memory requests;
 - ``/dev/shm`` as a memory-backed emptyDir (the default 64 MiB breaks data loaders), the Hugging Face
   cache on the PVC ``runtime.cache_pvc`` at /cache (relative outputs go there too, so they outlive the pod);
 - secrets through ``secretKeyRef`` into ``runtime.secret_store`` (never a literal value);
 - ``backoffLimit``; a ``podFailurePolicy`` that ignores disruptions (eviction, preemption) and fails
-  the Job at once on the runner's exit code 2 (the spec or data is wrong: a retry cannot help);
+  the Job at once on the runner's exit code 2 (the spec or data is wrong: a retry cannot help), and
+  with several nodes on any other failure too (a worker that failed for good would leave the others
+  waiting for it; a preempted one is replaced and torchrun restarts the group from the checkpoint);
   ``activeDeadlineSeconds`` from ``limits.max_runtime``; ``ttlSecondsAfterFinished``;
 - ``app.kubernetes.io/*`` and ``gpujob.dev/id`` labels; with ``runtime.queue`` the Kueue queue label
   and ``suspend: true``, as Kueue expects;
@@ -22,11 +32,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpujob import __version__
-from gpujob.backends.base import RUNNER_MODULE, JobRequest
+from gpujob.backends.base import JobRequest
+from gpujob.backends.launch import SPEC, Rendezvous, runner_command
 from gpujob.image import default_tag
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import DistributedSection
 
 DEFAULT_IMAGE = default_tag("cuda")
 SPEC_DIR = "/etc/gpujob"
@@ -34,7 +48,6 @@ CACHE_DIR = "/cache"
 CONTAINER = "job"
 BACKOFF_LIMIT = 2
 TTL_AFTER_FINISHED_S = 6 * 3600
-RDZV_PORT = 29500
 CONFIG_ERROR_EXIT = 2
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -69,17 +82,33 @@ def output_dir_for(spec: dict[str, Any]) -> str:
     return f"{CACHE_DIR}/{out.removeprefix('./')}"
 
 
-def _command(request: JobRequest, gpus: int, nodes: int, service: str, name: str) -> list[str]:
+def distributed(request: JobRequest) -> "DistributedSection":
+    """The spec's ``distributed`` section (its defaults when absent)."""
+    from gpujob.spec.models import DistributedSection
+
+    return DistributedSection.model_validate(request.spec.get("distributed") or {})
+
+
+def rendezvous_endpoint(request: JobRequest) -> str:
+    """``host:port`` of worker 0 under the headless Service: its pod's hostname is ``<job>-0`` and
+    its subdomain the Service, so the cluster's DNS resolves ``<job>-0.<service>``."""
+    name = object_name(request)
+    return f"{name}-0.{service_name(request)}:{distributed(request).port}"
+
+
+def service_name(request: JobRequest) -> str:
+    return f"{object_name(request)}-workers"
+
+
+def _command(request: JobRequest, gpus: int, nodes: int) -> list[str]:
     spec_file = f"{SPEC_DIR}/spec.json"
     if request.kind == "command":
-        return [spec_file if arg == "{spec}" else arg for arg in request.command]
-    if gpus <= 1 and nodes == 1:
-        return ["python", "-m", RUNNER_MODULE, spec_file]
-    argv = ["torchrun", f"--nproc-per-node={max(gpus, 1)}", f"--nnodes={nodes}"]
-    if nodes > 1:
-        argv += ["--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={name}-0.{service}",
-                 f"--master-port={RDZV_PORT}"]
-    return [*argv, "-m", RUNNER_MODULE, spec_file]
+        argv = request.command
+    else:
+        rdzv = Rendezvous(endpoint=rendezvous_endpoint(request), run_id=request.job_id,
+                          restarts=distributed(request).restarts) if nodes > 1 else None
+        argv = runner_command(gpus=gpus, nodes=nodes, rendezvous=rdzv)
+    return [spec_file if arg == SPEC else arg for arg in argv]
 
 
 def _env(request: JobRequest, store: str, out: str) -> list[dict[str, Any]]:
@@ -120,7 +149,8 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
     rt, res = spec.get("runtime", {}), spec.get("resources", {})
     gpus, nodes = int(res.get("gpus") or 0), int(res.get("nodes") or 1)
     name = object_name(request)
-    service = f"{name}-workers"
+    service = service_name(request)
+    port = distributed(request).port
     meta_labels = labels(request)
     namespace = rt.get("namespace")
     out = output_dir(request)
@@ -138,7 +168,7 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": rt.get("image") or DEFAULT_IMAGE,
-        "command": _command(request, gpus, nodes, service, name),
+        "command": _command(request, gpus, nodes),
         "env": _env(request, rt.get("secret_store", "gpujob-secrets"), out),
         "resources": _resources(res, gpus),
         "volumeMounts": [
@@ -150,9 +180,15 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
                             "runAsNonRoot": True},
     }
     if nodes > 1:
-        container["env"].insert(0, {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})
-        container["ports"] = [{"name": "rendezvous", "containerPort": RDZV_PORT}]
+        # Defined first, so the entries after it can refer to it: Kubernetes expands $(VAR) in an env
+        # value only for variables defined earlier in the list.
+        container["env"][:0] = [
+            {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+            {"name": "GPUJOB_NODE_INDEX", "value": "$(JOB_COMPLETION_INDEX)"},
+            {"name": "GPUJOB_RDZV_ENDPOINT", "value": rendezvous_endpoint(request)},
+        ]
+        container["ports"] = [{"name": "rendezvous", "containerPort": port}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": "gpujob-runner",
@@ -173,13 +209,17 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
     if nodes > 1:
         pod_spec["subdomain"] = service
     job_labels = {"kueue.x-k8s.io/queue-name": rt["queue"]} if rt.get("queue") else {}
+    rules: list[dict[str, Any]] = [
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                              "values": [CONFIG_ERROR_EXIT]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+    if nodes > 1:  # one failed worker fails the Job at once, instead of leaving the others waiting for it
+        rules.append({"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
+                                                           "values": [0]}})
     job_spec: dict[str, Any] = {
         "backoffLimit": BACKOFF_LIMIT,
-        "podFailurePolicy": {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                  "values": [CONFIG_ERROR_EXIT]}},
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]},
+        "podFailurePolicy": {"rules": rules},
         "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
         "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
     }
@@ -196,7 +236,7 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
             "apiVersion": "v1", "kind": "Service", "metadata": meta(service),
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                      "selector": {"gpujob.dev/id": request.job_id},
-                     "ports": [{"name": "rendezvous", "port": RDZV_PORT}]},
+                     "ports": [{"name": "rendezvous", "port": port}]},
         })
     return objects
 

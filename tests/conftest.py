@@ -37,6 +37,15 @@ def tiny_model(tmp_path_factory, base_model):
     return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny", base_dir=base_model)
 
 
+@pytest.fixture(scope="session")
+def small_greek(tmp_path_factory):
+    """An audio folder of synthesized Greek speech: 40 training clips, 3 held out (an odd number, for
+    uneven shares across processes)."""
+    from gpujob.runner.greek_speech import build
+
+    return build(tmp_path_factory.mktemp("greek") / "speech", train=40, heldout=3).out_dir
+
+
 # ----------------------------------------------------------------------------- a real Docker engine
 # (tests/docker_engine.py: a dockerd the tests start, and images built from a local Debian base)
 

@@ -15,9 +15,10 @@ lists, watches, over real HTTP) plus what a cluster adds on top, run on this sid
 - the **cluster DNS** for pods under a headless Service, on loopback: a pod with ``hostname`` H and
   ``subdomain`` S, selected by the headless Service S of its namespace N, is ``H.S``, ``H.S.N.svc``
   and ``H.S.N.svc.cluster.local``. Every pod of the emulator runs on this machine, so such a name
-  stands for 127.0.0.1: the kubelet writes 127.0.0.1 in its place in the command, the args and
-  the env values before it starts the process (no resolver is involved). Ports are this machine's
-  too, so two pods cannot listen on one port at once;
+  stands for the pod's own loopback address, ``127.1.<completion index>.<n>`` (all of 127/8 is this
+  machine; a replaced pod gets a new one): the kubelet writes it in the name's place in the command,
+  the args and the env values before it starts the process (no resolver is involved). Ports are this
+  machine's, so two pods cannot listen on one port at once;
 - the **garbage collector**: ``propagationPolicy`` Foreground (finalizer, pods first), Background and
   Orphan, and ownerReferences on the ConfigMap and Service;
 - **pods/log** (the emulator serves none): ``follow``, ``timestamps``, ``sinceTime``, ``tailLines``,
@@ -644,8 +645,14 @@ class FakeCluster:
                 continue
             base = f"{spec['hostname']}.{spec['subdomain']}"
             for name in (base, f"{base}.{namespace}.svc", f"{base}.{namespace}.svc.cluster.local"):
-                names[name] = "127.0.0.1"
+                names[name] = self._pod_ip(p)
         return names
+
+    def _pod_ip(self, pod: dict) -> str:
+        """A pod's own address, as every pod has one: 127.1.<completion index>.<n> on loopback (all of
+        127/8 is this machine), so pods of a job are told apart and a replaced pod gets a new one."""
+        name = pod["metadata"]["name"]
+        return f"127.1.{_index(pod) % 256}.{1 + self._pod_seq.get(name, 0) % 254}"
 
     def _unschedulable(self, pod: dict) -> str | None:
         spec = pod["spec"]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from gpujob.progress import parse_line
 from gpujob_cli import GPUJOB, GpujobCli
 from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
 
@@ -328,8 +330,12 @@ def test_workers_know_their_node_index_and_reach_worker_zero_at_the_rendezvous_e
     s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=120, what="finished")
     assert s["status"] == "succeeded", s
     name = k8s.k8s_jobs(job_id)[0]["metadata"]["name"]
-    host = "127.0.0.1" if k8s.emulated else f"{name}-0.{name}-workers"  # the emulator's DNS is loopback
     lines = k8s.gpujob("logs", job_id, "--all", "--raw").stdout.splitlines()
+    host = f"{name}-0.{name}-workers"
+    if k8s.emulated:  # the emulator's DNS gives worker 0's pod an address of its own on loopback
+        found = re.search(r"rendezvous at (127\.1\.0\.\d+):", "\n".join(lines))
+        assert found, lines
+        host = found.group(1)
     assert sorted(lines) == sorted([f"[0] node 0: rendezvous at {host}:{port}",
                                     f"[1] node 1: rendezvous at {host}:{port}",
                                     "[0] worker 0 heard: hello from worker 1"])
@@ -344,6 +350,74 @@ def test_one_failed_worker_fails_the_job_at_once_and_status_names_it(k8s):
     s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=60, what="failed")
     assert s["status"] == "failed" and s["exit_code"] == 1
     assert s["reason"] == "worker 1: rank 1 of 2 failed first: exited with code 1: RuntimeError: boom"
+
+
+def train_spec(k8s: K8s, name: str, model: Path, data: Path, **training) -> Path:
+    """A 2-node train job (1 process each, gloo on the CPU) on files of this machine, where the
+    emulator's pods run."""
+    spec = {"apiVersion": "gpujob/v1", "kind": "train", "name": name,
+            "model": {"checkpoint": str(model), "language": "el"},
+            "data": {"train": [{"dataset": str(data), "split": "train"}],
+                     "eval": [{"dataset": str(data), "split": "heldout"}], "loader_workers": 1},
+            "training": {"max_steps": 4, "per_device_batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 1,
+                         "eval_steps": 2, "save_steps": 1, "precision": "fp32", "generation_max_length": 20,
+                         **training},
+            "evaluation": {"batch_size": 2}, "output": {"dir": str(k8s.tmp / "outputs" / name)},
+            "resources": {"gpus": 0, "nodes": 2},
+            "runtime": {"backend": "kubernetes", "namespace": k8s.namespace, "image": k8s.image,
+                        "env": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}},
+            "distributed": {"port": _free_port()}, "limits": {"max_runtime": "10m"}}
+    path = k8s.tmp / f"{name}.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_a_two_node_train_job_runs_the_runner_to_success(k8s, tiny_model, small_greek):
+    """The pods really run the runner under the launcher: c10d rendezvous at worker 0 (the emulator's
+    DNS is loopback), rank 0 on worker 0 writes every event once, worker 1 writes none."""
+    if not k8s.emulated:
+        pytest.skip("the model and data are files of this machine")
+    spec = train_spec(k8s, "two-node-train", tiny_model, small_greek)
+    rendered = k8s.gpujob("render", str(spec))
+    assert rendered.returncode == 0, rendered.stderr
+    assert "--rdzv-backend=c10d" in rendered.stdout and "--nnodes=2" in rendered.stdout
+    assert "-0.two-node-train-" in rendered.stdout  # worker 0 under the headless Service
+    job_id = k8s.submit(spec)
+    s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=240, what="finished")
+    assert s["status"] == "succeeded", s
+    logs = k8s.gpujob("logs", job_id, "--all", "--raw").stdout.splitlines()
+    events = [e for line in logs if line.startswith("[0] ") for e in parse_line(line)]
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
+    assert [e["event"] for e in events].count("end") == 1 and events[-1]["status"] == "succeeded"
+    assert not [line for line in logs if line.startswith("[1] ") and "@gpujob/v1" in line]
+    assert s["step"] == 4 and s["metrics"]["steps"] == 4
+    assert (k8s.tmp / "outputs" / "two-node-train" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_preempted_worker_restarts_the_group_from_the_last_checkpoint(k8s, tiny_model, small_greek):
+    """Worker 1 is preempted (DisruptionTarget, then deleted: SIGTERM): every rank saves one checkpoint
+    and stops, worker 0 exits 75 (counted, not failed), Kubernetes starts both pods again, and the
+    runner resumes from that checkpoint: the job succeeds with every step done once."""
+    if not k8s.emulated:
+        pytest.skip("the model and data are files of this machine, and only the emulator preempts on cue")
+    job_id = k8s.submit(train_spec(k8s, "preempted", tiny_model, small_greek, max_steps=12, eval_steps=100))
+    k8s.wait_status(job_id, lambda s: (s["step"] or 0) >= 2, timeout=120, what="step 2")
+    name = k8s.k8s_jobs(job_id)[0]["metadata"]["name"]
+    k8s.fake.evict(next(p["metadata"]["name"] for p in k8s.pods(job_id) if p["metadata"]["name"].startswith(f"{name}-1-")))
+    s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=300, what="finished")
+    assert s["status"] == "succeeded" and s["step"] == 12, s
+    worker_0 = [pod for pod in k8s.fake.runtimes if pod.startswith(f"{name}-0-")]  # in the order they ran
+    assert len(worker_0) >= 2, "worker 0 was not started again"
+    logs = [line for pod in worker_0 for line in k8s.fake.pod_logs(pod)]
+    events = [e for line in logs for e in parse_line(line)]
+    assert [e["step"] for e in events if e["event"] == "progress"] == list(range(1, 13))  # each step once
+    first_end = next(i for i, e in enumerate(events) if e["event"] == "end")
+    saved = [e["step"] for e in events[:first_end] if e["event"] == "progress"][-1]  # the first generation's last
+    assert any("resuming from" in line and f"checkpoint-{saved} " in line for line in logs)
+    assert "exit 75: the group restarts from the last checkpoint" in "\n".join(k8s.fake.pod_logs(worker_0[0]))
+    assert [e["status"] for e in events if e["event"] == "end"] == ["failed", "succeeded"]
 
 
 def _free_port() -> int:

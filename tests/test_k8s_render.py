@@ -115,18 +115,22 @@ def test_several_nodes_use_an_indexed_job_a_headless_service_and_torchrun_rendez
     endpoint = f"{name}-0.{name}-workers:29400"  # worker 0's pod: hostname <job>-0 under the Service
     assert container["command"] == [
         "python", "-m", "gpujob.runner.launch", "--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}", "--rdzv-id=ab12cd", "--max-restarts=5", "/etc/gpujob/spec.json"]
+        f"--rdzv-endpoint={endpoint}", "--rdzv-id=ab12cd", "--max-restarts=0", "--local-addr=$(GPUJOB_NODE_HOST)",
+        "/etc/gpujob/spec.json"]
     assert container["ports"] == [{"name": "rendezvous", "containerPort": 29400}]
     # $(JOB_COMPLETION_INDEX) expands only because it is defined before GPUJOB_NODE_INDEX
-    assert container["env"][:3] == [
+    assert container["env"][:4] == [
         {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
         {"name": "GPUJOB_NODE_INDEX", "value": "$(JOB_COMPLETION_INDEX)"},
+        {"name": "GPUJOB_NODE_HOST", "value": f"{name}-$(JOB_COMPLETION_INDEX).{name}-workers"},
         {"name": "GPUJOB_RDZV_ENDPOINT", "value": endpoint}]
     assert job["spec"]["podFailurePolicy"] == {"rules": [
         {"action": "FailJob", "onExitCodes": {"containerName": "job", "operator": "In", "values": [2]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "Count", "onExitCodes": {"containerName": "job", "operator": "In", "values": [75]}},
         {"action": "FailJob", "onExitCodes": {"containerName": "job", "operator": "NotIn", "values": [0]}}]}
+    assert job["spec"]["backoffLimit"] == 10  # distributed.restarts x nodes: a group restart counts each node
     assert manifests.validate(list(objs.values()), K8S_VERSION) == []
 
 
@@ -136,7 +140,7 @@ def test_network_settings_reach_the_pods_environment_and_runtime_env_wins():
     env = {e["name"]: e.get("value") for e in objs["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == "ens5"
     assert env["NCCL_IB_DISABLE"] == "0" and env["WANDB_MODE"] == "offline"
-    assert "GPUJOB_NODE_INDEX" not in env  # one node: the runner's writer is the only node
+    assert "GPUJOB_NODE_INDEX" not in env  # one node: no rendezvous between nodes
     assert manifests.validate(list(objs.values()), K8S_VERSION) == []
 
 

@@ -48,11 +48,8 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> Path:
-    """40 training and 3 held-out clips of synthesized Greek (an odd number, for uneven shares)."""
-    from gpujob.runner.greek_speech import build
-
-    return build(tmp_path_factory.mktemp("greek") / "speech", train=40, heldout=3).out_dir
+def speech(small_greek) -> Path:
+    return small_greek
 
 
 def write_spec(path: Path, model: Path, data: Path, *, batch: int, accumulation: int = 1, group_by_length=True,

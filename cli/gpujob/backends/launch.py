@@ -18,14 +18,17 @@ LAUNCHER_MODULE = "gpujob.runner.launch"
 SPEC = "{spec}"   # stands for the spec file inside the job
 
 
+GROUP_RESTART_EXIT = 75  # the launcher's exit on several nodes when the group must start again
+
+
 @dataclass(frozen=True)
 class Rendezvous:
-    """Multi-node: where torchrun's agents meet (c10d, hosted by worker 0's agent) and how often
-    the worker group may restart from the last checkpoint when a worker is lost."""
+    """Multi-node: where torchrun's agents meet (c10d, hosted by worker 0's agent). The group
+    restarts through the backend (new pods, fresh agents: see gpujob.runner.launch), never in place."""
 
     endpoint: str     # host:port of worker 0
     run_id: str       # the same for every node of one job
-    restarts: int
+    local_addr: str | None = None  # this node's name as the others reach it; torchrun numbers nodes in its order
 
 
 def processes_per_node(gpus: int) -> int:
@@ -50,5 +53,7 @@ def runner_command(*, gpus: int, nodes: int = 1, rendezvous: Rendezvous | None =
             raise ValueError("a job on several nodes needs a rendezvous")
         argv += [f"--nnodes={nodes}", f"--nproc-per-node={processes_per_node(gpus)}", "--rdzv-backend=c10d",
                  f"--rdzv-endpoint={rendezvous.endpoint}", f"--rdzv-id={rendezvous.run_id}",
-                 f"--max-restarts={rendezvous.restarts}"]
+                 "--max-restarts=0"]
+        if rendezvous.local_addr:
+            argv.append(f"--local-addr={rendezvous.local_addr}")
     return [*argv, SPEC]

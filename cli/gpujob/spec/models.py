@@ -416,8 +416,8 @@ class DistributedSection(_Section):
     port: int = Field(29500, ge=1024, le=65535, description=(
         "kubernetes, `resources.nodes` > 1: the rendezvous port on worker 0."))
     restarts: int = Field(3, ge=0, le=100, description=(
-        "kubernetes, `resources.nodes` > 1: how many times the worker group restarts from the last "
-        "checkpoint when a worker is lost (preempted, its node drained). 0: the first loss fails the job."))
+        "kubernetes, `resources.nodes` > 1: how many times the group of workers may start again, from the last "
+        "checkpoint, after a worker is lost (preempted, its node drained). 0: the first loss fails the job."))
     network_interface: NonEmptyStr | None = Field(None, description=(
         "Network interface the processes talk over between nodes, e.g. `eth0` (sets NCCL_SOCKET_IFNAME and "
         "GLOO_SOCKET_IFNAME). Unset: NCCL and gloo choose one."))

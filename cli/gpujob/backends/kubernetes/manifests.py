@@ -7,10 +7,12 @@ What the Job carries, and why:
   torchrun, for several GPUs or nodes); ``restartPolicy: Never``;
 - several nodes (``resources.nodes``): an Indexed Job whose pods are ``<job>-<index>`` under a headless
   Service, so worker 0 is ``<job>-0.<service>``; torchrun's c10d rendezvous on worker 0 at
-  ``distributed.port`` (a containerPort and the Service's port) with ``distributed.restarts`` restarts;
-  ``GPUJOB_NODE_INDEX`` and ``GPUJOB_RDZV_ENDPOINT`` in every pod's environment (for ``kind: command``
-  jobs that start torchrun themselves; the runner's writer is rank 0, which c10d places on worker 0
-  because it numbers nodes in the order of their host names); ``distributed.network_interface`` and
+  ``distributed.port`` (a containerPort and the Service's port);
+  ``GPUJOB_NODE_INDEX``, ``GPUJOB_NODE_HOST`` (``<job>-<index>.<service>``) and ``GPUJOB_RDZV_ENDPOINT``
+  in every pod's environment. The launcher tells worker 0's agent to host the rendezvous store (from
+  ``GPUJOB_NODE_INDEX``, rather than torchrun's guess from host names) and gives every agent its
+  name as ``--local-addr``: c10d numbers nodes in the order of those names, so rank 0, the runner's
+  writer, is on worker 0, whose log ``logs -f`` and ``status`` follow; ``distributed.network_interface`` and
   ``infiniband`` as NCCL/gloo variables (every backend gets those through the request's env);
 - ``nvidia.com/gpu`` limits (requests equal limits), a nodeSelector on ``runtime.gpu_node_label`` for
   ``resources.gpu_type``, a toleration for the usual ``nvidia.com/gpu`` taint, CPU/memory requests;
@@ -20,7 +22,9 @@ What the Job carries, and why:
 - ``backoffLimit``; a ``podFailurePolicy`` that ignores disruptions (eviction, preemption) and fails
   the Job at once on the runner's exit code 2 (the spec or data is wrong: a retry cannot help), and
   with several nodes on any other failure too (a worker that failed for good would leave the others
-  waiting for it; a preempted one is replaced and torchrun restarts the group from the checkpoint);
+  waiting for it) but the launcher's 75: when a worker is preempted, every rank saves a checkpoint,
+  the other nodes exit 75, and all pods start again and resume from it (``backoffLimit``:
+  ``distributed.restarts`` × nodes);
   ``activeDeadlineSeconds`` from ``limits.max_runtime``; ``ttlSecondsAfterFinished``;
 - ``app.kubernetes.io/*`` and ``gpujob.dev/id`` labels; with ``runtime.queue`` the Kueue queue label
   and ``suspend: true``, as Kueue expects;
@@ -36,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpujob import __version__
 from gpujob.backends.base import JobRequest
-from gpujob.backends.launch import SPEC, Rendezvous, runner_command
+from gpujob.backends.launch import GROUP_RESTART_EXIT, SPEC, Rendezvous, runner_command
 from gpujob.image import default_tag
 
 if TYPE_CHECKING:
@@ -106,7 +110,7 @@ def _command(request: JobRequest, gpus: int, nodes: int) -> list[str]:
         argv = request.command
     else:
         rdzv = Rendezvous(endpoint=rendezvous_endpoint(request), run_id=request.job_id,
-                          restarts=distributed(request).restarts) if nodes > 1 else None
+                          local_addr="$(GPUJOB_NODE_HOST)") if nodes > 1 else None
         argv = runner_command(gpus=gpus, nodes=nodes, rendezvous=rdzv)
     return [spec_file if arg == SPEC else arg for arg in argv]
 
@@ -186,6 +190,7 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
             {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
                 "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
             {"name": "GPUJOB_NODE_INDEX", "value": "$(JOB_COMPLETION_INDEX)"},
+            {"name": "GPUJOB_NODE_HOST", "value": f"{name}-$(JOB_COMPLETION_INDEX).{service}"},
             {"name": "GPUJOB_RDZV_ENDPOINT", "value": rendezvous_endpoint(request)},
         ]
         container["ports"] = [{"name": "rendezvous", "containerPort": port}]
@@ -214,11 +219,16 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
                                               "values": [CONFIG_ERROR_EXIT]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
     ]
-    if nodes > 1:  # one failed worker fails the Job at once, instead of leaving the others waiting for it
-        rules.append({"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
-                                                           "values": [0]}})
+    if nodes > 1:
+        # a node that stopped for the group to start again (a preempted worker) is started again, and
+        # counted; any other failed worker fails the Job at once instead of leaving the others waiting
+        rules += [{"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                      "values": [GROUP_RESTART_EXIT]}},
+                  {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
+                                                        "values": [0]}}]
     job_spec: dict[str, Any] = {
-        "backoffLimit": BACKOFF_LIMIT,
+        # several nodes: each restart of the group can count a pod of every node
+        "backoffLimit": BACKOFF_LIMIT if nodes == 1 else max(1, distributed(request).restarts * nodes),
         "podFailurePolicy": {"rules": rules},
         "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
         "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},

@@ -11,7 +11,7 @@ with the runner's ``batches.features``; then whether the loader can keep up with
 GPU part (``torch.cuda.is_available()``, or ``--device cpu`` for a smoke test): Whisper models built by hand from
 ``WhisperConfig`` (no Hub download), random weights, one training step (forward + backward + AdamW) timed per
 recipe: the 2022 event recipe beside SDPA/bf16/checkpointing/compile/frozen-encoder variants and the runner's own
-set-up (``gpujob*`` rows, through ``gpujob.runner.model`` and ``gpujob.runner.train._forward``); model FLOPs
+set-up (``gpujob*`` rows, through ``gpujob.runner.model`` and ``gpujob.runner.update.mean_loss``); model FLOPs
 counted with ``torch.utils.flop_counter.FlopCounterMode``, MFU against 790 TFLOP/s; then evaluation (greedy
 generation of 40 new tokens) through the runner's ``evaluate.transcribe``. See docs/performance.md.
 """
@@ -54,7 +54,7 @@ import torch  # noqa: E402
 
 from gpujob.runner import audio as audio_mod  # noqa: E402
 from gpujob.runner import batches as batches_mod  # noqa: E402
-from gpujob.runner.train import optimizer_step  # noqa: E402  (the runner's own step, in every recipe)
+from gpujob.runner.update import optimizer_step  # noqa: E402  (the runner's own step, in every recipe)
 
 PEAK_FLOPS = 790e12           # the issue's bf16 figure for one H100: MFU is measured against it
 LABEL_TOKENS = 48
@@ -113,7 +113,7 @@ RECIPES = [
     Recipe("sdpa-bf16-frozen", "SDPA, bf16, no checkpointing, encoder frozen and run under no_grad",
            frozen="no_grad"),
     Recipe("gpujob", "the runner: model.pick_precision('auto'), SDPA, freeze('none'), "
-           "set_gradient_checkpointing('auto'), train._forward, its optimiser step", runner=True),
+           "set_gradient_checkpointing('auto'), update.mean_loss, its optimiser step", runner=True),
     Recipe("gpujob-frozen", "the runner with training.freeze: encoder (encoder cache off: first epoch)",
            runner=True, runner_freeze="encoder"),
     Recipe("gpujob-audio", "the runner, log-mel from raw audio inside the step (batches.features on the "
@@ -674,11 +674,11 @@ def _reference_step(recipe: Recipe, model, device: torch.device, feats: torch.Te
 
 def _runner_step(recipe: Recipe, size: str, device: torch.device, feats: torch.Tensor, labels: torch.Tensor,
                  audio: list[np.ndarray]):
-    """The runner's set-up and step: gpujob.runner.model for precision/freeze/checkpointing, train._forward for
+    """The runner's set-up and step: gpujob.runner.model for precision/freeze/checkpointing, update.mean_loss for
     the loss, and train.run's optimiser step (scaler, clip at 1.0, fused AdamW, loss.item() every step)."""
     from gpujob.runner.batches import Batch
     from gpujob.runner.model import freeze, pick_precision, set_gradient_checkpointing
-    from gpujob.runner.train import _forward
+    from gpujob.runner.update import mean_loss
 
     precision = pick_precision(RUNNER_PRECISION[0], device)
     model = build_model(size, "sdpa", device)  # model.load() asks from_pretrained for attn_implementation="sdpa"
@@ -702,7 +702,7 @@ def _runner_step(recipe: Recipe, size: str, device: torch.device, feats: torch.T
                   label_lengths=[labels.shape[1]] * n)
 
     def step():
-        loss = _forward(model, processor, batch, device, precision, None)
+        loss = mean_loss(model, processor, batch, device, precision, None)
         (scaler.scale(loss) if scaler else loss).backward()
         loss.item()  # train.run adds it to the progress line every step (a sync)
         optimizer_step(optimizer, params, scaler)

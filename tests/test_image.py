@@ -457,8 +457,10 @@ def test_a_train_job_submitted_to_docker_runs_the_runner_in_the_image(cpu_image,
     spec["runtime"] = {"backend": "docker", "image": cpu_image["tag"],
                        "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}}
     path.write_text(json.dumps(spec))
+    # on vfs an engine can spend minutes copying or removing the multi-GB image's layers for the test
+    # before: allow its API calls longer than the 60 s default (the knob users of slow engines have)
     cli = GpujobCli(work, {**os.environ, "DOCKER_HOST": cpu_image["engine"].host,
-                           "GPUJOB_HOME": str(tmp_path / "home")})
+                           "GPUJOB_HOME": str(tmp_path / "home"), "GPUJOB_DOCKER_TIMEOUT_S": "300"})
     job_id = cli.submit(Path("spec.yaml"))
     logs = cli.gpujob("logs", "-f", job_id, timeout=900)
     assert "[progress] step 6/6" in logs.stdout, logs.stdout[-3000:] + logs.stderr

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from gpujob.backends import gpus
 from gpujob.cli.app import app
 from gpujob.registry import Registry
+from test_local_backend import pid_alive
 
 A10 = [("GPU-5a1b2c3d-0000-1111-2222-aaaaaaaaaaaa", "NVIDIA A10"),
        ("GPU-5a1b2c3d-0000-1111-2222-bbbbbbbbbbbb", "NVIDIA A10")]
@@ -184,14 +185,6 @@ print("rank started", flush=True)
 if sys.argv[2] == "wait":
     time.sleep(300)
 """
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def wait_gone(pid: int, timeout: float = 15.0) -> bool:

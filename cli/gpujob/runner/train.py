@@ -44,15 +44,12 @@ import torch
 
 from gpujob.runner import checkpoint as ckpt
 from gpujob.runner import data as data_mod
-from gpujob.runner.batches import Batch, collate, features, pad_audio, prefetched
+from gpujob.runner import update
+from gpujob.runner.batches import pad_audio, prefetched
 from gpujob.runner.distributed import Group
-from gpujob.runner.evaluate import (EncoderCache, _autocast, encoder_states, eval_batch_size, evaluate,
-                                     summary_lines, write_predictions)
+from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
 from gpujob.runner.model import freeze, load, pick_precision, set_gradient_checkpointing
 from gpujob.runner.steps import OUTCOMES, micro_steps_for, steps
-
-latest_checkpoint = ckpt.latest
-
 
 class Stop(Exception):
     """SIGTERM arrived (at any process): save and leave."""
@@ -143,7 +140,7 @@ def run(spec: Any, out_dir: Path, writer, group: Group | None = None) -> int:
         print(f"resuming from {resume_from} (step {state['step']}/{total_steps})", flush=True)
     micro = micro_steps_for(global_batch, t.per_device_batch_size, group.world)
     per_process = math.ceil(global_batch / (group.world * micro))
-    ddp = _wrap(model, group)
+    ddp = update.wrap(model, group)
 
     # 4. data: evaluation examples decoded once, each process its share
     eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed,
@@ -187,13 +184,13 @@ def run(spec: Any, out_dir: Path, writer, group: Group | None = None) -> int:
         state["baseline"] = baseline.as_metrics(spec.evaluation.metrics)
 
     # 5. the loop
-    model.train()
+    ddp.train()
     step = state["step"]
     skipped: dict[str, int] = {}
     labels = data_mod._labels(spec.data.train)
     seen = data_mod.Stats()  # kept / too long / undecodable, summed over processes, for the 5 % rule
     n_samples = processor.feature_extractor.n_samples
-    silence = _dummy(processor)
+    filler = update.silence(processor)
     t_step = time.perf_counter()
 
     def pad(item) -> None:  # on the prefetch thread, while the GPU runs the step before
@@ -232,9 +229,9 @@ def run(spec: Any, out_dir: Path, writer, group: Group | None = None) -> int:
                     tokens, examples = counts[0], counts[1]
                     if not tokens:
                         continue  # every clip of this global batch dropped out
-                    total = _train_step(ddp, model, processor, item.micro, tokens, group, device, precision, cache,
-                                        silence, scaler)
-                    optimizer_step(optimizer, params, scaler)
+                    total = update.backward(ddp, model, processor, item.micro, tokens, group, device, precision,
+                                            cache, filler, scaler)
+                    update.optimizer_step(optimizer, params, scaler)
                     scheduler.step()
                     step, stepped = step + 1, True
                     state["step"] = step
@@ -315,16 +312,6 @@ def _resume_point(out_dir: Path, group: Group) -> Path | None:
     return path
 
 
-def _wrap(model, group: Group):
-    """DDP over the processes (gradients averaged in buckets while the backward pass runs); the model
-    itself for one. Inputs are already on the device, so DDP is given no device_ids to move them."""
-    if not group.many:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=None, gradient_as_bucket_view=True)
-
-
 def _account(seen: data_mod.Stats, labels: list[str], counts: list[int] | None, item, group: Group,
              *, final: bool = False) -> None:
     """Add a step's clip counts (summed over processes) to ``seen``; too many undecodable clips of a
@@ -343,82 +330,6 @@ def _account(seen: data_mod.Stats, labels: list[str], counts: list[int] | None, 
             paths = [p for share in group.gather(item.bad_paths if item is not None else []) for p in share]
             per.bad_paths = paths[:data_mod.MAX_BAD_PATHS_KEPT]
             data_mod.check_bad(per, f"data.train[{i}]", 0.05, final=final)
-
-
-def _train_step(ddp, model, processor, micro: list[Batch], tokens: int, group: Group, device, precision, cache,
-                silence: Batch, scaler=None) -> torch.Tensor:
-    """The backward passes of one optimizer step on this process; returns its summed loss (on the device).
-
-    Each micro-batch's summed token loss is scaled by ``processes / tokens`` (``tokens``: the global
-    batch's label tokens, summed over processes), so that after DDP's averaging the gradient is the
-    global batch's token mean. Only the last micro-batch synchronises gradients; every process must
-    take part in it, so a process whose share is empty there runs one silent clip with weight 0."""
-    total = torch.zeros((), device=device)
-    order = sorted(micro, key=lambda b: len(b) > 0)  # empty ones first: the synchronising pass has data
-    for a, batch in enumerate(order):
-        last = a == len(order) - 1
-        weight = group.world / tokens
-        if not len(batch):
-            if not (last and group.many):
-                continue
-            batch, weight = silence, 0.0
-        sync = contextlib.nullcontext() if last or not group.many else ddp.no_sync()
-        with sync:
-            loss = loss_sum(ddp, model, processor, batch, device, precision, cache)
-            scaled = loss * weight
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if weight:
-            total += loss.detach()
-    return total
-
-
-def optimizer_step(optimizer, params, scaler) -> None:
-    """One optimiser step after the backward passes: unscale (fp16), clip the gradient norm at 1.0,
-    step (through the loss scaler when there is one), clear the gradients."""
-    if scaler:
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def loss_sum(forward, model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:
-    """The sum of the per-token cross-entropy over the batch's label tokens, in float32.
-
-    ``forward`` is the model or its DDP wrapper (through which the pass must go for gradients to be
-    averaged); ``model`` is the plain model, for the frozen encoder's cached states."""
-    from transformers.modeling_outputs import BaseModelOutput
-    from transformers.models.whisper.modeling_whisper import shift_tokens_right
-
-    labels = batch.labels.to(device, non_blocking=True)
-    decoder_input_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
-    audio = batch.padded if batch.padded is not None else batch.audio
-    states = encoder_states(model, processor.feature_extractor, audio, batch.ids, device, precision, cache)
-    with _autocast(device, precision):
-        if states is not None:
-            out = forward(encoder_outputs=BaseModelOutput(last_hidden_state=states),
-                          decoder_input_ids=decoder_input_ids, use_cache=False)
-        else:
-            out = forward(input_features=features(processor.feature_extractor, audio, device),
-                          decoder_input_ids=decoder_input_ids, use_cache=False)
-    logits = out.logits
-    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-
-
-def _forward(model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:
-    """The batch's mean token loss (the benchmark's training step)."""
-    return loss_sum(model, model, processor, batch, device, precision, cache) / max(1, batch.tokens)
-
-
-def _dummy(processor) -> Batch:
-    """One second of silence with a one-token label: the synchronising pass of a process with no data."""
-    eot = processor.tokenizer.eos_token_id
-    return collate([("gpujob::silence", "", np.zeros(16000, dtype=np.float32), [eot])])
 
 
 def _after_eval(scores, state: dict, step: int, out_dir: Path, model, processor, group: Group) -> None:

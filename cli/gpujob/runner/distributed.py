@@ -39,13 +39,13 @@ class Group:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    writer: int = 0   # the rank that writes
     device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     _ctrl: Any = None  # the gloo group for CPU-side collectives
 
     @property
     def is_writer(self) -> bool:
-        return self.rank == self.writer
+        """Rank 0: the one process that writes (see the module's text)."""
+        return self.rank == 0
 
     @property
     def many(self) -> bool:
@@ -78,7 +78,7 @@ class Group:
         import torch.distributed as dist
 
         box = [obj if self.is_writer else None]
-        dist.broadcast_object_list(box, src=self.writer, group=self._ctrl)
+        dist.broadcast_object_list(box, src=0, group=self._ctrl)
         return box[0]
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:

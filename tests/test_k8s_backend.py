@@ -397,26 +397,28 @@ def test_a_two_node_train_job_runs_the_runner_to_success(k8s, tiny_model, small_
 
 @pytest.mark.slow
 def test_a_preempted_worker_restarts_the_group_from_the_last_checkpoint(k8s, tiny_model, small_greek):
-    """Worker 1 is preempted (DisruptionTarget, then deleted: SIGTERM): every rank saves one checkpoint
-    and stops, worker 0 exits 75 (counted, not failed), Kubernetes starts both pods again, and the
-    runner resumes from that checkpoint: the job succeeds with every step done once."""
+    """Worker 0 (which also hosts the rendezvous store) is preempted: DisruptionTarget, then deleted,
+    so SIGTERM. Every rank saves one checkpoint and stops; worker 1 exits 75 (counted, not failed);
+    Kubernetes starts both pods again, and the runner resumes from that checkpoint. The job succeeds
+    with every step done once."""
     if not k8s.emulated:
         pytest.skip("the model and data are files of this machine, and only the emulator preempts on cue")
     job_id = k8s.submit(train_spec(k8s, "preempted", tiny_model, small_greek, max_steps=12, eval_steps=100))
     k8s.wait_status(job_id, lambda s: (s["step"] or 0) >= 2, timeout=120, what="step 2")
     name = k8s.k8s_jobs(job_id)[0]["metadata"]["name"]
-    k8s.fake.evict(next(p["metadata"]["name"] for p in k8s.pods(job_id) if p["metadata"]["name"].startswith(f"{name}-1-")))
+    k8s.fake.evict(next(p["metadata"]["name"] for p in k8s.pods(job_id) if p["metadata"]["name"].startswith(f"{name}-0-")))
     s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=300, what="finished")
     assert s["status"] == "succeeded" and s["step"] == 12, s
-    worker_0 = [pod for pod in k8s.fake.runtimes if pod.startswith(f"{name}-0-")]  # in the order they ran
-    assert len(worker_0) >= 2, "worker 0 was not started again"
-    logs = [line for pod in worker_0 for line in k8s.fake.pod_logs(pod)]
+    ran = list(k8s.fake.runtimes)  # pods in the order they ran
+    worker_0, worker_1 = ([p for p in ran if p.startswith(f"{name}-{i}-")] for i in (0, 1))
+    assert len(worker_0) >= 2 and len(worker_1) >= 2, ran
+    logs = [line for pod in worker_0 for line in k8s.fake.pod_logs(pod)]  # rank 0, the writer, is on worker 0
     events = [e for line in logs for e in parse_line(line)]
     assert [e["step"] for e in events if e["event"] == "progress"] == list(range(1, 13))  # each step once
     first_end = next(i for i, e in enumerate(events) if e["event"] == "end")
     saved = [e["step"] for e in events[:first_end] if e["event"] == "progress"][-1]  # the first generation's last
     assert any("resuming from" in line and f"checkpoint-{saved} " in line for line in logs)
-    assert "exit 75: the group restarts from the last checkpoint" in "\n".join(k8s.fake.pod_logs(worker_0[0]))
+    assert "exit 75: the group restarts from the last checkpoint" in "\n".join(k8s.fake.pod_logs(worker_1[0]))
     assert [e["status"] for e in events if e["event"] == "end"] == ["failed", "succeeded"]
 
 

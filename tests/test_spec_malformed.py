@@ -49,8 +49,10 @@ CASES = [
     Case("nested-33", COMMAND + "description: " + "[" * 40 + "]" * 40 + "\n", "description[0][0][0]...",
          "nested too deeply", 4),
     Case("alias-bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdef", "bcdefg")), None, "more than 100,000"),
-    Case("self-referencing-alias", COMMAND + "description: &d [*d]\n", "description", "expected a string", 4),
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdef", "bcdefg")), None,
+        "expand to more than 10,000 values", 4),
+    Case("self-referencing-alias", COMMAND + "description: &d [*d]\n", "description[0]", "refers to itself", 4),
+    Case("self-merging-mapping", COMMAND + "x-a: &a {k: 1, <<: [*a]}\n", "x-a.<<[0]", "refers to itself", 4),
     Case("non-string-key", COMMAND + "1: x\n", "(top level)", "keys must be strings", 4),
     Case("yaml-tag", COMMAND + "description: !secret x\n", "description", "tags", 4),
     # --- top-level keys

@@ -53,3 +53,21 @@ class MissingSecret(UserError):
 
 class JobStateError(UserError):
     """An operation that does not fit the job's state (cancel a finished job...)."""
+
+
+class OutputDirInUse(UserError):
+    """Another active job already writes to this ``output.dir`` (checked in the same transaction
+    that records the new job, so two submits at once cannot both pass)."""
+
+    def __init__(self, output_dir: str, job_id: str, name: str, status: str) -> None:
+        holder = (f"running job {job_id} ({name})" if status == "running"
+                  else f"job {job_id} ({name}), which is {status}")
+        super().__init__(f"output directory {output_dir} is in use by {holder}",
+                         hint=f"wait for it (`gpujob logs -f {job_id}`), cancel it, or set output.dir "
+                              "(for a sweep: --set output.dir=outputs/NAME)")
+        self.output_dir, self.job_id = output_dir, job_id
+
+
+class RegistryError(GpujobError):
+    """gpujob's home or its registry cannot be used as it is (unreadable, read-only, damaged).
+    An environment failure (exit 1): the message names the path, the hint what to do."""

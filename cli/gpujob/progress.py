@@ -21,7 +21,8 @@ Events and their fields (all optional but ``event``):
 ========== ===============================================================
 start      total_steps, epochs, name, kind
 progress   step, total_steps, epoch, loss, learning_rate, samples_per_s
-eval       step, wer, cer, eval_loss (wer/cer are fractions: 0.231 = 23.1 %)
+eval       step, wer, cer, eval_loss (wer/cer are fractions: 0.231 = 23.1 %),
+           and any other name: value (per-dataset scores, e.g. ``wer_fleurs``)
 checkpoint step, path
 artifact   path, name
 end        status ("succeeded" | "failed"), metrics {name: value}, message
@@ -30,23 +31,69 @@ heartbeat  phase, done, total (alive during long work between steps, e.g. evalua
 
 Any event counts as a sign of life for hung-job detection (``limits.idle_minutes``).
 
-This module is stdlib-only: jobs import the writer, the CLI imports the
-parser, and neither pulls in anything heavy.
+Whatever a job prints, reading it never fails and never takes long: the reader checks every
+field, and a field of the wrong type or out of range is dropped as if it were absent (the rest of
+the event still counts). What a reader keeps:
+
+=============================== =========================================================
+event                           1-40 characters of ``A-Z a-z 0-9 _ . -`` (else not an event)
+t                               a number 0 .. 1e11 (unix seconds)
+step, done                      an integer 0 .. 10**12 (a float is truncated)
+total_steps, total              an integer 1 .. 10**12 (0 means unknown: dropped)
+epoch, epochs                   a number 0 .. 1e9
+loss, learning_rate, eval_loss  a number -1e30 .. 1e30
+samples_per_s                   a number 0 .. 1e30
+wer, cer                        a number 0 .. 1000 (a fraction; above 1 is possible)
+status                          "succeeded", or "failed" for any other string
+message, path                   a string, cut to 500 characters
+name, kind, phase               a string, cut to 200 characters
+metrics, eval's other names     at most 50 names of 1-100 characters, each to null, a boolean,
+                                a number -1e30 .. 1e30 or a string cut to 200 characters;
+                                anything else (a list, an object) is dropped
+=============================== =========================================================
+
+Booleans are not numbers; ``NaN``, ``Infinity`` and numbers too big for a float are dropped.
+Control characters, terminal escape sequences (ESC, CSI), bidirectional overrides and lone
+surrogates in any kept string are replaced (by a space for tab and newline, else U+FFFD), so
+nothing a job prints can restyle the terminal of someone running ``status`` or ``logs``.
+
+A line longer than 64 Ki characters (:data:`MAX_EVENT_CHARS`) holds no event: it is text. So is an
+object nested more than 16 deep (:data:`MAX_DEPTH`). A stream cut into lines passes on a line
+longer than 1 MiB (:data:`MAX_LINE_BYTES`) in pieces of at most that size. The state a
+reader folds keeps the latest 50 artifact paths (:data:`MAX_ARTIFACTS`).
+
+This module is stdlib-only: jobs import the writer, the CLI imports the parser, and neither
+pulls in anything heavy.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 PREFIX = "@gpujob/v1 "
 VERSION = 1
 EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat")
+
+MAX_EVENT_CHARS = 64 * 1024     # a longer line holds no event (it is still text)
+MAX_DEPTH = 16                  # an object nested deeper is not an event
+MAX_LINE_BYTES = 1 << 20        # LineSplitter passes a longer line on in pieces of this size
+MAX_STEP = 10**12
+MAX_ABS = 1e30
+MAX_RATE = 1000.0               # wer/cer: fractions; a WER above 100 % is possible, 100000 % is not
+MAX_EPOCH = 1e9
+MAX_T = 1e11                    # unix seconds (the year 5138)
+MAX_TEXT = 500                  # message, path
+MAX_NAME = 200                  # name, kind, phase, a metric's string value
+MAX_KEY = 100                   # a metric's name
+MAX_METRICS = 50                # names kept in metrics, and in eval besides its own fields
+MAX_ARTIFACTS = 50              # paths kept (the latest)
 
 _decoder = json.JSONDecoder()
 
@@ -93,24 +140,203 @@ class ProgressWriter:
         self.emit("heartbeat", **fields)
 
 
+# --------------------------------------------------------------------------- values
+
+# C0 and C1 controls (ESC starts a terminal escape sequence; CSI is U+009B), DEL, the marks and
+# overrides that reorder text on screen, and lone surrogates (which cannot be written as UTF-8).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_EVENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,40}")
+
+
+def _swap(m: re.Match) -> str:
+    return " " if m.group() in "\t\n\r\v\f\u2028\u2029" else "\ufffd"
+
+
+def clean_text(value: Any, limit: int = MAX_TEXT) -> str | None:
+    """``value`` as a string that is safe to print on a terminal, cut to ``limit`` characters
+    (the last one an ellipsis when cut); None when it is not a string."""
+    if not isinstance(value, str):
+        return None
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return _UNSAFE.sub(_swap, value) if _UNSAFE.search(value) else value
+
+
+def _real(value: Any, lo: float, hi: float) -> float | None:
+    """A number within [lo, hi] as a float; None for anything else (bools, NaN, 10**400, "1")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        return float(value) if lo <= value <= hi else None  # compare as int: 10**400 cannot overflow
+    return value + 0.0 if lo <= value <= hi else None  # NaN compares false; -0.0 + 0.0 is 0.0
+
+
+def _int(value: Any, lo: int, hi: int) -> int | None:
+    """A number within [lo, hi] as an int (a float is truncated); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not lo <= value <= hi:
+        return None  # (before int(): inf and NaN have none)
+    value = int(value)
+    return value if lo <= value <= hi else None
+
+
+def _num(value: Any) -> float | None:
+    """A number in -1e30 .. 1e30 as a float, else None."""
+    return _real(value, -MAX_ABS, MAX_ABS)
+
+
+def _status(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return "succeeded" if value == "succeeded" else "failed"
+
+
+def _plain(value: Any) -> tuple[bool, Any]:
+    """(True, the value as kept) for a metric's value: null, a boolean, a finite number, a short
+    string; (False, None) for anything else."""
+    if value is None or isinstance(value, bool):
+        return True, value
+    if isinstance(value, int):
+        return (True, int(value)) if -MAX_ABS <= value <= MAX_ABS else (False, None)
+    if isinstance(value, float):
+        return (True, value + 0.0) if -MAX_ABS <= value <= MAX_ABS else (False, None)
+    if isinstance(value, str):
+        return True, clean_text(value, MAX_NAME)
+    return False, None
+
+
+def _metric_items(items: Iterable[tuple[Any, Any]], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if len(out) >= MAX_METRICS:
+            break
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY or key in skip:
+            continue
+        ok, value = _plain(value)
+        if ok:
+            out[clean_text(key, MAX_KEY)] = value
+    return out
+
+
+def clean_metrics(value: Any) -> dict[str, Any]:
+    """``{name: value}`` as gpujob keeps metrics (see the module's table); {} for a non-dict."""
+    return _metric_items(value.items()) if isinstance(value, dict) else {}
+
+
+def _step(v: Any) -> int | None:
+    return _int(v, 0, MAX_STEP)
+
+
+def _total(v: Any) -> int | None:
+    return _int(v, 1, MAX_STEP)
+
+
+def _epoch(v: Any) -> float | None:
+    return _real(v, 0.0, MAX_EPOCH)
+
+
+def _rate(v: Any) -> float | None:
+    return _real(v, 0.0, MAX_RATE)
+
+
+def _speed(v: Any) -> float | None:
+    return _real(v, 0.0, MAX_ABS)
+
+
+def _time(v: Any) -> float | None:
+    return _real(v, 0.0, MAX_T)
+
+
+def _text(v: Any) -> str | None:
+    return clean_text(v, MAX_TEXT)
+
+
+def _name(v: Any) -> str | None:
+    return clean_text(v, MAX_NAME)
+
+
+_Check = Callable[[Any], Any]
+_FIELDS: dict[str, dict[str, _Check]] = {
+    "start": {"total_steps": _total, "epochs": _epoch, "name": _name, "kind": _name},
+    "progress": {"step": _step, "total_steps": _total, "epoch": _epoch, "loss": _num,
+                 "learning_rate": _num, "samples_per_s": _speed},
+    "eval": {"step": _step, "wer": _rate, "cer": _rate, "eval_loss": _num},
+    "checkpoint": {"step": _step, "path": _text},
+    "artifact": {"path": _text, "name": _name},
+    "end": {"status": _status, "metrics": lambda v: clean_metrics(v) if isinstance(v, dict) else None,
+            "message": _text},
+    "heartbeat": {"phase": _name, "done": _step, "total": _total},
+}
+
+
+def _depth_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when ``obj`` nests lists and dicts at most ``limit`` deep (no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return False
+        stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return True
+
+
+def normalize_event(obj: Any) -> dict[str, Any] | None:
+    """An event as readers use it: ``event``, then only the fields of its kind (and ``t``) that
+    have the right type and range (see the module's table); None when ``obj`` is not an event.
+    Idempotent, and never raises."""
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("event")
+    if not isinstance(kind, str) or not _EVENT_NAME.fullmatch(kind):
+        return None
+    event: dict[str, Any] = {"event": kind}
+    t = _time(obj.get("t"))
+    if t is not None:
+        event["t"] = t
+    for key, check in _FIELDS.get(kind, {}).items():
+        if key in obj:
+            value = check(obj[key])
+            if value is not None:
+                event[key] = value
+    if kind == "eval":
+        event.update(_metric_items(((k, v) for k, v in obj.items()), skip=("event", "t", *_FIELDS["eval"])))
+    return event
+
+
 # --------------------------------------------------------------------------- parser
 
 
-def parse_line(line: str) -> list[dict[str, Any]]:
-    """Every well-formed event in one line of output (usually zero or one)."""
-    events: list[dict[str, Any]] = []
+def decode_line(line: str) -> list[dict[str, Any]]:
+    """Every JSON object behind the prefix in one line that has a string ``event``, as decoded and
+    not yet checked (for a reader that needs every key, e.g. to find a secret in it). Never raises:
+    a line over :data:`MAX_EVENT_CHARS` holds none, an object that does not decode (too deep, a
+    number with thousands of digits) or nests deeper than :data:`MAX_DEPTH` is skipped."""
+    objects: list[dict[str, Any]] = []
+    if not isinstance(line, str) or len(line) > MAX_EVENT_CHARS:
+        return objects
     start = line.find(PREFIX)
     while start != -1:
         body = start + len(PREFIX)
         try:
             obj, end = _decoder.raw_decode(line, body)
-        except ValueError:
+        except (ValueError, RecursionError, OverflowError):
             end = body
         else:
-            if isinstance(obj, dict) and isinstance(obj.get("event"), str):
-                events.append(obj)
+            if isinstance(obj, dict) and isinstance(obj.get("event"), str) and _depth_ok(obj):
+                objects.append(obj)
         start = line.find(PREFIX, max(end, body))
-    return events
+    return objects
+
+
+def parse_line(line: str) -> list[dict[str, Any]]:
+    """Every well-formed event in one line of output (usually zero or one), each checked and cut
+    down by :func:`normalize_event`. Never raises, whatever the line."""
+    return [event for obj in decode_line(line) if (event := normalize_event(obj)) is not None]
 
 
 def is_event_line(line: str) -> bool:
@@ -119,29 +345,123 @@ def is_event_line(line: str) -> bool:
     return stripped.startswith(PREFIX.strip()) and len(parse_line(stripped)) == 1
 
 
-class LineSplitter:
-    """Turns arbitrary chunks of bytes into complete lines; keeps a torn tail for later."""
+def _cut_at_char(data: bytes, at: int, lo: int) -> int:
+    """``at`` moved back (at most 3 bytes, never to ``lo``) so it does not split a UTF-8 character."""
+    back = at
+    while back > lo + 1 and at - back < 3 and (data[back] & 0xC0) == 0x80:
+        back -= 1
+    return back if (data[back] & 0xC0) != 0x80 else at
 
-    def __init__(self) -> None:
-        self._buf = b""
+
+class LineSplitter:
+    """Turns arbitrary chunks of bytes into complete lines; keeps a torn tail for later.
+
+    Linear in what it is fed, however long a line is; and a line longer than ``max_line`` bytes
+    is passed on in pieces of at most that size (cut between UTF-8 characters), so output that
+    never has a newline cannot fill the memory."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max(int(max_line), 4)
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._continued = False  # the pending bytes continue a line already passed on in part
+
+    def feed_pieces(self, chunk: bytes) -> list[tuple[bytes, bool]]:
+        """The complete lines and pieces in ``chunk`` as ``(bytes, continues)``: ``continues`` is
+        True for a piece of an overlong line after its first."""
+        out: list[tuple[bytes, bool]] = []
+        start, size = 0, len(chunk)
+        while True:
+            nl = chunk.find(b"\n", start)
+            stop = size if nl == -1 else nl
+            if stop > start:
+                self._parts.append(chunk[start:stop])
+                self._size += stop - start
+                if self._size > self.max_line:
+                    self._overflow(out)
+            if nl == -1:
+                return out
+            if self._parts or not self._continued:  # (an overlong line that ended on a cut: done)
+                out.append((b"".join(self._parts), self._continued))
+            self._parts, self._size, self._continued = [], 0, False
+            start = nl + 1
+
+    def _overflow(self, out: list[tuple[bytes, bool]]) -> None:
+        data, pos = b"".join(self._parts), 0
+        while len(data) - pos > self.max_line:
+            cut = _cut_at_char(data, pos + self.max_line, pos)
+            out.append((data[pos:cut], self._continued))
+            self._continued = True
+            pos = cut
+        rest = data[pos:]
+        self._parts, self._size = ([rest] if rest else []), len(rest)
+
+    @property
+    def continued(self) -> bool:
+        """True when part of the line now read has been passed on (it was too long to hold)."""
+        return self._continued
+
+    def flush_pieces(self) -> list[tuple[bytes, bool]]:
+        tail, continued = b"".join(self._parts), self._continued
+        self._parts, self._size, self._continued = [], 0, False
+        return [(tail, continued)] if tail else []
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        return [ln.decode("utf-8", "replace").rstrip("\r") for ln in lines]
+        return [p.decode("utf-8", "replace").rstrip("\r") for p, _ in self.feed_pieces(chunk)]
 
     def flush(self) -> list[str]:
         """The torn tail at end of stream, as a last line (never parsed as an event)."""
-        tail, self._buf = self._buf, b""
-        return [tail.decode("utf-8", "replace")] if tail else []
+        return [p.decode("utf-8", "replace") for p, _ in self.flush_pieces()]
 
 
 # --------------------------------------------------------------------------- state
 
 
+def _checkpoint_fields(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {}
+    event = normalize_event({**{k: value[k] for k in ("step", "path") if k in value}, "event": "checkpoint"})
+    return {k: event[k] for k in ("step", "path") if event and k in event}
+
+
+def _eval_fields(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {}
+    event = normalize_event({**value, "event": "eval"}) or {}
+    return {k: v for k, v in event.items() if k not in ("event", "t")}
+
+
+def _artifact_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    paths: list[str] = []
+    for item in value[-MAX_ARTIFACTS:]:
+        path = _text(item)
+        if path is not None and path not in paths:
+            paths.append(path)
+    return paths
+
+
+# How a snapshot's fields are checked when it is read back (from_dict).
+_STATE_FIELDS: dict[str, _Check] = {
+    "step": _step, "total_steps": _total, "epoch": _epoch, "loss": _num, "learning_rate": _num,
+    "samples_per_s": _speed, "steps_per_s": _speed, "eta_s": _speed, "eval": _eval_fields,
+    "checkpoint": _checkpoint_fields, "artifacts": _artifact_list, "metrics": clean_metrics,
+    "end_status": lambda v: v if v in ("succeeded", "failed") else None, "message": _text,
+    "started_at": _time, "updated_at": _time,
+}
+WINDOW = 20
+
+
 @dataclass
 class ProgressState:
-    """What `status`, `list` and the live bar show; folded from events by :meth:`apply`."""
+    """What `status`, `list` and the live bar show; folded from events by :meth:`apply`.
+
+    Whatever it is fed (events from any line, snapshots of any shape), every field keeps its type
+    and range: step an int 0..10**12 or None, total_steps an int 1..10**12 or None, the other
+    numbers finite floats or None, eval/checkpoint/metrics small dicts of plain values (see the
+    module's table), artifacts at most :data:`MAX_ARTIFACTS` strings, end_status "succeeded",
+    "failed" or None, message a short string or None."""
 
     step: int | None = None
     total_steps: int | None = None
@@ -159,24 +479,28 @@ class ProgressState:
     message: str | None = None
     started_at: float | None = None
     updated_at: float | None = None
-    _window: deque = field(default_factory=lambda: deque(maxlen=20), repr=False)
+    _window: deque = field(default_factory=lambda: deque(maxlen=WINDOW), repr=False)
 
     # ---- folding
     def apply(self, event: dict[str, Any], now: float | None = None) -> None:
-        t = _num(event.get("t"))
-        t = t if t is not None else (now if now is not None else time.time())
-        kind = event.get("event")
+        """Fold one event (checked by :func:`normalize_event` first; a non-event is ignored)."""
+        event = normalize_event(event)
+        if event is None:
+            return
+        t = event.get("t")
+        if t is None:
+            t = _time(now)
+        if t is None:
+            t = time.time()
+        kind = event["event"]
         self.updated_at = t
         if kind == "start":
             self.started_at = t
-            self._take(event, "total_steps", int)
+            self._take(event, "total_steps")
         elif kind == "progress":
-            self._take(event, "total_steps", int)
-            self._take(event, "epoch", float)
-            self._take(event, "loss", float)
-            self._take(event, "learning_rate", float)
-            self._take(event, "samples_per_s", float)
-            step = _int(event.get("step"))
+            for key in ("total_steps", "epoch", "loss", "learning_rate", "samples_per_s"):
+                self._take(event, key)
+            step = event.get("step")
             if step is not None:
                 if self.step is not None and step < self.step:
                     self._window.clear()  # resumed from an earlier checkpoint
@@ -184,44 +508,47 @@ class ProgressState:
                 self._window.append((t, step))
                 self._rate()
         elif kind == "eval":
-            self.eval = {k: v for k, v in event.items() if k not in ("event", "t") and _plain(v)}
+            self.eval = {k: v for k, v in event.items() if k not in ("event", "t")}
         elif kind == "checkpoint":
             self.checkpoint = {k: event[k] for k in ("step", "path") if k in event}
         elif kind == "artifact":
             path = event.get("path")
-            if isinstance(path, str) and path not in self.artifacts:
+            if path is not None and path not in self.artifacts:
                 self.artifacts.append(path)
+                del self.artifacts[:-MAX_ARTIFACTS]
         elif kind == "end":
-            status = event.get("status")
-            self.end_status = status if isinstance(status, str) else None
-            if isinstance(event.get("metrics"), dict):
-                self.metrics = {k: v for k, v in event["metrics"].items() if _plain(v)}
-            if isinstance(event.get("message"), str):
-                self.message = event["message"][:500]
+            self.end_status = event.get("status")
+            if "metrics" in event:
+                self.metrics = event["metrics"]
+            if "message" in event:
+                self.message = event["message"]
             self.eta_s = 0.0 if self.end_status == "succeeded" else None
 
-    def _take(self, event: dict[str, Any], key: str, cast) -> None:
-        value = _num(event.get(key))
+    def _take(self, event: dict[str, Any], key: str) -> None:
+        value = event.get(key)
         if value is not None:
-            setattr(self, key, cast(value))
+            setattr(self, key, value if key == "total_steps" else float(value))
 
     def _rate(self) -> None:
         if len(self._window) < 2:
             return
         (t0, s0), (t1, s1) = self._window[0], self._window[-1]
         if t1 > t0 and s1 > s0:
-            self.steps_per_s = (s1 - s0) / (t1 - t0)
-            if self.total_steps:
-                self.eta_s = max(self.total_steps - s1, 0) / self.steps_per_s
+            rate = _speed((s1 - s0) / (t1 - t0))
+            if rate:
+                self.steps_per_s = rate
+                if self.total_steps:
+                    self.eta_s = _speed(max(self.total_steps - s1, 0) / rate)
 
     def feed_lines(self, lines: Iterable[str], *, newer_than: float | None = None) -> int:
         """Fold the events in ``lines``; with ``newer_than``, skip events stamped at or before it
         (lines read again). Returns how many events were folded."""
         folded = 0
+        newer_than = _real(newer_than, -math.inf, math.inf) if newer_than is not None else None
         for line in lines:
             for event in parse_line(line):
                 t = event.get("t")
-                if newer_than is not None and isinstance(t, (int, float)) and t <= newer_than:
+                if newer_than is not None and t is not None and t <= newer_than:
                     continue
                 self.apply(event)
                 folded += 1
@@ -232,13 +559,16 @@ class ProgressState:
     def fraction(self) -> float | None:
         if self.end_status == "succeeded":
             return 1.0
-        if self.step is None or not self.total_steps:
+        step, total = _step(self.step), _total(self.total_steps)
+        if step is None or not total:
             return None
-        return min(self.step / self.total_steps, 1.0)
+        return min(step / total, 1.0)
 
     @property
     def last_wer(self) -> float | None:
-        return _num(self.metrics.get("wer", self.eval.get("wer")))
+        metrics = self.metrics if isinstance(self.metrics, dict) else {}
+        evals = self.eval if isinstance(self.eval, dict) else {}
+        return _rate(metrics.get("wer", evals.get("wer")))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -248,12 +578,23 @@ class ProgressState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ProgressState":
+        """A state from a snapshot (:meth:`to_dict`, read back from the registry). A field of the
+        wrong type or out of range, from a corrupted or older snapshot, is left at its default."""
         state = cls()
-        for key, value in (data or {}).items():
-            if key == "window":
-                state._window.extend(tuple(p) for p in value)
-            elif key in cls.__dataclass_fields__ and not key.startswith("_"):
-                setattr(state, key, value)
+        if not isinstance(data, dict):
+            return state
+        for key, check in _STATE_FIELDS.items():
+            if key in data:
+                value = check(data[key])
+                if value is not None:
+                    setattr(state, key, value)
+        window = data.get("window")
+        if isinstance(window, list):
+            for point in window[-WINDOW:]:
+                if isinstance(point, (list, tuple)) and len(point) == 2:
+                    t, step = _time(point[0]), _step(point[1])
+                    if t is not None and step is not None:
+                        state._window.append((t, step))
         return state
 
     @classmethod
@@ -262,21 +603,6 @@ class ProgressState:
         newer: for backends that read progress back from the end of a job's log."""
         state = cls.from_dict(snapshot)
         return state.to_dict() if state.feed_lines(lines, newer_than=state.updated_at) else None
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _int(value: Any) -> int | None:
-    num = _num(value)
-    return int(num) if num is not None else None
-
-
-def _plain(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
 
 
 # --------------------------------------------------------------------------- words
@@ -310,8 +636,14 @@ def fmt_pct(fraction: float | None) -> str:
 
 
 def describe_event(event: dict[str, Any]) -> str:
-    """One event as a plain-text line for people (what non-raw `logs` prints)."""
-    kind = event.get("event")
+    """One event as a plain-text line for people (what non-raw `logs` prints). Takes any dict:
+    it is checked by :func:`normalize_event` first, so nothing in it can break the line or the
+    terminal; a dict that is not an event reads ``[?]``."""
+    checked = normalize_event(event)
+    if checked is None:
+        return "[?]"
+    event = checked
+    kind = event["event"]
     parts: list[str] = []
     if kind in ("start", "progress"):
         step, total = event.get("step"), event.get("total_steps")
@@ -325,30 +657,30 @@ def describe_event(event: dict[str, Any]) -> str:
             ("learning_rate", "lr", "{:.2e}"),
             ("samples_per_s", "samples/s", "{:.1f}"),
         ):
-            if _num(event.get(key)) is not None:
+            if key in event:
                 parts.append(f"{label} {fmt.format(event[key])}")
     elif kind == "eval":
-        if event.get("step") is not None:
+        if "step" in event:
             parts.append(f"step {event['step']}")
         for key in ("wer", "cer"):
-            if _num(event.get(key)) is not None:
+            if key in event:
                 parts.append(f"{key.upper()} {event[key] * 100:.2f}%")
-        if _num(event.get("eval_loss")) is not None:
+        if "eval_loss" in event:
             parts.append(f"eval_loss {event['eval_loss']:.4f}")
     elif kind == "heartbeat":
-        done = f" {event['done']}/{event.get('total') or '?'}" if event.get("done") is not None else ""
+        done = f" {event['done']}/{event.get('total') or '?'}" if "done" in event else ""
         parts.append(f"{event.get('phase', '')}{done}".strip())
     elif kind in ("checkpoint", "artifact"):
-        if event.get("step") is not None:
+        if "step" in event:
             parts.append(f"step {event['step']}")
-        parts.append(str(event.get("path", "")))
+        parts.append(event.get("path", ""))
     elif kind == "end":
-        parts.append(str(event.get("status", "")))
-        for key, value in (event.get("metrics") or {}).items():
+        parts.append(event.get("status", ""))
+        for key, value in event.get("metrics", {}).items():
             parts.append(f"{key} {value}")
         if event.get("message"):
-            parts.append(str(event["message"]))
-    return f"[{kind}] " + "  ".join(p for p in parts if p)
+            parts.append(event["message"])
+    return (f"[{kind}] " + "  ".join(p for p in parts if p)).rstrip()
 
 
 def iter_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

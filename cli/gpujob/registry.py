@@ -10,7 +10,13 @@ ever stored here. Safe under concurrent CLI calls and background supervisors:
 * every write is one short ``BEGIN IMMEDIATE`` transaction with a busy timeout,
   so two ``submit`` calls at once queue instead of failing;
 * ``synchronous=FULL``: a CLI killed mid-write leaves the last committed state,
-  never a torn one.
+  never a torn one;
+* a new job's claim on its ``output.dir`` is checked in the transaction that records it, so of
+  several submits at once to one directory exactly one is accepted.
+
+Opening it (:mod:`gpujob.registry_open`): a home or registry you cannot write is opened read-only
+(:attr:`Registry.read_only` says why); a damaged, empty or missing registry beside job folders is
+kept aside and rebuilt from them (:mod:`gpujob.registry_repair`).
 """
 
 from __future__ import annotations
@@ -26,71 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from gpujob.errors import AmbiguousJob, JobNotFound
+from gpujob.errors import AmbiguousJob, JobNotFound, OutputDirInUse, RegistryError
+from gpujob.registry_open import DB_NAME, READ_ONLY_HINT, SCHEMA_VERSION, open_db  # noqa: F401 (re-exported)
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ACTIVE + TERMINAL
 
-SCHEMA_VERSION = 2   # 2: the hosts table
 HOST_ACTIVE = ("launching", "booting", "provisioning", "ready", "terminating")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id            TEXT PRIMARY KEY,
-    name          TEXT NOT NULL,
-    kind          TEXT NOT NULL,
-    backend       TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    reason        TEXT,
-    exit_code     INTEGER,
-    spec_path     TEXT,
-    spec_json     TEXT NOT NULL,
-    output_dir    TEXT,
-    handle_json   TEXT NOT NULL DEFAULT '{}',
-    progress_json TEXT NOT NULL DEFAULT '{}',
-    metrics_json  TEXT NOT NULL DEFAULT '{}',
-    cost_usd      REAL NOT NULL DEFAULT 0,
-    created_at    REAL NOT NULL,
-    started_at    REAL,
-    finished_at   REAL,
-    updated_at    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
-CREATE TABLE IF NOT EXISTS transitions (
-    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id  TEXT NOT NULL REFERENCES jobs(id),
-    status  TEXT NOT NULL,
-    reason  TEXT,
-    at      REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
-CREATE TABLE IF NOT EXISTS hosts (
-    name            TEXT PRIMARY KEY,
-    provider        TEXT NOT NULL,
-    instance_id     TEXT,
-    instance_type   TEXT NOT NULL,
-    region          TEXT,
-    ip              TEXT,
-    ssh_user        TEXT NOT NULL,
-    ssh_port        INTEGER NOT NULL,
-    price_cents_per_hour REAL NOT NULL DEFAULT 0,
-    state           TEXT NOT NULL,
-    reason          TEXT,
-    idle_minutes    REAL NOT NULL,
-    max_lifetime_s  REAL,
-    filesystem      TEXT,
-    settings_json   TEXT NOT NULL DEFAULT '{}',
-    heartbeat_json  TEXT NOT NULL DEFAULT '{}',
-    heartbeat_seen_at REAL,
-    check_after     REAL,
-    hard_deadline   REAL,
-    launched_at     REAL,
-    terminated_at   REAL,
-    created_at      REAL NOT NULL,
-    updated_at      REAL NOT NULL
-);
-"""
 
 _ID_FIRST = string.ascii_lowercase
 _ID_REST = string.ascii_lowercase + string.digits
@@ -98,6 +47,15 @@ _ID_REST = string.ascii_lowercase + string.digits
 
 def gpujob_home() -> Path:
     return Path(os.environ.get("GPUJOB_HOME") or Path.home() / ".gpujob").expanduser()
+
+
+def output_key(output_dir: str) -> str:
+    """``output.dir`` as compared between jobs: a URI without trailing slashes; a path absolute,
+    normalised (``./x/`` is ``x``) and with symlinks resolved as they are now (submit stores
+    resolved paths already; this also covers records written by older versions)."""
+    if "://" in output_dir:
+        return output_dir.rstrip("/")
+    return os.path.realpath(os.path.expanduser(output_dir))
 
 
 def new_job_id() -> str:
@@ -214,42 +172,21 @@ HOST_COLUMNS = tuple(f for f in Host.__dataclass_fields__ if f not in ("created_
 class Registry:
     def __init__(self, home: Path | None = None) -> None:
         self.home = Path(home) if home else gpujob_home()
-        self.home.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.home, 0o700)
-        self.path = self.home / "registry.db"
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 30000")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._setup()
-
-    def _setup(self, timeout: float = 30.0) -> None:
-        """WAL mode and the schema, once per file. Switching the journal mode can answer
-        "database is locked" at once (SQLite does not wait there), e.g. when two first
-        CLI calls race to create the file, so that step is retried until ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    self._conn.execute("PRAGMA journal_mode = WAL")
-                if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    with self._write() as conn:
-                        for statement in _SCHEMA.split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.path = self.home / DB_NAME
+        self._conn, self.read_only = open_db(self.home)
 
     def close(self) -> None:
         self._conn.close()
 
+    def check_writable(self, what: str) -> None:
+        """Raise, naming why, when this registry cannot record ``what`` (e.g. "submit a job")."""
+        if self.read_only:
+            raise RegistryError(f"cannot {what}: {self.read_only}, so gpujob could not record it",
+                                hint=READ_ONLY_HINT)
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        self.check_writable("record a change")
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -263,9 +200,19 @@ class Registry:
     # ------------------------------------------------------------------ writes
 
     def create(self, *, name: str, kind: str, backend: str, spec: dict[str, Any],
-               spec_path: str | None, output_dir: str | None) -> Job:
+               spec_path: str | None, output_dir: str | None, exclusive_output: bool = False) -> Job:
+        """Record a new queued job. With ``exclusive_output``, raise :class:`OutputDirInUse` if an
+        active job writes to the same directory (compared by :func:`output_key`); the check and
+        the insert are one transaction, so concurrent submits cannot both pass it."""
         now = time.time()
         with self._write() as conn:
+            if exclusive_output and output_dir:
+                key = output_key(output_dir)
+                for row in conn.execute(
+                        f"SELECT id, name, status, output_dir FROM jobs WHERE status IN ({', '.join('?' * len(ACTIVE))})"
+                        " AND output_dir IS NOT NULL ORDER BY created_at", ACTIVE).fetchall():
+                    if output_key(row["output_dir"]) == key:
+                        raise OutputDirInUse(output_dir, row["id"], row["name"], row["status"])
             while True:
                 job_id = new_job_id()
                 if not conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():

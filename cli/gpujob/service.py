@@ -7,6 +7,7 @@ backend behaves the same to the user.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import time
@@ -19,7 +20,7 @@ from gpujob.backends.launch import runner_command
 
 RUNNER_LIBRARIES = ("torch", "transformers", "datasets", "jiwer", "soundfile", "soxr")
 from gpujob.errors import JobStateError, MissingSecret, UserError
-from gpujob.registry import Job, Registry
+from gpujob.registry import TERMINAL, Job, Registry
 
 if TYPE_CHECKING:
     from gpujob.spec import LoadedSpec
@@ -76,6 +77,7 @@ def _preview_request(loaded: "LoadedSpec") -> JobRequest:
 def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,
            environ: Mapping[str, str] | None = None) -> Job:
     environ = os.environ if environ is None else environ
+    registry.check_writable("submit a job")
     spec = loaded.spec
     name = backend or spec.runtime.backend
     impl = get_backend(name)
@@ -94,14 +96,9 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     if preflight is not None:
         preflight(_preview_request(loaded))
     out = impl.output_dir(loaded.data) if hasattr(impl, "output_dir") else output_dir(loaded)
-    for other in registry.list(active_only=True):
-        if other.output_dir == out:
-            raise UserError(
-                f"output directory {out} is in use by running job {other.id} ({other.name})",
-                hint=f"wait for it (`gpujob logs -f {other.id}`), cancel it, or set output.dir "
-                     "(for a sweep: --set output.dir=outputs/NAME)")
+    # One transaction checks that no active job writes to `out` and records this one (OutputDirInUse).
     job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
-                          spec_path=loaded.path, output_dir=out)
+                          spec_path=loaded.path, output_dir=out, exclusive_output=True)
     request = build_request(loaded, job_id=job.id, job_dir=job.job_dir)
     try:
         handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets if from_env})
@@ -125,7 +122,8 @@ def _wait_started(registry: Registry, job_id: str, timeout: float = 5.0) -> Job:
 
 
 def refresh(registry: Registry, job: Job) -> Job:
-    """Ask the backend about an active job and record what it saw."""
+    """Ask the backend about an active job and record what it saw (on a read-only registry: show
+    it, without recording it)."""
     if not job.active:
         return job
     try:
@@ -133,6 +131,8 @@ def refresh(registry: Registry, job: Job) -> Job:
     except UserError:
         return job
     seen = impl.status(job)
+    if registry.read_only:
+        return _as_seen(job, seen)
     if seen is not None:
         if seen.progress:
             registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
@@ -148,11 +148,23 @@ def refresh(registry: Registry, job: Job) -> Job:
     return job
 
 
+def _as_seen(job: Job, seen) -> Job:
+    if seen is None:
+        return job
+    changes: dict = {"progress": seen.progress or job.progress}
+    if seen.status != job.status:
+        changes.update(status=seen.status, reason=seen.reason, exit_code=seen.exit_code)
+        if seen.status in TERMINAL:
+            changes["finished_at"] = time.time()
+    return dataclasses.replace(job, **changes)
+
+
 def refresh_all(registry: Registry, jobs: list[Job]) -> list[Job]:
     return [refresh(registry, job) if job.active else job for job in jobs]
 
 
 def cancel(registry: Registry, job: Job, *, grace_s: float = 10.0) -> Job:
+    registry.check_writable(f"cancel job {job.id}")
     job = refresh(registry, job)
     if not job.active:
         raise JobStateError(f"job {job.id} ({job.name}) already {job.status}; nothing to cancel",

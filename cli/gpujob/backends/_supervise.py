@@ -2,15 +2,21 @@
 
 Started detached by :class:`gpujob.backends.local.LocalBackend`. It:
 
-1. starts the job's command in a process group of its own;
-2. copies every output line to the job's log, with secret values replaced by ``***``;
+1. starts the job's command in a process group of its own, with the job's environment
+   (``launch.json``: runtime.env and gpujob's variables; the secrets, renamed back) — none of which
+   applies to the supervisor itself;
+2. copies every output line to the job's log with secret values replaced by ``***``, in every form
+   gpujob decodes (:mod:`gpujob.redact`); a line that is not a well-formed event is text, whatever
+   is in it, and never stops the supervisor;
 3. folds progress events into the registry's snapshot (at most once a second,
    at once for eval, checkpoint and end events);
-4. stops the job when it runs past ``limits.max_runtime``;
+4. stops the job when it runs past ``limits.max_runtime`` or stops reporting progress, whether or
+   not it still writes to its output (a job may close or redirect it);
 5. records the exit status and a plain-words reason (for several processes, the
-   launcher's line naming the rank that failed first), then kills any process
-   the job left behind, in its group or in a session of its own (torchrun's
-   ranks), so nothing keeps holding a GPU.
+   launcher's line naming the rank that failed first), then kills every process the job started,
+   wherever it went (:mod:`gpujob.backends.reaper`: the supervisor is a child subreaper), so
+   nothing keeps holding a GPU. If the supervisor itself dies, the job's first process dies with it
+   and the next gpujob command kills the rest.
 
 SIGTERM/SIGINT/SIGHUP sent to the supervisor are passed on to the job's group.
 """
@@ -24,15 +30,22 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 
+from gpujob.backends import reaper
 from gpujob.backends.base import failure_reason
-from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, _start_time, _write_private, kill_strays
-from gpujob.progress import LineSplitter, ProgressState, fmt_duration, parse_line
+from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _start_time, _write_private, kill_strays
+from gpujob.backends.output import JobOutput
+from gpujob.progress import ProgressState, fmt_duration
+from gpujob.redact import Redactor
 from gpujob.registry import Registry
 
 SNAPSHOT_EVERY_S = 1.0
+IMPORTANT_EVERY_S = 0.1  # eval, checkpoint and end are shown at once, but a flood of them is not
 KILL_GRACE_S = 10.0
+EXIT_DRAIN_S = 2.0  # how long output is still read after the job's first process exited
 IMPORTANT = ("start", "eval", "checkpoint", "artifact", "end")
+TAIL_LINES, TAIL_CHARS = 200, 2000  # what is kept of the last lines, for the failure reason
 
 
 class Supervisor:
@@ -41,9 +54,8 @@ class Supervisor:
         self.job = self.registry.get(job_id)
         self.dir = self.job.job_dir
         self.launch = json.loads((self.dir / LAUNCH_NAME).read_text())
-        self.secrets = sorted(
-            {os.environ[n] for n in self.launch["secret_names"] if len(os.environ.get(n, "")) >= 4},
-            key=len, reverse=True)
+        self.secrets = {n: os.environ.get(SECRET_PREFIX + n, "") for n in self.launch["secret_names"]}
+        self.output = JobOutput(Redactor(self.secrets.values()))
         self.state = ProgressState.from_dict(self.job.progress)
         self.child: subprocess.Popen | None = None
         self.stop_reason: str | None = None  # set when we stop the job ourselves
@@ -76,11 +88,15 @@ class Supervisor:
             return self._finish(None, cancelled=True)
         self.registry.transition(self.job.id, "starting", only_from=("queued",))
         argv = self.launch["argv"]
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+        env.update(self.launch.get("env", {}))
+        env.update(self.secrets)
+        reaper.become_subreaper()  # orphans of the job come to us, not to init: nothing escapes
         try:
             self.child = subprocess.Popen(
                 argv, cwd=self.launch["workdir"], env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0, close_fds=True)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0, close_fds=True,
+                preexec_fn=reaper.die_with_parent)
         except FileNotFoundError:
             self._write_line(f"gpujob: command not found: {argv[0]}")
             return self._finish(127, reason=f"command not found: {argv[0]!r} (the first item of `command` in the spec)")
@@ -101,71 +117,95 @@ class Supervisor:
         return self._finish(self.child.wait())
 
     def _pump(self, started: float, limit: int | None) -> None:
-        splitter, fd = LineSplitter(), self.child.stdout.fileno()
-        last_snapshot, dirty = 0.0, False
-        idle = self.launch.get("idle_s")
+        """Read the job's output and keep its timers until it exits. The timers do not depend on the
+        output: a job that closes or redirects it is still stopped at its limits."""
+        fd: int | None = self.child.stdout.fileno()
+        last_snapshot, last_record, dirty = 0.0, 0.0, False
         exited_at: float | None = None
         while True:
             now = time.monotonic()
-            if limit and self.stop_reason is None and now - started > limit:
-                self.stop_reason = f"ran past limits.max_runtime ({fmt_duration(limit)}) and was stopped"
-                self._write_line(f"gpujob: {self.stop_reason}")
-                self._signal_job(signal.SIGTERM)
-                self.kill_at = now + KILL_GRACE_S
-            if (idle and self.stop_reason is None and self.last_event is not None
-                    and now - self.last_event > idle):
-                self.stop_reason = (f"hung: no progress for {fmt_duration(idle)} after step {self.state.step} "
-                                    "(limits.idle_minutes); stopped so it does not hold the GPU")
-                self._write_line(f"gpujob: {self.stop_reason}")
-                self._signal_job(signal.SIGTERM)
-                self.kill_at = now + KILL_GRACE_S
-            if self.kill_at and now > self.kill_at:
-                self._signal_job(signal.SIGKILL)
-                self.kill_at = None
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                for line in splitter.feed(chunk):
-                    dirty |= self._take_line(line)
-            elif self.child.poll() is not None:
-                # The job exited but something it left behind still holds the pipe open.
+            self._check_limits(now, started, limit)
+            if now - last_record >= 1.0:  # for the next command, should this supervisor be killed
+                reaper.record(self.dir, reaper.descendants())
+                reaper.reap(keep=self.child.pid)
+                last_record = now
+            if fd is not None:
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if ready:
+                    chunk = os.read(fd, 1 << 16)
+                    if chunk:
+                        dirty |= self._take(self.output.feed(chunk))
+                    else:
+                        fd = None  # closed: the job may still run; only the timers go on
+            else:
+                try:
+                    self.child.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.child.poll() is not None:
                 exited_at = exited_at or now
-                if now - exited_at > 2.0:
+                # Something the job left behind may hold the output open: do not wait for it long.
+                if fd is None or now - exited_at > EXIT_DRAIN_S:
                     break
-            if dirty and (time.monotonic() - last_snapshot >= SNAPSHOT_EVERY_S or self._important):
+            since = time.monotonic() - last_snapshot
+            if dirty and (since >= SNAPSHOT_EVERY_S or (self._important and since >= IMPORTANT_EVERY_S)):
                 self.registry.update(self.job.id, progress=self.state.to_dict())
                 last_snapshot, dirty, self._important = time.monotonic(), False, False
-        for line in splitter.flush():
-            self._take_line(line, parse=False)
+        self._take(self.output.flush())
         self.log.flush()
 
-    def _take_line(self, line: str, parse: bool = True) -> bool:
-        for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, "***")
-        self._write_line(line)
-        events = parse_line(line) if parse else []
-        for event in events:
-            self.state.apply(event)
-            self._important |= event.get("event") in IMPORTANT
-            if event.get("event") == "progress" or self.last_event is not None:
-                self.last_event = time.monotonic()  # armed by the first progress event
-        return bool(events)
+    def _check_limits(self, now: float, started: float, limit: int | None) -> None:
+        idle = self.launch.get("idle_s")
+        if limit and self.stop_reason is None and now - started > limit:
+            self._stop(f"ran past limits.max_runtime ({fmt_duration(limit)}) and was stopped", now)
+        if (idle and self.stop_reason is None and self.last_event is not None
+                and now - self.last_event > idle):
+            self._stop(f"hung: no progress for {fmt_duration(idle)} after step {self.state.step} "
+                       "(limits.idle_minutes); stopped so it does not hold the GPU", now)
+        if self.kill_at and now > self.kill_at:
+            self._signal_job(signal.SIGKILL)
+            reaper.kill_descendants(keep=self.child.pid)  # those that left its group too
+            self.kill_at = None
+
+    def _stop(self, reason: str, now: float) -> None:
+        self.stop_reason = reason
+        self._write_line(f"gpujob: {reason}")
+        self._signal_job(signal.SIGTERM)
+        self.kill_at = now + KILL_GRACE_S
+
+    def _take(self, lines: list) -> bool:
+        """Log the lines and fold their events; True when there was an event."""
+        folded = False
+        for line, events in lines:
+            self._write_line(line)
+            for event in events:
+                try:
+                    self.state.apply(event)
+                except Exception as exc:  # a reader's bug must not end supervision
+                    self._write_line(f"gpujob: an event could not be folded ({type(exc).__name__}); "
+                                     "it is in the log as text")
+                    continue
+                folded = True
+                self._important |= event.get("event") in IMPORTANT
+                if event.get("event") == "progress" or self.last_event is not None:
+                    self.last_event = time.monotonic()  # armed by the first progress event
+        return folded
 
     def _write_line(self, line: str) -> None:
         self.log.write(line.encode("utf-8", "replace") + b"\n")
         self.log.flush()
         if not line.lstrip().startswith("@gpujob/"):
-            self.tail = (self.tail + [line])[-200:]
+            self.tail.append(line[:TAIL_CHARS])
+            del self.tail[:-TAIL_LINES]
 
     # -------------------------------------------------------------- finish
 
     def _finish(self, code: int | None, *, cancelled: bool = False, reason: str | None = None) -> int:
         if self.child is not None:  # nothing of the job may outlive it, in its group or not
             self._signal_job(signal.SIGKILL)
+            reaper.kill_descendants(keep=self.child.pid)
             kill_strays(self.job.id)
+            reaper.record(self.dir, [])
         self.log.close()
         state = self.state
         if cancelled:
@@ -182,6 +222,9 @@ class Supervisor:
         else:
             status = "failed"
             reason = self._reason(code)
+        # Also beside the log, so a registry rebuilt from the job folders knows how the job ended.
+        _write_private(self.dir / "result.json", json.dumps(
+            {"status": status, "exit_code": code, "reason": reason, "finished_at": time.time()}))
         self.registry.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
         self.registry.transition(self.job.id, status, reason=reason, exit_code=code)
         return 0
@@ -199,11 +242,16 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         return Supervisor(argv[0]).run()
-    except Exception as exc:  # the registry must hear about it, whatever broke
-        try:
-            Registry().transition(argv[0], "failed", reason=f"gpujob's local supervisor failed: {exc}")
-        finally:
-            raise
+    except BaseException as exc:  # the job must not outlive us, and the registry must hear of it
+        reaper.kill_descendants()
+        kill_strays(argv[0])
+        # The traceback goes to supervisor.log; an exception's words may quote the job's output.
+        secrets = Redactor(v for k, v in os.environ.items() if k.startswith(SECRET_PREFIX))
+        print(secrets.text(traceback.format_exc()), file=sys.stderr)
+        Registry().transition(argv[0], "failed",
+                              reason=f"gpujob's local supervisor failed ({type(exc).__name__}); the job was "
+                                     "stopped; its traceback is in supervisor.log in the job's folder")
+        return 1
 
 
 if __name__ == "__main__":

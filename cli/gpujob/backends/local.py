@@ -52,8 +52,9 @@ class LocalBackend:
             gpu_env, gpus = _gpu_env(request, found), [_gpu_words(request, found)]
         except UserError as exc:
             gpu_env, gpus = {}, [f"PROBLEM: {exc.message}; submit refuses it", f"hint: {exc.hint}"]
-        env = {**request.env, **gpu_env,
-               **{n: "<from your environment, redacted in logs>" for n in request.secret_names}}
+        env, withheld = job_environment(request, os.environ, gpu_env)
+        env.update({n: "<from your environment, redacted in logs>" for n in request.secret_names})
+        inherited = sorted(n for n in os.environ if n not in env and n not in withheld)
         lines = [
             "backend: local (a detached process group on this machine)",
             f"job:     {request.name} (kind {request.kind})",
@@ -66,10 +67,12 @@ class LocalBackend:
             f"limits:  max runtime {request.max_runtime_s or 'none'}"
             + (" s" if request.max_runtime_s else "")
             + (f"; stopped as hung after {request.idle_s:g} s without progress" if request.idle_s else ""),
-            "env:",
+            "env (exactly what the job gets):",
             *(f"  {k}={v}" for k, v in sorted(env.items())),
-            f"  PATH=<yours, with {Path(sys.executable).parent} first>",
+            f"  and from your environment, as they are: {', '.join(inherited) or 'nothing else'}",
         ]
+        if withheld:
+            lines.append(f"withheld: {withheld_words(withheld)}")
         return "\n".join(lines)
 
     def preflight(self, request: JobRequest) -> None:
@@ -89,12 +92,14 @@ class LocalBackend:
             "idle_s": request.idle_s,
             "secret_names": sorted(secrets),
         }
+        job_env, withheld = job_environment(request, os.environ, gpu_env)
+        launch["env"], launch["withheld"] = job_env, withheld
         _write_private(job_dir / LAUNCH_NAME, json.dumps(launch, indent=2))
-        env = dict(os.environ)
-        env.update(request.env)
-        env.update(secrets)
-        env.update(self._job_env(request, spec_file))
-        env.update(gpu_env)
+        # The supervisor runs in your environment as it is, less what looks like a secret; the job's
+        # own variables (runtime.env: PYTHONPATH, LD_PRELOAD...) are only set for the job, and its
+        # secrets travel under names nothing else reads.
+        env = {k: v for k, v in os.environ.items() if k not in withheld and not k.startswith(SECRET_PREFIX)}
+        env.update({SECRET_PREFIX + n: v for n, v in secrets.items()})
         with open(job_dir / "supervisor.log", "ab") as sup_log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gpujob.backends._supervise", request.job_id],
@@ -105,25 +110,11 @@ class LocalBackend:
         # (tests) the Popen object reaps it when it finishes.
         _CHILDREN.append(proc)
         return {"supervisor_pid": proc.pid, "supervisor_start": _start_time(proc.pid),
-                "log": str(job_dir / LOG_NAME)}
+                "log": str(job_dir / LOG_NAME), **({"withheld": withheld} if withheld else {})}
 
     def _argv(self, request: JobRequest) -> list[str]:
         spec_file = str(request.job_dir / "spec.json")
         return [spec_file if arg == "{spec}" else arg for arg in request.command]
-
-    @staticmethod
-    def _job_env(request: JobRequest, spec_file: Path) -> dict[str, str]:
-        path = os.environ.get("PATH", "")
-        return {
-            "GPUJOB_JOB_ID": request.job_id,
-            "GPUJOB_JOB_NAME": request.name,
-            "GPUJOB_SPEC": str(spec_file),
-            "GPUJOB_OUTPUT_DIR": request.output_dir,
-            "GPUJOB_HOME": str(request.job_dir.parent.parent),
-            "PYTHONUNBUFFERED": "1",
-            # `python` in a command means gpujob's own interpreter and virtualenv.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{path}" if path else str(Path(sys.executable).parent),
-        }
 
     # ------------------------------------------------------------------ observe
 
@@ -204,14 +195,65 @@ class LocalBackend:
             return
         _signal(pid, signal.SIGKILL)
         _wait_gone(pid, start, 5.0)
+        self.cleanup(job)  # its supervisor is gone: whatever it left is killed here
 
     def cleanup(self, job: "Job") -> None:
         """Kill whatever is left of the job (orphaned workers holding a GPU): its process group, and
         its processes in sessions of their own."""
+        from gpujob.backends import reaper
+
+        if _alive(job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")):
+            return  # it cleans up after its job itself
         pgid = job.handle.get("pgid")
-        if pgid and not _alive(job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")):
+        if pgid:
             _signal_group(pgid, signal.SIGKILL)
-            kill_strays(job.id)
+        reaper.kill_recorded(job.job_dir)  # what its supervisor last saw, wherever it went
+        kill_strays(job.id)
+
+
+# ----------------------------------------------------------------------------- environment
+
+SECRET_PREFIX = "GPUJOB_SECRET_"  # how the supervisor receives a job's secrets (renamed for the job)
+# Names of variables that look like credentials, besides the words the spec refuses in runtime.env.
+_SECRET_ENDINGS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "_PASS", "CREDENTIALS", "CREDENTIAL", "_AUTH")
+
+
+def looks_like_secret_name(name: str) -> bool:
+    """HF_TOKEN, AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, DB_PASSWORD, WANDB_API_KEY..."""
+    from gpujob.spec.models import looks_secret_name
+
+    upper = name.upper()
+    return looks_secret_name(name) or upper.endswith(_SECRET_ENDINGS)
+
+
+def job_environment(request: JobRequest, environ: Mapping[str, str],
+                    gpu_env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """What gpujob sets for the job (on top of ``environ``), and the names in ``environ`` withheld
+    from it because they look like secrets and are not listed in runtime.secrets."""
+    listed = set(request.secret_names)
+    withheld = sorted(n for n in environ if n not in listed and not n.startswith(SECRET_PREFIX)
+                      and looks_like_secret_name(n))
+    # `python` in a command means gpujob's own interpreter and virtualenv, in front of the PATH the
+    # job would otherwise have: runtime.env's, or yours.
+    path = request.env.get("PATH", environ.get("PATH", ""))
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **request.env,
+        "GPUJOB_JOB_ID": request.job_id,
+        "GPUJOB_JOB_NAME": request.name,
+        "GPUJOB_SPEC": str(request.job_dir / "spec.json"),
+        "GPUJOB_OUTPUT_DIR": request.output_dir,
+        "GPUJOB_HOME": str(request.job_dir.parent.parent),
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{venv_bin}{os.pathsep}{path}" if path else venv_bin,
+        **gpu_env,
+    }
+    return env, withheld
+
+
+def withheld_words(names: list[str]) -> str:
+    return (f"{', '.join(names)}: in your environment and named like secrets, so the job does not get "
+            "them; to pass one, list it under runtime.secrets (its value is then redacted in logs)")
 
 
 # ----------------------------------------------------------------------------- GPUs
@@ -351,6 +393,7 @@ def _tail_lines(fh, count: int) -> list[str]:
         pos = max(0, pos - block)
         fh.seek(pos)
         data = fh.read(end - pos)
+        block *= 2  # linear in what is read, however long the lines
     fh.seek(end)
     lines = data.split(b"\n")
     complete, torn = lines[:-1], lines[-1]

@@ -10,6 +10,11 @@ lines at or after it). Lines older than the last one
 are dropped, and so are the first N lines that repeat its timestamp. A line cut off by a drop is
 held back until its newline arrives on the next connection. Once the pod has ended, one last
 non-following read collects anything written after the final drop.
+
+However long a line is, the follower's work is linear in it, and a line over
+:data:`gpujob.progress.MAX_LINE_BYTES` is passed on in pieces of at most that size (the pieces
+after the first follow the first: kept or dropped with it), so a container that never writes a
+newline cannot fill the memory.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
 from gpujob.backends.base import Notice
+from gpujob.progress import MAX_LINE_BYTES, LineSplitter
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
@@ -68,7 +74,8 @@ class Follower:
     def __init__(self, open_stream: Opener, state: StateFn, *, tail: int | None = None,
                  follow: bool = True, transient: tuple[type[BaseException], ...] = (OSError,),
                  sleep: Callable[[float], None] = time.sleep, max_backoff_s: float = 5.0,
-                 on_error: Callable[[BaseException], str] | None = None) -> None:
+                 on_error: Callable[[BaseException], str] | None = None,
+                 max_line: int = MAX_LINE_BYTES) -> None:
         self.open_stream = open_stream
         self.state = state
         self.tail = tail
@@ -77,40 +84,73 @@ class Follower:
         self.sleep = sleep
         self.max_backoff_s = max_backoff_s
         self.on_error = on_error  # words for a lost connection, yielded once as a Notice while following
+        self.max_line = max_line
         self.last_ns: int | None = None
         self.at_last = 0          # lines passed on that carry exactly last_ns
+        self.torn = 0             # bytes passed on of the last such line, when a drop cut it short
         self.reconnects = 0
+        # The line now read, when it is too long to hold (it comes in pieces):
+        self._keep = True         # whether its pieces are passed on
+        self._sent = 0            # its bytes read on this connection
+        self._drop = 0            # its bytes still to drop: passed on before a drop cut it short
+        self._head_ns: int | None = None
 
-    def _accept(self, raw: bytes, skip: list[int]) -> str | None:
-        ns, text = parse_ts(raw.decode("utf-8", "replace").rstrip("\r"))
+    def _judge(self, ns: int | None, skip: list[int]) -> str:
+        """What to do with a line stamped ``ns``: "pass", "skip" (passed on before a reconnect), or
+        "resume" (passed on in part before a drop cut it short: the rest of it passes)."""
         if ns is not None and self.last_ns is not None:
             if ns < self.last_ns:
-                return None
+                return "skip"
             if ns == self.last_ns and skip[0] > 0:
                 skip[0] -= 1
-                return None
+                return "resume" if skip[0] == 0 and self.torn else "skip"
         if ns is not None:
             if ns == self.last_ns:
                 self.at_last += 1
             else:
                 self.last_ns, self.at_last = ns, 1
             skip[0] = 0
-        return text
+            self.torn = 0
+        return "pass"
+
+    def _piece(self, raw: bytes, continues: bool, skip: list[int]) -> str | None:
+        """The text to pass on for a line, or for a piece of an overlong line (the first piece
+        carries its timestamp and decides for the rest); None to pass on nothing."""
+        if not continues:
+            ns, text = parse_ts(raw.decode("utf-8", "replace").rstrip("\r"))
+            verdict = self._judge(ns, skip)
+            self._keep, self._sent, self._drop, self._head_ns = verdict != "skip", 0, 0, ns
+            if verdict == "resume":
+                self._drop, self.torn = self.torn, 0
+        if not self._keep:
+            return None
+        self._sent += len(raw)
+        if self._drop:
+            if len(raw) <= self._drop:
+                self._drop -= len(raw)
+                return None
+            raw, self._drop = raw[self._drop:], 0
+            return raw.decode("utf-8", "replace").rstrip("\r")
+        return text if not continues else raw.decode("utf-8", "replace").rstrip("\r")
+
+    def _cut_short(self, splitter: LineSplitter) -> None:
+        """A connection ended: when it did so inside an overlong line that is being passed on,
+        remember how much of it was, so that the next connection passes on only the rest."""
+        if splitter.continued and self._keep and self._head_ns is not None and self._head_ns == self.last_ns:
+            self.torn = self._sent + self._drop
 
     def lines(self) -> Iterator[str]:
         last_pass, backoff, final_failures, said = not self.follow, 0.2, 0, None
         while True:
             since = None if self.last_ns is None else since_param(self.last_ns)
             skip = [self.at_last]
-            partial = b""
+            splitter = LineSplitter(self.max_line)
             clean = False
             try:
                 # --tail applies until a first line has come through; after that, sinceTime rules.
                 for chunk in self.open_stream(since, self.tail if self.last_ns is None else None, not last_pass):
-                    partial += chunk
-                    *complete, partial = partial.split(b"\n")
-                    for raw in complete:
-                        text = self._accept(raw, skip)
+                    for raw, continues in splitter.feed_pieces(chunk):
+                        text = self._piece(raw, continues, skip)
                         if text is not None:
                             backoff, said = 0.2, None
                             yield text
@@ -128,14 +168,14 @@ class Follower:
                 elif self.on_error is not None and (words := self.on_error(exc)) != said:
                     said = words
                     yield Notice(words)
-            if last_pass:
-                if clean:
-                    if partial:
-                        text = self._accept(partial, skip)
-                        if text is not None:
-                            yield text
-                    return
-            else:
+            if last_pass and clean:
+                for raw, continues in splitter.flush_pieces():
+                    text = self._piece(raw, continues, skip)
+                    if text is not None:
+                        yield text
+                return
+            self._cut_short(splitter)
+            if not last_pass:
                 state = self.state()
                 if state == "gone":
                     return

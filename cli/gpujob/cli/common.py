@@ -60,6 +60,12 @@ def friendly(fn: Callable) -> Callable:
             if _is_spec_error(exc):
                 err(str(exc))
                 raise typer.Exit(2) from None
+            explained = _environment_error(exc)
+            if explained is not None:  # the registry or the home, not gpujob's code: say which file
+                err(f"error: {explained.message}")
+                if explained.hint:
+                    err(f"hint: {explained.hint}")
+                raise typer.Exit(explained.exit_code) from None
             if os.environ.get("GPUJOB_DEBUG"):
                 raise
             err(f"gpujob: internal error: {type(exc).__name__}: {exc}")
@@ -74,14 +80,35 @@ def _is_spec_error(exc: Exception) -> bool:
     return spec is not None and isinstance(exc, spec.SpecError)
 
 
+def _environment_error(exc: Exception):
+    """A SQLite error or a permission error in gpujob's home, in words (None: something else)."""
+    sqlite3 = sys.modules.get("sqlite3")
+    if (sqlite3 is not None and isinstance(exc, sqlite3.Error)) or isinstance(exc, OSError):
+        from gpujob.registry_open import explain
+
+        return explain(exc)
+    return None
+
+
+_said_read_only = False
+
+
 def open_registry(*, reap: bool = True):
     """The registry; first, hosts past a deadline are checked (cheap unless one is due), so a
-    rented host whose agent died is terminated by whichever gpujob command runs next."""
+    rented host whose agent died is terminated by whichever gpujob command runs next.
+    A read-only registry is said so, once, and nothing is reaped."""
     from gpujob.registry import Registry
 
     import time
 
+    global _said_read_only
     registry = Registry()
+    if registry.read_only:
+        if not _said_read_only:
+            err(f"note: {registry.read_only}: showing what it records; state changes (a job's end, "
+                "a host's deadline) are not recorded, and submit and cancel are refused")
+            _said_read_only = True
+        return registry
     if reap and registry.hosts_due(time.time()):  # the host service is imported only when there is work
         from gpujob.hosts.service import reap_due
 

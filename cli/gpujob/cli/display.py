@@ -11,6 +11,8 @@ import typer
 
 from gpujob.progress import (
     ProgressState,
+    clean_metrics,
+    clean_text,
     describe_event,
     fmt_duration,
     fmt_pct,
@@ -24,6 +26,16 @@ from gpujob.registry import Job
 
 def _state(job: Job) -> ProgressState:
     return ProgressState.from_dict(job.progress)
+
+
+def _safe(value: Any, limit: int = 4000) -> str:
+    """Text from a job's record (its name, a reason quoting the job's output) that is safe to print:
+    no terminal escape sequences or other control characters."""
+    return clean_text(value if isinstance(value, str) else str(value), limit) or ""
+
+
+def _metrics(job: Job, state: ProgressState) -> dict[str, Any]:
+    return clean_metrics(job.metrics) or state.metrics
 
 
 def _wer(state: ProgressState) -> str:
@@ -62,7 +74,7 @@ def job_table(jobs: list[Job]) -> str:
     rows = [header]
     for job in jobs:
         state = _state(job)
-        rows.append((job.id, job.name, job.backend, job.status, fmt_pct(state.fraction), _wer(state),
+        rows.append((job.id, _safe(job.name, 200), job.backend, job.status, fmt_pct(state.fraction), _wer(state),
                      fmt_duration(job.runtime_s), _cost(job), _age(job.created_at)))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -75,7 +87,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "reason": job.reason, "exit_code": job.exit_code, "progress": state.fraction,
         "step": state.step, "total_steps": state.total_steps, "steps_per_s": state.steps_per_s,
         "eta_s": state.eta_s if job.active else None, "loss": state.loss, "eval": state.eval,
-        "metrics": job.metrics or state.metrics, "checkpoint": state.checkpoint,
+        "metrics": _metrics(job, state), "checkpoint": state.checkpoint,
         "output_dir": job.output_dir, "spec_path": job.spec_path, "runtime_s": job.runtime_s,
         "cost_usd": job.cost_usd, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -87,12 +99,13 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 def job_details(job: Job) -> str:
     state = _state(job)
-    rows: list[tuple[str, str]] = [("job", f"{job.id}  {job.name}  (kind {job.kind}, backend {job.backend})")]
+    rows: list[tuple[str, str]] = [
+        ("job", f"{job.id}  {_safe(job.name, 200)}  (kind {job.kind}, backend {job.backend})")]
     since = job.finished_at or job.started_at or job.created_at
     rows.append(("status", f"{job.status}  since {datetime.fromtimestamp(since):%Y-%m-%d %H:%M:%S}"
                            f"  (runtime {fmt_duration(job.runtime_s)}, cost {_cost(job)})"))
     if job.reason and job.status != "succeeded":
-        rows.append(("reason", job.reason))
+        rows.append(("reason", _safe(job.reason)))
     if state.step is not None or state.total_steps:
         total = state.total_steps or "?"
         line = f"step {state.step or 0}/{total} ({fmt_pct(state.fraction)})  {fmt_rate(state.steps_per_s)}"
@@ -112,18 +125,18 @@ def job_details(job: Job) -> str:
             rows.append(("train", "  ".join(extra)))
     if state.eval:
         rows.append(("eval", describe_event({"event": "eval", **state.eval}).removeprefix("[eval] ")))
-    metrics = job.metrics or state.metrics
+    metrics = _metrics(job, state)
     if metrics:
         rows.append(("metrics", "  ".join(_metric(k, v) for k, v in metrics.items())))
     if state.checkpoint:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
-    outputs = job.output_dir or "-"
+    outputs = _safe(job.output_dir or "-")
     if job.backend == "kubernetes" and job.output_dir and job.output_dir.startswith("/cache/"):
         claim = ((job.spec.get("runtime") or {}).get("cache_pvc") or "gpujob-hf-cache")
         outputs += f"  (on PersistentVolumeClaim {claim}, namespace {job.handle.get('namespace', '?')})"
     rows.append(("outputs", outputs))
     if job.spec_path:
-        rows.append(("spec", job.spec_path))
+        rows.append(("spec", _safe(job.spec_path)))
     if job.active:
         nxt = f"gpujob logs -f {job.id}   |   gpujob cancel {job.id}"
     elif job.status == "succeeded" and job.backend == "local":
@@ -139,11 +152,11 @@ def job_details(job: Job) -> str:
 
 def final_line(job: Job) -> str:
     state = _state(job)
-    words = f"job {job.id} ({job.name}) {job.status} after {fmt_duration(job.runtime_s)}"
+    words = f"job {job.id} ({_safe(job.name, 200)}) {job.status} after {fmt_duration(job.runtime_s)}"
     if state.last_wer is not None:
         words += f", WER {_wer(state)}"
     if job.status != "succeeded" and job.reason:
-        words += f": {job.reason}"
+        words += f": {_safe(job.reason)}"
     return words
 
 
@@ -187,6 +200,12 @@ class LogPrinter:
         if self.raw:
             typer.echo(line)
             return
+        try:
+            self._words(line)
+        except Exception:  # noqa: BLE001 -- never: the parser and describe_event check everything. If it
+            self._print(line)  # happens, the line is shown as written and the next lines still are
+
+    def _words(self, line: str) -> None:
         events = parse_line(line)
         for event in events:
             self.state.apply(event)

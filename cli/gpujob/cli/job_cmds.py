@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpujob.cli.common import BackendOpt, JobRef, OptionalJobRef, SetOpt, find_job, friendly, load, open_registry
+from gpujob.cli.common import BackendOpt, JobRef, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +32,10 @@ def submit(
     registry = open_registry()
     job = service.submit(loaded, registry)
     typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.status}")
+    if job.handle.get("withheld"):  # local: variables named like secrets that the job does not get
+        from gpujob.backends.local import withheld_words
+
+        err(f"withheld: {withheld_words(job.handle['withheld'])}")
     if job.status == "failed":
         typer.echo(f"reason: {job.reason}")
         raise typer.Exit(1)

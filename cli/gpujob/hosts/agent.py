@@ -110,6 +110,9 @@ MANAGED_LABEL = "gpujob.dev/managed-by"
 ID_LABEL = "gpujob.dev/id"
 IDLE_MINUTES_LABEL = "gpujob.dev/idle-minutes"
 EVENT_PREFIX = "@gpujob/v1 "
+EVENT_MAX_CHARS = 64 * 1024      # a longer line holds no event (gpujob.progress.MAX_EVENT_CHARS)
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,40}")
+EVENT_MAX_DEPTH = 16             # an object nested deeper is not an event (gpujob.progress.MAX_DEPTH)
 TERMINAL_STATUSES = ("terminating", "terminated", "preempted")   # the instance is going or gone
 NOT_RUNNING_STATES = ("exited", "dead", "created", "paused")
 
@@ -432,20 +435,40 @@ def parse_docker_time(text: str | None) -> float | None:
 
 def has_event(line: str) -> bool:
     """True when the line holds a progress-protocol event: the prefix, then a JSON object with an
-    "event" key (a stdlib copy of gpujob.progress.parse_line's test; the host has no gpujob)."""
+    "event" key (a stdlib copy of gpujob.progress.parse_line's test; the host has no gpujob).
+    Never raises: a line over EVENT_MAX_CHARS holds no event, nor does an object nested deeper than
+    EVENT_MAX_DEPTH (or too deep to decode at all) or one with a number too long to read."""
+    if len(line) > EVENT_MAX_CHARS:
+        return False
     start = line.find(EVENT_PREFIX)
     decoder = json.JSONDecoder()
     while start != -1:
         body = start + len(EVENT_PREFIX)
         try:
             obj, _ = decoder.raw_decode(line, body)
-        except ValueError:
+        except (ValueError, RecursionError, OverflowError):
             pass
         else:
-            if isinstance(obj, dict) and isinstance(obj.get("event"), str):
+            if (isinstance(obj, dict) and isinstance(obj.get("event"), str) and EVENT_NAME.fullmatch(obj["event"])
+                    and _shallow(obj)):
                 return True
         start = line.find(EVENT_PREFIX, body)
     return False
+
+
+def _shallow(obj) -> bool:
+    """True when lists and dicts nest at most EVENT_MAX_DEPTH deep in ``obj`` (no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > EVENT_MAX_DEPTH:
+            return False
+        stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return True
 
 
 def last_event_time(log: str) -> float | None:

@@ -15,6 +15,11 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from .models import HUB_REPO_PATTERN, NAME_PATTERN, SECTIONS, CrossFieldError, JobSpec, Source, looks_like_credential
+from .units import shown
+
+MAX_KEY_CHARS = 80
+MAX_MESSAGE_CHARS = 300
+_LONG_WORD = re.compile(r"\S{61,}")
 
 Path_ = tuple[Union[str, int], ...]
 
@@ -28,6 +33,10 @@ class Problem:
     column: int | None
     key: str
     message: str
+
+    def __post_init__(self) -> None:  # a huge key or value must never be echoed back in full
+        object.__setattr__(self, "key", clip(self.key, MAX_KEY_CHARS))
+        object.__setattr__(self, "message", clip(self.message, MAX_MESSAGE_CHARS))
 
     def __str__(self) -> str:
         where = self.file
@@ -65,6 +74,14 @@ _SYNONYMS = {"k8s": "kubernetes", "kube": "kubernetes", "eval": "evaluate", "eva
 _TAG = re.compile(r"^(function-\w+|literal|nullable|union|tagged-union|lax-or-strict|json-or-python)\[.*\]$")
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` with each run of more than 60 non-blank characters and then the whole cut short."""
+    if len(text) <= 60:
+        return text
+    text = _LONG_WORD.sub(lambda m: f"{m.group(0)[:40]}... ({len(m.group(0))} characters)", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def fmt_path(path: Path_) -> str:
     """``("data", "train", 1, "split")`` -> ``data.train[1].split``."""
     out = ""
@@ -82,10 +99,10 @@ def describe(value: Any) -> str:
     if isinstance(value, str):
         if looks_like_credential(value):
             return "a string that looks like a credential"
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f'a string "{shown}"'
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return f'a string "{text}"'
     if isinstance(value, (int, float)):
-        return f"a number {value!r}"
+        return f"a number {shown(value)}"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -98,7 +115,9 @@ def _yaml_repr(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
-    return str(value)
+    if isinstance(value, (int, float)):
+        return shown(value)
+    return str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -189,7 +208,7 @@ def _wrong_type(err: dict, path: Path_) -> str:
             msg += f'; quote it if you meant the text "{_yaml_repr(value)}"'
     elif typ == "bool_type" and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
         msg += " (YAML 1.2 reads yes/no/on/off as text; write true or false)"
-    elif typ == "int_type" and isinstance(value, float) and value.is_integer():
+    elif typ == "int_type" and isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         msg += f"; write {int(value)}"
     elif value is None:
         msg += "; give a value or remove the key"
@@ -263,9 +282,10 @@ def syntax_problem(exc: MarkedYAMLError, text: str, file: str) -> Problem:
     return Problem(file, mark.line + 1 if mark else None, mark.column + 1 if mark else None, "", message)
 
 
-def duplicate_keys(text: str, file: str) -> list[Problem]:
+def duplicate_keys(text: str, file: str, roots: Sequence[Node] | None = None) -> list[Problem]:
+    """Every duplicate key in the documents ``roots`` (composed from ``text`` when not given)."""
     try:
-        nodes = [n for n in YAML(typ="rt").compose_all(text)]
+        nodes = list(roots) if roots is not None else [n for n in YAML(typ="rt").compose_all(text)]
     except Exception:  # noqa: BLE001 - best effort; the caller falls back to ruamel's message
         return []
     found: list[Problem] = []

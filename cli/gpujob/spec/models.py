@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .units import parse_cpu, parse_duration, parse_quantity
+from .units import MAX_CPU, parse_cpu, parse_duration, parse_quantity, shown
 
 API_VERSION = "gpujob/v1"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -37,6 +37,19 @@ CREDENTIAL_PATTERNS = tuple(re.compile(p) for p in (
 PRETRAIN_LR = {"tiny": 1.5e-3, "base": 1e-3, "small": 5e-4, "medium": 2.5e-4, "large": 1.75e-4}
 D_MODEL_SIZE = {384: "tiny", 512: "base", 768: "small", 1024: "medium", 1280: "large"}
 FINETUNE_LR_DIVISOR = 40
+# Upper bounds. Every number in the spec has one (tests/test_spec_bounds.py checks), so that no value,
+# however large, gets past validation to a backend (a GPU count of 10**400, a deadline of 8.6e27 s).
+MAX_GPUS = 64  # per node
+MAX_STEPS = 1_000_000_000  # optimizer steps (warm-up, evaluation and checkpoint intervals too)
+MAX_EPOCHS = 100_000
+MAX_BATCH = 4096  # examples per GPU per pass; also the most gradient accumulation steps
+MAX_CHECKPOINTS = 1000
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_WEIGHT = 1_000_000
+MAX_LEARNING_RATE = 1.0
+MAX_ENCODER_LAYERS = 64  # Whisper large has 32
+MAX_COST = 1_000_000  # USD
+MAX_IDLE_MINUTES = 30 * 24 * 60  # 30 days, the longest duration allowed (units.MAX_DURATION)
 
 
 def fail(message: str) -> PydanticCustomError:
@@ -82,7 +95,7 @@ def _whole_or_auto(value: Any, low: int, high: int | None = None) -> Any:
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value[:40]}"' if not looks_like_credential(value) else "a value that looks like a credential"
-    return type(value).__name__ if isinstance(value, (list, dict)) else repr(value)
+    return type(value).__name__ if isinstance(value, (list, dict)) else shown(value)
 
 
 def _no_duplicates(value: list[str]) -> list[str]:
@@ -94,7 +107,7 @@ def _no_duplicates(value: list[str]) -> list[str]:
 
 def _no_unit_number(value: Any, kind: str, example: str) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise fail(f"{value!r} has no unit; {kind} need one, e.g. {example}")
+        raise fail(f"{shown(value)} has no unit; {kind} need one, e.g. {example}")
     return value
 
 
@@ -184,7 +197,7 @@ class Source(_Section):
     text_column: NonEmptyStr | None = Field(None, description=(
         "Column holding the transcript (`sentence`, `transcription`, ...). Unset: detected automatically."))
     audio_column: NonEmptyStr = Field("audio", description="Column holding the audio.")
-    weight: float = Field(1.0, gt=0, description=(
+    weight: float = Field(1.0, gt=0, le=MAX_WEIGHT, description=(
         "Relative sampling weight when several sources are mixed (2 = sampled twice as often as 1)."))
 
     @field_validator("split")
@@ -216,7 +229,7 @@ class DataSection(_Section):
 class FreezeLayers(_Section):
     """Freeze part of the encoder."""
 
-    encoder_layers: int = Field(ge=1, description=(
+    encoder_layers: int = Field(ge=1, le=MAX_ENCODER_LAYERS, description=(
         "Freeze the convolutional stem, positional embeddings and the first N encoder layers."))
 
 
@@ -225,8 +238,10 @@ def _check_freeze(value: Any) -> Any:
         return "none" if value is None else value
     if isinstance(value, dict) and set(value) == {"encoder_layers"}:
         n = value["encoder_layers"]
-        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+        if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_ENCODER_LAYERS:
             return FreezeLayers(encoder_layers=n)
+        if isinstance(n, int) and not isinstance(n, bool) and n > MAX_ENCODER_LAYERS:
+            raise fail(f"encoder_layers must be at most {MAX_ENCODER_LAYERS} (got {_describe(n)})")
         raise fail(f"encoder_layers must be a whole number of at least 1 (got {_describe(n)})")
     raise fail(f"use none, encoder, or {{encoder_layers: N}} (got {_describe(value)})")
 
@@ -234,16 +249,16 @@ def _check_freeze(value: Any) -> Any:
 class TrainingSection(_Section):
     """Optimisation settings. Defaults follow common Whisper fine-tuning practice."""
 
-    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = Field("auto", description=(
+    learning_rate: Annotated[float, Field(gt=0, le=MAX_LEARNING_RATE)] | Literal["auto"] = Field("auto", description=(
         "Peak learning rate, or `auto`: the checkpoint's pre-training LR / 40 (tiny 3.75e-5, "
         "base 2.5e-5, small 1.25e-5, medium 6.25e-6, large 4.375e-6)."))
     lr_schedule: Literal["linear", "constant", "cosine"] = Field("linear", description=(
         "Learning-rate schedule after warm-up; `linear` decays to 0 at the last step."))
-    warmup_steps: int = Field(500, ge=0, description="Steps of linear warm-up from 0 to the peak learning rate.")
-    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to train for. For `kind: train` set exactly one of `max_steps` and `epochs`.")
-    epochs: float | None = Field(None, gt=0, description="Passes over the training data (may be fractional). Needs a known dataset size (no streaming).")
-    per_device_batch_size: int = Field(16, gt=0, description="Examples per GPU per forward pass.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description=(
+    warmup_steps: int = Field(500, ge=0, le=MAX_STEPS, description="Steps of linear warm-up from 0 to the peak learning rate.")
+    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Optimizer steps to train for. For `kind: train` set exactly one of `max_steps` and `epochs`.")
+    epochs: float | None = Field(None, gt=0, le=MAX_EPOCHS, description="Passes over the training data (may be fractional). Needs a known dataset size (no streaming).")
+    per_device_batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="Examples per GPU per forward pass.")
+    gradient_accumulation_steps: int = Field(1, gt=0, le=MAX_BATCH, description=(
         "Forward passes per optimizer step; effective batch = per_device_batch_size x this x GPUs."))
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description=(
         "Numeric precision; `auto` picks bf16 where the GPU supports it, else fp16."))
@@ -253,12 +268,12 @@ class TrainingSection(_Section):
         "Dropout probability. Above 0.1 gives a warning: Whisper was pre-trained without dropout."))
     freeze: Annotated[Literal["none", "encoder"] | FreezeLayers, BeforeValidator(_check_freeze)] = Field(
         "none", description="What to keep frozen: `none`, `encoder` (the whole encoder), or `{encoder_layers: N}`.")
-    eval_steps: int = Field(1000, gt=0, description="Evaluate on `data.eval` every this many steps.")
-    save_steps: int = Field(1000, gt=0, description="Save a checkpoint every this many steps.")
-    save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints (oldest are deleted).")
+    eval_steps: int = Field(1000, gt=0, le=MAX_STEPS, description="Evaluate on `data.eval` every this many steps.")
+    save_steps: int = Field(1000, gt=0, le=MAX_STEPS, description="Save a checkpoint every this many steps.")
+    save_total_limit: int = Field(2, ge=1, le=MAX_CHECKPOINTS, description="Keep at most this many checkpoints (oldest are deleted).")
     generation_max_length: int = Field(225, ge=1, le=448, description=(
         "Maximum tokens generated per utterance during evaluation (Whisper's decoder limit is 448)."))
-    seed: int = Field(42, description="Random seed for shuffling and initialisation.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed for shuffling and initialisation.")
     group_by_length: bool = Field(True, description="Batch utterances of similar length together (less padding, faster).")
 
     @field_validator("learning_rate", mode="before")
@@ -269,7 +284,9 @@ class TrainingSection(_Section):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail(f'expected a number like 1e-5 or "auto", got {_describe(value)}')
         if value <= 0:
-            raise fail(f"must be greater than 0 (got {value!r})")
+            raise fail(f"must be greater than 0 (got {shown(value)})")
+        if value > MAX_LEARNING_RATE:
+            raise fail(f"must be at most {MAX_LEARNING_RATE:g} (got {shown(value)}); typical values are 1e-5 to 1e-4")
         return value
 
 
@@ -281,12 +298,12 @@ class EvaluationSection(_Section):
         description="Metrics to report: `wer` (word error rate) and/or `cer` (character error rate).")
     normalizer: Literal["basic", "none"] = Field("basic", description=(
         "Text normalisation before scoring: `basic` lower-cases and strips punctuation; `none` compares verbatim."))
-    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description=(
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] | Literal["auto"] = Field("auto", description=(
         "Examples per GPU during evaluation. `auto`: on a GPU the largest of 256, 128, ... whose "
         "generation memory (cross- and self-attention caches, encoder) fits in half the free GPU memory, "
         "halved again if a batch still runs out of memory; 16 on a CPU."))
 
-    _batch = field_validator("batch_size", mode="before")(classmethod(lambda cls, value: _whole_or_auto(value, 1)))
+    _batch = field_validator("batch_size", mode="before")(classmethod(lambda cls, value: _whole_or_auto(value, 1, MAX_BATCH)))
     before_training: bool = Field(False, description=(
         "`kind: train`: also score the starting checkpoint before the first step, so the final metrics "
         "show the zero-shot WER (`baseline_wer`) next to the fine-tuned one."))
@@ -304,7 +321,7 @@ class OutputSection(_Section):
     private: bool = Field(True, description="Create the Hub repository as private.")
 
 
-_CPU_SCHEMA = {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+_CPU_SCHEMA = {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CPU},
                          {"type": "string", "pattern": r"^[0-9]+m$|^[0-9]+(\.[0-9]+)?$"}, {"type": "null"}]}
 _QUANTITY_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)$"}
 
@@ -312,7 +329,7 @@ _QUANTITY_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|T
 class ResourcesSection(_Section):
     """Hardware to request from the backend."""
 
-    gpus: int | None = Field(None, ge=0, description=(
+    gpus: int | None = Field(None, ge=0, le=MAX_GPUS, description=(
         "GPUs per node. Default: 1 for train/evaluate, 0 for command. With more than one, train/evaluate jobs "
         "run one process per GPU under torchrun (data-parallel: the global batch is split across them)."))
     gpu_type: NonEmptyStr | None = Field(None, description="GPU model to ask for, e.g. `A100-80GB`, `H100` (backend-specific).")
@@ -320,7 +337,7 @@ class ResourcesSection(_Section):
         "Machines for one job (kubernetes only): each runs `gpus` GPUs; more than one uses an Indexed Job, a "
         "headless Service and torchrun's rendezvous on worker 0."))
     cpu: Annotated[float | None, BeforeValidator(_check_cpu), WithJsonSchema(_CPU_SCHEMA)] = Field(
-        None, gt=0, description="CPU cores: a number (`4`, `0.5`) or Kubernetes millicores (`500m`).")
+        None, gt=0, le=MAX_CPU, description="CPU cores: a number (`4`, `0.5`) or Kubernetes millicores (`500m`).")
     memory: Annotated[Quantity | None, WithJsonSchema({"anyOf": [_QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Memory as a Kubernetes quantity: `32Gi`, `16G`, `512Mi`.")
     shm: Annotated[Quantity, WithJsonSchema(_QUANTITY_SCHEMA)] = Field(
@@ -394,8 +411,8 @@ class LimitsSection(_Section):
     max_runtime: Annotated[Duration | None, WithJsonSchema({"anyOf": [
         {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"}, {"type": "null"}]})] = Field(
         None, description="Stop the job after this long: `45s`, `90m`, `12h`, `1h30m`, `2d`.")
-    max_cost: float | None = Field(None, ge=0, description="Stop the job once its estimated cost reaches this many USD.")
-    idle_minutes: float = Field(15, gt=0, description=(
+    max_cost: float | None = Field(None, ge=0, le=MAX_COST, description="Stop the job once its estimated cost reaches this many USD.")
+    idle_minutes: float = Field(15, gt=0, le=MAX_IDLE_MINUTES, description=(
         "A job that has reported progress and then reports nothing for this many minutes is stopped as hung, "
         "so a frozen run does not hold a GPU all night. Jobs that never report progress are not affected."))
 

@@ -38,8 +38,14 @@ Rules that apply everywhere:
 - **Types are strict**: `"16"` is not a number and `8080` is not a string; quote environment values.
 - **Anchors** (`&name`, `*name`, `<<: *name`) work; top-level keys starting with `x-` are ignored,
   so they can hold shared blocks (`x-fleurs: &fleurs {dataset: google/fleurs, config: el_gr}`).
-- **Durations** need a unit: `45s`, `90m`, `12h`, `1h30m`, `2d`.
-- **Sizes** are Kubernetes quantities: `512Mi`, `32Gi` (powers of 1024) or `16G` (powers of 1000).
+  **Tags** (`!!set`, `!!binary`, `!custom`, ...) are not: a spec holds only text, numbers,
+  `true`/`false`, null, lists and mappings.
+- **Durations** need a unit: `45s`, `90m`, `12h`, `1h30m`, `2d` (at most `30d`).
+- **Sizes** are Kubernetes quantities: `512Mi`, `32Gi` (powers of 1024) or `16G` (powers of 1000);
+  at most `1Pi`.
+- **Numbers** have an upper bound on every key (listed below); none may reach 2^63.
+- **Limits** on the file: at most {max_bytes}, {max_lines:,} lines, {max_nodes:,} values (an alias
+  `*name` or merge `<<: *name` counts all that it repeats) and {max_depth} levels of nesting.
 - **`${VAR}`** in any string value is replaced from your environment; `${VAR:-default}` gives a
   fallback and `$${` writes a literal `${`. An unquoted value that is exactly one `${VAR}` is typed
   like YAML (`max_steps: ${STEPS:-4000}` is a number). Unset variables are errors.
@@ -50,6 +56,13 @@ Rules that apply everywhere:
   your shell. Secret-looking `runtime.env` keys (`*TOKEN*`, `*PASSWORD*`, `*API_KEY*`, ...), values
   that look like real tokens or private keys, and `${VAR}` of a secret are rejected.
 """
+
+
+def _intro() -> str:
+    from .loader import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
+
+    return _INTRO.replace("{max_bytes}", f"{MAX_BYTES // 2**20} MiB").replace("{max_lines:,}", f"{MAX_LINES:,}") \
+        .replace("{max_nodes:,}", f"{MAX_NODES:,}").replace("{max_depth}", str(MAX_DEPTH))
 
 
 def json_schema() -> dict[str, Any]:
@@ -130,7 +143,7 @@ def _table(model: type[BaseModel], prefix: str, schema: dict[str, Any]) -> list[
 def reference_markdown() -> str:
     """The Markdown reference for every key of the spec, generated from the models."""
     schema = json_schema()
-    out = [_INTRO, "## Top-level keys", "", JobSpec.__doc__ or "", "", *_table(JobSpec, "", schema), ""]
+    out = [_intro(), "## Top-level keys", "", JobSpec.__doc__ or "", "", *_table(JobSpec, "", schema), ""]
     for section, model in SECTIONS.items():
         out += [f"## {section}", "", (model.__doc__ or "").strip(), "", *_table(model, f"{section}.", schema), ""]
         if section == "data":

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_duration", "parse_quantity", "parse_cpu", "format_duration"]
+__all__ = ["parse_duration", "parse_quantity", "parse_cpu", "format_duration", "shown",
+           "MAX_DURATION", "MAX_QUANTITY", "MAX_CPU"]
+
+MAX_DURATION = 30 * 86400  # 30d: the longest runtime, lifetime, idle or collective timeout a job may ask for
+MAX_QUANTITY = 2**50  # 1Pi: more memory, shared memory or disk than any machine has
+MAX_CPU = 1024  # cores
+_MAX_TEXT = 40  # longer than any sane duration, size or CPU count: refused before parsing
 
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -24,23 +30,36 @@ _HUMAN_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtTpP])(i?)[bB]?$")
 _DURATION_EXAMPLE = "write it with a unit, e.g. 90m, 12h, 1h30m, 2d or 45s"
 
 
+def shown(value: object, limit: int = _MAX_TEXT) -> str:
+    """``repr(value)`` for messages, cut to about ``limit`` characters so a huge value is never echoed back."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a number with about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def parse_duration(value: str) -> int:
-    """Parse ``45s``, ``90m``, ``12h``, ``1h30m``, ``2d`` into whole seconds (> 0)."""
+    """Parse ``45s``, ``90m``, ``12h``, ``1h30m``, ``2d`` into whole seconds (> 0, at most 30 days)."""
     text = value.strip().lower().replace(" ", "")
     if not text:
         raise ValueError(f"empty duration; {_DURATION_EXAMPLE}")
+    if len(text) > _MAX_TEXT:
+        raise ValueError(f"{shown(value)} is too long to be a duration; {_DURATION_EXAMPLE}")
+    value = shown(value)  # type: ignore[assignment]  # from here on only used in messages
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        raise ValueError(f"{value!r} has no unit; {_DURATION_EXAMPLE}")
+        raise ValueError(f"{value} has no unit; {_DURATION_EXAMPLE}")
     if not _DURATION_FULL.match(text):
-        raise ValueError(f"{value!r} is not a duration; {_DURATION_EXAMPLE}")
+        raise ValueError(f"{value} is not a duration; {_DURATION_EXAMPLE}")
     parts = _DURATION_PART.findall(text)
     units = [unit for _, unit in parts]
     order = list(_DURATION_UNITS)
     if len(set(units)) != len(units) or units != sorted(units, key=order.index):
-        raise ValueError(f"{value!r}: give each unit once, largest first (e.g. 1h30m)")
+        raise ValueError(f"{value}: give each unit once, largest first (e.g. 1h30m)")
     seconds = sum(float(num) * _DURATION_UNITS[unit] for num, unit in parts)
     if seconds < 1:
-        raise ValueError(f"{value!r} is shorter than one second")
+        raise ValueError(f"{value} is shorter than one second")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value} is longer than {format_duration(MAX_DURATION)}, the longest duration allowed")
     return int(round(seconds))
 
 
@@ -61,6 +80,8 @@ def parse_quantity(value: str) -> int:
     and common spellings like ``32GB``/``32GiB`` get a hint towards the Kubernetes form.
     """
     text = value.strip()
+    if len(text) > _MAX_TEXT:
+        raise ValueError(f"{shown(value)} is too long to be a size; use a Kubernetes quantity like 32Gi, 16G or 512Mi")
     match = _QUANTITY.match(text)
     if match is None:
         human = _HUMAN_SIZE.match(text)
@@ -75,10 +96,12 @@ def parse_quantity(value: str) -> int:
     num, suffix = match.group(1), match.group(2) or ""
     if not suffix:
         raise ValueError(f"{value!r} has no unit (it would mean {num} bytes); write e.g. {num}Gi or {num}Mi")
-    size = int(float(num) * _QUANTITY_SUFFIXES[suffix])
-    if size <= 0:
+    size = float(num) * _QUANTITY_SUFFIXES[suffix]
+    if size > MAX_QUANTITY:
+        raise ValueError(f"{value!r} is more than 1Pi, the largest size allowed")
+    if int(size) <= 0:
         raise ValueError(f"{value!r} must be greater than zero")
-    return size
+    return int(size)
 
 
 def parse_cpu(value: object) -> float:
@@ -86,12 +109,15 @@ def parse_cpu(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number of CPUs like 4 or 0.5, or millicores like 500m, got {str(value).lower()}")
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{shown(value)} is far too many CPUs") from None
+    if isinstance(value, str) and len(value.strip()) <= _MAX_TEXT:
         text = value.strip()
         if re.fullmatch(r"\d+m", text):
             return int(text[:-1]) / 1000
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
             return float(text)
-    shown = repr(value) if isinstance(value, str) else type(value).__name__
-    raise ValueError(f"expected a number of CPUs like 4 or 0.5, or millicores like 500m, got {shown[:40]}")
+    got = shown(value) if isinstance(value, str) else type(value).__name__
+    raise ValueError(f"expected a number of CPUs like 4 or 0.5, or millicores like 500m, got {got}")

@@ -1,0 +1,151 @@
+"""Every process of a local job, found and stopped, wherever it went (Linux; stdlib only).
+
+A job's processes can leave its process group (``setsid``, a double fork, torchrun's ranks in
+sessions of their own). The supervisor therefore:
+
+* makes itself a *child subreaper* (``PR_SET_CHILD_SUBREAPER``): an orphan anywhere below it is
+  re-parented to it, not to init, so everything the job started stays in its process tree;
+* starts the job with ``PR_SET_PDEATHSIG`` = SIGKILL, so the job's first process dies if the
+  supervisor dies, whatever killed it;
+* writes the tree's processes (pid and start time) to ``pids.json`` in the job's folder every
+  second, so that whatever is left after the supervisor itself was killed is found and killed by
+  the next gpujob command that looks at the job (:func:`kill_recorded`);
+* at the end, kills the whole tree (:func:`kill_descendants`) until nothing of it is left.
+
+Where ``prctl`` is missing (not Linux) these are no-ops and the process group and the
+``GPUJOB_JOB_ID`` marker (:func:`gpujob.backends.local.kill_strays`) remain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PIDS_NAME = "pids.json"
+
+
+def _prctl(option: int, arg: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def become_subreaper() -> bool:
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: this process gets SIGKILL when the process that started it dies."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, state, start time) for every process we can see."""
+    table = {}
+    try:
+        names = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return table
+    for name in names:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            table[int(name)] = (int(fields[1]), fields[0].decode(), int(fields[19]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def descendants(root: int | None = None) -> list[tuple[int, int]]:
+    """(pid, start time) of every live process below ``root`` (default: this process)."""
+    root = os.getpid() if root is None else root
+    table = _table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _state, _start) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        ppid, state, start = table[pid]
+        if state not in ("Z", "X"):
+            found.append((pid, start))
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def reap(keep: int | None = None) -> None:
+    """Collect this process's finished children (orphans it adopted), all but ``keep``."""
+    me = os.getpid()
+    for pid, (ppid, state, _start) in _table().items():
+        if ppid == me and state == "Z" and pid != keep:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def kill_descendants(keep: int | None = None, timeout: float = 5.0) -> int:
+    """SIGKILL everything below this process until nothing is left (a process forking as it
+    dies is caught on the next pass). Returns how many processes were killed."""
+    killed, deadline = 0, time.monotonic() + timeout
+    while True:
+        alive = descendants()
+        if not alive or time.monotonic() > deadline:
+            return killed
+        for pid, _start in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.02)
+        reap(keep)
+
+
+def record(job_dir: Path, processes: list[tuple[int, int]]) -> None:
+    """Write the job's processes for :func:`kill_recorded`; atomic, so a reader never sees half."""
+    tmp = job_dir / f".{PIDS_NAME}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(processes, fh)
+        os.replace(tmp, job_dir / PIDS_NAME)
+    except OSError:
+        pass
+
+
+def kill_recorded(job_dir: Path) -> int:
+    """SIGKILL the processes recorded for a job whose supervisor is gone, and everything now below
+    them; a pid reused by another process (a different start time) is left alone."""
+    try:
+        recorded = json.loads((job_dir / PIDS_NAME).read_text())
+        wanted = {int(pid): int(start) for pid, start in recorded}
+    except (OSError, ValueError, TypeError):
+        return 0
+    killed = 0
+    for _ in range(20):
+        table = _table()
+        targets = {pid for pid, start in wanted.items() if pid in table and table[pid][2] == start
+                   and table[pid][1] not in ("Z", "X")}
+        for pid in list(targets):  # their children, remembered: once a parent dies they move to init
+            below = dict(descendants(pid))
+            wanted.update(below)
+            targets.update(below)
+        if not targets:
+            return killed
+        for pid in targets:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.02)
+    return killed

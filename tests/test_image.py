@@ -378,7 +378,7 @@ def test_the_runner_trains_a_tiny_whisper_in_the_image_as_any_uid(cpu_image, tmp
     pytest.importorskip("torch")
     from test_runner_train import write_greek_folder, write_spec
 
-    from gpujob.progress import parse_line
+    from gpujob.events import parse_line
     from gpujob.runner.convert_ct2 import ensure_whisper_base, tiny_whisper
 
     job, data = tmp_path / "job", tmp_path / "job" / "data"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gpujob.progress import parse_line
+from gpujob.events import parse_line
 from gpujob_cli import GPUJOB, GpujobCli
 from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
 

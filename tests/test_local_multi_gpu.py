@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gpujob.progress import parse_line
+from gpujob.events import parse_line
 from gpujob_cli import GpujobCli
 
 pytest.importorskip("torch")

@@ -11,15 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpujob.progress import (
-    PREFIX,
-    LineSplitter,
-    ProgressState,
-    ProgressWriter,
-    describe_event,
-    fmt_duration,
-    parse_line,
-)
+from gpujob.events import parse_line
+from gpujob.linesplit import LineSplitter
+from gpujob.progress import PREFIX, ProgressWriter
+from gpujob.progress_state import ProgressState
+from gpujob.words import describe_event, fmt_duration
 
 
 class Clock:
@@ -162,5 +158,17 @@ def test_fmt_duration(seconds, words):
 def test_writer_is_importable_without_heavy_modules():
     code = ("import sys, gpujob.progress; heavy = {'torch','transformers','datasets','pydantic',"
             "'kubernetes','docker','typer','rich'} & set(sys.modules); print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_protocol_modules_import_only_the_stdlib_and_each_other():
+    """The writer, the parser, the state and the words: nothing heavy, and no module of gpujob
+    beyond these five (no backends, registry or cli), so jobs and the CLI can import any of them."""
+    code = ("import sys; import gpujob.progress, gpujob.events, gpujob.linesplit, gpujob.progress_state, "
+            "gpujob.words; ours = {'gpujob', 'gpujob.progress', 'gpujob.events', 'gpujob.linesplit', "
+            "'gpujob.progress_state', 'gpujob.words'}; heavy = {'torch','transformers','datasets','pydantic',"
+            "'kubernetes','docker','typer','rich'}; print(sorted((heavy & set(sys.modules)) | "
+            "{m for m in sys.modules if m.startswith('gpujob') and m not in ours}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -15,7 +15,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpujob.progress import PREFIX, LineSplitter, ProgressState, describe_event, parse_line
+from gpujob.events import parse_line
+from gpujob.linesplit import LineSplitter
+from gpujob.progress import PREFIX
+from gpujob.progress_state import ProgressState
+from gpujob.words import describe_event
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -196,7 +200,7 @@ def test_parse_line_never_raises_and_keeps_only_documented_fields(line):
 @given(events)
 @FAST
 def test_a_decoded_object_becomes_an_event_of_documented_fields_or_nothing(obj):
-    from gpujob.progress import normalize_event
+    from gpujob.events import normalize_event
 
     for ascii_only in (True, False):
         for event in parse_line(PREFIX + dumps(obj, ascii_only)):
@@ -263,7 +267,7 @@ def test_regression_a_10_mb_line_takes_no_time():
 
 
 def test_a_line_just_under_the_cap_full_of_prefixes_is_quick():
-    from gpujob.progress import MAX_EVENT_CHARS
+    from gpujob.events import MAX_EVENT_CHARS
 
     for unit in ('{"event":"eval","wer":0.1}', '["', '{"a":"', "[" * 20):
         line = (PREFIX + unit) * (MAX_EVENT_CHARS // (len(PREFIX) + len(unit)))
@@ -282,7 +286,7 @@ def test_line_splitter_is_linear_and_cuts_a_line_that_never_ends():
     pieces += splitter.flush()
     assert time.perf_counter() - started < 5.0
     assert pieces[-1] == "next" and "".join(pieces[:-1]) == "é" * (24 << 20)  # no character torn
-    assert all(len(p.encode()) <= 1 << 20 for p in pieces)  # gpujob.progress.MAX_LINE_BYTES
+    assert all(len(p.encode()) <= 1 << 20 for p in pieces)  # gpujob.linesplit.MAX_LINE_BYTES
 
 
 @given(st.lists(st.binary(max_size=40) | st.sampled_from([b"\n", b"\xc3", b"\xa9", b"\r\n", b"x" * 30]), max_size=30),

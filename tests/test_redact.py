@@ -10,8 +10,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpujob.backends.output import MAX_LINE, JobOutput
-from gpujob.progress import PREFIX, ProgressState, describe_event
+from gpujob.progress import PREFIX
+from gpujob.progress_state import ProgressState
 from gpujob.redact import MASK, Redactor, StreamRedactor
+from gpujob.words import describe_event
 
 # Anything an environment variable can hold: every code point but NUL and lone surrogates.
 SECRETS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"), min_size=4, max_size=40)

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
-from gpujob.progress import parse_line  # noqa: E402
+from gpujob.events import parse_line  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")

@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gpujob.progress import parse_line  # noqa: E402
+from gpujob.events import parse_line  # noqa: E402
 from gpujob.runner.train import lr_lambda  # noqa: E402
 
 SENTENCES = [

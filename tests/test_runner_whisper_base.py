@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from gpujob.progress import parse_line  # noqa: E402
+from gpujob.events import parse_line  # noqa: E402
 
 
 @pytest.mark.slow

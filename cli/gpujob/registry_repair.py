@@ -203,7 +203,8 @@ def _output_dir(spec: dict[str, Any], launch: dict[str, Any], name: Any) -> str 
 def _replay(log: Path) -> tuple[dict[str, Any], str | None, str | None]:
     """The progress snapshot folded from the events in a job's log."""
     try:
-        from gpujob.progress import PREFIX, ProgressState
+        from gpujob.progress import PREFIX
+        from gpujob.progress_state import ProgressState
 
         state = ProgressState()
         with open(log, "r", encoding="utf-8", errors="replace") as fh:

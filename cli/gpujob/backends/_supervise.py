@@ -36,9 +36,10 @@ from gpujob.backends import reaper
 from gpujob.backends.base import failure_reason
 from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _start_time, _write_private, kill_strays
 from gpujob.backends.output import JobOutput
-from gpujob.progress import ProgressState, fmt_duration
+from gpujob.progress_state import ProgressState
 from gpujob.redact import Redactor
 from gpujob.registry import Registry
+from gpujob.words import fmt_duration
 
 SNAPSHOT_EVERY_S = 1.0
 IMPORTANT_EVERY_S = 0.1  # eval, checkpoint and end are shown at once, but a flood of them is not

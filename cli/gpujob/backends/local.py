@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob.backends.base import LOG_NAME, JobRequest, Observed
 from gpujob.errors import UserError
-from gpujob.progress import LineSplitter
+from gpujob.linesplit import LineSplitter
 
 if TYPE_CHECKING:
     from gpujob.backends.gpus import Found

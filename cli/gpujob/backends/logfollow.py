@@ -12,7 +12,7 @@ held back until its newline arrives on the next connection. Once the pod has end
 non-following read collects anything written after the final drop.
 
 However long a line is, the follower's work is linear in it, and a line over
-:data:`gpujob.progress.MAX_LINE_BYTES` is passed on in pieces of at most that size (the pieces
+:data:`gpujob.linesplit.MAX_LINE_BYTES` is passed on in pieces of at most that size (the pieces
 after the first follow the first: kept or dropped with it), so a container that never writes a
 newline cannot fill the memory.
 """
@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
 from gpujob.backends.base import Notice
-from gpujob.progress import MAX_LINE_BYTES, LineSplitter
+from gpujob.linesplit import MAX_LINE_BYTES, LineSplitter
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 

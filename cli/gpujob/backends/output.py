@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gpujob.progress import PREFIX, decode_line, normalize_event
+from gpujob.events import decode_line, normalize_event
+from gpujob.progress import PREFIX
 from gpujob.redact import Redactor, StreamRedactor
 
 MAX_LINE = 1 << 20

@@ -9,17 +9,9 @@ from typing import Any
 
 import typer
 
-from gpujob.progress import (
-    ProgressState,
-    clean_metrics,
-    clean_text,
-    describe_event,
-    fmt_duration,
-    fmt_pct,
-    fmt_rate,
-    is_event_line,
-    parse_line,
-)
+from gpujob.events import clean_metrics, clean_text, is_event_line, parse_line
+from gpujob.progress_state import ProgressState
+from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate
 from gpujob.backends.base import Notice
 from gpujob.registry import Job
 

@@ -87,7 +87,7 @@ def list_hosts(
 ) -> None:
     """Hosts: state, IP, $/h, uptime, cost so far, idle timer."""
     from gpujob.hosts import service
-    from gpujob.progress import fmt_duration
+    from gpujob.words import fmt_duration
 
     registry = open_registry()
     views = service.list_hosts(registry, all_=all_)
@@ -161,7 +161,7 @@ def money(usd: float) -> str:
 
 
 def _dur(seconds: float) -> str:
-    from gpujob.progress import fmt_duration
+    from gpujob.words import fmt_duration
 
     return fmt_duration(seconds)
 

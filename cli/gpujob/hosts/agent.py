@@ -110,9 +110,9 @@ MANAGED_LABEL = "gpujob.dev/managed-by"
 ID_LABEL = "gpujob.dev/id"
 IDLE_MINUTES_LABEL = "gpujob.dev/idle-minutes"
 EVENT_PREFIX = "@gpujob/v1 "
-EVENT_MAX_CHARS = 64 * 1024      # a longer line holds no event (gpujob.progress.MAX_EVENT_CHARS)
+EVENT_MAX_CHARS = 64 * 1024      # a longer line holds no event (gpujob.events.MAX_EVENT_CHARS)
 EVENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,40}")
-EVENT_MAX_DEPTH = 16             # an object nested deeper is not an event (gpujob.progress.MAX_DEPTH)
+EVENT_MAX_DEPTH = 16             # an object nested deeper is not an event (gpujob.events.MAX_DEPTH)
 TERMINAL_STATUSES = ("terminating", "terminated", "preempted")   # the instance is going or gone
 NOT_RUNNING_STATES = ("exited", "dead", "created", "paused")
 
@@ -435,7 +435,7 @@ def parse_docker_time(text: str | None) -> float | None:
 
 def has_event(line: str) -> bool:
     """True when the line holds a progress-protocol event: the prefix, then a JSON object with an
-    "event" key (a stdlib copy of gpujob.progress.parse_line's test; the host has no gpujob).
+    "event" key (a stdlib copy of gpujob.events.parse_line's test; the host has no gpujob).
     Never raises: a line over EVENT_MAX_CHARS holds no event, nor does an object nested deeper than
     EVENT_MAX_DEPTH (or too deep to decode at all) or one with a number too long to read."""
     if len(line) > EVENT_MAX_CHARS:

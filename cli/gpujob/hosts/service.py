@@ -432,7 +432,7 @@ def idle_words(host: "Host", now: float | None = None) -> tuple[str, str]:
 
 
 def _dur(seconds: float | None) -> str:
-    from gpujob.progress import fmt_duration
+    from gpujob.words import fmt_duration
 
     return fmt_duration(seconds)
 

@@ -27,7 +27,7 @@ from gpujob.backends.base import LOG_NAME, JobRequest, Observed, failure_reason,
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.errors import UserError
-from gpujob.progress import ProgressState
+from gpujob.progress_state import ProgressState
 from gpujob.registry import TERMINAL
 
 if TYPE_CHECKING:

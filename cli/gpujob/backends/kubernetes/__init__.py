@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from gpujob.backends.base import LOG_NAME, JobRequest, Notice, Observed, read_saved_log
 from gpujob.backends.kubernetes import explain, manifests
 from gpujob.errors import GpujobError, UserError
-from gpujob.progress import ProgressState
+from gpujob.progress_state import ProgressState
 from gpujob.registry import TERMINAL
 
 if TYPE_CHECKING:

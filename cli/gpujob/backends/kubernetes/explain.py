@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from gpujob.backends.base import Observed, failure_reason
-from gpujob.progress import fmt_duration
+from gpujob.words import fmt_duration
 
 CONTAINER = "job"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

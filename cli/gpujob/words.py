@@ -1,0 +1,86 @@
+"""Progress in words for people: durations, rates, percentages and one event as a line.
+
+Stdlib-only; an event is checked by :func:`gpujob.events.normalize_event` before it is described.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gpujob.events import normalize_event
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """3725 -> '1h02m', 95 -> '1m35s', None -> '-'."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def fmt_rate(steps_per_s: float | None) -> str:
+    if not steps_per_s:
+        return "-"
+    return f"{steps_per_s:.2f} it/s" if steps_per_s >= 1 else f"{1 / steps_per_s:.1f} s/it"
+
+
+def fmt_pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.0f}%"
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One event as a plain-text line for people (what non-raw `logs` prints). Takes any dict:
+    it is checked by :func:`normalize_event` first, so nothing in it can break the line or the
+    terminal; a dict that is not an event reads ``[?]``."""
+    checked = normalize_event(event)
+    if checked is None:
+        return "[?]"
+    event = checked
+    kind = event["event"]
+    parts: list[str] = []
+    if kind in ("start", "progress"):
+        step, total = event.get("step"), event.get("total_steps")
+        if step is not None:
+            parts.append(f"step {step}/{total}" if total else f"step {step}")
+        elif total:
+            parts.append(f"{total} steps")
+        for key, label, fmt in (
+            ("epoch", "epoch", "{:.2f}"),
+            ("loss", "loss", "{:.4f}"),
+            ("learning_rate", "lr", "{:.2e}"),
+            ("samples_per_s", "samples/s", "{:.1f}"),
+        ):
+            if key in event:
+                parts.append(f"{label} {fmt.format(event[key])}")
+    elif kind == "eval":
+        if "step" in event:
+            parts.append(f"step {event['step']}")
+        for key in ("wer", "cer"):
+            if key in event:
+                parts.append(f"{key.upper()} {event[key] * 100:.2f}%")
+        if "eval_loss" in event:
+            parts.append(f"eval_loss {event['eval_loss']:.4f}")
+    elif kind == "heartbeat":
+        done = f" {event['done']}/{event.get('total') or '?'}" if "done" in event else ""
+        parts.append(f"{event.get('phase', '')}{done}".strip())
+    elif kind in ("checkpoint", "artifact"):
+        if "step" in event:
+            parts.append(f"step {event['step']}")
+        parts.append(event.get("path", ""))
+    elif kind == "end":
+        parts.append(event.get("status", ""))
+        for key, value in event.get("metrics", {}).items():
+            parts.append(f"{key} {value}")
+        if event.get("message"):
+            parts.append(event["message"])
+    return (f"[{kind}] " + "  ".join(p for p in parts if p)).rstrip()

@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 from gpujob import __version__, image
 from gpujob.cli.app import app
 from gpujob.errors import UserError
-from gpujob.spec.models import looks_like_credential, looks_secret_name
+from gpujob.spec.fields import looks_like_credential, looks_secret_name
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "images/Dockerfile"

@@ -220,7 +220,7 @@ _SECRET_ENDINGS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "_PASS", "CRE
 
 def looks_like_secret_name(name: str) -> bool:
     """HF_TOKEN, AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, DB_PASSWORD, WANDB_API_KEY..."""
-    from gpujob.spec.models import looks_secret_name
+    from gpujob.spec.fields import looks_secret_name
 
     upper = name.upper()
     return looks_secret_name(name) or upper.endswith(_SECRET_ENDINGS)

@@ -66,7 +66,7 @@ def up(
 ) -> None:
     """Launch a GPU host and set it up (Docker, NVIDIA toolkit, the job image, the idle agent)."""
     from gpujob.hosts import service
-    from gpujob.spec.models import NAME_PATTERN
+    from gpujob.spec.fields import NAME_PATTERN
     import re
 
     if name is not None and not re.match(NAME_PATTERN, name):

@@ -14,7 +14,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
-from .models import HUB_REPO_PATTERN, NAME_PATTERN, SECTIONS, CrossFieldError, JobSpec, Source, looks_like_credential
+from .cross_field import CrossFieldError
+from .fields import HUB_REPO_PATTERN, NAME_PATTERN, looks_like_credential
+from .models import SECTIONS, JobSpec, Source
 from .units import shown
 
 MAX_KEY_CHARS = 80
@@ -54,6 +56,14 @@ class SpecError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
+
+
+class Fatal(Exception):
+    """One problem that ends loading at once; :func:`~gpujob.spec.loader.load_spec_text` raises it as a SpecError."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
 
 _EXPECTED = {
     "string_type": "a string", "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",

@@ -1,71 +1,31 @@
 """Pydantic models for the gpujob job spec (``apiVersion: gpujob/v1``).
 
 Field descriptions here are the single source of the reference docs and the JSON Schema.
-Custom checks raise ``PydanticCustomError("gpujob", ...)`` so the loader can show the
-message verbatim; checks that involve several sections live in :func:`cross_field_problems`.
+Shared field types and validators live in :mod:`gpujob.spec.fields`; checks that involve
+several sections live in :mod:`gpujob.spec.cross_field`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema,
-    field_validator, model_validator,
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+from .cross_field import CrossFieldError, cross_field_problems
+from .fields import (
+    CPU_SCHEMA, ENV_NAME_PATTERN, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
+    MAX_EPOCHS, MAX_GPUS, MAX_IDLE_MINUTES, MAX_LEARNING_RATE, MAX_SEED, MAX_STEPS, MAX_WEIGHT, NAME_PATTERN,
+    QUANTITY_SCHEMA, Duration, EnvName, NonEmptyStr, Quantity, SecretName, check_cpu, describe_value, fail,
+    no_duplicates, none_to_empty, whole_or_auto,
 )
-from pydantic_core import PydanticCustomError
-
-from .units import MAX_CPU, parse_cpu, parse_duration, parse_quantity, shown
+from .units import MAX_CPU, parse_duration, parse_quantity, shown
 
 API_VERSION = "gpujob/v1"
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-HUB_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
-SECRET_NAME_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY",
-                     "PRIVATE_KEY", "CREDENTIAL")
-CREDENTIAL_PATTERNS = tuple(re.compile(p) for p in (
-    r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}",
-    r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{20,}",
-    r"(?<![A-Za-z0-9])AKIA[0-9A-Z]{16}",
-    r"(?<![A-Za-z0-9])ghp_[A-Za-z0-9]{30,}",
-    r"(?<![A-Za-z0-9])xox[bp]-[A-Za-z0-9-]{10,}",
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
-))
 # Pre-training peak learning rates from the Whisper paper (Radford et al. 2022, table 1).
 PRETRAIN_LR = {"tiny": 1.5e-3, "base": 1e-3, "small": 5e-4, "medium": 2.5e-4, "large": 1.75e-4}
 D_MODEL_SIZE = {384: "tiny", 512: "base", 768: "small", 1024: "medium", 1280: "large"}
 FINETUNE_LR_DIVISOR = 40
-# Upper bounds. Every number in the spec has one (tests/test_spec_bounds.py checks), so that no value,
-# however large, gets past validation to a backend (a GPU count of 10**400, a deadline of 8.6e27 s).
-MAX_GPUS = 64  # per node
-MAX_STEPS = 1_000_000_000  # optimizer steps (warm-up, evaluation and checkpoint intervals too)
-MAX_EPOCHS = 100_000
-MAX_BATCH = 4096  # examples per GPU per pass; also the most gradient accumulation steps
-MAX_CHECKPOINTS = 1000
-MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
-MAX_WEIGHT = 1_000_000
-MAX_LEARNING_RATE = 1.0
-MAX_ENCODER_LAYERS = 64  # Whisper large has 32
-MAX_COST = 1_000_000  # USD
-MAX_IDLE_MINUTES = 30 * 24 * 60  # 30 days, the longest duration allowed (units.MAX_DURATION)
-
-
-def fail(message: str) -> PydanticCustomError:
-    """An error whose message the loader shows as-is (no template formatting)."""
-    return PydanticCustomError("gpujob", "{message}", {"message": message})
-
-
-def looks_secret_name(name: str) -> bool:
-    """True for variable names like HF_TOKEN, DB_PASSWORD, OPENAI_API_KEY."""
-    upper = name.upper()
-    return any(word in upper for word in SECRET_NAME_WORDS)
-
-
-def looks_like_credential(text: str) -> bool:
-    """True when ``text`` contains something shaped like a real token or private key."""
-    return any(p.search(text) for p in CREDENTIAL_PATTERNS)
 
 
 def default_learning_rate(checkpoint: str, d_model: int | None = None) -> float | None:
@@ -80,93 +40,6 @@ def default_learning_rate(checkpoint: str, d_model: int | None = None) -> float 
         rf"(?<![a-z0-9])({words})(?![a-z])", name)
     size = match.group(1) if match else D_MODEL_SIZE.get(d_model) if d_model else None
     return PRETRAIN_LR[size] / FINETUNE_LR_DIVISOR if size else None
-
-
-def _whole_or_auto(value: Any, low: int, high: int | None = None) -> Any:
-    """A whole number from ``low`` (to ``high``) or the word auto; else a message that says which."""
-    if value == "auto" and isinstance(value, str):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise fail(f'expected a whole number {span} or "auto", got {_describe(value)}')
-    return value
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value[:40]}"' if not looks_like_credential(value) else "a value that looks like a credential"
-    return type(value).__name__ if isinstance(value, (list, dict)) else shown(value)
-
-
-def _no_duplicates(value: list[str]) -> list[str]:
-    dupes = sorted({item for item in value if value.count(item) > 1})
-    if dupes:
-        raise fail(f'lists {", ".join(dupes)} more than once')
-    return value
-
-
-def _no_unit_number(value: Any, kind: str, example: str) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise fail(f"{shown(value)} has no unit; {kind} need one, e.g. {example}")
-    return value
-
-
-def _checked_by(parse: Callable[[str], Any], kind: str, example: str) -> Callable[[Any], Any]:
-    """A before-validator: numbers without a unit are refused; strings must parse."""
-
-    def check(value: Any) -> Any:
-        value = _no_unit_number(value, kind, example)
-        if isinstance(value, str):
-            try:
-                parse(value)
-            except ValueError as exc:
-                raise fail(str(exc)) from None
-        return value
-
-    return check
-
-
-_check_duration = _checked_by(parse_duration, "durations", "90m, 12h, 1h30m, 2d or 45s")
-_check_quantity = _checked_by(parse_quantity, "sizes", "32Gi, 16G or 512Mi")
-
-
-def _check_cpu(value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        return parse_cpu(value)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
-def _check_env_key(name: str) -> str:
-    if not re.match(ENV_NAME_PATTERN, name):
-        raise fail("is not a valid environment variable name (letters, digits and _, not starting with a digit)")
-    if looks_secret_name(name):
-        raise fail(f"looks like a secret; don't put its value in the spec — list the name under "
-                   f"runtime.secrets: [{name}] and export it in your shell")
-    return name
-
-
-def _check_secret_name(value: Any) -> Any:
-    hint = ("only names are allowed here: list the environment variable's name (e.g. HF_TOKEN) "
-            "and export its value in your shell")
-    if isinstance(value, dict):
-        raise fail(f"got a mapping; {hint}")
-    if isinstance(value, str) and not re.match(ENV_NAME_PATTERN, value):
-        raise fail(f"this is not a variable name; {hint}")
-    return value
-
-
-def _none_to_empty(factory: type) -> BeforeValidator:
-    return BeforeValidator(lambda v: factory() if v is None else v)
-
-
-Duration = Annotated[str, BeforeValidator(_check_duration)]
-Quantity = Annotated[str, BeforeValidator(_check_quantity)]
-EnvName = Annotated[str, AfterValidator(_check_env_key)]
-SecretName = Annotated[str, Field(pattern=ENV_NAME_PATTERN), BeforeValidator(_check_secret_name)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
 class _Section(BaseModel):
@@ -211,9 +84,9 @@ class Source(_Section):
 class DataSection(_Section):
     """Datasets for training and evaluation; several sources are mixed by weight."""
 
-    train: Annotated[list[Source], _none_to_empty(list)] = Field(
+    train: Annotated[list[Source], none_to_empty(list)] = Field(
         default_factory=list, description="Sources to fine-tune on. Required for `kind: train`.")
-    eval: Annotated[list[Source], _none_to_empty(list)] = Field(
+    eval: Annotated[list[Source], none_to_empty(list)] = Field(
         default_factory=list, description="Sources to evaluate on (during training, and for `kind: evaluate`).")
     streaming: bool = Field(False, description=(
         "Stream datasets instead of downloading them first. Sizes are unknown when streaming, "
@@ -223,7 +96,7 @@ class DataSection(_Section):
         "for the training loop, at most 8. 0 decodes each clip in the training loop."))
 
     _workers = field_validator("loader_workers", mode="before")(
-        classmethod(lambda cls, value: _whole_or_auto(value, 0, 64)))
+        classmethod(lambda cls, value: whole_or_auto(value, 0, 64)))
 
 
 class FreezeLayers(_Section):
@@ -241,9 +114,9 @@ def _check_freeze(value: Any) -> Any:
         if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_ENCODER_LAYERS:
             return FreezeLayers(encoder_layers=n)
         if isinstance(n, int) and not isinstance(n, bool) and n > MAX_ENCODER_LAYERS:
-            raise fail(f"encoder_layers must be at most {MAX_ENCODER_LAYERS} (got {_describe(n)})")
-        raise fail(f"encoder_layers must be a whole number of at least 1 (got {_describe(n)})")
-    raise fail(f"use none, encoder, or {{encoder_layers: N}} (got {_describe(value)})")
+            raise fail(f"encoder_layers must be at most {MAX_ENCODER_LAYERS} (got {describe_value(n)})")
+        raise fail(f"encoder_layers must be a whole number of at least 1 (got {describe_value(n)})")
+    raise fail(f"use none, encoder, or {{encoder_layers: N}} (got {describe_value(value)})")
 
 
 class TrainingSection(_Section):
@@ -282,7 +155,7 @@ class TrainingSection(_Section):
         if value == "auto" and isinstance(value, str):
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(f'expected a number like 1e-5 or "auto", got {_describe(value)}')
+            raise fail(f'expected a number like 1e-5 or "auto", got {describe_value(value)}')
         if value <= 0:
             raise fail(f"must be greater than 0 (got {shown(value)})")
         if value > MAX_LEARNING_RATE:
@@ -303,12 +176,12 @@ class EvaluationSection(_Section):
         "generation memory (cross- and self-attention caches, encoder) fits in half the free GPU memory, "
         "halved again if a batch still runs out of memory; 16 on a CPU."))
 
-    _batch = field_validator("batch_size", mode="before")(classmethod(lambda cls, value: _whole_or_auto(value, 1, MAX_BATCH)))
+    _batch = field_validator("batch_size", mode="before")(classmethod(lambda cls, value: whole_or_auto(value, 1, MAX_BATCH)))
     before_training: bool = Field(False, description=(
         "`kind: train`: also score the starting checkpoint before the first step, so the final metrics "
         "show the zero-shot WER (`baseline_wer`) next to the fine-tuned one."))
 
-    _unique = field_validator("metrics")(classmethod(lambda cls, value: _no_duplicates(value)))
+    _unique = field_validator("metrics")(classmethod(lambda cls, value: no_duplicates(value)))
 
 
 class OutputSection(_Section):
@@ -321,11 +194,6 @@ class OutputSection(_Section):
     private: bool = Field(True, description="Create the Hub repository as private.")
 
 
-_CPU_SCHEMA = {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CPU},
-                         {"type": "string", "pattern": r"^[0-9]+m$|^[0-9]+(\.[0-9]+)?$"}, {"type": "null"}]}
-_QUANTITY_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)$"}
-
-
 class ResourcesSection(_Section):
     """Hardware to request from the backend."""
 
@@ -336,13 +204,13 @@ class ResourcesSection(_Section):
     nodes: int = Field(1, ge=1, le=64, description=(
         "Machines for one job (kubernetes only): each runs `gpus` GPUs; more than one uses an Indexed Job, a "
         "headless Service and torchrun's rendezvous on worker 0."))
-    cpu: Annotated[float | None, BeforeValidator(_check_cpu), WithJsonSchema(_CPU_SCHEMA)] = Field(
+    cpu: Annotated[float | None, BeforeValidator(check_cpu), WithJsonSchema(CPU_SCHEMA)] = Field(
         None, gt=0, le=MAX_CPU, description="CPU cores: a number (`4`, `0.5`) or Kubernetes millicores (`500m`).")
-    memory: Annotated[Quantity | None, WithJsonSchema({"anyOf": [_QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
+    memory: Annotated[Quantity | None, WithJsonSchema({"anyOf": [QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Memory as a Kubernetes quantity: `32Gi`, `16G`, `512Mi`.")
-    shm: Annotated[Quantity, WithJsonSchema(_QUANTITY_SCHEMA)] = Field(
+    shm: Annotated[Quantity, WithJsonSchema(QUANTITY_SCHEMA)] = Field(
         "8Gi", description="Shared memory (/dev/shm) for data-loader workers, as a Kubernetes quantity.")
-    disk: Annotated[Quantity | None, WithJsonSchema({"anyOf": [_QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
+    disk: Annotated[Quantity | None, WithJsonSchema({"anyOf": [QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Scratch disk as a Kubernetes quantity, e.g. `100Gi`.")
 
     @property
@@ -395,14 +263,14 @@ class RuntimeSection(_Section):
         "15m", description="host: a host launched for this job terminates itself after being idle this long.")
     host_max_lifetime: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
         "12h", description="host: a host launched for this job is terminated this long after launch, busy or not.")
-    env: Annotated[dict[EnvName, str], _none_to_empty(dict)] = Field(
+    env: Annotated[dict[EnvName, str], none_to_empty(dict)] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}}, description=(
         "Environment variables for the job. Values are strings: quote numbers and booleans (`PORT: \"8080\"`). "
         "Never put secrets here; use `secrets`."))
-    secrets: Annotated[list[SecretName], _none_to_empty(list)] = Field(default_factory=list, description=(
+    secrets: Annotated[list[SecretName], none_to_empty(list)] = Field(default_factory=list, description=(
         "Names of environment variables (e.g. `HF_TOKEN`) passed from your shell to the job. Names only, never values."))
 
-    _unique = field_validator("secrets")(classmethod(lambda cls, value: _no_duplicates(value)))
+    _unique = field_validator("secrets")(classmethod(lambda cls, value: no_duplicates(value)))
 
 
 class LimitsSection(_Section):
@@ -462,62 +330,6 @@ SECTIONS: dict[str, type[_Section]] = {
     "evaluation": EvaluationSection, "output": OutputSection, "resources": ResourcesSection,
     "runtime": RuntimeSection, "limits": LimitsSection, "distributed": DistributedSection,
 }
-
-
-class CrossFieldError(ValueError):
-    """Raised by :class:`JobSpec` when checks spanning several keys fail."""
-
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
-        self.problems = problems
-        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
-
-
-def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
-    """Checks that span several keys, on plain (possibly invalid) spec data."""
-    out: list[tuple[tuple[str | int, ...], str]] = []
-
-    def section(key: str) -> Mapping[str, Any]:
-        value = data.get(key)
-        return value if isinstance(value, Mapping) else {}
-
-    kind, command = data.get("kind"), data.get("command")
-    if kind == "command":
-        if command is None:
-            out.append((("command",), "is required for kind: command (a list like [python, train.py])"))
-        elif command == []:
-            out.append((("command",), "must not be empty for kind: command (a list like [python, train.py])"))
-    elif kind in ("train", "evaluate"):
-        if command is not None:
-            out.append((("command",), "only for kind: command; train/evaluate jobs run the built-in Whisper runner"))
-        key = "train" if kind == "train" else "eval"
-        if section("data").get(key) in (None, []):
-            what = "datasets to fine-tune on" if kind == "train" else "datasets to evaluate on"
-            out.append((("data", key), f"is required for kind: {kind} (a list of {what})"))
-    if kind == "train":
-        training = section("training")
-        steps, epochs = training.get("max_steps"), training.get("epochs")
-        if steps is not None and epochs is not None:
-            out.append((("training", "epochs"),
-                        "training.max_steps and training.epochs are both set; keep only one"))
-        elif steps is None and epochs is None:
-            out.append((("training",), "set training.max_steps or training.epochs (exactly one) "
-                                       "so the job knows when to stop"))
-    runtime = section("runtime")
-    nodes = section("resources").get("nodes")
-    if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 1 \
-            and runtime.get("backend", "local") != "kubernetes":
-        out.append((("resources", "nodes"), f"{nodes} nodes need runtime.backend: kubernetes; the "
-                                            f"{runtime.get('backend', 'local')} backend runs a job on one machine "
-                                            "(for several GPUs on it, set resources.gpus)"))
-    if runtime.get("backend") == "host" and not runtime.get("host") and not runtime.get("host_type"):
-        out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`) "
-                                         "or runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10)"))
-    env, secrets = runtime.get("env"), runtime.get("secrets")
-    if isinstance(env, Mapping) and isinstance(secrets, list):
-        for name in env:
-            if name in secrets:
-                out.append((("runtime", "env", name), "is also listed in runtime.secrets; keep it in one place"))
-    return out
 
 
 class JobSpec(BaseModel):

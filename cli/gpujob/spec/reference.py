@@ -59,7 +59,7 @@ Rules that apply everywhere:
 
 
 def _intro() -> str:
-    from .loader import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
+    from .limits import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
 
     return _INTRO.replace("{max_bytes}", f"{MAX_BYTES // 2**20} MiB").replace("{max_lines:,}", f"{MAX_LINES:,}") \
         .replace("{max_nodes:,}", f"{MAX_NODES:,}").replace("{max_depth}", str(MAX_DEPTH))

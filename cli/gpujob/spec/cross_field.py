@@ -1,0 +1,66 @@
+"""Checks that span several keys of a job spec (kind and command, data, training, backend and nodes).
+
+They run on plain, possibly invalid, data: :class:`~gpujob.spec.models.JobSpec` runs them after its fields
+validate and raises :class:`CrossFieldError`; the loader runs them on data whose fields did not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class CrossFieldError(ValueError):
+    """Raised by :class:`JobSpec` when checks spanning several keys fail."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+
+
+def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span several keys, on plain (possibly invalid) spec data."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+
+    def section(key: str) -> Mapping[str, Any]:
+        value = data.get(key)
+        return value if isinstance(value, Mapping) else {}
+
+    kind, command = data.get("kind"), data.get("command")
+    if kind == "command":
+        if command is None:
+            out.append((("command",), "is required for kind: command (a list like [python, train.py])"))
+        elif command == []:
+            out.append((("command",), "must not be empty for kind: command (a list like [python, train.py])"))
+    elif kind in ("train", "evaluate"):
+        if command is not None:
+            out.append((("command",), "only for kind: command; train/evaluate jobs run the built-in Whisper runner"))
+        key = "train" if kind == "train" else "eval"
+        if section("data").get(key) in (None, []):
+            what = "datasets to fine-tune on" if kind == "train" else "datasets to evaluate on"
+            out.append((("data", key), f"is required for kind: {kind} (a list of {what})"))
+    if kind == "train":
+        training = section("training")
+        steps, epochs = training.get("max_steps"), training.get("epochs")
+        if steps is not None and epochs is not None:
+            out.append((("training", "epochs"),
+                        "training.max_steps and training.epochs are both set; keep only one"))
+        elif steps is None and epochs is None:
+            out.append((("training",), "set training.max_steps or training.epochs (exactly one) "
+                                       "so the job knows when to stop"))
+    runtime = section("runtime")
+    nodes = section("resources").get("nodes")
+    if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 1 \
+            and runtime.get("backend", "local") != "kubernetes":
+        out.append((("resources", "nodes"), f"{nodes} nodes need runtime.backend: kubernetes; the "
+                                            f"{runtime.get('backend', 'local')} backend runs a job on one machine "
+                                            "(for several GPUs on it, set resources.gpus)"))
+    if runtime.get("backend") == "host" and not runtime.get("host") and not runtime.get("host_type"):
+        out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`) "
+                                         "or runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10)"))
+    env, secrets = runtime.get("env"), runtime.get("secrets")
+    if isinstance(env, Mapping) and isinstance(secrets, list):
+        for name in env:
+            if name in secrets:
+                out.append((("runtime", "env", name), "is also listed in runtime.secrets; keep it in one place"))
+    return out

@@ -418,7 +418,9 @@ def test_a_preempted_worker_restarts_the_group_from_the_last_checkpoint(k8s, tin
     first_end = next(i for i, e in enumerate(events) if e["event"] == "end")
     saved = [e["step"] for e in events[:first_end] if e["event"] == "progress"][-1]  # the first generation's last
     assert any("resuming from" in line and f"checkpoint-{saved} " in line for line in logs)
-    assert "exit 75: the group restarts from the last checkpoint" in "\n".join(k8s.fake.pod_logs(worker_1[0]))
+    # worker 1 leaves for a group restart: its ranks stopped with worker 0's, or, when worker 0's store went
+    # first, its rendezvous failed; either way it exits 75 and the Job starts a new generation of pods
+    assert "exit 75: " in "\n".join(k8s.fake.pod_logs(worker_1[0]))
     assert [e["status"] for e in events if e["event"] == "end"] == ["failed", "succeeded"]
 
 

@@ -2,6 +2,7 @@
 #   make demo   fine-tune Whisper base on Greek speech on this CPU: WER before and after
 #   make demo-hello  the progress-protocol example job (seconds)
 #   make test   the full test suite (what CI runs)
+#   make test-fast  the fast tier: no daemons the tests start, no real Whisper model, nothing slow
 #   make bench  benchmarks: CLI start-up time, then the runner's data loading (CPU) and its training and
 #               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json"
 #   make image  the job image (CUDA) on the Docker engine at DOCKER_HOST; make image-cpu its cpu variant
@@ -16,7 +17,7 @@ PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test assets demo demo-hello bench docs image image-cpu lock clean
+.PHONY: install test test-fast assets demo demo-hello bench docs image image-cpu lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not daemon and not model"
 
 assets: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob.runner.convert_ct2 --out .assets/whisper-base

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+# Tiers (issue 16): `make test` runs everything (CI); `make test-fast` leaves out what needs a daemon the
+# tests start, a real Whisper model or synthesized speech, and what is marked slow. The marks follow
+# from the fixtures a test uses, so a new test lands in the right tier without anyone marking it.
+DAEMON_FIXTURES = {"docker_engine", "ssh_host"}
+MODEL_FIXTURES = {"base_model", "tiny_model", "small_greek"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & DAEMON_FIXTURES:
+            item.add_marker(pytest.mark.daemon)
+        if used & MODEL_FIXTURES:
+            item.add_marker(pytest.mark.model)
+
 
 @pytest.fixture(autouse=True)
 def gpujob_home(tmp_path, monkeypatch):

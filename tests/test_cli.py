@@ -117,8 +117,11 @@ def test_train_job_secrets_are_checked_before_anything_starts(monkeypatch):
     assert result.exit_code == 2 and "HF_TOKEN is not set" in result.output
 
 
-def test_unknown_job_and_no_jobs_are_user_errors():
-    assert gpujob("status").exit_code == 2
+def test_unknown_job_is_a_user_error_and_no_jobs_is_an_answer():
+    empty = gpujob("status")
+    assert empty.exit_code == 0 and "no jobs yet" in empty.output
+    assert (gpujob("status", "--json").output.strip(), gpujob("list", "--json").output.strip()) == ("null", "[]")
+    assert gpujob("status", "zz9", "--json").exit_code == 2
     result = gpujob("logs", "zz9")
     assert result.exit_code == 2 and "no job matches 'zz9'" in result.output and "gpujob list" in result.output
     assert gpujob("cancel", "zz9").exit_code == 2
@@ -194,3 +197,53 @@ def test_costs_under_a_cent_show_as_such_not_as_nothing():
     from gpujob.cli.display import money
 
     assert (money(0), money(0.0004), money(0.75 * 15 / 3600), money(1.234)) == ("$0.00", "<$0.01", "<$0.01", "$1.23")
+
+
+def _commands(group=None, prefix=()):
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def test_help_shows_plain_names_and_offers_completion():
+    """No `[[JOB]]`, `FILE... <list[str]>` or `<int range>`: what a new user met (issue 16)."""
+    assert "--install-completion" in gpujob("--help").output
+    commands = list(_commands())
+    assert ("logs",) in commands and ("host", "up") in commands
+    for command in commands:
+        text = gpujob(*command, "--help").output
+        assert not [bad for bad in ("[[", "]]", "<list[", "range>", "... <", "{FILE...}") if bad in text], (command, text)
+        arguments = text.split("Arguments:")[1].split("Options:")[0] if "Arguments:" in text else ""
+        assert "<" not in arguments, (command, arguments)
+
+
+def test_a_backend_typed_the_way_people_say_it_gets_a_suggestion():
+    for typed, meant in (("k8s", "kubernetes"), ("kubernets", "kubernetes"), ("lambda", "host"), ("dokcer", "docker")):
+        result = gpujob("render", str(HELLO), "--backend", typed)
+        assert result.exit_code == 2 and f"did you mean --backend {meant}?" in result.output, result.output
+
+
+def test_render_is_the_same_every_time_and_says_the_id_is_a_placeholder():
+    from gpujob.service import PREVIEW_ID
+
+    for backend in ("local", "docker", "kubernetes"):
+        first, second = gpujob("render", str(HELLO), "--backend", backend), gpujob("render", str(HELLO), "--backend", backend)
+        assert first.exit_code == 0 and first.output == second.output, backend
+        assert PREVIEW_ID in first.output and f"{PREVIEW_ID} stands for the job id" in first.output
+
+
+def test_cost_is_a_dash_where_the_price_is_unknown_and_logs_names_its_all_workers_flag(tmp_path):
+    spec = tmp_path / "j.yaml"
+    spec.write_text(f"apiVersion: gpujob/v1\nkind: command\nname: j\ncommand: [echo, ok]\noutput:\n  dir: {tmp_path}/o\n")
+    assert gpujob("submit", str(spec), "--follow").exit_code == 0
+    header, row = gpujob("list").output.splitlines()[:2]
+    cost = row[header.index("COST"):].split()[0]
+    assert cost == "-", row
+    assert "cost -" in gpujob("status", "j").output
+    assert gpujob("logs", "j", "--all-workers").exit_code == 0
+    assert "--all-workers" in gpujob("logs", "--help").output

@@ -297,7 +297,7 @@ def test_multi_node_logs_show_worker_zero_or_every_worker(k8s):
     r = k8s.gpujob("logs", "-f", job_id, "--raw")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"worker 0 line {i}" for i in range(3)]
-    every = k8s.gpujob("logs", job_id, "--all", "--raw")
+    every = k8s.gpujob("logs", job_id, "--all-workers", "--raw")
     lines = every.stdout.splitlines()
     assert sorted(lines) == sorted([f"[{w}] worker {w} line {i}" for w in (0, 1) for i in range(3)])
 
@@ -330,7 +330,7 @@ def test_workers_know_their_node_index_and_reach_worker_zero_at_the_rendezvous_e
     s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=120, what="finished")
     assert s["status"] == "succeeded", s
     name = k8s.k8s_jobs(job_id)[0]["metadata"]["name"]
-    lines = k8s.gpujob("logs", job_id, "--all", "--raw").stdout.splitlines()
+    lines = k8s.gpujob("logs", job_id, "--all-workers", "--raw").stdout.splitlines()
     host = f"{name}-0.{name}-workers"
     if k8s.emulated:  # the emulator's DNS gives worker 0's pod an address of its own on loopback
         found = re.search(r"rendezvous at (127\.1\.0\.\d+):", "\n".join(lines))
@@ -386,7 +386,7 @@ def test_a_two_node_train_job_runs_the_runner_to_success(k8s, tiny_model, small_
     job_id = k8s.submit(spec)
     s = k8s.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=240, what="finished")
     assert s["status"] == "succeeded", s
-    logs = k8s.gpujob("logs", job_id, "--all", "--raw").stdout.splitlines()
+    logs = k8s.gpujob("logs", job_id, "--all-workers", "--raw").stdout.splitlines()
     events = [e for line in logs if line.startswith("[0] ") for e in parse_line(line)]
     assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
     assert [e["event"] for e in events].count("end") == 1 and events[-1]["status"] == "succeeded"

@@ -61,3 +61,18 @@ def test_example_job_has_schema_modeline(path):
     match = MODELINE.search(text)
     assert match, "missing `# yaml-language-server: $schema=../docs/job-spec.schema.json`"
     assert (path.parent / match.group(1)).resolve().is_file(), f"modeline points to a missing file: {match.group(1)}"
+
+
+def test_the_readme_layout_names_every_module_of_the_package():
+    """The README's layout section cannot drift from the package again (issue 16)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("\nLayout:\n", 1)[1].split("\n```\n", 2)[1]
+    named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", block))
+    package = ROOT / "cli" / "gpujob"
+    missing = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if p.stem not in ("__init__", "__main__") and p.stem not in named)
+    folders = sorted(str(p.relative_to(package)) for p in package.iterdir()
+                     if p.is_dir() and (p / "__init__.py").exists() and f"{p.name}/" not in block)
+    assert not missing and not folders, f"add to the README's layout section: {missing + folders}"

@@ -61,16 +61,21 @@ def output_dir(loaded: "LoadedSpec") -> str:
     return str((Path.cwd() / Path(target).expanduser()).resolve())
 
 
+# The job id in a dry run: plainly not one submit would draw (those are random), so render's output
+# is the same every time and nobody looks for a job by it.
+PREVIEW_ID = "xxxxxx"
+
+
 def render(loaded: "LoadedSpec", backend: str | None = None) -> str:
     name = backend or loaded.spec.runtime.backend
     return get_backend(name, render_only=True).render(_preview_request(loaded))
 
 
 def _preview_request(loaded: "LoadedSpec") -> JobRequest:
-    """The request under a real-looking id, so names are what submit makes; submit draws its own."""
-    from gpujob.registry import gpujob_home, new_job_id
+    """The request under the preview id, so names are shaped as submit makes them; submit draws its own id."""
+    from gpujob.registry import gpujob_home
 
-    preview_id = new_job_id()
+    preview_id = PREVIEW_ID
     return build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id)
 
 

@@ -9,15 +9,21 @@ down, ssh, reap).
 from __future__ import annotations
 
 import typer
+import typer.core
 
 from gpujob import __version__
 from gpujob.cli import host_cmds, image_cmds, job_cmds, spec_cmds
+
+# typer prints a positional argument's Python type beside its name ("FILE <list[str]>", "JOB <str>");
+# ours are named for what they hold, and the type only adds noise.
+if hasattr(typer.core.TyperArgument, "display_type_rich"):
+    typer.core.TyperArgument.display_type_rich = lambda self, ctx: None
 
 app = typer.Typer(
     name="gpujob",
     help="Run GPU batch jobs (Whisper fine-tuning and evaluation, or any command) from one YAML spec.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},

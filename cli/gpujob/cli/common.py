@@ -23,7 +23,7 @@ BackendOpt = Annotated[
 JobRef = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name.")]
 OptionalJobRef = Annotated[
     Optional[str],
-    typer.Argument(metavar="[JOB]", help="Job id, unique id prefix, or job name (default: the newest job)."),
+    typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name (default: the newest job)."),
 ]
 
 
@@ -128,6 +128,18 @@ def find_job(registry, ref: str | None):
     return newest[0]
 
 
+# What people type for a backend, and the backend they mean.
+_BACKEND_ALIASES = {"k8s": "kubernetes", "kube": "kubernetes", "kubectl": "kubernetes", "lambda": "host",
+                    "ssh": "host", "remote": "host", "container": "docker", "podman": "docker"}
+
+
+def _did_you_mean(typed: str, names) -> str | None:
+    import difflib
+
+    guess = _BACKEND_ALIASES.get(typed.lower()) or next(iter(difflib.get_close_matches(typed.lower(), names, n=1)), None)
+    return f"did you mean --backend {guess}?" if guess else None
+
+
 def load(path: str, overrides: list[str] | None, backend: str | None = None):
     """Load and validate one spec; print its warnings; SpecError propagates. ``--backend B`` is
     ``--set runtime.backend=B``, so the spec is checked for the backend it will run on (a
@@ -139,7 +151,8 @@ def load(path: str, overrides: list[str] | None, backend: str | None = None):
         from gpujob.errors import UserError
 
         if backend not in NAMES:
-            raise UserError(f"unknown backend {backend!r}; one of: {', '.join(NAMES)}")
+            raise UserError(f"unknown backend {backend!r}; one of: {', '.join(NAMES)}",
+                            hint=_did_you_mean(backend, NAMES))
         overrides = [*(overrides or ()), f"runtime.backend={backend}"]
     loaded = load_spec(path, overrides or ())
     for warning in loaded.warnings:

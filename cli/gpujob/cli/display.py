@@ -51,6 +51,9 @@ def money(usd: float | None) -> str:
 
 
 def _cost(job: Job) -> str:
+    """What the job cost; "-" where gpujob does not know the price (only rented hosts have one yet)."""
+    if not job.cost_usd and job.backend != "host":
+        return "-"
     return money(job.cost_usd)
 
 

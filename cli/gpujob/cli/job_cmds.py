@@ -74,6 +74,9 @@ def status(
     from gpujob.cli import display
 
     registry = open_registry()
+    if ref is None and not registry.list(limit=1):  # nothing to show is an answer, as for `list`
+        typer.echo("null" if as_json else "no jobs yet; try: gpujob submit jobs/hello.yaml --follow")
+        return
     job = service.refresh(registry, find_job(registry, ref))
     if as_json:
         typer.echo(json.dumps(display.job_summary(job), indent=2))
@@ -84,10 +87,11 @@ def status(
 def logs(
     ref: OptionalJobRef = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
-    tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, metavar="N", help="Only the last N lines.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Exactly what the job wrote, event lines included.")] = False,
     all_workers: Annotated[bool, typer.Option(
-        "--all", help="Multi-node jobs: every worker's lines, prefixed by its index (default: worker 0).")] = False,
+        "--all-workers", "-w",
+        help="Multi-node jobs: every worker's lines, prefixed by its index (default: worker 0).")] = False,
 ) -> None:
     """A job's output. On a terminal, -f adds a live bar: step/total, it/s, ETA, loss, WER."""
     registry = open_registry()
@@ -137,7 +141,7 @@ def _settled(registry, job_id: str, timeout: float = 5.0):
 
 def cancel(
     ref: JobRef,
-    grace: Annotated[float, typer.Option("--grace", min=0, help="Seconds between SIGTERM and SIGKILL.")] = 10.0,
+    grace: Annotated[float, typer.Option("--grace", min=0, metavar="SECONDS", help="Seconds between SIGTERM and SIGKILL.")] = 10.0,
 ) -> None:
     """Stop a job: SIGTERM (so it can save a checkpoint), then SIGKILL after --grace seconds."""
     from gpujob import service

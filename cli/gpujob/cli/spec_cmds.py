@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def validate(
-    files: Annotated[List[str], typer.Argument(metavar="FILE...", help="Job spec files to check.")],
+    files: Annotated[List[str], typer.Argument(metavar="FILE", help="Job spec files to check.")],
     overrides: SetOpt = None,
 ) -> None:
     """Check job specs: every problem at once, each with file, line and key. Exit 2 if any is invalid."""
@@ -46,7 +46,7 @@ def validate(
 def check(
     file: Annotated[str, typer.Argument(metavar="FILE", help="A train or evaluate job spec.")],
     overrides: SetOpt = None,
-    sample: Annotated[int, typer.Option("--sample", min=1, help="Clips read per source.")] = 200,
+    sample: Annotated[int, typer.Option("--sample", min=1, metavar="N", help="Clips read per source.")] = 200,
 ) -> None:
     """Preflight the data before paying for a GPU: sources reachable, columns, bad clips, steps per epoch."""
     from gpujob.errors import UserError
@@ -75,6 +75,7 @@ def render(
     from gpujob import service
 
     typer.echo(service.render(load(file, overrides, backend)))
+    err(f"note: {service.PREVIEW_ID} stands for the job id that `gpujob submit {file}` assigns")
 
 
 def schema(

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from gpujob import procs
 from gpujob.registry_open import STATEMENTS, connect, diagnose, job_folders
 
 LOCK_NAME = "registry.lock"
@@ -215,21 +216,5 @@ def _replay(log: Path) -> tuple[dict[str, Any], str | None, str | None]:
 
 
 def _alive(pid: Any, start: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return start is None or int(fields[19]) == start
+    """:func:`gpujob.procs.alive` for values read from a job folder's handle.json, whatever they are."""
+    return isinstance(pid, int) and pid > 0 and procs.alive(pid, start)

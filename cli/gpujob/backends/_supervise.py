@@ -32,9 +32,10 @@ import sys
 import time
 import traceback
 
+from gpujob import procs
 from gpujob.backends import reaper
 from gpujob.backends.base import failure_reason
-from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _start_time, _write_private, kill_strays
+from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _write_private, kill_strays
 from gpujob.backends.output import JobOutput
 from gpujob.progress_state import ProgressState
 from gpujob.redact import Redactor
@@ -108,7 +109,7 @@ class Supervisor:
             self._write_line(f"gpujob: could not start {argv[0]}: {exc.strerror}")
             return self._finish(126, reason=f"could not start {argv[0]!r}: {exc.strerror}")
         handle = {**self.job.handle, "pid": self.child.pid, "pgid": self.child.pid,
-                  "supervisor_pid": os.getpid(), "supervisor_start": _start_time(os.getpid())}
+                  "supervisor_pid": os.getpid(), "supervisor_start": procs.start_time(os.getpid())}
         _write_private(self.dir / "handle.json", json.dumps(handle))
         self.registry.update(self.job.id, handle=handle)
         self.registry.transition(self.job.id, "running", only_from=("queued", "starting"))
@@ -127,8 +128,7 @@ class Supervisor:
             now = time.monotonic()
             self._check_limits(now, started, limit)
             if now - last_record >= 1.0:  # for the next command, should this supervisor be killed
-                reaper.record(self.dir, reaper.descendants())
-                reaper.reap(keep=self.child.pid)
+                reaper.watch(self.dir, keep=self.child.pid)
                 last_record = now
             if fd is not None:
                 ready, _, _ = select.select([fd], [], [], 0.5)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
+from gpujob import procs
 from gpujob.backends.base import LOG_NAME, JobRequest, Observed
 from gpujob.errors import UserError
 from gpujob.linesplit import LineSplitter
@@ -109,7 +110,7 @@ class LocalBackend:
         # The supervisor is reaped by init once the CLI exits; in long-lived callers
         # (tests) the Popen object reaps it when it finishes.
         _CHILDREN.append(proc)
-        return {"supervisor_pid": proc.pid, "supervisor_start": _start_time(proc.pid),
+        return {"supervisor_pid": proc.pid, "supervisor_start": procs.start_time(proc.pid),
                 "log": str(job_dir / LOG_NAME), **({"withheld": withheld} if withheld else {})}
 
     def _argv(self, request: JobRequest) -> list[str]:
@@ -299,42 +300,13 @@ def _read_handle(job_dir: Path) -> dict | None:
         return None
 
 
-def _proc_stat(pid: int) -> list[bytes]:
-    """The fields of /proc/PID/stat after the command name: [0] state, [19] start time.
-    Raises FileNotFoundError when there is no such process, OSError where /proc is missing."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        return fh.read().rsplit(b")", 1)[1].split()
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (guards against pid reuse)."""
-    try:
-        return int(_proc_stat(pid)[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _alive(pid: int | None, start: int | None) -> bool:
     if not pid:
         return False
     for child in list(_CHILDREN):  # reap our own finished children so they are not zombies
         if child.poll() is not None:
             _CHILDREN.remove(child)
-    try:
-        fields = _proc_stat(pid)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return start is None or int(fields[19]) == start
+    return procs.alive(pid, start)
 
 
 def kill_strays(job_id: str) -> None:

@@ -25,6 +25,8 @@ import signal
 import time
 from pathlib import Path
 
+from gpujob import procs
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PIDS_NAME = "pids.json"
@@ -56,18 +58,18 @@ def _table() -> dict[int, tuple[int, str, int]]:
         return table
     for name in names:
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
+            fields = procs.stat_fields(int(name))
             table[int(name)] = (int(fields[1]), fields[0].decode(), int(fields[19]))
         except (OSError, IndexError, ValueError):
             continue
     return table
 
 
-def descendants(root: int | None = None) -> list[tuple[int, int]]:
-    """(pid, start time) of every live process below ``root`` (default: this process)."""
+def descendants(root: int | None = None, table: dict | None = None) -> list[tuple[int, int]]:
+    """(pid, start time) of every live process below ``root`` (default: this process), in ``table``
+    (default: read now)."""
     root = os.getpid() if root is None else root
-    table = _table()
+    table = _table() if table is None else table
     children: dict[int, list[int]] = {}
     for pid, (ppid, _state, _start) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -81,10 +83,10 @@ def descendants(root: int | None = None) -> list[tuple[int, int]]:
     return found
 
 
-def reap(keep: int | None = None) -> None:
+def reap(keep: int | None = None, table: dict | None = None) -> None:
     """Collect this process's finished children (orphans it adopted), all but ``keep``."""
     me = os.getpid()
-    for pid, (ppid, state, _start) in _table().items():
+    for pid, (ppid, state, _start) in (_table() if table is None else table).items():
         if ppid == me and state == "Z" and pid != keep:
             try:
                 os.waitpid(pid, os.WNOHANG)
@@ -100,12 +102,7 @@ def kill_descendants(keep: int | None = None, timeout: float = 5.0) -> int:
         alive = descendants()
         if not alive or time.monotonic() > deadline:
             return killed
-        for pid, _start in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except (ProcessLookupError, PermissionError):
-                pass
+        killed += _kill(pid for pid, _start in alive)
         time.sleep(0.02)
         reap(keep)
 
@@ -141,11 +138,26 @@ def kill_recorded(job_dir: Path) -> int:
             targets.update(below)
         if not targets:
             return killed
-        for pid in targets:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except (ProcessLookupError, PermissionError):
-                pass
+        killed += _kill(targets)
         time.sleep(0.02)
     return killed
+
+
+def watch(job_dir: Path, keep: int) -> None:
+    """The supervisor's check each second, on one reading of /proc: record the job's processes for
+    whoever comes after a killed supervisor, and collect the orphans that finished."""
+    table = _table()
+    record(job_dir, descendants(table=table))
+    reap(keep, table)
+
+
+def _kill(pids) -> int:
+    """SIGKILL each; how many signals were delivered."""
+    sent = 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            sent += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return sent

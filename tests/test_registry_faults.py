@@ -288,3 +288,25 @@ def test_a_home_that_cannot_be_made_is_an_error_naming_it(place):
     r = gpujob(home, "list", cwd=place)
     text = clear(r)
     assert r.returncode == 1 and f"cannot create gpujob's home {home}" in text and "GPUJOB_HOME" in text
+
+
+def test_a_home_made_by_another_call_between_two_looks_is_accepted(tmp_path, monkeypatch):
+    """Six first calls at once on a new home: one of them saw no folder, then a folder made by
+    another call a moment later. That is a folder, not 'not a folder' (a CI failure, once in 48)."""
+    from gpujob import registry_open
+
+    home = tmp_path / "home"
+    real_is_dir = Path.is_dir
+    looks = []
+
+    def is_dir_racing(self):
+        if self == home and not looks:
+            looks.append(1)
+            answer = real_is_dir(self)  # False: not made yet ...
+            os.mkdir(home, 0o700)       # ... and another gpujob call makes it now
+            return answer
+        return real_is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir_racing)
+    registry_open.ensure_home(home)
+    assert looks and real_is_dir(home)

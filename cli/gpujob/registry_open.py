@@ -167,7 +167,7 @@ def ensure_home(home: Path) -> None:
             raise RegistryError(f"cannot read gpujob's home {home}: permission denied ({_owner_words(home)})",
                                 hint="run gpujob as its owner, or set GPUJOB_HOME to a folder of your own")
         return
-    if home.exists() or home.is_symlink():
+    if (home.exists() or home.is_symlink()) and not home.is_dir():  # is_dir again: another call may have just made it
         raise RegistryError(f"gpujob's home {home} is not a folder",
                             hint="move it out of the way, or set GPUJOB_HOME to a folder")
     try:

@@ -114,7 +114,7 @@ def ssh_host(tmp_path, gpujob_home):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"SSH server tests cannot run in CI: {why}")
         pytest.skip(why)
-    from gpujob.hosts.ssh import ensure_keypair
+    from gpujob.hosts.ssh_keys import ensure_keypair
 
     key_path, public_key = ensure_keypair(gpujob_home)
     server = start_sshd(tmp_path / "sshd", public_key)

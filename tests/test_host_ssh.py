@@ -1,5 +1,6 @@
-"""gpujob.hosts.ssh and gpujob.hosts.provision against a real OpenSSH server (tests/ssh_server.py)
-standing in for a rented GPU host, and the tests' real Docker engine (through the SSH tunnel)."""
+"""gpujob.hosts.ssh (with ssh_keys, ssh_errors, ssh_tunnel) and gpujob.hosts.provision against a real
+OpenSSH server (tests/ssh_server.py) standing in for a rented GPU host, and the tests' real Docker
+engine (through the SSH tunnel)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import uuid
 import pytest
 
 from gpujob.hosts.provision import STEPS, ProvisionSettings, ProvisionStepFailed, provision
-from gpujob.hosts.ssh import (HostConnection, HostKeyMismatch, HostKeyNotPinned, HostUnreachable,
-                              RemoteCommandFailed, ensure_keypair)
+from gpujob.hosts.ssh import HostConnection
+from gpujob.hosts.ssh_errors import HostKeyMismatch, HostKeyNotPinned, HostUnreachable, RemoteCommandFailed
+from gpujob.hosts.ssh_keys import ensure_keypair
 from ssh_server import FAKE_GPU, tiny_image
 
 API_KEY = "secret_gpujob-test_" + uuid.uuid4().hex   # must never show up in a command line or a log

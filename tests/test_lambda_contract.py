@@ -75,7 +75,7 @@ def test_an_unknown_instance_is_not_found(client):
 @pytest.mark.skipif(bool(KEY) and not LAUNCH,
                     reason="set GPUJOB_TEST_LAMBDA_LAUNCH=TYPE to launch (and terminate) a real instance")
 def test_launch_becomes_active_and_terminate_ends_it(client, tmp_path):
-    from gpujob.hosts.ssh import ensure_keypair
+    from gpujob.hosts.ssh_keys import ensure_keypair
 
     _, public = ensure_keypair(tmp_path)
     key = client.add_ssh_key(f"gpujob-contract-{int(time.time())}", public)

@@ -43,7 +43,8 @@ from typing import Callable, Literal
 
 from gpujob.errors import GpujobError
 from gpujob.hosts.layout import AGENT_UNIT, HostLayout
-from gpujob.hosts.ssh import HostConnection, RemoteCommandFailed
+from gpujob.hosts.ssh import HostConnection
+from gpujob.hosts.ssh_errors import RemoteCommandFailed
 
 STEPS = ("nvidia driver", "docker", "nvidia container toolkit", "job image", "persistent file system",
          "idle agent")

@@ -97,14 +97,15 @@ def layout_of(host: "Host") -> HostLayout:
 
 
 def is_pinned(alias: str) -> bool:
-    from gpujob.hosts import ssh
+    from gpujob.hosts import ssh_keys
 
-    return ssh.is_pinned(known_hosts_path(), alias)
+    return ssh_keys.is_pinned(known_hosts_path(), alias)
 
 
 def connect(host: "Host", *, pin_new: bool = False, timeout_s: float = 15) -> "HostConnection":
     """An open SSH connection to the host, its key checked against the one pinned at first contact."""
-    from gpujob.hosts.ssh import HostConnection, ensure_keypair
+    from gpujob.hosts.ssh import HostConnection
+    from gpujob.hosts.ssh_keys import ensure_keypair
 
     if not host.ip:
         raise GpujobError(f"host {host.name} has no address yet ({host.state})",
@@ -169,7 +170,7 @@ def up(registry: "Registry", req: UpRequest, *, say: Say = notice) -> "Host":
 
 
 def _launch(registry: "Registry", client, req: UpRequest, existing, say: Say) -> "Host":
-    from gpujob.hosts.ssh import ensure_keypair
+    from gpujob.hosts.ssh_keys import ensure_keypair
 
     if not req.instance_type:
         raise UserError("host up needs --type (an instance type such as gpu_1x_a10)",
@@ -643,7 +644,8 @@ def job_host_gpus(registry: "Registry", runtime: dict) -> tuple[str, int] | None
 
 
 def ssh_argv(registry: "Registry", name: str, extra: list[str]) -> list[str]:
-    from gpujob.hosts.ssh import HostConnection, ensure_keypair
+    from gpujob.hosts.ssh import HostConnection
+    from gpujob.hosts.ssh_keys import ensure_keypair
 
     host = registry.get_host(name)
     if not host.active or not host.ip:

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from gpujob.backends.base import JobRequest
-from gpujob.backends.docker import observe
+from gpujob.backends.docker.backend import observe
 from gpujob.backends.docker.container import ENTRY, SECRETS_FILE, archive, image_user, plan
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gpujob.backends.base import failure_reason, last_error_line
-from gpujob.backends.docker import observe as container_observe
+from gpujob.backends.docker.backend import observe as container_observe
 from gpujob.backends.kubernetes import explain
 from gpujob.cli.app import app
 from gpujob.registry import Registry

@@ -433,7 +433,7 @@ def _free_port() -> int:
 
 
 def test_list_selects_gpujob_jobs_by_label(k8s):
-    from gpujob.backends.kubernetes import KubernetesBackend
+    from gpujob.backends.kubernetes.backend import KubernetesBackend
 
     k8s.batch.create_namespaced_job(k8s.namespace, {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "someone-elses", "labels": {"team": "x"}},

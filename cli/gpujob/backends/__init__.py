@@ -18,8 +18,8 @@ from gpujob.errors import BackendUnavailable, UserError
 NAMES = ("local", "docker", "kubernetes", "host")
 _IMPLEMENTED = {
     "local": ("gpujob.backends.local", "LocalBackend"),
-    "docker": ("gpujob.backends.docker", "DockerBackend"),
-    "kubernetes": ("gpujob.backends.kubernetes", "KubernetesBackend"),
+    "docker": ("gpujob.backends.docker.backend", "DockerBackend"),
+    "kubernetes": ("gpujob.backends.kubernetes.backend", "KubernetesBackend"),
     "host": ("gpujob.backends.host", "HostBackend"),
 }
 _RENDER_ONLY: set[str] = set()

@@ -32,7 +32,7 @@ from gpujob.backends.base import LOG_NAME, JobRequest, Observed, read_saved_log
 from gpujob.errors import GpujobError, UserError
 
 if TYPE_CHECKING:
-    from gpujob.backends.docker import DockerBackend
+    from gpujob.backends.docker.backend import DockerBackend
     from gpujob.registry import Host, Job, Registry
 
 HOST_LABEL = "gpujob.dev/host"
@@ -52,7 +52,7 @@ class _Session:
         self.engine = Engine(url, local=False, label=f"host {host.name} ({host.ip}, over SSH)")
 
     def docker(self) -> "DockerBackend":
-        from gpujob.backends.docker import DockerBackend
+        from gpujob.backends.docker.backend import DockerBackend
 
         return DockerBackend(self.engine, outputs_root=self.host.settings.get("outputs_root"))
 

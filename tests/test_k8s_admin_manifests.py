@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from gpujob.defaults import HF_CACHE
+
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 NAMESPACE = "gpujob"
 # Kubernetes versions to validate against (strict schemas shipped by kubernetes-validate): a
@@ -163,7 +165,7 @@ def test_no_cluster_wide_rbac_in_base():
 
 
 def test_hf_cache_pvc():
-    pvc = _one("PersistentVolumeClaim", "gpujob-hf-cache")
+    pvc = _one("PersistentVolumeClaim", HF_CACHE)   # the claim jobs mount unless runtime.cache_pvc says otherwise
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     assert pvc["spec"]["resources"]["requests"]["storage"] == "200Gi"
     assert "storageClassName" not in pvc["spec"], "leave unset: the cluster's default class"

@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob.backends.base import LOG_NAME, JobRequest, Observed, read_saved_log
+from gpujob.defaults import HOST_IDLE, HOST_MAX_LIFETIME
 from gpujob.errors import GpujobError, UserError
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class HostBackend:
         else:
             where = (f"an idle {rt.get('host_type')} host of yours, else a new one launched in "
                      f"{rt.get('region') or 'the first region with capacity'} (terminates itself after "
-                     f"{rt.get('host_idle', '15m')} idle; at most {rt.get('host_max_lifetime', '12h')} after launch)")
+                     f"{rt.get('host_idle', HOST_IDLE)} idle; at most {rt.get('host_max_lifetime', HOST_MAX_LIFETIME)} after launch)")
         fs = rt.get("filesystem")
         outputs = f"/lambda/nfs/{fs}/gpujob/outputs/{request.job_id}" if fs else None
         p = cplan.plan(self._labelled(request, rt.get("host") or "<chosen at submit>"), local=False,

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from gpujob.defaults import HF_CACHE
 from gpujob.events import clean_metrics, clean_text, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate
@@ -127,7 +128,7 @@ def job_details(job: Job) -> str:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
     outputs = _safe(job.output_dir or "-")
     if job.backend == "kubernetes" and job.output_dir and job.output_dir.startswith("/cache/"):
-        claim = ((job.spec.get("runtime") or {}).get("cache_pvc") or "gpujob-hf-cache")
+        claim = ((job.spec.get("runtime") or {}).get("cache_pvc") or HF_CACHE)
         outputs += f"  (on PersistentVolumeClaim {claim}, namespace {job.handle.get('namespace', '?')})"
     rows.append(("outputs", outputs))
     if job.spec_path:

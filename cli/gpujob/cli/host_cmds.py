@@ -9,6 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from gpujob.cli.common import friendly, open_registry
+from gpujob.defaults import HOST_IDLE, HOST_MAX_LIFETIME
 from gpujob.errors import UserError
 
 host_app = typer.Typer(help="Rented GPU hosts (Lambda Cloud) that terminate themselves when idle.",
@@ -56,8 +57,8 @@ def up(
     type_: Annotated[Optional[str], typer.Option("--type", "-t", help="Instance type, e.g. gpu_1x_a10 (`gpujob host types`).")] = None,
     region: Annotated[Optional[str], typer.Option("--region", help="Region [default: the first with capacity].")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name for the host; an existing one's set-up is finished.")] = None,
-    idle: Annotated[str, typer.Option("--idle", help="Terminate after this long with nothing running.")] = "15m",
-    max_lifetime: Annotated[str, typer.Option("--max-lifetime", help="Terminate this long after launch, busy or not.")] = "12h",
+    idle: Annotated[str, typer.Option("--idle", help="Terminate after this long with nothing running.")] = HOST_IDLE,
+    max_lifetime: Annotated[str, typer.Option("--max-lifetime", help="Terminate this long after launch, busy or not.")] = HOST_MAX_LIFETIME,
     filesystem: Annotated[Optional[str], typer.Option("--filesystem", help="Persistent file system to attach; outputs go there.")] = None,
     image: Annotated[Optional[str], typer.Option("--image", help="Job image to have on the host [default: the gpujob image].")] = None,
     ssh_keeps_alive: Annotated[bool, typer.Option(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from gpujob.defaults import HOST_IDLE, HOST_IDLE_MINUTES, HOST_MAX_LIFETIME, HOST_MAX_LIFETIME_HOURS
 from gpujob.errors import GpujobError, UserError
 from gpujob.hosts.layout import HostLayout
 
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
     from gpujob.registry import Host, Registry
 
 PROVIDER = "lambda"
-DEFAULT_IDLE_MINUTES = 15.0
-DEFAULT_MAX_LIFETIME_S = 12 * 3600.0
+DEFAULT_IDLE_MINUTES = float(HOST_IDLE_MINUTES)
+DEFAULT_MAX_LIFETIME_S = HOST_MAX_LIFETIME_HOURS * 3600.0
 FILESYSTEM_MOUNT = "/lambda/nfs/{name}"   # where Lambda mounts a persistent file system on its instances
 
 
@@ -617,8 +618,8 @@ def host_for_job(registry: "Registry", runtime: dict, *, say: Say = notice) -> "
                 say(f"reusing idle host {host.name} ({host.instance_type})")
                 return host
     req = UpRequest(instance_type=itype, region=runtime.get("region"), name=name,
-                    idle_minutes=parse_duration(runtime.get("host_idle") or "15m") / 60,
-                    max_lifetime_s=float(parse_duration(runtime.get("host_max_lifetime") or "12h")),
+                    idle_minutes=parse_duration(runtime.get("host_idle") or HOST_IDLE) / 60,
+                    max_lifetime_s=float(parse_duration(runtime.get("host_max_lifetime") or HOST_MAX_LIFETIME)),
                     filesystem=runtime.get("filesystem"), image=runtime.get("image"))
     return up(registry, req, say=say)
 

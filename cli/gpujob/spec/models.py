@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from gpujob.defaults import HF_CACHE, HOST_IDLE, HOST_MAX_LIFETIME, SHM
+
 from .cross_field import CrossFieldError, cross_field_problems
 from .fields import (
     CPU_SCHEMA, ENV_NAME_PATTERN, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
@@ -209,7 +211,7 @@ class ResourcesSection(_Section):
     memory: Annotated[Quantity | None, WithJsonSchema({"anyOf": [QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Memory as a Kubernetes quantity: `32Gi`, `16G`, `512Mi`.")
     shm: Annotated[Quantity, WithJsonSchema(QUANTITY_SCHEMA)] = Field(
-        "8Gi", description="Shared memory (/dev/shm) for data-loader workers, as a Kubernetes quantity.")
+        SHM, description="Shared memory (/dev/shm) for data-loader workers, as a Kubernetes quantity.")
     disk: Annotated[Quantity | None, WithJsonSchema({"anyOf": [QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Scratch disk as a Kubernetes quantity, e.g. `100Gi`.")
 
@@ -241,9 +243,9 @@ class RuntimeSection(_Section):
         "kubernetes: the kubeconfig context to submit to. Default: the current one. Later commands on the job "
         "use the cluster it was submitted to, whatever the current context is then."))
     queue: NonEmptyStr | None = Field(None, description="Scheduler queue (e.g. a Kueue LocalQueue name), if the backend has one.")
-    cache_pvc: NonEmptyStr = Field("gpujob-hf-cache", description=(
+    cache_pvc: NonEmptyStr = Field(HF_CACHE, description=(
         "kubernetes: PersistentVolumeClaim mounted at /cache for the Hugging Face cache and relative outputs "
-        "(k8s/ creates `gpujob-hf-cache`)."))
+        f"(k8s/ creates `{HF_CACHE}`)."))
     secret_store: NonEmptyStr = Field("gpujob-secrets", description=(
         "kubernetes: the Secret whose keys, named like `secrets`, hold their values (k8s/secret-example.yaml)."))
     gpu_node_label: NonEmptyStr = Field("nvidia.com/gpu.product", description=(
@@ -260,9 +262,9 @@ class RuntimeSection(_Section):
         "host: persistent file system to attach to a launched host; outputs are written to it, so they "
         "outlive the host."))
     host_idle: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
-        "15m", description="host: a host launched for this job terminates itself after being idle this long.")
+        HOST_IDLE, description="host: a host launched for this job terminates itself after being idle this long.")
     host_max_lifetime: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
-        "12h", description="host: a host launched for this job is terminated this long after launch, busy or not.")
+        HOST_MAX_LIFETIME, description="host: a host launched for this job is terminated this long after launch, busy or not.")
     env: Annotated[dict[EnvName, str], none_to_empty(dict)] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}}, description=(
         "Environment variables for the job. Values are strings: quote numbers and booleans (`PORT: \"8080\"`). "

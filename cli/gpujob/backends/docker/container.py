@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from gpujob.backends.base import JobRequest
+from gpujob.defaults import HF_CACHE, SHM
 from gpujob.spec.units import parse_cpu, parse_quantity
 
 RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
 SPEC_FILE = f"{RUN_DIR}/spec.json"
 SECRETS_FILE = f"{RUN_DIR}/secrets.env"
-CACHE_VOLUME = "gpujob-hf-cache"
+CACHE_VOLUME = HF_CACHE
 CACHE_DIR = "/cache"
 OUTPUTS_DIR = "/outputs"                # remote engines: the job's outputs volume, until copied back
 MANAGED_LABEL = "gpujob.dev/managed-by"
@@ -126,7 +127,7 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         "labels": {**request.labels, MANAGED_LABEL: "gpujob", "gpujob.dev/kind": request.kind},
         "init": True,
         "stop_signal": "SIGTERM",
-        "shm_size": parse_quantity(res.get("shm") or "8Gi"),
+        "shm_size": parse_quantity(res.get("shm") or SHM),
         "detach": True,
     }
     if local:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from gpujob import __version__
 from gpujob.backends.base import JobRequest
 from gpujob.backends.launch import GROUP_RESTART_EXIT, SPEC, Rendezvous, runner_command
+from gpujob.defaults import HF_CACHE, SHM
 from gpujob.image import default_tag
 
 if TYPE_CHECKING:
@@ -203,8 +204,8 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
         "containers": [container],
         "volumes": [
             {"name": "spec", "configMap": {"name": f"{name}-spec"}},
-            {"name": "cache", "persistentVolumeClaim": {"claimName": rt.get("cache_pvc", "gpujob-hf-cache")}},
-            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.get("shm", "8Gi")}},
+            {"name": "cache", "persistentVolumeClaim": {"claimName": rt.get("cache_pvc", HF_CACHE)}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.get("shm", SHM)}},
         ],
     }
     if gpus:

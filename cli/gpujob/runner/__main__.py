@@ -12,9 +12,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import JobSpec
 
 
-def _load(path: str):
+def _load(path: str) -> JobSpec:
     from gpujob.spec import JobSpec, load_spec
 
     if path.endswith(".json"):
@@ -22,7 +26,7 @@ def _load(path: str):
     return load_spec(path).spec
 
 
-def _output_dir(spec) -> Path:
+def _output_dir(spec: JobSpec) -> Path:
     return Path(os.environ.get("GPUJOB_OUTPUT_DIR") or spec.resolved_output_dir())
 
 
@@ -107,7 +111,7 @@ def main(argv: list[str]) -> int:
         group.close()
 
 
-def _preflight(spec, group) -> dict:
+def _preflight(spec: JobSpec, group) -> dict:
     """The data preflight, run by the writer alone (it reads and decodes a sample of every source)
     and its verdict shared, so every process stops, or none."""
     report = None

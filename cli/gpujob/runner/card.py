@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpujob.runner.model import language_name
 
+if TYPE_CHECKING:
+    from gpujob.spec.models import JobSpec
 
-def model_card(spec: Any, metrics: dict[str, Any]) -> str:
+
+def model_card(spec: JobSpec, metrics: dict[str, Any]) -> str:
     datasets = sorted({s.dataset for s in [*spec.data.train, *spec.data.eval] if "/" in s.dataset
                        and not s.dataset.startswith((".", "/"))})
     eval_src = spec.data.eval[0] if spec.data.eval else None
@@ -52,7 +55,7 @@ def model_card(spec: Any, metrics: dict[str, Any]) -> str:
     return "\n".join(lines + body)
 
 
-def write_model_card(model_dir: Path, spec: Any, metrics: dict[str, Any]) -> Path:
+def write_model_card(model_dir: Path, spec: JobSpec, metrics: dict[str, Any]) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "README.md"
     path.write_text(model_card(spec, metrics), encoding="utf-8")

@@ -33,12 +33,15 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .audio import TARGET_SR, AudioError
 from .sources import TEXT_COLUMNS, DataError, OpenedSource, _short, load_audio, open_source
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import Source
 
 MAX_SECONDS = 30.0
 DECODER_MAX_TOKENS = 448
@@ -163,13 +166,13 @@ def source_clips(opened: OpenedSource, stats: Stats, *, shuffle: bool = False, s
         records.close()
 
 
-def _labels(sources: list[Any]) -> list[str]:
+def _labels(sources: list[Source]) -> list[str]:
     names = [s.dataset for s in sources]
     labels = [n if names.count(n) == 1 else f"{n} [{s.split}]" for n, s in zip(names, sources)]
     return [lab if labels.count(lab) == 1 else f"{lab} #{i}" for i, lab in enumerate(labels)]
 
 
-def iter_clips(sources: Iterable[Any], *, streaming: bool, seed: int, stats: Stats | None = None,
+def iter_clips(sources: Iterable[Source], *, streaming: bool, seed: int, stats: Stats | None = None,
                stop: Literal["all_exhausted", "first_exhausted"] = "all_exhausted", shuffle: bool = False,
                key: str = "data.train") -> Iterator[Clip]:
     """The clips of ``sources`` (spec ``Source`` objects), mixed by weight; see the module's text.
@@ -288,7 +291,7 @@ def decoded(clips: Iterable[Clip], stats: Stats, *, pool: Any = None, window: in
             check_bad(stats.source(label), key, max_bad_share, final=True)
 
 
-def iter_examples(sources: Iterable[Any], *, streaming: bool, seed: int, max_bad_share: float = 0.05,
+def iter_examples(sources: Iterable[Source], *, streaming: bool, seed: int, max_bad_share: float = 0.05,
                   stats: Stats | None = None, stop: Literal["all_exhausted", "first_exhausted"] = "all_exhausted",
                   shuffle: bool = False, key: str = "data.train", workers: int = 0, prefetch: int = 0,
                   shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]:

@@ -12,13 +12,16 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
 from gpujob.runner.batches import example_key, features
 from gpujob.runner.metrics import Scores, score, worst
 from gpujob.runner.model import Precision, encode, encoder_frozen, language_name
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import JobSpec
 
 CACHE_BUDGET_MB = int(os.environ.get("GPUJOB_ENCODER_CACHE_MB", "4096"))
 
@@ -70,7 +73,7 @@ def _autocast(device: torch.device, precision: Precision):
 
 
 @torch.no_grad()
-def transcribe(model, processor, audio: list, keys: list[str], *, spec: Any, device: torch.device,
+def transcribe(model, processor, audio: list, keys: list[str], *, spec: JobSpec, device: torch.device,
                precision: Precision, cache: EncoderCache | None = None) -> list[str]:
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -134,7 +137,7 @@ def _is_oom(exc: BaseException) -> bool:
                                                         and "out of memory" in str(exc).lower())
 
 
-def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
+def evaluate(model, processor, examples: Iterable[dict], *, spec: JobSpec, device: torch.device,
              precision: Precision, cache: EncoderCache | None = None, writer=None,
              batch_size: int | None = None, group=None) -> Scores:
     """Transcribe and score ``examples``, in the order given.
@@ -158,7 +161,7 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: Any, device: t
                  ids=[r[3] for r in rows])
 
 
-def transcripts(model, processor, examples: Iterable[dict], *, spec: Any, device: torch.device,
+def transcripts(model, processor, examples: Iterable[dict], *, spec: JobSpec, device: torch.device,
                 precision: Precision, cache: EncoderCache | None = None, writer=None,
                 batch_size: int | None = None) -> list[tuple[int, str, str, str]]:
     """``(n, reference, transcript, id)`` for each example, in the order given (see :func:`evaluate`)."""
@@ -231,7 +234,7 @@ def summary_lines(scores: Scores, label: str = "") -> list[str]:
     return lines
 
 
-def run(spec: Any, out_dir: Path, writer, group=None) -> int:
+def run(spec: JobSpec, out_dir: Path, writer, group=None) -> int:
     """The ``kind: evaluate`` job: score a checkpoint on ``data.eval``. Under torchrun each process
     decodes and transcribes every ``world``-th utterance; the writer scores them all and writes."""
     from gpujob.runner import data as data_mod

@@ -16,20 +16,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .sources import SPLIT_ALIASES, DataError, _Part, _Record, _short
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import Source
 
 _FIX_HUB = ("check the network (and that HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are not set), set HF_TOKEN "
             "(list it under runtime.secrets) if the dataset is private or gated and you accepted its terms, "
             "or download a local copy and point `dataset:` at that directory")
 
 
-def hf_parts(source: Any, path: str, splits: list[str], *, streaming: bool, key: str, local: bool) -> list[_Part]:
+def hf_parts(source: Source, path: str, splits: list[str], *, streaming: bool, key: str, local: bool) -> list[_Part]:
     return [_hf_part(source, path, split, streaming=streaming, key=key, local=local) for split in splits]
 
 
-def _hf_part(source: Any, path: str, split: str, *, streaming: bool, key: str, local: bool) -> _Part:
+def _hf_part(source: Source, path: str, split: str, *, streaming: bool, key: str, local: bool) -> _Part:
     ds, split = _hf_load(source, path, split, streaming=streaming, key=key, local=local)
     columns = list(ds.column_names or [])
     if not columns:  # a stream without declared features: look at the first row
@@ -86,7 +89,7 @@ def _cast_audio(ds: Any, column: str) -> Any:
     return ds
 
 
-def _hf_load(source: Any, path: str, split: str, *, streaming: bool, key: str, local: bool) -> tuple[Any, str]:
+def _hf_load(source: Source, path: str, split: str, *, streaming: bool, key: str, local: bool) -> tuple[Any, str]:
     """The dataset for ``split`` (or its alias: dev <-> validation) and the split name it was found under."""
     try:
         import datasets

@@ -17,9 +17,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import FreezeLayers, JobSpec
+
 
 @dataclass
 class Precision:
@@ -62,7 +66,7 @@ def language_name(code_or_name: str | None) -> str | None:
                      "name like 'greek')")
 
 
-def load(spec: Any, device: torch.device, *, for_training: bool):
+def load(spec: JobSpec, device: torch.device, *, for_training: bool):
     """The model and processor for a validated spec, configured for language, task and dropout."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -83,7 +87,7 @@ def load(spec: Any, device: torch.device, *, for_training: bool):
     return model.to(device), processor
 
 
-def freeze(model, how: Any) -> dict[str, int]:
+def freeze(model, how: Literal["none", "encoder"] | FreezeLayers) -> dict[str, int]:
     """Apply ``training.freeze``; returns trainable/frozen parameter counts."""
     encoder = model.model.encoder
     if how == "encoder":

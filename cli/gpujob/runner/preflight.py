@@ -8,11 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import (DECODER_MAX_TOKENS, MAX_SECONDS, DataError, SourceStats, Stats, _labels, decoded, decoding_pool,
                    loader_threads, source_clips)
 from .sources import KIND_NAMES, open_source
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import JobSpec
 
 
 @dataclass
@@ -100,7 +103,7 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], str]:
     return count, "tokenizer"
 
 
-def preflight(spec: Any, *, tokenizer: Any = None, sample: int = 200, max_bad_share: float = 0.05,
+def preflight(spec: JobSpec, *, tokenizer: Any = None, sample: int = 200, max_bad_share: float = 0.05,
               processes: int | None = None) -> PreflightReport:
     """Check a spec's train and eval sources before launching: reachable, columns, audio, labels, sizes.
 

@@ -28,11 +28,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .audio import TARGET_SR, AudioError, decode, to_mono_16k
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import Source
 
 TEXT_COLUMNS = ("sentence", "transcription", "text", "normalized_text", "raw_transcription")
 CV_SPLIT_FILES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev",
@@ -77,7 +80,7 @@ class _Part:
 class OpenedSource:
     """A source that was found and whose columns were checked; :meth:`records` reads it."""
 
-    source: Any                      # gpujob.spec.models.Source
+    source: Source
     key: str                         # spec key, e.g. data.train[1]
     label: str                       # name in stats and reports
     kind: str                        # common_voice | audiofolder | local_dataset | hub
@@ -102,7 +105,7 @@ class OpenedSource:
             yield from part.records(self.text_column, self.audio_column, shuffle, seed + i)
 
 
-def _splits(source: Any, key: str) -> list[str]:
+def _splits(source: Source, key: str) -> list[str]:
     parts = [p.strip() for p in str(source.split).split("+")]
     if not parts or any(not p for p in parts):
         raise DataError(f'"{source.split}" has an empty split name; join split names with +', key=f"{key}.split")
@@ -122,7 +125,7 @@ def _is_cv_dir(folder: Path) -> bool:
     return (folder / "clips").is_dir() and any(folder.glob("*.tsv"))
 
 
-def open_source(source: Any, *, streaming: bool, key: str = "data.train[0]", label: str | None = None,
+def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", label: str | None = None,
                 hub_streaming: bool | None = None) -> OpenedSource:
     """Find ``source`` (a spec ``Source``), resolve its splits and columns; raise :class:`DataError`.
 
@@ -283,7 +286,7 @@ def _require_column(name: str, what: str, parts: list[_Part], label: str, key: s
     return name
 
 
-def _text_column(source: Any, parts: list[_Part], label: str, key: str) -> str:
+def _text_column(source: Source, parts: list[_Part], label: str, key: str) -> str:
     columns = parts[0].columns
     if source.text_column:
         return _require_column(source.text_column, "column", parts, label, f"{key}.text_column")
@@ -297,7 +300,7 @@ def _text_column(source: Any, parts: list[_Part], label: str, key: str) -> str:
     return name
 
 
-def _audio_column(source: Any, kind: str, parts: list[_Part], label: str, key: str) -> str:
+def _audio_column(source: Source, kind: str, parts: list[_Part], label: str, key: str) -> str:
     name = source.audio_column
     if kind == "common_voice":
         return name if name in parts[0].columns else "path"

@@ -37,7 +37,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,11 +51,15 @@ from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summ
 from gpujob.runner.model import freeze, load, pick_precision, set_gradient_checkpointing
 from gpujob.runner.steps import OUTCOMES, micro_steps_for, steps
 
+if TYPE_CHECKING:
+    from gpujob.spec.models import JobSpec
+
+
 class Stop(Exception):
     """SIGTERM arrived (at any process): save and leave."""
 
 
-def learning_rate(spec: Any, model) -> float:
+def learning_rate(spec: JobSpec, model) -> float:
     lr = spec.resolved_learning_rate(getattr(model.config, "d_model", None))
     if lr is None:
         raise ValueError("training.learning_rate: cannot derive a default for this checkpoint; set one "
@@ -77,7 +81,7 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
-def count_train_examples(spec: Any) -> int:
+def count_train_examples(spec: JobSpec) -> int:
     """Rows in the training sources from their metadata; a counting pass only where none is known."""
     total = 0
     for i, source in enumerate(spec.data.train):
@@ -99,7 +103,7 @@ def seed_all(seed: int) -> None:
 # ---------------------------------------------------------------------------- the job
 
 
-def run(spec: Any, out_dir: Path, writer, group: Group | None = None) -> int:
+def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int:
     t = spec.training
     # 1. processes, device, precision, seed
     group = group or Group()

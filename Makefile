@@ -1,7 +1,8 @@
 # gpujob — everything a fresh machine needs goes through these targets.
 #   make demo   fine-tune Whisper base on Greek speech on this CPU: WER before and after
 #   make demo-hello  the progress-protocol example job (seconds)
-#   make test   the full test suite (what CI runs)
+#   make test   the full test suite (what CI runs); as root it apt-installs the Debian packages the tests
+#               need (ffmpeg, docker.io, debootstrap, openssh), otherwise it names them
 #   make test-fast  the fast tier: no daemons the tests start, no real Whisper model, nothing slow
 #   make bench  benchmarks: CLI start-up time, then the runner's data loading (CPU) and its training and
 #               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json"
@@ -19,22 +20,26 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-fast assets demo demo-hello bench docs image image-cpu lock clean
 
-$(STAMP): pyproject.toml
+# gpujob (editable) and, beside it, the development package dev/ (gpujob_dev: the demo and test assets,
+# the benchmark; not part of gpujob's wheel)
+$(STAMP): pyproject.toml dev/pyproject.toml
+	bash dev/system-packages.sh venv $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,assets,kubernetes,docker,host,test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,kubernetes,docker,host,test]' -e ./dev
 	touch $@
 
 install: $(STAMP)
 
 test: $(STAMP)
+	bash dev/system-packages.sh test
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not daemon and not model"
 
 assets: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m gpujob.runner.convert_ct2 --out .assets/whisper-base
-	$(PY) -m gpujob.runner.greek_speech .assets/greek-speech --train 200 --heldout 50
+	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.convert_ct2 --out .assets/whisper-base
+	$(PY) -m gpujob_dev.greek_speech .assets/greek-speech --train 200 --heldout 50
 
 demo: assets
 	$(GPUJOB) submit jobs/quickstart.yaml --follow
@@ -50,7 +55,7 @@ demo-hello: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_startup.py
-	HF_HUB_OFFLINE=1 $(PY) scripts/bench_runner.py $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.bench $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(PY) scripts/gen_spec_docs.py
@@ -66,4 +71,4 @@ lock: $(STAMP)
 	$(PY) scripts/lock_image.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info cli/*.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info cli/*.egg-info dev/*.egg-info

@@ -40,14 +40,14 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory):
-    from gpujob.runner.convert_ct2 import ensure_whisper_base
+    from gpujob_dev.convert_ct2 import ensure_whisper_base
 
     return ensure_whisper_base(tmp_path_factory.mktemp("models") / "whisper-base")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, base_model):
-    from gpujob.runner.convert_ct2 import tiny_whisper
+    from gpujob_dev.tiny_whisper import tiny_whisper
 
     return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny", base_dir=base_model)
 
@@ -56,7 +56,7 @@ def tiny_model(tmp_path_factory, base_model):
 def small_greek(tmp_path_factory):
     """An audio folder of synthesized Greek speech: 40 training clips, 3 held out (an odd number, for
     uneven shares across processes)."""
-    from gpujob.runner.greek_speech import build
+    from gpujob_dev.greek_speech import build
 
     return build(tmp_path_factory.mktemp("greek") / "speech", train=40, heldout=3).out_dir
 

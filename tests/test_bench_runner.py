@@ -1,4 +1,4 @@
-"""scripts/bench_runner.py: a smoke run on the CPU (tiny model, a handful of clips) and its report.
+"""python -m gpujob_dev.bench: a smoke run on the CPU (tiny model, a handful of clips) and its report.
 
 The GPU figures need an H100/H200 (docs/performance.md); here the same code runs with --quick --device cpu,
 and the report is checked for its sections, its rows and that the JSON holds the printed numbers. The run takes
@@ -7,7 +7,6 @@ and the report is checked for its sections, its rows and that the JSON holds the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,7 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("soundfile")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_runner.py"
+DEV = Path(__file__).resolve().parents[1] / "dev"  # the development package, for the benchmark's own process
 TARGETS = ("small full fine-tune", "medium full fine-tune", "small frozen encoder")
 
 
@@ -51,9 +50,10 @@ def table_after(lines: list[str], header_start: str) -> tuple[list[str], list[li
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     json_path = out / "bench.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(json_path)],
-                          capture_output=True, text=True, timeout=240, env=env, cwd=out)
+    path = os.pathsep.join(p for p in (str(DEV), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-m", "gpujob_dev.bench", "--quick", "--device", "cpu",
+                           "--json", str(json_path)], capture_output=True, text=True, timeout=240, env=env, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout.splitlines(), json.loads(json_path.read_text())
 
@@ -172,27 +172,17 @@ def test_evaluation_rows_and_json_metadata(report):
     assert data["flop_per_sample"]["tiny"]["full"] > data["flop_per_sample"]["tiny"]["frozen_encoder"] > 0
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_runner", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_runner"] = module  # its dataclasses look their module up while it loads
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop("bench_runner", None)
-    return module
-
-
 def test_an_out_of_memory_recipe_is_reported_and_the_run_goes_on(monkeypatch):
     import torch
 
-    bench = _load_script()
+    from gpujob_dev.bench import training
+    from gpujob_dev.bench.common import RECIPE_BY_NAME
 
     def oom(*_args, **_kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
-    monkeypatch.setattr(bench, "build_model", oom)
-    row = bench.run_recipe(bench.RECIPE_BY_NAME["sdpa-bf16"], "tiny", torch.device("cpu"), 64, 1, 1,
-                           None, None, [])
+    monkeypatch.setattr(training, "build_model", oom)
+    row = training.run_recipe(RECIPE_BY_NAME["sdpa-bf16"], "tiny", torch.device("cpu"), 64, 1, 1,
+                              None, None, [])
     assert row["status"] == "OOM at batch 64"
     assert "samples_per_s" not in row

@@ -2,7 +2,7 @@
 
 Reference engine: ``ctranslate2.models.Whisper`` on the reassembled CT2 model.
 The converted checkpoint must produce the same greedy tokens/text on real
-(espeak-ng) speech, and the same decoder logits within a small tolerance.
+(libespeak-ng) speech, and the same decoder logits within a small tolerance.
 
 The conversion goes into a temporary cache (``$GPUJOB_TEST_CACHE`` overrides it
 to reuse a conversion between local runs; the marker fingerprint keeps it from
@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -33,7 +32,12 @@ _missing = [
 ]
 pytestmark = pytest.mark.skipif(bool(_missing), reason=f"not installed: {', '.join(_missing)}")
 
-from gpujob.runner import convert_ct2  # noqa: E402  (light: no heavy imports at module level)
+from gpujob_dev import convert_ct2  # noqa: E402  (light: no heavy imports at module level)
+from gpujob_dev.tiny_whisper import tiny_whisper  # noqa: E402
+
+# the development package for the programs these tests start (pytest puts it on this process's path)
+DEV_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(Path(convert_ct2.__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)}
 
 SOT, EOT, TRANSCRIBE, TRANSLATE, NO_TS = 50258, 50257, 50359, 50358, 50363
 EL_ID, EN_ID = 50281, 50259
@@ -94,18 +98,18 @@ def ct2_model(converted):
 
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory):
-    """voice key -> 16 kHz mono float32 speech synthesised by espeak-ng."""
+    """voice key -> 16 kHz mono float32 speech synthesised by libespeak-ng."""
     import numpy as np
     import soundfile as sf
     import soxr
 
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    pytest.importorskip("espeakng_loader", reason="needs espeakng-loader (make install)")
+    from gpujob_dev.espeak import write_wav
+
     out = {}
     tmp = tmp_path_factory.mktemp("speech")
     for key, (voice, text) in SPEECH.items():
-        wav = tmp / f"{key}.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
+        wav = write_wav(tmp / f"{key}.wav", text, voice=voice)
         audio, sr = sf.read(wav, dtype="float32")
         if audio.ndim > 1:
             audio = audio.mean(axis=1)
@@ -126,11 +130,11 @@ def test_missing_package_error_names_pip_command(monkeypatch):
 
 def test_module_import_is_light():
     code = (
-        "import sys, gpujob.runner, gpujob.runner.convert_ct2; "
+        "import sys, gpujob.runner, gpujob_dev.convert_ct2, gpujob_dev.tiny_whisper; "
         "heavy = [m for m in ('torch', 'transformers', 'numpy', 'ctranslate2') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=DEV_ENV)
 
 
 def test_ct2_file_layout(converted):
@@ -386,7 +390,7 @@ def test_tiny_whisper_generates_and_trains(tmp_path, converted):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     t0 = time.perf_counter()
-    out = convert_ct2.tiny_whisper(tmp_path / "tiny", seed=0, base_dir=converted[1])
+    out = tiny_whisper(tmp_path / "tiny", seed=0, base_dir=converted[1])
     build_s = time.perf_counter() - t0
     assert build_s < 15, f"tiny_whisper took {build_s:.1f}s"
     model = WhisperForConditionalGeneration.from_pretrained(out)
@@ -425,16 +429,16 @@ def test_tiny_whisper_generates_and_trains(tmp_path, converted):
     assert not torch.equal(before, model.model.decoder.layers[0].fc1.weight)
 
     # Deterministic for a given seed.
-    again = convert_ct2.tiny_whisper(tmp_path / "tiny2", seed=0, base_dir=converted[1])
+    again = tiny_whisper(tmp_path / "tiny2", seed=0, base_dir=converted[1])
     other = WhisperForConditionalGeneration.from_pretrained(again)
     assert torch.equal(other.model.decoder.layers[0].fc1.weight, before)
 
 
 def test_cli_writes_base_and_tiny(tmp_path, converted):
     _, hf_dir, cache = converted
-    env = {**os.environ, "GPUJOB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env = {**DEV_ENV, "GPUJOB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(
-        [sys.executable, "-m", "gpujob.runner.convert_ct2", "--out", str(hf_dir), "--tiny", str(tmp_path / "t")],
+        [sys.executable, "-m", "gpujob_dev.convert_ct2", "--out", str(hf_dir), "--tiny", str(tmp_path / "t")],
         env=env, capture_output=True, text=True, check=True,
     )
     lines = res.stdout.strip().splitlines()

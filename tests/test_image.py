@@ -202,7 +202,7 @@ def test_the_build_context_holds_only_what_the_image_needs():
     files = exclude_paths(str(REPO), patterns, dockerfile="images/Dockerfile")
     assert {"pyproject.toml", "README.md", "images/requirements.lock", "cli/gpujob/__init__.py",
             "cli/gpujob/runner/__main__.py", "images/Dockerfile"} <= files
-    assert not [f for f in files if f.split("/")[0] in (".venv", ".git", "outputs", ".assets", "tests", "jobs")]
+    assert not [f for f in files if f.split("/")[0] in (".venv", ".git", "outputs", ".assets", "tests", "jobs", "dev")]
     assert not [f for f in files if "__pycache__" in f or ".egg-info" in f]
     assert sum((REPO / f).stat().st_size for f in files if (REPO / f).is_file()) < 5_000_000
 
@@ -379,7 +379,8 @@ def test_the_runner_trains_a_tiny_whisper_in_the_image_as_any_uid(cpu_image, tmp
     from test_runner_train import write_greek_folder, write_spec
 
     from gpujob.events import parse_line
-    from gpujob.runner.convert_ct2 import ensure_whisper_base, tiny_whisper
+    from gpujob_dev.convert_ct2 import ensure_whisper_base
+    from gpujob_dev.tiny_whisper import tiny_whisper
 
     job, data = tmp_path / "job", tmp_path / "job" / "data"
     data.mkdir(parents=True)
@@ -446,7 +447,8 @@ def test_a_train_job_submitted_to_docker_runs_the_runner_in_the_image(cpu_image,
     from gpujob_cli import GpujobCli
     from test_runner_train import write_greek_folder, write_spec
 
-    from gpujob.runner.convert_ct2 import ensure_whisper_base, tiny_whisper
+    from gpujob_dev.convert_ct2 import ensure_whisper_base
+    from gpujob_dev.tiny_whisper import tiny_whisper
 
     work = tmp_path / "work"
     (work / "data").mkdir(parents=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 
@@ -20,12 +21,12 @@ MAX_LAG = 4000  # samples at 16 kHz; MP3 encoder/decoder delay is far smaller
 
 
 def _speech() -> tuple[np.ndarray, int]:
-    """About 2.5 s of real speech from espeak-ng, else a chirp with an envelope."""
-    if shutil.which("espeak-ng"):
-        wav = subprocess.run(["espeak-ng", "-v", "el", "-s", "160", "--stdout",
-                              "Καλημέρα σας, ο καιρός σήμερα είναι πολύ ωραίος."],
-                             capture_output=True, check=True).stdout
-        data, sr = sf.read(__import__("io").BytesIO(wav), dtype="float64")
+    """About 2.5 s of real speech from libespeak-ng, else a chirp with an envelope."""
+    if importlib.util.find_spec("espeakng_loader") is not None:
+        from gpujob_dev.espeak import speak
+
+        samples, sr = speak("Καλημέρα σας, ο καιρός σήμερα είναι πολύ ωραίος.", speed=160)
+        data = samples.astype(np.float64) / 32768.0  # as soundfile reads PCM-16
         if data.size > sr:
             return data, sr
     sr = 22050

@@ -1,11 +1,10 @@
-"""gpujob.runner.data on real espeak-ng speech: Common Voice dir + audio folder + local parquet, mixed."""
+"""gpujob.runner.data on real (libespeak-ng) speech: Common Voice dir + audio folder + local parquet, mixed."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,10 +14,9 @@ np = pytest.importorskip("numpy")
 sf = pytest.importorskip("soundfile")
 datasets = pytest.importorskip("datasets")
 
-if not shutil.which("espeak-ng"):
-    pytest.skip("needs espeak-ng", allow_module_level=True)
+pytest.importorskip("espeakng_loader", reason="needs espeakng-loader (make install)")
 
-from gpujob.runner import greek_speech  # noqa: E402
+from gpujob_dev import greek_speech  # noqa: E402
 from gpujob.runner.audio import to_mono_16k  # noqa: E402
 from gpujob.runner.data import DataError, Stats, iter_examples, load_audio, open_source  # noqa: E402
 from gpujob.runner.preflight import preflight  # noqa: E402

@@ -1,5 +1,5 @@
 """The runner on several processes: torchrun (gloo on the CPU, fp32) with a tiny Whisper and real
-(espeak-ng) Greek speech. The same steps whatever the layout, one writer, resuming on another
+(libespeak-ng) Greek speech. The same steps whatever the layout, one writer, resuming on another
 number of processes, and the faults: SIGTERM, a rank killed, a rank that hangs, bad data."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Whisper runner on a tiny random model with the real tokenizer and real (espeak-ng) Greek speech:
+"""The Whisper runner on a tiny random model with the real tokenizer and real (libespeak-ng) Greek speech:
 model set-up, loss falling, checkpoints, resume without redoing or skipping steps, SIGTERM, evaluate jobs."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from gpujob_dev.espeak import write_wav  # noqa: E402  (libespeak-ng from espeakng-loader: what espeak-ng -w writes)
 
 from gpujob.events import parse_line  # noqa: E402
 from gpujob.runner.train import lr_lambda  # noqa: E402
@@ -37,7 +39,7 @@ def write_greek_folder(root: Path) -> Path:
         rows = ["file_name,transcription"]
         for i, text in enumerate(sentences):
             wav = folder / f"{split}-{i}.wav"
-            subprocess.run(["espeak-ng", "-v", "el", "-s", "170", "-w", str(wav), text], check=True)
+            write_wav(wav, text, speed=170)
             rows.append(f'{wav.name},"{text}"')
         (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root
@@ -260,7 +262,7 @@ def test_batched_sorted_evaluation_gives_the_plain_greedy_transcripts(tmp_path, 
     rows = ["file_name,transcription"]
     for i, text in enumerate(SENTENCES[:7]):
         words = " ".join([text] * (1 + i % 3))  # 1-3 repetitions: clips of 1 to about 8 s
-        subprocess.run(["espeak-ng", "-v", "el", "-s", "170", "-w", str(folder / f"{i}.wav"), words], check=True)
+        write_wav(folder / f"{i}.wav", words, speed=170)
         rows.append(f'{i}.wav,"{words}"')
     (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     spec = JobSpec.model_validate({

@@ -20,8 +20,8 @@ from gpujob.events import parse_line  # noqa: E402
 
 @pytest.mark.slow
 def test_fine_tuning_whisper_base_lowers_held_out_wer(tmp_path):
-    from gpujob.runner.convert_ct2 import ensure_whisper_base
-    from gpujob.runner.greek_speech import build
+    from gpujob_dev.convert_ct2 import ensure_whisper_base
+    from gpujob_dev.greek_speech import build
 
     model = ensure_whisper_base(tmp_path / "whisper-base")
     data = tmp_path / "greek"

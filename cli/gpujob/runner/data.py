@@ -166,7 +166,9 @@ def source_clips(opened: OpenedSource, stats: Stats, *, shuffle: bool = False, s
         records.close()
 
 
-def _labels(sources: list[Source]) -> list[str]:
+def source_labels(sources: list[Source]) -> list[str]:
+    """One label per source for messages and counts: its dataset, with ``[split]`` or ``#i`` added
+    where two would read the same."""
     names = [s.dataset for s in sources]
     labels = [n if names.count(n) == 1 else f"{n} [{s.split}]" for n, s in zip(names, sources)]
     return [lab if labels.count(lab) == 1 else f"{lab} #{i}" for i, lab in enumerate(labels)]
@@ -183,7 +185,7 @@ def iter_clips(sources: Iterable[Source], *, streaming: bool, seed: int, stats: 
     sources = list(sources)
     stats = stats if stats is not None else Stats()
     opened = [open_source(s, streaming=streaming, key=f"{key}[{i}]", label=lab)
-              for i, (s, lab) in enumerate(zip(sources, _labels(sources)))]
+              for i, (s, lab) in enumerate(zip(sources, source_labels(sources)))]
     weights = [float(s.weight) for s in sources]
     rng = random.Random(seed)
     streams = [source_clips(o, stats, shuffle=shuffle, seed=seed + 7919 * i) for i, o in enumerate(opened)]

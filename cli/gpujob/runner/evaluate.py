@@ -59,14 +59,15 @@ def encoder_states(model, feature_extractor, audio, keys, device: torch.device, 
         hit = cache.get(keys)
         if hit is not None:
             return torch.stack(hit).to(device)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         states = encode(model, features(feature_extractor, audio, device))
     if cache is not None:
         cache.put(keys, states)
     return states
 
 
-def _autocast(device: torch.device, precision: Precision):
+def autocast(device: torch.device, precision: Precision):
+    """The ``torch.autocast`` context for ``precision`` on ``device`` (disabled for fp32)."""
     if precision.autocast_dtype is None:
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=precision.autocast_dtype)
@@ -87,7 +88,7 @@ def transcribe(model, processor, audio: list, keys: list[str], *, spec: JobSpec,
         "do_sample": False,
     }
     states = encoder_states(model, processor.feature_extractor, audio, keys, device, precision, cache)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         if states is not None:
             out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), **gen_kwargs)
         else:
@@ -132,7 +133,8 @@ def eval_batch_size(setting: int | str, model, device: torch.device, precision: 
     return next((b for b in AUTO_BATCHES if b * need <= free_bytes // 2), 1)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory."""
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError)
                                                         and "out of memory" in str(exc).lower())
 
@@ -182,7 +184,7 @@ def transcripts(model, processor, examples: Iterable[dict], *, spec: JobSpec, de
                                       spec=spec, device=device, precision=precision, cache=cache)
                 return out
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                if not _is_oom(exc) or size == 1:
+                if not is_oom(exc) or size == 1:
                     raise
                 size //= 2
                 if device.type == "cuda":

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .data import (DECODER_MAX_TOKENS, MAX_SECONDS, DataError, SourceStats, Stats, _labels, decoded, decoding_pool,
-                   loader_threads, source_clips)
+from .data import (DECODER_MAX_TOKENS, MAX_SECONDS, DataError, SourceStats, Stats, decoded, decoding_pool,
+                   loader_threads, source_clips, source_labels)
 from .sources import KIND_NAMES, open_source
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def preflight(spec: JobSpec, *, tokenizer: Any = None, sample: int = 200, max_ba
     with decoding_pool(workers, "gpujob-check") as pool:
         for group in ("train", "eval"):
             sources = list(getattr(data, group))
-            for i, (source, label) in enumerate(zip(sources, _labels(sources))):
+            for i, (source, label) in enumerate(zip(sources, source_labels(sources))):
                 key = f"data.{group}[{i}]"
                 rep = SourceReport(key=key, label=label, split=source.split, streaming=data.streaming,
                                    label_method=method, generation_max_length=gen_limit)

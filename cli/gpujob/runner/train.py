@@ -191,7 +191,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     ddp.train()
     step = state["step"]
     skipped: dict[str, int] = {}
-    labels = data_mod._labels(spec.data.train)
+    labels = data_mod.source_labels(spec.data.train)
     seen = data_mod.Stats()  # kept / too long / undecodable, summed over processes, for the 5 % rule
     n_samples = processor.feature_extractor.n_samples
     filler = update.silence(processor)

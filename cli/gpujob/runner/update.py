@@ -10,7 +10,7 @@ import torch
 
 from gpujob.runner.batches import Batch, collate, features
 from gpujob.runner.distributed import Group
-from gpujob.runner.evaluate import _autocast, encoder_states
+from gpujob.runner.evaluate import autocast, encoder_states
 
 
 def wrap(model, group: Group):
@@ -76,7 +76,7 @@ def loss_sum(forward, model, processor, batch: Batch, device, precision, cache) 
     decoder_input_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
     audio = batch.padded if batch.padded is not None else batch.audio
     states = encoder_states(model, processor.feature_extractor, audio, batch.ids, device, precision, cache)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         if states is not None:
             out = forward(encoder_outputs=BaseModelOutput(last_hidden_state=states),
                           decoder_input_ids=decoder_input_ids, use_cache=False)

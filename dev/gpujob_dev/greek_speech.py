@@ -1,6 +1,6 @@
-"""Synthetic Greek speech for tests and smoke runs: espeak-ng reads ``assets/greek/sentences.txt``.
+"""Synthetic Greek speech for tests and smoke runs: libespeak-ng reads ``greek_sentences.txt`` (beside this file).
 
-    python -m gpujob.runner.greek_speech OUT_DIR [--train N] [--heldout M] [--seed S]
+    python -m gpujob_dev.greek_speech OUT_DIR [--train N] [--heldout M] [--seed S]
                                          [--common-voice DIR] [--workers 2]
 
 writes an audio-folder dataset (``file_name,transcription`` in ``metadata.csv``)::
@@ -18,7 +18,8 @@ parameters finds the marker and does nothing.
 (48 kHz mono) and ``train.tsv`` (the train sentences), ``dev.tsv`` and ``test.tsv`` (the held-out
 sentences, halved), ``validated.tsv`` (all), with Mozilla's columns.
 
-Everything here needs ``espeak-ng`` with its Greek voice (``apt-get install espeak-ng``).
+The speech comes from libespeak-ng and its Greek voice as the PyPI package ``espeakng-loader`` ships
+them (:mod:`gpujob_dev.espeak`): no ``espeak-ng`` program, no Debian package.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,9 +40,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import to_mono_16k
+from gpujob.runner.audio import to_mono_16k
 
-SENTENCES_FILE = Path(__file__).resolve().parents[3] / "assets" / "greek" / "sentences.txt"  # repo checkout
+from .espeak import EspeakError, speak
+
+SENTENCES_FILE = Path(__file__).resolve().with_name("greek_sentences.txt")
 MARKER = ".complete"
 SAMPLE_RATE = 16000
 CV_SAMPLE_RATE = 48000
@@ -58,7 +59,7 @@ __all__ = ["CV_COLUMNS", "BuildResult", "SpeechError", "build", "load_sentences"
 
 
 class SpeechError(RuntimeError):
-    """espeak-ng is missing or failed."""
+    """The sentence list is missing, the split is impossible, or libespeak-ng failed."""
 
 
 @dataclass
@@ -73,8 +74,6 @@ class BuildResult:
 
 def load_sentences(path: str | os.PathLike[str] | None = None) -> list[str]:
     """The sentences, one per line, blank lines and duplicates dropped (order kept)."""
-    if path is None and not SENTENCES_FILE.is_file():  # installed without the repo: try the working dir
-        path = os.environ.get("GPUJOB_GREEK_SENTENCES") or Path("assets/greek/sentences.txt")
     file = Path(path) if path else SENTENCES_FILE
     if not file.is_file():
         raise SpeechError(f"sentence list not found: {file}")
@@ -87,17 +86,12 @@ def load_sentences(path: str | os.PathLike[str] | None = None) -> list[str]:
 
 def synthesize(text: str, *, speed: int = 170, pitch: int = 50, voice: str = "el",
                sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """``text`` spoken by espeak-ng as mono float32 at ``sample_rate``."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise SpeechError("espeak-ng is not installed (apt-get install espeak-ng)")
-    proc = subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
-                          capture_output=True, check=False, timeout=60)
-    if proc.returncode != 0 or len(proc.stdout) <= 44:
-        detail = proc.stderr.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
-        raise SpeechError(f"espeak-ng failed for {text[:40]!r}: {detail}")
-    data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
-    return to_mono_16k(data, sr, target_sr=sample_rate)
+    """``text`` spoken by libespeak-ng as mono float32 at ``sample_rate``."""
+    try:
+        data, sr = speak(text, voice=voice, speed=speed, pitch=pitch)
+    except EspeakError as exc:
+        raise SpeechError(str(exc)) from None
+    return to_mono_16k(data.astype(np.float32) / 32768.0, sr, target_sr=sample_rate)
 
 
 def _voice_params(seed: int, text: str) -> tuple[int, int]:
@@ -249,8 +243,9 @@ def write_common_voice(audio_folder: str | os.PathLike[str], cv_dir: str | os.Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpujob.runner.greek_speech",
-                                     description="Synthesize Greek speech with espeak-ng into an audio-folder dataset.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gpujob_dev.greek_speech",
+        description="Synthesize Greek speech with libespeak-ng into an audio-folder dataset.")
     parser.add_argument("out_dir", help="output directory (train/ and heldout/ are written inside)")
     parser.add_argument("--train", type=int, default=None, help="train sentences (default: all not held out)")
     parser.add_argument("--heldout", type=int, default=DEFAULT_HELDOUT,
@@ -258,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for the split and the voice variations")
     parser.add_argument("--common-voice", metavar="DIR", default=None,
                         help="also write a Common Voice-style copy (clips/*.mp3 + train/dev/test/validated.tsv)")
-    parser.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel synthesis processes (default 2)")
     args = parser.parse_args(argv)
     try:
         build(args.out_dir, train=args.train, heldout=args.heldout, seed=args.seed,

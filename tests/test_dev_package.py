@@ -1,0 +1,44 @@
+"""What ships and what does not: gpujob's wheel holds the gpujob package only; the test and demo asset
+makers and the benchmark live in the development package dev/gpujob_dev (issue 16)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_ONLY = ("convert_ct2", "tiny_whisper", "greek_speech", "greek_sentences", "espeak", "bench_runner")
+
+
+def test_the_asset_makers_and_the_benchmark_are_not_in_the_package():
+    for name in ("convert_ct2", "greek_speech"):
+        assert importlib.util.find_spec(f"gpujob.runner.{name}") is None, name
+    shipped = [p.relative_to(REPO).as_posix() for p in (REPO / "cli" / "gpujob").rglob("*")]
+    assert not [p for p in shipped if any(word in p for word in DEV_ONLY)]
+    assert not (REPO / "scripts" / "bench_runner.py").exists()
+    for module in ("convert_ct2", "tiny_whisper", "greek_speech", "espeak", "bench.run"):
+        assert importlib.util.find_spec(f"gpujob_dev.{module}") is not None, module
+
+
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build the wheel")
+def test_the_wheel_holds_gpujob_and_nothing_of_the_development_package(tmp_path):
+    source = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "cli", source / "cli", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "dev", source / "dev", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(source)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("gpujob-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gpujob/runner/train.py" in names and "gpujob/cli/app.py" in names
+    assert all(n.startswith(("gpujob/", "gpujob-")) for n in names), [n for n in names if not n.startswith("gpujob")]
+    assert not [n for n in names if any(word in n for word in DEV_ONLY) or "gpujob_dev" in n]

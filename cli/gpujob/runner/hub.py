@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .sources import SPLIT_ALIASES, DataError, _Part, _Record, _short
+from .source_parts import SPLIT_ALIASES, DataError, _Part, _Record, _short
 
 _FIX_HUB = ("check the network (and that HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are not set), set HF_TOKEN "
             "(list it under runtime.secrets) if the dataset is private or gated and you accepted its terms, "

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from gpujob.progress import ProgressWriter
+
 
 def _load(path: str):
     from gpujob.spec import JobSpec, load_spec
@@ -55,7 +57,6 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m gpujob.runner SPEC", file=sys.stderr)
         return 2
-    from gpujob.progress import ProgressWriter
     from gpujob.spec import SpecError
 
     try:

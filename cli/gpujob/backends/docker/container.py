@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from gpujob.backends.base import JobRequest
+from gpujob.image import default_image as image_for
 from gpujob.spec.units import parse_cpu, parse_quantity
 
 RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
@@ -64,8 +65,6 @@ exec "$@"
 
 
 def default_image(gpus: int) -> str:
-    from gpujob.image import default_image as image_for
-
     return image_for(gpus)
 
 

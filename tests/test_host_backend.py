@@ -260,7 +260,8 @@ def test_the_reaper_in_any_command_terminates_a_host_whose_agent_never_reported(
 
 
 def test_the_reaper_leaves_a_host_alone_while_a_job_runs_and_obeys_the_max_lifetime(lab):
-    from gpujob.hosts import lambda_api, service
+    from gpujob import teardown
+    from gpujob.hosts import lambda_api
     from gpujob.registry import Registry
 
     lab.up("--type", "gpu_1x_a10", "--idle", "1m", "--max-lifetime", "1h")
@@ -269,10 +270,10 @@ def test_the_reaper_leaves_a_host_alone_while_a_job_runs_and_obeys_the_max_lifet
     client = lambda_api.LambdaClient(lab.emu.api_key, lab.emu.url)
     reg = Registry(lab.home)
     later = time.time() + 10 * 60
-    assert service.reap(reg, now=lambda: later, client=client, say=lambda line: None) == []
+    assert teardown.reap(reg, now=lambda: later, client=client, say=lambda line: None) == []
     assert reg.get_host("box").active and not lab.emu.terminate_calls
     past_lifetime = time.time() + 61 * 60
-    done = service.reap(reg, now=lambda: past_lifetime, client=client, say=lambda line: None)
+    done = teardown.reap(reg, now=lambda: past_lifetime, client=client, say=lambda line: None)
     assert done == ["host box: terminated: max lifetime (1h00m) reached"]
     assert lab.emu.terminate_calls and reg.get_host("box").state == "terminated"
 

@@ -28,25 +28,17 @@ import sqlite3
 import string
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from gpujob.errors import AmbiguousJob, JobNotFound, OutputDirInUse, RegistryError
-from gpujob.registry_open import DB_NAME, READ_ONLY_HINT, SCHEMA_VERSION, open_db  # noqa: F401 (re-exported)
-
-ACTIVE = ("queued", "starting", "running", "cancelling")
-TERMINAL = ("succeeded", "failed", "cancelled")
-STATUSES = ACTIVE + TERMINAL
-
-HOST_ACTIVE = ("launching", "booting", "provisioning", "ready", "terminating")
+from gpujob.errors import AmbiguousJob, JobNotFound, OutputDirInUse, RegistryError, UserError
+from gpujob.records import ACTIVE, HOST_ACTIVE, STATUSES, TERMINAL, Host, Job, gpujob_home  # noqa: F401 (re-exported)
+from gpujob import registry_open
+from gpujob.registry_open import DB_NAME, READ_ONLY_HINT, SCHEMA_VERSION  # noqa: F401 (re-exported)
+from gpujob.registry_repair import repair
 
 _ID_FIRST = string.ascii_lowercase
 _ID_REST = string.ascii_lowercase + string.digits
-
-
-def gpujob_home() -> Path:
-    return Path(os.environ.get("GPUJOB_HOME") or Path.home() / ".gpujob").expanduser()
 
 
 def output_key(output_dir: str) -> str:
@@ -63,107 +55,24 @@ def new_job_id() -> str:
     return secrets.choice(_ID_FIRST) + "".join(secrets.choice(_ID_REST) for _ in range(5))
 
 
-@dataclass
-class Job:
-    id: str
-    name: str
-    kind: str
-    backend: str
-    status: str
-    reason: str | None
-    exit_code: int | None
-    spec_path: str | None
-    spec: dict[str, Any]
-    output_dir: str | None
-    handle: dict[str, Any]
-    progress: dict[str, Any]
-    metrics: dict[str, Any]
-    cost_usd: float
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    updated_at: float
-    transitions: list[tuple[str, float, str | None]] = field(default_factory=list)
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    @property
-    def runtime_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or time.time()) - self.started_at
-
-    @property
-    def job_dir(self) -> Path:
-        return gpujob_home() / "jobs" / self.id
-
-    @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> "Job":
-        return cls(
-            id=row["id"], name=row["name"], kind=row["kind"], backend=row["backend"],
-            status=row["status"], reason=row["reason"], exit_code=row["exit_code"],
-            spec_path=row["spec_path"], spec=json.loads(row["spec_json"]),
-            output_dir=row["output_dir"], handle=json.loads(row["handle_json"]),
-            progress=json.loads(row["progress_json"]), metrics=json.loads(row["metrics_json"]),
-            cost_usd=row["cost_usd"], created_at=row["created_at"], started_at=row["started_at"],
-            finished_at=row["finished_at"], updated_at=row["updated_at"],
-        )
-
-
-@dataclass
-class Host:
-    """A rented machine (``gpujob host up``). ``settings`` holds how to reach and lay out it
-    (ssh, where gpujob's files live there, the image); ``heartbeat`` the idle agent's last word."""
-
-    name: str
-    provider: str
-    instance_id: str | None
-    instance_type: str
-    region: str | None
-    ip: str | None
-    ssh_user: str
-    ssh_port: int
-    price_cents_per_hour: float
-    state: str
-    reason: str | None
-    idle_minutes: float
-    max_lifetime_s: float | None
-    filesystem: str | None
-    settings: dict[str, Any]
-    heartbeat: dict[str, Any]
-    heartbeat_seen_at: float | None
-    check_after: float | None
-    hard_deadline: float | None
-    launched_at: float | None
-    terminated_at: float | None
-    created_at: float
-    updated_at: float
-
-    @property
-    def active(self) -> bool:
-        return self.state in HOST_ACTIVE
-
-    @property
-    def price_per_hour(self) -> float:
-        return self.price_cents_per_hour / 100.0
-
-    def uptime_s(self, now: float | None = None) -> float:
-        if self.launched_at is None:
-            return 0.0
-        return max(0.0, (self.terminated_at or now or time.time()) - self.launched_at)
-
-    def cost_usd(self, now: float | None = None) -> float:
-        """What the instance has billed so far: its hourly price times the time since launch."""
-        return self.price_per_hour * self.uptime_s(now) / 3600.0
-
-    @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> "Host":
-        data = dict(row)
-        data["settings"] = json.loads(data.pop("settings_json"))
-        data["heartbeat"] = json.loads(data.pop("heartbeat_json"))
-        return cls(**data)
+def open_db(home: Path) -> registry_open.Opened:
+    """The registry in ``home``: created, read-only (and why), or set aside and rebuilt when broken."""
+    registry_open.ensure_home(home)
+    path = home / DB_NAME
+    why = registry_open.read_only_reason(home, path)
+    if why:
+        return registry_open.Opened(registry_open.open_read_only(home, path, why), why)
+    conn = registry_open.connect(path) if path.exists() and path.stat().st_size else None
+    # The connection that looked is the one used: opening and closing one more per call makes
+    # many calls at once contend for the WAL checkpoint that a closing last connection runs.
+    if registry_open.diagnose(home, path, conn):
+        if conn is not None:
+            conn.close()
+        repair(home, path)
+        conn = None
+    conn = conn or registry_open.connect(path)
+    registry_open.setup(conn)
+    return registry_open.Opened(conn, None)
 
 
 HOST_COLUMNS = tuple(f for f in Host.__dataclass_fields__ if f not in ("created_at", "updated_at"))
@@ -361,8 +270,6 @@ class Registry:
     def get_host(self, name: str) -> Host:
         row = self._conn.execute("SELECT * FROM hosts WHERE name = ?", (name,)).fetchone()
         if row is None:
-            from gpujob.errors import UserError
-
             raise UserError(f"no host named {name!r}", hint="run `gpujob host list` to see your hosts")
         return Host._from_row(row)
 

@@ -27,6 +27,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from gpujob.errors import GpujobError, RegistryError
+from gpujob.records import gpujob_home
 
 DB_NAME = "registry.db"
 DAMAGED_MARK = "registry.db.damaged"  # left by a command that hit a damaged page: check it on next open
@@ -100,27 +101,6 @@ READ_ONLY_HINT = ("to record changes, make it writable by you (or run gpujob as 
 class Opened(NamedTuple):
     conn: sqlite3.Connection
     read_only: str | None   # why, in words; None when the registry can be written
-
-
-def open_db(home: Path) -> Opened:
-    ensure_home(home)
-    path = home / DB_NAME
-    why = read_only_reason(home, path)
-    if why:
-        return Opened(_open_read_only(home, path, why), why)
-    conn = connect(path) if path.exists() and path.stat().st_size else None
-    # The connection that looked is the one used: opening and closing one more per call makes
-    # many calls at once contend for the WAL checkpoint that a closing last connection runs.
-    if diagnose(home, path, conn):
-        from gpujob.registry_repair import repair
-
-        if conn is not None:
-            conn.close()
-        repair(home, path)
-        conn = None
-    conn = conn or connect(path)
-    setup(conn)
-    return Opened(conn, None)
 
 
 def connect(path: Path | str, *, uri: bool = False) -> sqlite3.Connection:
@@ -211,7 +191,7 @@ def read_only_reason(home: Path, path: Path) -> str | None:
     return None
 
 
-def _open_read_only(home: Path, path: Path, why: str) -> sqlite3.Connection:
+def open_read_only(home: Path, path: Path, why: str) -> sqlite3.Connection:
     if not path.exists() or path.stat().st_size == 0:
         folders = job_folders(home)
         if folders:
@@ -301,8 +281,6 @@ def is_corrupt(exc: BaseException) -> bool:
 def explain(exc: BaseException) -> GpujobError | None:
     """A SQLite error, or a permission error on a file in gpujob's home, as the message a user sees;
     None when it is neither (then it is a bug)."""
-    from gpujob.registry import gpujob_home
-
     home = gpujob_home()
     path = home / DB_NAME
     if isinstance(exc, sqlite3.Error):

@@ -1,6 +1,6 @@
 """A broken registry, set aside and rebuilt from the job folders (``$GPUJOB_HOME/jobs/<id>``).
 
-Called by :func:`gpujob.registry_open.open_db` when the registry is damaged, or empty or missing
+Called by :func:`gpujob.registry.open_db` when the registry is damaged, or empty or missing
 while job folders exist. Under a lock (``registry.lock``) it looks again (another gpujob call may
 have done it meanwhile), renames the broken file — never deletes it — to
 ``registry.db.broken-<time>`` (its ``-wal``/``-shm`` with it), builds a new registry in a temporary
@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gpujob import procs
-from gpujob.registry_open import STATEMENTS, connect, diagnose, job_folders
+from gpujob.backends.base import LOG_NAME
+from gpujob.progress import PREFIX
+from gpujob.progress_state import ProgressState
+from gpujob.registry_open import SCHEMA_VERSION, STATEMENTS, connect, diagnose, job_folders
 
 LOCK_NAME = "registry.lock"
 
@@ -82,8 +85,6 @@ def rebuild(home: Path, path: Path) -> list[dict[str, Any]]:
             for status, at, reason in transitions:
                 conn.execute("INSERT INTO transitions (job_id, status, reason, at) VALUES (?, ?, ?, ?)",
                              (job["id"], status, reason, at))
-        from gpujob.registry_open import SCHEMA_VERSION
-
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     finally:
@@ -93,8 +94,6 @@ def rebuild(home: Path, path: Path) -> list[dict[str, Any]]:
 
 
 def job_from_folder(folder: Path) -> dict[str, Any]:
-    from gpujob.backends.base import LOG_NAME
-
     job_id = folder.name
     spec, launch, handle = (_json(folder / n) for n in ("spec.json", "launch.json", "handle.json"))
     result = _json(folder / "result.json")
@@ -204,9 +203,6 @@ def _output_dir(spec: dict[str, Any], launch: dict[str, Any], name: Any) -> str 
 def _replay(log: Path) -> tuple[dict[str, Any], str | None, str | None]:
     """The progress snapshot folded from the events in a job's log."""
     try:
-        from gpujob.progress import PREFIX
-        from gpujob.progress_state import ProgressState
-
         state = ProgressState()
         with open(log, "r", encoding="utf-8", errors="replace") as fh:
             state.feed_lines(line for line in fh if PREFIX in line)

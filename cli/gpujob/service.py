@@ -14,16 +14,23 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from gpujob.backends import JobRequest, get_backend
+from gpujob.backends import Backend, JobRequest, get_backend
 from gpujob.backends.base import RUNNER_MODULE
 from gpujob.backends.launch import runner_command
+from gpujob.errors import JobStateError, MissingSecret, UserError
+from gpujob.fleet.jobs import RegistryHosts
+from gpujob.records import gpujob_home
+from gpujob.registry import TERMINAL, Job, Registry
 
 RUNNER_LIBRARIES = ("torch", "transformers", "datasets", "jiwer", "soundfile", "soxr")
-from gpujob.errors import JobStateError, MissingSecret, UserError
-from gpujob.registry import TERMINAL, Job, Registry
 
 if TYPE_CHECKING:
     from gpujob.spec import LoadedSpec
+
+
+def _backend(name: str, registry: Registry) -> Backend:
+    """The backend called ``name``, with what it may ask of this layer: the registry's hosts."""
+    return get_backend(name, hosts=RegistryHosts(registry))
 
 
 def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobRequest:
@@ -73,8 +80,6 @@ def render(loaded: "LoadedSpec", backend: str | None = None) -> str:
 
 def _preview_request(loaded: "LoadedSpec") -> JobRequest:
     """The request under the preview id, so names are shaped as submit makes them; submit draws its own id."""
-    from gpujob.registry import gpujob_home
-
     preview_id = PREVIEW_ID
     return build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id)
 
@@ -85,7 +90,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     registry.check_writable("submit a job")
     spec = loaded.spec
     name = backend or spec.runtime.backend
-    impl = get_backend(name)
+    impl = _backend(name, registry)
     if spec.kind != "command" and name == "local":
         missing_libs = [m for m in RUNNER_LIBRARIES if importlib.util.find_spec(m) is None]
         if missing_libs:
@@ -93,14 +98,12 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
                 f"{loaded.path}: kind: {spec.kind} runs the Whisper runner ({RUNNER_MODULE}), which needs "
                 f"{', '.join(missing_libs)} in gpujob's environment",
                 hint="install them: pip install 'gpujob[runner]'")
-    from_env = getattr(impl, "secrets_from_environment", True)
+    from_env = impl.secrets_from_environment
     missing = [n for n in spec.runtime.secrets if not environ.get(n)] if from_env else []
     if missing:
         raise MissingSecret(missing, loaded.path)
-    preflight = getattr(impl, "preflight", None)  # e.g. local: this machine has the GPUs asked for
-    if preflight is not None:
-        preflight(_preview_request(loaded))
-    out = impl.output_dir(loaded.data) if hasattr(impl, "output_dir") else output_dir(loaded)
+    impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
+    out = impl.output_dir(loaded.data) or output_dir(loaded)
     # One transaction checks that no active job writes to `out` and records this one (OutputDirInUse).
     job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
                           spec_path=loaded.path, output_dir=out, exclusive_output=True)
@@ -111,7 +114,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
         registry.transition(job.id, "failed", reason=f"the {name} backend could not start the job: {exc}")
         raise
     registry.update(job.id, handle=handle)
-    if not getattr(impl, "self_reporting", False):
+    if not impl.self_reporting:
         return refresh(registry, registry.get(job.id))
     return _wait_started(registry, job.id)
 
@@ -132,7 +135,7 @@ def refresh(registry: Registry, job: Job) -> Job:
     if not job.active:
         return job
     try:
-        impl = get_backend(job.backend)
+        impl = _backend(job.backend, registry)
     except UserError:
         return job
     seen = impl.status(job)
@@ -145,8 +148,7 @@ def refresh(registry: Registry, job: Job) -> Job:
             registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
                                 started_at=seen.started_at)
     job = registry.get(job.id)
-    job_cost = getattr(impl, "job_cost", None)  # backends that bill by the hour: the job's share so far
-    cost = job_cost(job) if job_cost is not None else None
+    cost = impl.job_cost(job)  # backends that bill by the hour: the job's share so far
     if cost is not None:
         registry.update(job.id, cost_usd=cost)
         job = registry.get(job.id)
@@ -175,7 +177,7 @@ def cancel(registry: Registry, job: Job, *, grace_s: float = 10.0) -> Job:
         raise JobStateError(f"job {job.id} ({job.name}) already {job.status}; nothing to cancel",
                             hint=f"see why with `gpujob status {job.id}`")
     registry.transition(job.id, "cancelling", reason="cancel requested")
-    impl = get_backend(job.backend)
+    impl = _backend(job.backend, registry)
     impl.cancel(registry.get(job.id), grace_s=grace_s)
     # The backend's own record (the supervisor's) wins; if nothing recorded the end, we do.
     registry.transition(job.id, "cancelled", reason="cancelled by the user")
@@ -184,5 +186,5 @@ def cancel(registry: Registry, job: Job, *, grace_s: float = 10.0) -> Job:
 
 def logs(registry: Registry, job: Job, *, follow: bool = False, tail: int | None = None,
          all_workers: bool = False) -> Iterator[str]:
-    impl = get_backend(job.backend)
+    impl = _backend(job.backend, registry)
     yield from impl.logs(job, follow=follow, tail=tail, all_workers=all_workers)

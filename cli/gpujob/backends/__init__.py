@@ -11,9 +11,13 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from gpujob.backends.base import Backend, JobRequest, Observed
+from gpujob.backends.base import Backend, JobRequest, JobStore, Observed
 from gpujob.errors import BackendUnavailable, UserError
+
+if TYPE_CHECKING:
+    from gpujob.backends.host import HostSource
 
 NAMES = ("local", "docker", "kubernetes", "host")
 _IMPLEMENTED = {
@@ -24,11 +28,13 @@ _IMPLEMENTED = {
 }
 _RENDER_ONLY: set[str] = set()
 
-__all__ = ["Backend", "JobRequest", "Observed", "NAMES", "get_backend"]
+__all__ = ["Backend", "JobRequest", "JobStore", "Observed", "NAMES", "get_backend"]
 
 
-def get_backend(name: str, *, render_only: bool = False) -> Backend:
-    """The backend called ``name``; ``render_only`` for a dry run, which more backends support."""
+def get_backend(name: str, *, render_only: bool = False, hosts: "HostSource | None" = None) -> Backend:
+    """The backend called ``name``; ``render_only`` for a dry run, which more backends support.
+    ``hosts``: where the host backend finds its hosts (the layer above hands it down; the other
+    backends need nothing, and a dry run needs no host)."""
     if name not in NAMES:
         raise UserError(f"unknown backend {name!r}; one of: {', '.join(NAMES)}")
     if name not in _IMPLEMENTED:
@@ -37,4 +43,5 @@ def get_backend(name: str, *, render_only: bool = False) -> Backend:
         raise BackendUnavailable(name, "this version of gpujob can only render its manifests "
                                        f"(gpujob render SPEC --backend {name}); submitting comes next")
     module, cls = _IMPLEMENTED[name]
-    return getattr(importlib.import_module(module), cls)()
+    backend_class = getattr(importlib.import_module(module), cls)
+    return backend_class(hosts=hosts) if name == "host" else backend_class()

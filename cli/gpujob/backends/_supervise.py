@@ -1,6 +1,7 @@
-"""The local backend's supervisor: ``python -m gpujob.backends._supervise JOB_ID``.
+"""The local backend's supervisor, run as ``python -m gpujob.supervisor JOB_ID``.
 
-Started detached by :class:`gpujob.backends.local.LocalBackend`. It:
+Started detached by :class:`gpujob.backends.local.LocalBackend`; :mod:`gpujob.supervisor` hands it
+the registry as its :class:`~gpujob.backends.base.JobStore`, the only way it records the job. It:
 
 1. starts the job's command in a process group of its own, with the job's environment
    (``launch.json``: runtime.env and gpujob's variables; the secrets, renamed back) — none of which
@@ -8,7 +9,7 @@ Started detached by :class:`gpujob.backends.local.LocalBackend`. It:
 2. copies every output line to the job's log with secret values replaced by ``***``, in every form
    gpujob decodes (:mod:`gpujob.redact`); a line that is not a well-formed event is text, whatever
    is in it, and never stops the supervisor;
-3. folds progress events into the registry's snapshot (at most once a second,
+3. folds progress events into the job's recorded snapshot (at most once a second,
    at once for eval, checkpoint and end events);
 4. stops the job when it runs past ``limits.max_runtime`` or stops reporting progress, whether or
    not it still writes to its output (a job may close or redirect it);
@@ -31,15 +32,15 @@ import subprocess
 import sys
 import time
 import traceback
+from typing import Callable
 
 from gpujob import procs
 from gpujob.backends import reaper
-from gpujob.backends.base import failure_reason
+from gpujob.backends.base import JobStore, failure_reason
 from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _write_private, kill_strays
 from gpujob.backends.output import JobOutput
 from gpujob.progress_state import ProgressState
 from gpujob.redact import Redactor
-from gpujob.registry import Registry
 from gpujob.words import fmt_duration
 
 SNAPSHOT_EVERY_S = 1.0
@@ -51,9 +52,9 @@ TAIL_LINES, TAIL_CHARS = 200, 2000  # what is kept of the last lines, for the fa
 
 
 class Supervisor:
-    def __init__(self, job_id: str) -> None:
-        self.registry = Registry()
-        self.job = self.registry.get(job_id)
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job = store.get(job_id)
         self.dir = self.job.job_dir
         self.launch = json.loads((self.dir / LAUNCH_NAME).read_text())
         self.secrets = {n: os.environ.get(SECRET_PREFIX + n, "") for n in self.launch["secret_names"]}
@@ -88,7 +89,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         if self.stop_reason:
             return self._finish(None, cancelled=True)
-        self.registry.transition(self.job.id, "starting", only_from=("queued",))
+        self.store.transition(self.job.id, "starting", only_from=("queued",))
         argv = self.launch["argv"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
         env.update(self.launch.get("env", {}))
@@ -111,8 +112,8 @@ class Supervisor:
         handle = {**self.job.handle, "pid": self.child.pid, "pgid": self.child.pid,
                   "supervisor_pid": os.getpid(), "supervisor_start": procs.start_time(os.getpid())}
         _write_private(self.dir / "handle.json", json.dumps(handle))
-        self.registry.update(self.job.id, handle=handle)
-        self.registry.transition(self.job.id, "running", only_from=("queued", "starting"))
+        self.store.update(self.job.id, handle=handle)
+        self.store.transition(self.job.id, "running", only_from=("queued", "starting"))
         started = time.monotonic()
         limit = self.launch.get("max_runtime_s")
         self._pump(started, limit)
@@ -150,7 +151,7 @@ class Supervisor:
                     break
             since = time.monotonic() - last_snapshot
             if dirty and (since >= SNAPSHOT_EVERY_S or (self._important and since >= IMPORTANT_EVERY_S)):
-                self.registry.update(self.job.id, progress=self.state.to_dict())
+                self.store.update(self.job.id, progress=self.state.to_dict())
                 last_snapshot, dirty, self._important = time.monotonic(), False, False
         self._take(self.output.flush())
         self.log.flush()
@@ -226,8 +227,8 @@ class Supervisor:
         # Also beside the log, so a registry rebuilt from the job folders knows how the job ended.
         _write_private(self.dir / "result.json", json.dumps(
             {"status": status, "exit_code": code, "reason": reason, "finished_at": time.time()}))
-        self.registry.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
-        self.registry.transition(self.job.id, status, reason=reason, exit_code=code)
+        self.store.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
+        self.store.transition(self.job.id, status, reason=reason, exit_code=code)
         return 0
 
     def _reason(self, code: int | None) -> str:
@@ -237,23 +238,21 @@ class Supervisor:
         return reason
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], open_store: Callable[[], JobStore]) -> int:
+    """Supervise the job ``argv[0]``, recording it through the store ``open_store()`` returns (a
+    fresh one is opened to record a failure of the supervisor itself)."""
     if len(argv) != 1:
-        print("usage: python -m gpujob.backends._supervise JOB_ID", file=sys.stderr)
+        print("usage: python -m gpujob.supervisor JOB_ID", file=sys.stderr)
         return 2
     try:
-        return Supervisor(argv[0]).run()
+        return Supervisor(open_store(), argv[0]).run()
     except BaseException as exc:  # the job must not outlive us, and the registry must hear of it
         reaper.kill_descendants()
         kill_strays(argv[0])
         # The traceback goes to supervisor.log; an exception's words may quote the job's output.
         secrets = Redactor(v for k, v in os.environ.items() if k.startswith(SECRET_PREFIX))
         print(secrets.text(traceback.format_exc()), file=sys.stderr)
-        Registry().transition(argv[0], "failed",
-                              reason=f"gpujob's local supervisor failed ({type(exc).__name__}); the job was "
-                                     "stopped; its traceback is in supervisor.log in the job's folder")
+        open_store().transition(argv[0], "failed",
+                                reason=f"gpujob's local supervisor failed ({type(exc).__name__}); the job was "
+                                       "stopped; its traceback is in supervisor.log in the job's folder")
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -2,8 +2,9 @@
 
 A backend turns a :class:`JobRequest` into something running (a process, a
 container, a Kubernetes Job) and answers questions about it. It knows nothing
-about YAML, the CLI or the registry's tables: the service layer
-(:mod:`gpujob.service`) records what the backend reports.
+about YAML, the CLI or the registry: the service layer (:mod:`gpujob.service`)
+records what the backend reports, and a backend that records its job's state
+itself (the local backend's supervisor) is handed a :class:`JobStore` for that.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol
 
 from gpujob.exits import explain_exit  # noqa: F401 - re-exported: backends explain exits with it
 
 if TYPE_CHECKING:
-    from gpujob.registry import Job
+    from gpujob.records import Job
 
 # The runner that train/evaluate jobs run inside the job (issue: the Whisper runner).
 RUNNER_MODULE = "gpujob.runner"
@@ -58,34 +59,83 @@ class Observed:
 
 
 class Backend(Protocol):
+    """What every backend implements. A backend class names it as its base, so the capabilities
+    below that it does not set keep these defaults."""
+
     name: ClassVar[str]
+
+    # ------------------------------------------------------------------ capabilities
+    # What the service asks of a backend besides the job's life cycle; the defaults fit a backend
+    # that starts the job from this machine and is asked about it by the service.
+
+    # True: the secrets are read from the environment of whoever submits (runtime.secrets must be
+    # set there); False: the backend finds them itself (kubernetes: a Secret the pod references).
+    secrets_from_environment: ClassVar[bool] = True
+    # True: the backend's own supervisor records the job's state (through a JobStore) as it runs,
+    # and submit waits a moment for it to start; False: the service asks ``status`` and records it.
+    self_reporting: ClassVar[bool] = False
+
+    def preflight(self, request: JobRequest) -> None:
+        """Check what can be checked before the job is recorded (this machine has the GPUs asked
+        for) and raise a UserError if the backend cannot run it, so a refused job leaves nothing in
+        the registry."""
+
+    def output_dir(self, spec: dict[str, Any]) -> str | None:
+        """Where the job's outputs are recorded to go, when the backend puts them somewhere of its
+        own (kubernetes: the volume's path); None: ``output.dir`` resolved on this machine."""
+        return None
+
+    def job_cost(self, job: "Job") -> float | None:
+        """The job's share of the bill so far, for backends that bill by the hour; None: unknown."""
+        return None
+
+    # ------------------------------------------------------------------ the job's life cycle
 
     def render(self, request: JobRequest) -> str:
         """What submit would do, as text a person can read (the dry run)."""
+        raise NotImplementedError
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
         """Start the job; return the handle the backend needs to find it again."""
+        raise NotImplementedError
 
     def status(self, job: "Job") -> Observed | None:
         """The job's state as the backend sees it; None when nothing is known beyond the registry."""
+        raise NotImplementedError
 
     def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
              all_workers: bool = False) -> Iterator[str]:
         """The job's output lines; with follow, keep yielding until the job has ended. Multi-node
         jobs show worker 0, or with all_workers every worker's lines prefixed by its index."""
+        raise NotImplementedError
 
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
         """Stop the job: a polite signal, then a forced one after the grace period."""
+        raise NotImplementedError
 
     def list(self) -> list[str]:
         """Ids of the gpujob jobs this backend currently holds resources for."""
+        raise NotImplementedError
 
     def cleanup(self, job: "Job") -> None:
         """Free whatever the finished job still holds (processes, containers, pods)."""
+        raise NotImplementedError
 
-    # Optional, looked up with getattr by the service: ``preflight(request) -> None`` checks what can
-    # be checked before the job is recorded (this machine has the GPUs asked for) and raises a
-    # UserError if the backend cannot run it, so a refused job leaves nothing in the registry.
+
+class JobStore(Protocol):
+    """What a backend's own supervisor may read and record of its job: the registry, as the layer
+    above hands it down (:mod:`gpujob.supervisor`), seen through these three calls only."""
+
+    def get(self, job_id: str) -> "Job":
+        """The job as recorded."""
+
+    def update(self, job_id: str, *, handle: dict[str, Any] | None = None,
+               progress: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> None:
+        """Record the job's handle, progress snapshot or final metrics."""
+
+    def transition(self, job_id: str, status: str, *, reason: str | None = None,
+                   exit_code: int | None = None, only_from: tuple[str, ...] = ...) -> bool:
+        """Move the job to ``status`` if it is in ``only_from`` (default: any active status)."""
 
 
 # ----------------------------------------------------------------------------- shared helpers

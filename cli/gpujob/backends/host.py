@@ -1,7 +1,8 @@
 """The host backend: the job runs on a rented GPU host, through the Docker backend over SSH.
 
 - ``submit`` picks the host (``runtime.host``, else an idle ready host of ``runtime.host_type``,
-  else a new one launched and provisioned: :func:`gpujob.hosts.service.host_for_job`), opens an
+  else a new one launched and provisioned: :meth:`HostSource.for_job`, which the layer above hands
+  down: :class:`gpujob.fleet.jobs.RegistryHosts`), opens an
   SSH connection with the host key pinned at first contact, forwards the host's Docker socket
   through it, and hands the job to the Docker backend as a *remote* engine: nothing of this
   machine is mounted; the spec and secrets are copied into the container as files.
@@ -26,35 +27,58 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
 
-from gpujob.backends.base import LOG_NAME, JobRequest, Observed, read_saved_log
+from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, read_saved_log
+from gpujob.backends.docker import container as cplan
+from gpujob.backends.docker.backend import DockerBackend
+from gpujob.backends.docker.engine import Engine
 from gpujob.defaults import HOST_IDLE, HOST_MAX_LIFETIME
 from gpujob.errors import GpujobError, UserError
+from gpujob.hosts.agent import IDLE_MINUTES_LABEL
 
 if TYPE_CHECKING:
-    from gpujob.backends.docker.backend import DockerBackend
-    from gpujob.registry import Host, Job, Registry
+    from gpujob.hosts.layout import HostLayout
+    from gpujob.hosts.ssh import HostConnection
+    from gpujob.records import Host, Job
 
 HOST_LABEL = "gpujob.dev/host"
+
+
+class HostSource(Protocol):
+    """What the host backend asks of the layer above it about hosts (:class:`gpujob.fleet.jobs.RegistryHosts`:
+    the registry's hosts, and launching one for a job)."""
+
+    def find(self, name: str) -> "Host | None":
+        """The host called ``name``, active or not; None if there is none."""
+
+    def active(self) -> list["Host"]:
+        """The hosts not terminated."""
+
+    def for_job(self, runtime: dict) -> "Host":
+        """The ready host a job with this ``runtime`` section runs on, launched and provisioned if need be."""
+
+    def gpus_for(self, runtime: dict) -> tuple[str, int] | None:
+        """The instance type such a job runs on and its GPUs, when known before a host is launched."""
+
+    def connect(self, host: "Host") -> "HostConnection":
+        """An open SSH connection to the host, its key checked against the one pinned at first contact."""
+
+    def layout(self, host: "Host") -> "HostLayout":
+        """Where gpujob's files are on the host."""
 
 
 class _Session:
     """One SSH connection and Docker tunnel to a host, kept for the rest of this process."""
 
-    def __init__(self, host: "Host") -> None:
-        from gpujob.backends.docker.engine import Engine
-        from gpujob.hosts import service
-
+    def __init__(self, host: "Host", hosts: HostSource) -> None:
         self.host = host
         self._stack = ExitStack()
-        self.conn = self._stack.enter_context(service.connect(host))
-        url = self._stack.enter_context(self.conn.docker_socket(service.layout_of(host).docker_host))
+        self.conn = self._stack.enter_context(hosts.connect(host))
+        url = self._stack.enter_context(self.conn.docker_socket(hosts.layout(host).docker_host))
         self.engine = Engine(url, local=False, label=f"host {host.name} ({host.ip}, over SSH)")
 
-    def docker(self) -> "DockerBackend":
-        from gpujob.backends.docker.backend import DockerBackend
-
+    def docker(self) -> DockerBackend:
         return DockerBackend(self.engine, outputs_root=self.host.settings.get("outputs_root"))
 
     def close(self) -> None:
@@ -68,14 +92,14 @@ _SESSIONS: dict[str, _Session] = {}
 _LOCK = threading.Lock()
 
 
-def _session(host: "Host") -> _Session:
+def _session(host: "Host", hosts: HostSource) -> _Session:
     with _LOCK:
         s = _SESSIONS.get(host.name)
         if s is not None and s.host.ip == host.ip and s.conn.is_alive():
             return s
         if s is not None:
             s.close()
-        s = _SESSIONS[host.name] = _Session(host)
+        s = _SESSIONS[host.name] = _Session(host, hosts)
         return s
 
 
@@ -86,20 +110,22 @@ def _close_all() -> None:
     _SESSIONS.clear()
 
 
-def _registry() -> "Registry":
-    from gpujob.registry import Registry
-
-    return Registry()
-
-
-class HostBackend:
+class HostBackend(Backend):
     name = "host"
+
+    def __init__(self, hosts: HostSource | None = None) -> None:
+        """``hosts``: where hosts come from; a backend without it can only render."""
+        self._hosts = hosts
+
+    @property
+    def hosts(self) -> HostSource:
+        if self._hosts is None:
+            raise RuntimeError("the host backend was made without a HostSource; it can only render")
+        return self._hosts
 
     # ------------------------------------------------------------------ render / submit
 
     def render(self, request: JobRequest) -> str:
-        from gpujob.backends.docker import container as cplan
-
         rt = request.spec.get("runtime") or {}
         if rt.get("host"):
             where = f"host {rt['host']}"
@@ -116,8 +142,6 @@ class HostBackend:
     @staticmethod
     def _labelled(request: JobRequest, host_name: str) -> JobRequest:
         """The labels the host's agent reads: the job's hung-after minutes (limits.idle_minutes)."""
-        from gpujob.hosts.agent import IDLE_MINUTES_LABEL
-
         idle_minutes = (request.idle_s or 0) / 60 or 15
         labels = {**request.labels, IDLE_MINUTES_LABEL: f"{idle_minutes:g}", HOST_LABEL: host_name}
         return replace(request, labels=labels)
@@ -125,9 +149,7 @@ class HostBackend:
     def preflight(self, request: JobRequest) -> None:
         """Refuse a job that asks for more GPUs than its host's instance type has, before a host is
         launched (and billed) for it."""
-        from gpujob.hosts import service
-
-        known = service.job_host_gpus(_registry(), request.spec.get("runtime") or {}) if request.gpus else None
+        known = self.hosts.gpus_for(request.spec.get("runtime") or {}) if request.gpus else None
         if known and request.gpus > known[1]:
             itype, count = known
             raise UserError(f"resources.gpus: the job asks for {request.gpus} GPU{'s' if request.gpus > 1 else ''}, "
@@ -136,12 +158,9 @@ class HostBackend:
                                  "runtime.host_type (`gpujob host types` lists them)")
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        from gpujob.hosts import service
-
-        registry = _registry()
-        host = service.host_for_job(registry, request.spec.get("runtime") or {}, say=service.notice)
-        session = _session(host)
-        lay = service.layout_of(host)
+        host = self.hosts.for_job(request.spec.get("runtime") or {})
+        session = _session(host, self.hosts)
+        lay = self.hosts.layout(host)
         claim = f"{lay.uploads_dir}/submit-{request.job_id}"
         # Tell the agent a job is on its way (it counts as activity), so the host cannot be
         # terminated between our choice of it and the container's start.
@@ -166,8 +185,7 @@ class HostBackend:
     def status(self, job: "Job") -> Observed | None:
         if not job.handle.get("container_id"):
             return None
-        registry = _registry()
-        host = registry.find_host(job.handle["host"])
+        host = self.hosts.find(job.handle["host"])
         if host is None or not host.active:
             if job.job_dir.joinpath(LOG_NAME).exists() and not job.active:
                 return None
@@ -175,14 +193,14 @@ class HostBackend:
             return Observed("failed", reason=f"its host {job.handle['host']} was terminated{why} before gpujob "
                                              "saw the job end; outputs written to a persistent file system are there")
         try:
-            session = _session(host)
+            session = _session(host, self.hosts)
             seen = session.docker().status(job)
         except GpujobError as exc:
             if not job.active:
                 return None
             return Observed(job.status, reason=f"cannot reach host {host.name} right now: {exc.message}")
         if seen is not None and seen.status == "failed":
-            hung = _hung_record(session, host, job.id)
+            hung = _hung_record(session, self.hosts.layout(host), job.id)
             if hung:
                 seen.reason = f"stopped as hung by the host's agent: {hung.get('reason', 'no progress events')}"
         return seen
@@ -194,7 +212,7 @@ class HostBackend:
         if not job.handle.get("container_id"):
             return
         saved = job.job_dir / LOG_NAME
-        host = _registry().find_host(job.handle["host"])
+        host = self.hosts.find(job.handle["host"])
         if host is None or not host.active:
             if saved.exists():
                 yield from read_saved_log(saved, tail)
@@ -204,36 +222,35 @@ class HostBackend:
         if saved.exists() and not job.active:
             yield from read_saved_log(saved, tail)
             return
-        yield from _session(host).docker().logs(job, follow=follow, tail=tail, all_workers=all_workers)
+        yield from _session(host, self.hosts).docker().logs(job, follow=follow, tail=tail, all_workers=all_workers)
 
     # ------------------------------------------------------------------ cancel / list / cleanup
 
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
-        host = _registry().find_host(job.handle.get("host", ""))
+        host = self.hosts.find(job.handle.get("host", ""))
         if host is None or not host.active or not job.handle.get("container_id"):
             return
-        _session(host).docker().cancel(job, grace_s=grace_s)
+        _session(host, self.hosts).docker().cancel(job, grace_s=grace_s)
 
     def list(self) -> list[str]:
         ids: set[str] = set()
-        for host in _registry().list_hosts(active_only=True):
+        for host in self.hosts.active():
             if host.state != "ready":
                 continue
             try:
-                ids.update(_session(host).docker().list())
+                ids.update(_session(host, self.hosts).docker().list())
             except GpujobError:
                 continue
         return sorted(ids)
 
     def cleanup(self, job: "Job") -> None:
-        host = _registry().find_host(job.handle.get("host", ""))
+        host = self.hosts.find(job.handle.get("host", ""))
         if host is not None and host.active and job.handle.get("container_id"):
-            _session(host).docker().cleanup(job)
+            _session(host, self.hosts).docker().cleanup(job)
 
     # ------------------------------------------------------------------ cost
 
-    @staticmethod
-    def job_cost(job: "Job") -> float | None:
+    def job_cost(self, job: "Job") -> float | None:
         """The job's share of the bill: its runtime at the host's hourly price."""
         cents = job.handle.get("price_cents_per_hour")
         if cents is None or job.runtime_s is None:
@@ -241,11 +258,9 @@ class HostBackend:
         return float(cents) / 100.0 * job.runtime_s / 3600.0
 
 
-def _hung_record(session: _Session, host: "Host", job_id: str) -> dict | None:
-    from gpujob.hosts import service
-
+def _hung_record(session: _Session, layout: "HostLayout", job_id: str) -> dict | None:
     try:
-        raw = session.conn.read_file(f"{service.layout_of(host).hung_dir}/{job_id}.json")
+        raw = session.conn.read_file(f"{layout.hung_dir}/{job_id}.json")
         return json.loads(raw) if raw else None
     except (GpujobError, ValueError):
         return None

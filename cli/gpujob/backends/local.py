@@ -1,6 +1,6 @@
 """The local backend: the job runs as a detached process group on this machine.
 
-``submit`` starts a small supervisor (:mod:`gpujob.backends._supervise`) in a
+``submit`` starts a small supervisor (:mod:`gpujob.supervisor`) in a
 new session, so the job outlives the CLI. The supervisor starts the job's
 command in a process group of its own, writes its output to the job's log,
 folds progress events into the registry, enforces ``limits.max_runtime`` and
@@ -29,21 +29,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob import procs
-from gpujob.backends.base import LOG_NAME, JobRequest, Observed
+from gpujob.backends import gpus, reaper
+from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed
 from gpujob.errors import UserError
 from gpujob.linesplit import LineSplitter
+from gpujob.records import gpujob_home
 
 if TYPE_CHECKING:
     from gpujob.backends.gpus import Found
-    from gpujob.registry import Job
+    from gpujob.records import Job
 
 LAUNCH_NAME = "launch.json"
 POLL_S = 0.2
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
-    self_reporting = True  # its supervisor writes the job's state into the registry
+    self_reporting = True  # its supervisor records the job's state as it runs
 
     # ------------------------------------------------------------------ submit
 
@@ -103,7 +105,7 @@ class LocalBackend:
         env.update({SECRET_PREFIX + n: v for n, v in secrets.items()})
         with open(job_dir / "supervisor.log", "ab") as sup_log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gpujob.backends._supervise", request.job_id],
+                [sys.executable, "-m", "gpujob.supervisor", request.job_id],
                 stdin=subprocess.DEVNULL, stdout=sup_log, stderr=subprocess.STDOUT,
                 cwd=request.workdir, env=env, start_new_session=True, close_fds=True,
             )
@@ -163,8 +165,6 @@ class LocalBackend:
                 time.sleep(POLL_S)
 
     def list(self) -> list[str]:
-        from gpujob.registry import gpujob_home
-
         jobs_dir = gpujob_home() / "jobs"
         alive = []
         for launch in sorted(jobs_dir.glob(f"*/{LAUNCH_NAME}")):
@@ -201,8 +201,6 @@ class LocalBackend:
     def cleanup(self, job: "Job") -> None:
         """Kill whatever is left of the job (orphaned workers holding a GPU): its process group, and
         its processes in sessions of their own."""
-        from gpujob.backends import reaper
-
         if _alive(job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")):
             return  # it cleans up after its job itself
         pgid = job.handle.get("pgid")
@@ -263,15 +261,11 @@ def withheld_words(names: list[str]) -> str:
 def _detect_gpus(request: JobRequest) -> "Found | None":
     """The GPUs the job may use (CUDA_VISIBLE_DEVICES in runtime.env limits them too); None
     when it asks for none, so CPU jobs never run nvidia-smi."""
-    from gpujob.backends import gpus
-
     return gpus.detect({**os.environ, **request.env}) if request.gpus > 0 else None
 
 
 def _gpu_env(request: JobRequest, found: "Found | None") -> dict[str, str]:
     """CUDA_VISIBLE_DEVICES for the job: its GPUs by UUID, or "" for a job without GPUs."""
-    from gpujob.backends import gpus
-
     return gpus.job_env(request.gpus, found)
 
 

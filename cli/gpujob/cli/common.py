@@ -5,11 +5,16 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Annotated, Callable, List, Optional
+import time
+from typing import TYPE_CHECKING, Annotated, Callable, List, Optional
 
 import typer
 
-from gpujob.errors import GpujobError
+from gpujob.backends import NAMES
+from gpujob.errors import GpujobError, UserError
+
+if TYPE_CHECKING:
+    from gpujob.registry import Registry
 
 SetOpt = Annotated[
     Optional[List[str]],
@@ -93,27 +98,28 @@ def _environment_error(exc: Exception):
 _said_read_only = False
 
 
-def open_registry(*, reap: bool = True):
-    """The registry; first, hosts past a deadline are checked (cheap unless one is due), so a
-    rented host whose agent died is terminated by whichever gpujob command runs next.
-    A read-only registry is said so, once, and nothing is reaped."""
+def open_registry() -> "Registry":
+    """The registry. A read-only registry is said so, once."""
     from gpujob.registry import Registry
-
-    import time
 
     global _said_read_only
     registry = Registry()
-    if registry.read_only:
-        if not _said_read_only:
-            err(f"note: {registry.read_only}: showing what it records; state changes (a job's end, "
-                "a host's deadline) are not recorded, and submit and cancel are refused")
-            _said_read_only = True
-        return registry
-    if reap and registry.hosts_due(time.time()):  # the host service is imported only when there is work
-        from gpujob.hosts.service import reap_due
-
-        reap_due(registry)
+    if registry.read_only and not _said_read_only:
+        err(f"note: {registry.read_only}: showing what it records; state changes (a job's end, "
+            "a host's deadline) are not recorded, and submit and cancel are refused")
+        _said_read_only = True
     return registry
+
+
+def reap_due_hosts(registry: "Registry") -> None:
+    """The step the commands take before their own work: hosts past a deadline are checked (one
+    query; work only when one is due), so a rented host whose agent died is terminated by whichever
+    gpujob command runs next. Nothing is reaped in a read-only registry."""
+    if registry.read_only or not registry.hosts_due(time.time()):
+        return
+    from gpujob.teardown import reap_due  # the host modules are imported only when there is work
+
+    reap_due(registry)
 
 
 def find_job(registry, ref: str | None):
@@ -122,8 +128,6 @@ def find_job(registry, ref: str | None):
         return registry.resolve(ref)
     newest = registry.list(limit=1)
     if not newest:
-        from gpujob.errors import UserError
-
         raise UserError("there are no jobs yet", hint="submit one: gpujob submit jobs/hello.yaml --follow")
     return newest[0]
 
@@ -147,9 +151,6 @@ def load(path: str, overrides: list[str] | None, backend: str | None = None):
     from gpujob.spec import load_spec
 
     if backend is not None:
-        from gpujob.backends import NAMES
-        from gpujob.errors import UserError
-
         if backend not in NAMES:
             raise UserError(f"unknown backend {backend!r}; one of: {', '.join(NAMES)}",
                             hint=_did_you_mean(backend, NAMES))

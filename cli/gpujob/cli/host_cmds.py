@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Annotated, List, Optional
 
 import typer
 
-from gpujob.cli.common import friendly, open_registry
+from gpujob.cli.common import friendly, open_registry, reap_due_hosts
 from gpujob.defaults import HOST_IDLE, HOST_MAX_LIFETIME
 from gpujob.errors import UserError
+from gpujob.words import fmt_duration
 
 host_app = typer.Typer(help="Rented GPU hosts (Lambda Cloud) that terminate themselves when idle.",
                        no_args_is_help=True)
@@ -42,10 +44,10 @@ def types(
     available: Annotated[bool, typer.Option("--available", help="Only types with capacity somewhere now.")] = False,
 ) -> None:
     """Instance types with their price and the regions that have capacity now."""
-    from gpujob.hosts import service
+    from gpujob.fleet import access
 
     rows = [("TYPE", "GPUS", "$/H", "REGIONS WITH CAPACITY", "DESCRIPTION")]
-    for t in sorted(service.api().instance_types().values(), key=lambda t: (t.price_cents_per_hour, t.name)):
+    for t in sorted(access.api().instance_types().values(), key=lambda t: (t.price_cents_per_hour, t.name)):
         if available and not t.regions_with_capacity:
             continue
         rows.append((t.name, str(t.gpus), f"{t.price_per_hour:.2f}", ", ".join(t.regions_with_capacity) or "none now",
@@ -66,16 +68,17 @@ def up(
         help="Whether an interactive SSH session on the host counts as activity.")] = True,
 ) -> None:
     """Launch a GPU host and set it up (Docker, NVIDIA toolkit, the job image, the idle agent)."""
-    from gpujob.hosts import service
+    from gpujob.fleet import launch
     from gpujob.spec.fields import NAME_PATTERN
-    import re
 
     if name is not None and not re.match(NAME_PATTERN, name):
         raise UserError(f"--name {name!r}: use lowercase letters, digits and -", hint="e.g. --name a100-greek")
-    req = service.UpRequest(instance_type=type_, region=region, name=name, idle_minutes=_seconds(idle, "--idle") / 60,
+    req = launch.UpRequest(instance_type=type_, region=region, name=name, idle_minutes=_seconds(idle, "--idle") / 60,
                             max_lifetime_s=_seconds(max_lifetime, "--max-lifetime"), filesystem=filesystem, image=image,
                             ssh_keeps_alive=ssh_keeps_alive)
-    host = service.up(open_registry(), req)
+    registry = open_registry()
+    reap_due_hosts(registry)
+    host = launch.up(registry, req)
     typer.echo(f"host {host.name} is ready: {host.instance_type} at {host.ip} (${host.price_per_hour:.2f}/h); "
                f"terminates itself after {idle} idle, at most {max_lifetime} after launch")
     typer.echo(f"next: set runtime.backend: host and runtime.host: {host.name} in a spec, then gpujob submit SPEC"
@@ -87,11 +90,11 @@ def list_hosts(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Hosts: state, IP, $/h, uptime, cost so far, idle timer."""
-    from gpujob.hosts import service
-    from gpujob.words import fmt_duration
+    from gpujob.fleet import watch
 
     registry = open_registry()
-    views = service.list_hosts(registry, all_=all_)
+    reap_due_hosts(registry)
+    views = watch.list_hosts(registry, all_=all_)
     if as_json:
         typer.echo(json.dumps([{
             "name": v.host.name, "state": v.host.state, "reason": v.host.reason, "instance_id": v.host.instance_id,
@@ -123,17 +126,21 @@ def down(
     force: Annotated[bool, typer.Option("--force", help="Cancel jobs still running there first.")] = False,
 ) -> None:
     """Terminate a host (its finished jobs' logs and outputs are collected first)."""
-    from gpujob.hosts import service
+    from gpujob import teardown
 
-    host = service.down(open_registry(), name, force=force)
-    typer.echo(f"host {host.name}: {host.state} after {_dur(host.uptime_s())}, cost {money(host.cost_usd())}")
+    registry = open_registry()
+    reap_due_hosts(registry)
+    host = teardown.down(registry, name, force=force)
+    typer.echo(f"host {host.name}: {host.state} after {fmt_duration(host.uptime_s())}, cost {money(host.cost_usd())}")
 
 
 def ssh(ctx: typer.Context, name: NameArg) -> None:
     """Log in to a host (OpenSSH, with the host key gpujob pinned); words after NAME run there."""
-    from gpujob.hosts import service
+    from gpujob.fleet import access
 
-    argv = service.ssh_argv(open_registry(), name, list(ctx.args))
+    registry = open_registry()
+    reap_due_hosts(registry)
+    argv = access.ssh_argv(registry, name, list(ctx.args))
     try:
         os.execvp(argv[0], argv)
     except FileNotFoundError:
@@ -143,10 +150,10 @@ def ssh(ctx: typer.Context, name: NameArg) -> None:
 def reap() -> None:
     """Check every host now; terminate those past their max lifetime, or whose agent stopped reporting
     while nothing runs there."""
-    from gpujob.hosts import service
+    from gpujob import teardown
 
-    registry = open_registry(reap=False)
-    done = service.reap(registry)
+    registry = open_registry()
+    done = teardown.reap(registry)
     for line in done:
         typer.echo(line)
     if not done:
@@ -159,12 +166,6 @@ def money(usd: float) -> str:
     from gpujob.cli.display import money as fmt
 
     return fmt(usd)
-
-
-def _dur(seconds: float) -> str:
-    from gpujob.words import fmt_duration
-
-    return fmt_duration(seconds)
 
 
 def _table(rows: List[tuple]) -> str:

@@ -6,6 +6,7 @@ from typing import Annotated, List, Literal, Optional
 
 import typer
 
+from gpujob import image
 from gpujob.cli.common import friendly
 from gpujob.errors import UserError
 
@@ -39,8 +40,6 @@ def register(app: typer.Typer) -> None:
 def build(variant: VariantOpt = "cuda", tag: TagOpt = None, base_image: BaseOpt = None,
           build_arg: BuildArgOpt = None, network: NetworkOpt = None, push: PushOpt = None) -> None:
     """Build the job image (images/Dockerfile, the repository as context) on the engine at DOCKER_HOST."""
-    from gpujob import image
-
     built = image.build(variant, tag, base_image=base_image, build_args=_key_values(build_arg or []),
                         network_mode=network, push=push, on_line=typer.echo)
     typer.echo(f"built {built.tag} ({built.image_id.removeprefix('sha256:')[:12]})")

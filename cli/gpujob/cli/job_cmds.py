@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpujob.cli.common import BackendOpt, JobRef, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry
+from gpujob.cli.common import (BackendOpt, JobRef, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry,
+                               reap_due_hosts)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +31,7 @@ def submit(
 
     loaded = load(file, overrides, backend)
     registry = open_registry()
+    reap_due_hosts(registry)
     job = service.submit(loaded, registry)
     typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.status}")
     if job.handle.get("withheld"):  # local: variables named like secrets that the job does not get
@@ -55,6 +57,7 @@ def list_jobs(
     from gpujob.cli import display
 
     registry = open_registry()
+    reap_due_hosts(registry)
     jobs = service.refresh_all(registry, registry.list(limit=None if all_ else 20, active_only=active))
     if as_json:
         typer.echo(json.dumps([display.job_summary(j) for j in jobs], indent=2))
@@ -74,6 +77,7 @@ def status(
     from gpujob.cli import display
 
     registry = open_registry()
+    reap_due_hosts(registry)
     if ref is None and not registry.list(limit=1):  # nothing to show is an answer, as for `list`
         typer.echo("null" if as_json else "no jobs yet; try: gpujob submit jobs/hello.yaml --follow")
         return
@@ -95,6 +99,7 @@ def logs(
 ) -> None:
     """A job's output. On a terminal, -f adds a live bar: step/total, it/s, ETA, loss, WER."""
     registry = open_registry()
+    reap_due_hosts(registry)
     job = find_job(registry, ref)
     if follow:
         _follow(registry, job.id, tail=tail, raw=raw, all_workers=all_workers)
@@ -147,6 +152,7 @@ def cancel(
     from gpujob import service
 
     registry = open_registry()
+    reap_due_hosts(registry)
     job = service.cancel(registry, registry.resolve(ref), grace_s=grace)
     typer.echo(f"job {job.id} ({job.name}): {job.status}")
     typer.echo(f"next: gpujob logs {job.id} --tail 20")

@@ -8,6 +8,7 @@ from typing import Annotated, List
 import typer
 
 from gpujob.cli.common import BackendOpt, SetOpt, err, friendly, load
+from gpujob.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
@@ -49,8 +50,6 @@ def check(
     sample: Annotated[int, typer.Option("--sample", min=1, metavar="N", help="Clips read per source.")] = 200,
 ) -> None:
     """Preflight the data before paying for a GPU: sources reachable, columns, bad clips, steps per epoch."""
-    from gpujob.errors import UserError
-
     loaded = load(file, overrides)
     if loaded.spec.kind == "command":
         raise UserError(f"{file}: kind: command has no data to check", hint=f"gpujob validate {file}")

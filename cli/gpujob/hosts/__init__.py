@@ -7,5 +7,8 @@
 | ssh           | SSH to a host (paramiko): pinned host keys, commands, files, docker tunnel   | this machine|
 | provision     | idempotent set-up over SSH: driver, Docker, NVIDIA toolkit, image, agent     | this machine|
 | agent         | the idle agent (stdlib only): terminates its own instance once idle          | the host    |
-| service       | host up / list / down / reap, cost, the registry's hosts                     | this machine|
+
+Hosts as the registry keeps them (host up, list, the host a job runs on) are :mod:`gpujob.fleet`,
+and host down and the reaper :mod:`gpujob.teardown`: they use the registry and the job service,
+which this package never imports.
 """

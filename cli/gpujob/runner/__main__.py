@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
 
+from gpujob.progress import ProgressWriter
+
 
 def _load(path: str) -> JobSpec:
     from gpujob.spec import JobSpec, load_spec
@@ -59,7 +61,6 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m gpujob.runner SPEC", file=sys.stderr)
         return 2
-    from gpujob.progress import ProgressWriter
     from gpujob.spec import SpecError
 
     try:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .sources import SPLIT_ALIASES, DataError, _Part, _Record, _short
+from .source_parts import SPLIT_ALIASES, DataError, _Part, _Record, _short
 
 if TYPE_CHECKING:
     from gpujob.spec.models import Source

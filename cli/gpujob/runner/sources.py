@@ -25,7 +25,7 @@ import difflib
 import json
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .audio import TARGET_SR, AudioError, decode, to_mono_16k
+from .hub import hf_parts
+from .source_parts import SPLIT_ALIASES, DataError, _Part, _Record, _short  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from gpujob.spec.models import Source
@@ -40,40 +42,9 @@ if TYPE_CHECKING:
 TEXT_COLUMNS = ("sentence", "transcription", "text", "normalized_text", "raw_transcription")
 CV_SPLIT_FILES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev",
                   "test": "test", "validated": "validated", "other": "other", "invalidated": "invalidated"}
-SPLIT_ALIASES = {"dev": ("validation", "valid", "val"), "validation": ("dev", "valid", "val"),
-                 "valid": ("validation", "dev"), "val": ("validation", "dev"), "test": ("eval",), "eval": ("test",)}
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 KIND_NAMES = {"common_voice": "Common Voice dir", "audiofolder": "audio folder",
               "local_dataset": "local dataset", "hub": "Hub dataset"}
-
-
-class DataError(Exception):
-    """A problem with a data source, phrased for the user; ``key`` is the spec key it concerns."""
-
-    def __init__(self, message: str, *, key: str | None = None):
-        self.key = key
-        self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@dataclass
-class _Record:
-    id: str
-    audio: Any   # a path, bytes, or a datasets-style dict {bytes, path} / {array, sampling_rate}
-    text: Any
-
-
-@dataclass
-class _Part:
-    split: str                       # the split name as resolved (e.g. dev for validation)
-    columns: list[str]
-    num_rows: int | None
-    records: Callable[[str, str, bool, int], Iterator[_Record]]  # (text_col, audio_col, shuffle, seed)
 
 
 @dataclass
@@ -132,8 +103,6 @@ def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", 
     ``hub_streaming``, when given, replaces ``streaming`` for Hub ids only (preflight samples Hub
     datasets by streaming rather than downloading them whole).
     """
-    from .hub import hf_parts
-
     name = source.dataset
     label = label or name
     root = Path(name).expanduser()

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from .limits import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
 from .models import SECTIONS, FreezeLayers, JobSpec, Source
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -59,8 +60,6 @@ Rules that apply everywhere:
 
 
 def _intro() -> str:
-    from .limits import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
-
     return _INTRO.replace("{max_bytes}", f"{MAX_BYTES // 2**20} MiB").replace("{max_lines:,}", f"{MAX_LINES:,}") \
         .replace("{max_nodes:,}", f"{MAX_NODES:,}").replace("{max_depth}", str(MAX_DEPTH))
 

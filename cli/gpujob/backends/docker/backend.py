@@ -23,22 +23,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import LOG_NAME, JobRequest, Observed, failure_reason, last_error_line, read_saved_log
+from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, failure_reason, last_error_line, read_saved_log
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.engine import Engine, current_host, is_local
+from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
 from gpujob.errors import UserError
 from gpujob.progress_state import ProgressState
-from gpujob.registry import TERMINAL
+from gpujob.records import TERMINAL
 
 if TYPE_CHECKING:
-    from gpujob.registry import Job
+    from gpujob.records import Job
 
 PROGRESS_TAIL_LINES = 400
 ERROR_TAIL_LINES = 60
 TIMEOUT_EXIT = 124  # timeout(1): limits.max_runtime was reached
 
 
-class DockerBackend:
+class DockerBackend(Backend):
     name = "docker"
 
     def __init__(self, engine: Engine | None = None, *, outputs_root: str | None = None) -> None:
@@ -147,8 +148,6 @@ class DockerBackend:
 
     def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
              all_workers: bool = False) -> Iterator[str]:
-        from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
-
         if not job.handle.get("container_id"):
             return
         engine = self._engine(job)

@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 from gpujob.backends.base import JobRequest
 from gpujob.defaults import HF_CACHE, SHM
+from gpujob.image import default_image as image_for
 from gpujob.spec.units import parse_cpu, parse_quantity
 
 RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
@@ -65,8 +66,6 @@ exec "$@"
 
 
 def default_image(gpus: int) -> str:
-    from gpujob.image import default_image as image_for
-
     return image_for(gpus)
 
 

@@ -20,15 +20,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import LOG_NAME, JobRequest, Notice, Observed, read_saved_log
+from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Notice, Observed, read_saved_log
 from gpujob.backends.kubernetes import explain, manifests
+from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.errors import GpujobError, UserError
 from gpujob.progress_state import ProgressState
-from gpujob.registry import TERMINAL
+from gpujob.records import TERMINAL
 
 if TYPE_CHECKING:
     from gpujob.backends.kubernetes.cluster import Cluster
-    from gpujob.registry import Job
+    from gpujob.records import Job
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"  # a pod label (Kubernetes 1.28+) and annotation
 PROGRESS_TAIL_LINES = 400
@@ -36,7 +37,7 @@ ERROR_TAIL_LINES = 60
 _CREATE_ORDER = {"ConfigMap": 0, "Service": 1, "Job": 2}
 
 
-class KubernetesBackend:
+class KubernetesBackend(Backend):
     name = "kubernetes"
     secrets_from_environment = False  # the pod reads them from a Kubernetes Secret (secretKeyRef)
     watch_timeout_s = 10               # how long one pod watch lasts before the Job is read again
@@ -194,7 +195,6 @@ class KubernetesBackend:
         import urllib3
 
         from gpujob.backends.kubernetes.cluster import ClusterError
-        from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
 
         pod_name = pod["metadata"]["name"]
         api_exc = cluster._ApiException
@@ -301,8 +301,6 @@ class KubernetesBackend:
             resp.release_conn()
         except Exception:  # the log is a bonus for the reason; never fail a status call over it
             return None
-        from gpujob.backends.logfollow import parse_ts
-
         return [parse_ts(ln)[1] for ln in data.decode("utf-8", "replace").splitlines()]
 
     def _save_log(self, cluster: "Cluster", job: "Job", pods: list[dict]) -> None:

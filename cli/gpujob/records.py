@@ -1,0 +1,125 @@
+"""What the registry records, as plain data: a job (:class:`Job`) and a rented host (:class:`Host`),
+their states, and gpujob's home (``$GPUJOB_HOME``, default ``~/.gpujob``), where each job has its
+folder. Every layer may read these; only :mod:`gpujob.registry` stores them."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ACTIVE = ("queued", "starting", "running", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
+STATUSES = ACTIVE + TERMINAL
+
+HOST_ACTIVE = ("launching", "booting", "provisioning", "ready", "terminating")
+
+
+def gpujob_home() -> Path:
+    return Path(os.environ.get("GPUJOB_HOME") or Path.home() / ".gpujob").expanduser()
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    kind: str
+    backend: str
+    status: str
+    reason: str | None
+    exit_code: int | None
+    spec_path: str | None
+    spec: dict[str, Any]
+    output_dir: str | None
+    handle: dict[str, Any]
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    cost_usd: float
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    transitions: list[tuple[str, float, str | None]] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def runtime_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    @property
+    def job_dir(self) -> Path:
+        return gpujob_home() / "jobs" / self.id
+
+    @classmethod
+    def _from_row(cls, row: Mapping[str, Any]) -> "Job":
+        return cls(
+            id=row["id"], name=row["name"], kind=row["kind"], backend=row["backend"],
+            status=row["status"], reason=row["reason"], exit_code=row["exit_code"],
+            spec_path=row["spec_path"], spec=json.loads(row["spec_json"]),
+            output_dir=row["output_dir"], handle=json.loads(row["handle_json"]),
+            progress=json.loads(row["progress_json"]), metrics=json.loads(row["metrics_json"]),
+            cost_usd=row["cost_usd"], created_at=row["created_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], updated_at=row["updated_at"],
+        )
+
+
+@dataclass
+class Host:
+    """A rented machine (``gpujob host up``). ``settings`` holds how to reach and lay out it
+    (ssh, where gpujob's files live there, the image); ``heartbeat`` the idle agent's last word."""
+
+    name: str
+    provider: str
+    instance_id: str | None
+    instance_type: str
+    region: str | None
+    ip: str | None
+    ssh_user: str
+    ssh_port: int
+    price_cents_per_hour: float
+    state: str
+    reason: str | None
+    idle_minutes: float
+    max_lifetime_s: float | None
+    filesystem: str | None
+    settings: dict[str, Any]
+    heartbeat: dict[str, Any]
+    heartbeat_seen_at: float | None
+    check_after: float | None
+    hard_deadline: float | None
+    launched_at: float | None
+    terminated_at: float | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def active(self) -> bool:
+        return self.state in HOST_ACTIVE
+
+    @property
+    def price_per_hour(self) -> float:
+        return self.price_cents_per_hour / 100.0
+
+    def uptime_s(self, now: float | None = None) -> float:
+        if self.launched_at is None:
+            return 0.0
+        return max(0.0, (self.terminated_at or now or time.time()) - self.launched_at)
+
+    def cost_usd(self, now: float | None = None) -> float:
+        """What the instance has billed so far: its hourly price times the time since launch."""
+        return self.price_per_hour * self.uptime_s(now) / 3600.0
+
+    @classmethod
+    def _from_row(cls, row: Mapping[str, Any]) -> "Host":
+        data = dict(row)
+        data["settings"] = json.loads(data.pop("settings_json"))
+        data["heartbeat"] = json.loads(data.pop("heartbeat_json"))
+        return cls(**data)

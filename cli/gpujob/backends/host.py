@@ -115,7 +115,7 @@ class HostBackend:
     @staticmethod
     def _labelled(request: JobRequest, host_name: str) -> JobRequest:
         """The labels the host's agent reads: the job's hung-after minutes (limits.idle_minutes)."""
-        from gpujob.hosts.agent import IDLE_MINUTES_LABEL
+        from gpujob.wire import IDLE_MINUTES_LABEL
 
         idle_minutes = (request.idle_s or 0) / 60 or 15
         labels = {**request.labels, IDLE_MINUTES_LABEL: f"{idle_minutes:g}", HOST_LABEL: host_name}

@@ -260,7 +260,7 @@ def _wait_active(registry: "Registry", client, host: "Host", say: Say) -> "Host"
 
 
 def agent_config(host: "Host") -> dict:
-    from gpujob.hosts.agent import AgentConfig
+    from gpujob.hosts.agent.config import AgentConfig
 
     lay = layout_of(host)
     cfg = AgentConfig(instance_id=host.instance_id, api_base_url=os.environ.get("GPUJOB_LAMBDA_API_URL") or None,

@@ -1,30 +1,42 @@
-"""The idle agent that runs on a rented GPU host (gpujob/hosts/agent.py).
+"""The idle agent that runs on a rented GPU host (gpujob/hosts/agent/, shipped as agent.pyz).
 
 Most tests drive a real Agent with a fake clock (60 s per check, nothing sleeps), fake probes (GPU
 readings, containers, SSH sessions, uploads) and a fake terminate that records its calls; the
 host's files live under a temporary HostLayout root. The real probes are tested where this
 machine allows: the Docker probe and container stop against the tests' own dockerd, the SSH
 probe on a made-up /proc, the nvidia-smi fallback on made-up output, the agent itself as the
-script systemd runs.
+zip application systemd runs.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
+import shlex
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from gpujob.hosts import agent as ag
+import gpujob
+from gpujob.hosts import provision
+from gpujob.hosts.agent.check import HEARTBEAT_VERSION, TERMINATE_REISSUE_S, Agent
+from gpujob.hosts.agent.config import AgentConfig, ConfigError
+from gpujob.hosts.agent.decide import Decision
+from gpujob.hosts.agent.main import build_agent, close_logging, lambda_terminator
+from gpujob.hosts.agent.main import main as agent_main
+from gpujob.hosts.agent.probes import ContainerInfo, HostProbes, count_ssh_sessions, last_event_time
 from gpujob.hosts.layout import HostLayout
+from gpujob.hosts.provision import ProvisionSettings
+from gpujob.wire import ID_LABEL, IDLE_MINUTES_LABEL, MANAGED_LABEL, docker_time
 
 T0 = 1_750_000_000.0
 TICK = 60.0
@@ -45,8 +57,8 @@ class FakeProbes:
     """What the host looks like, set by the test; ``fail[name]`` makes that probe raise."""
 
     def __init__(self, events: list | None = None) -> None:
-        self.running: list[ag.ContainerInfo] = []
-        self.exited: list[ag.ContainerInfo] = []
+        self.running: list[ContainerInfo] = []
+        self.exited: list[ContainerInfo] = []
         self.gpus: list[float | None] | None = None
         self.ssh = 0
         self.uploads: list[str] = []
@@ -103,29 +115,29 @@ class FakeTerminate:
 
 @dataclass
 class Host:
-    agent: ag.Agent
+    agent: Agent
     probes: FakeProbes
     terminate: FakeTerminate
     clock: Clock
     layout: HostLayout
     events: list
 
-    def tick(self) -> ag.Decision:
+    def tick(self) -> Decision:
         decision = self.agent.tick()
         self.clock.advance()
         return decision
 
-    def ticks(self, n: int) -> list[ag.Decision]:
+    def ticks(self, n: int) -> list[Decision]:
         return [self.tick() for _ in range(n)]
 
     def heartbeat(self) -> dict:
         return json.loads(Path(self.layout.heartbeat_path).read_text())
 
 
-def config(tmp_path: Path, **overrides) -> ag.AgentConfig:
+def config(tmp_path: Path, **overrides) -> AgentConfig:
     values = {"instance_id": "i-0123", "idle_minutes": 10.0, "root": str(tmp_path / "host"), "stop_grace_s": 30.0}
     values.update(overrides)
-    return ag.AgentConfig(**values)
+    return AgentConfig(**values)
 
 
 @pytest.fixture
@@ -137,19 +149,19 @@ def make_host(tmp_path):
         terminate = terminate or FakeTerminate(events=probes.events)
         clock = clock or Clock()
         cfg = config(tmp_path, **overrides)
-        agent = ag.Agent(cfg, probes, terminate, clock=clock)
+        agent = Agent(cfg, probes, terminate, clock=clock)
         return Host(agent, probes, terminate, clock, cfg.layout, probes.events)
 
     return make
 
 
 def job(job_id: str, *, last_event_at: float | None = None, idle_minutes: float | None = None,
-        started_at: float = T0 - 600) -> ag.ContainerInfo:
-    return ag.ContainerInfo(id=f"c-{job_id}", job_id=job_id, state="running", started_at=started_at,
+        started_at: float = T0 - 600) -> ContainerInfo:
+    return ContainerInfo(id=f"c-{job_id}", job_id=job_id, state="running", started_at=started_at,
                             idle_minutes=idle_minutes, last_event_at=last_event_at)
 
 
-def first_terminate(decisions: list[ag.Decision]) -> int | None:
+def first_terminate(decisions: list[Decision]) -> int | None:
     return next((i for i, d in enumerate(decisions) if d.action != "none"), None)
 
 
@@ -315,7 +327,7 @@ def test_activity_calls_off_an_idle_terminate_that_has_not_gone_through(make_hos
 
 def test_the_agent_asks_again_if_the_host_outlives_a_confirmed_terminate(make_host):
     host = make_host(idle_minutes=1)
-    decisions = host.ticks(1 + 1 + ag.TERMINATE_REISSUE_S // int(TICK) + 1)
+    decisions = host.ticks(1 + 1 + TERMINATE_REISSUE_S // int(TICK) + 1)
     assert [d.action for d in decisions].count("terminate") == 2 and host.terminate.calls == 2
 
 
@@ -427,7 +439,7 @@ def test_the_heartbeat_is_written_atomically_and_says_what_the_agent_sees(make_h
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in path.parent.iterdir()] == ["heartbeat.json"]   # no temporary file left
     beat = host.heartbeat()
-    assert beat["version"] == ag.HEARTBEAT_VERSION and beat["instance_id"] == "i-0123"
+    assert beat["version"] == HEARTBEAT_VERSION and beat["instance_id"] == "i-0123"
     assert beat["at"] == T0 and beat["idle_since"] == T0 and beat["idle_for_s"] == 0
     assert beat["idle_minutes"] == 10 and beat["hard_deadline"] == T0 + 7200
     assert beat["activity"] == ["job abc123 running", "GPU 0 at 87%"]
@@ -442,11 +454,11 @@ def test_the_heartbeat_is_written_atomically_and_says_what_the_agent_sees(make_h
 def test_config_round_trips_ignores_unknown_keys_and_lists_every_problem(tmp_path):
     cfg = config(tmp_path, hard_deadline=T0, api_base_url="https://cloud.example/api/v1")
     data = json.loads(cfg.to_json())
-    assert ag.AgentConfig.from_json(cfg.to_json()) == cfg
-    assert ag.AgentConfig.from_json({**data, "from_the_future": 1}) == cfg
+    assert AgentConfig.from_json(cfg.to_json()) == cfg
+    assert AgentConfig.from_json({**data, "from_the_future": 1}) == cfg
     assert cfg.layout == HostLayout(root=str(tmp_path / "host"))
-    with pytest.raises(ag.ConfigError) as e:
-        ag.AgentConfig.from_json({"idle_minutes": "ten", "gpu_busy_percent": 120, "ssh_keeps_alive": "yes",
+    with pytest.raises(ConfigError) as e:
+        AgentConfig.from_json({"idle_minutes": "ten", "gpu_busy_percent": 120, "ssh_keeps_alive": "yes",
                                   "docker_host": "/var/run/docker.sock"})
     assert e.value.problems == [
         "instance_id: missing required key",
@@ -455,18 +467,18 @@ def test_config_round_trips_ignores_unknown_keys_and_lists_every_problem(tmp_pat
         "ssh_keeps_alive: must be true or false, got 'yes'",
         "docker_host: must be unix:///PATH or tcp://HOST:PORT, got '/var/run/docker.sock'",
     ]
-    with pytest.raises(ag.ConfigError, match="not valid JSON"):
-        ag.AgentConfig.from_json("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        AgentConfig.from_json("{")
 
 
 def test_a_bad_config_exits_2_with_a_clear_message(tmp_path, capsys):
     path = tmp_path / "agent.json"
     path.write_text(json.dumps({"instance_id": "i-1", "idle_minutes": 0}))
-    assert ag.main(["--config", str(path)]) == 2
+    assert agent_main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"invalid agent config {path}" in err and "idle_minutes: must be more than 0, got 0" in err
     assert "Traceback" not in err
-    assert ag.main(["--config", str(tmp_path / "missing.json")]) == 2
+    assert agent_main(["--config", str(tmp_path / "missing.json")]) == 2
     assert "cannot read it: No such file or directory" in capsys.readouterr().err
 
 
@@ -510,14 +522,14 @@ def test_the_default_wiring_terminates_through_the_api_and_never_shows_the_key(t
     path, host, key = write_host_config(tmp_path)
     FakeLambda.made = []
     clock = Clock()
-    agent = ag.build_agent(str(path), client_factory=FakeLambda, probes=FakeProbes(), clock=clock)
+    agent = build_agent(str(path), client_factory=FakeLambda, probes=FakeProbes(), clock=clock)
     try:
         decisions = []
         for _ in range(3):
             decisions.append(agent.tick())
             clock.advance()
     finally:
-        ag.close_logging()
+        close_logging()
     assert [d.action for d in decisions] == ["none", "terminate", "terminating"]
     [client] = FakeLambda.made
     assert (client.api_key, client.base_url) == (key, "https://cloud.example/api/v1")
@@ -534,46 +546,141 @@ def test_the_default_terminate_checks_the_instance_and_scrubs_the_key_from_error
     def refused(api_key, base_url):   # a repeated terminate may be refused; the instance says it goes
         return FakeLambda(api_key, base_url, fail_with=RuntimeError("already terminating"), status="terminated")
 
-    ag.lambda_terminator("i-0123", host.api_key_path, client_factory=refused)()
+    lambda_terminator("i-0123", host.api_key_path, client_factory=refused)()
 
     def leaky(api_key, base_url):
         return FakeLambda(api_key, base_url, fail_with=RuntimeError(f"401 bad key {api_key}"), status="active")
 
     with pytest.raises(RuntimeError) as e:
-        ag.lambda_terminator("i-0123", host.api_key_path, client_factory=leaky)()
+        lambda_terminator("i-0123", host.api_key_path, client_factory=leaky)()
     assert key not in str(e.value) and "401 bad key ***" in str(e.value)
 
     def ignored(api_key, base_url):
         return FakeLambda(api_key, base_url, status="active")
 
     with pytest.raises(RuntimeError, match="reports the instance active"):
-        ag.lambda_terminator("i-0123", host.api_key_path, client_factory=ignored)()
+        lambda_terminator("i-0123", host.api_key_path, client_factory=ignored)()
     os.unlink(host.api_key_path)
     with pytest.raises(RuntimeError, match="cannot read the API key file"):
-        ag.lambda_terminator("i-0123", host.api_key_path, client_factory=ignored)()
+        lambda_terminator("i-0123", host.api_key_path, client_factory=ignored)()
 
 
-@pytest.mark.parametrize("how", ["script", "module"])
+def ship(tmp_path: Path, **overrides) -> tuple[list[str], HostLayout, str]:
+    """What provisioning uploads, written under a temporary host root (and nothing else there),
+    and the systemd unit's ExecStart as this machine runs it: this python, isolated (-I: no
+    PYTHONPATH, no user site, not the working directory) and without site-packages (-S)."""
+    cfg = config(tmp_path, idle_minutes=1, api_base_url="https://cloud.example/api/v1",
+                 docker_host=f"unix://{tmp_path}/no-docker.sock", **overrides)
+    key = "secret_" + uuid.uuid4().hex
+    settings = ProvisionSettings(layout=cfg.layout, image="unused", agent_config=json.loads(cfg.to_json()),
+                                 api_key=key)
+    for path, (data, mode) in provision.agent_files(settings).items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+        os.chmod(path, mode)
+    unit = Path(cfg.layout.unit_path).read_text()
+    [exec_start] = [line.removeprefix("ExecStart=") for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start)
+    assert argv[0] == "/usr/bin/python3" and argv[1] == f"{cfg.layout.opt_dir}/agent.pyz"
+    return [sys.executable, "-I", "-S", *argv[1:]], cfg.layout, key
+
+
+@pytest.mark.parametrize("how", ["service", "module"])
 def test_the_agent_runs_as_the_service_runs_it(tmp_path, how):
-    """As /opt/gpujob/agent.py next to layout.py with no gpujob package (python -S -I: no
+    """As systemd runs what provisioning shipped (agent.pyz, with no gpujob package and no
     site-packages), and as python -m gpujob.hosts.agent. Docker does not answer here."""
-    path, host, key = write_host_config(tmp_path, docker_host=f"unix://{tmp_path}/no-docker.sock")
-    src = Path(ag.__file__).parent
-    if how == "script":
-        opt = tmp_path / "opt" / "gpujob"
-        opt.mkdir(parents=True)
-        for name in ("agent.py", "layout.py"):
-            shutil.copy(src / name, opt / name)
-        cmd = [sys.executable, "-S", "-I", str(opt / "agent.py"), "--config", str(path), "--once"]
-    else:
-        cmd = [sys.executable, "-m", "gpujob.hosts.agent", "--config", str(path), "--once"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    cmd, host, key = ship(tmp_path)
+    if how == "module":
+        cmd = [sys.executable, "-m", "gpujob.hosts.agent", *cmd[4:]]
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    done = subprocess.run([*cmd, "--once"], capture_output=True, text=True, timeout=60, cwd=empty)
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert printed == json.loads(Path(host.heartbeat_path).read_text())
     assert printed["terminating"] is False and printed["instance_id"] == "i-0123"
     assert any(e.startswith("containers: ") for e in printed["errors"])
     assert key not in done.stdout + done.stderr
+
+
+def test_the_shipped_agent_imports_only_the_stdlib_and_what_is_shipped(tmp_path):
+    """The host has python3 and nothing else: every module the agent loads for --help, a bad
+    config and a real check comes from agent.pyz or the standard library."""
+    cmd, host, key = ship(tmp_path)
+    pyz = cmd[3]
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent("""
+        import json, runpy, sys, sysconfig
+        out, sys.argv = sys.argv[1], sys.argv[2:]
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+            code = None
+        except SystemExit as e:
+            code = e.code
+        stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+        outside = sorted(name for name, m in list(sys.modules.items())
+                         if getattr(m, "__file__", None) and m.__file__ != __file__
+                         and not m.__file__.startswith((sys.argv[0], *stdlib)))
+        json.dump({"code": code, "outside": outside}, open(out, "w"))
+    """))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"instance_id": "i-1", "idle_minutes": "soon"}))
+    runs = {"help": ["--help"], "bad config": ["--config", str(bad)], "check": [*cmd[4:], "--once"]}
+    for what, args in runs.items():
+        out = tmp_path / f"{what}.json"
+        done = subprocess.run([*cmd[:3], str(probe), str(out), pyz, *args], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+        seen = json.loads(out.read_text())
+        assert seen["outside"] == [], (what, seen, done.stderr)
+        assert seen["code"] == {"help": 0, "bad config": 2, "check": 0}[what], (what, done.stderr)
+    assert "usage: gpujob-agent" in subprocess.run([*cmd[:4], "--help"], capture_output=True, text=True,
+                                                   timeout=60).stdout
+    done = subprocess.run([*cmd[:4], "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "idle_minutes: must be a number, got 'soon'" in done.stderr
+
+
+def test_the_zipapp_is_the_same_bytes_each_time_and_holds_the_sources():
+    """Provisioning compares sha256 sums to upload only what changed: the same gpujob must build
+    the same agent.pyz, and it must hold exactly the installed sources."""
+    data = provision.agent_zipapp()
+    assert data == provision.agent_zipapp()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        assert names[0] == "__main__.py" and len(names) == len(set(names))
+        package = Path(gpujob.__file__).parent
+        for name in names[1:]:
+            assert zf.read(name) == (package.parent / name).read_bytes(), name
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    assert {"gpujob/wire.py", "gpujob/hosts/agent/main.py", "gpujob/hosts/lambda_api/client.py"} <= set(names)
+
+
+def test_provisioning_uploads_the_agent_once_and_restarts_it_only_when_it_changed(ssh_host, monkeypatch):
+    """The idle-agent step against the stand-in host (no Docker needed for it): set up once, a
+    second run finds everything in place and changes nothing, a changed agent.pyz is uploaded
+    alone and the running agent restarted."""
+    settings = ProvisionSettings(layout=ssh_host.layout(), image="unused",
+                                 agent_config={"instance_id": ssh_host.alias, "idle_minutes": 20},
+                                 api_key="secret_" + uuid.uuid4().hex)
+    pyz = Path(settings.layout.opt_dir) / "agent.pyz"
+    with ssh_host.connection() as conn:
+        step = provision._Host(conn, settings)
+        done, why = step.check_agent()
+        assert not done and why == "9 file(s) to install or update"   # 5 folders, 4 files
+        assert step.apply_agent(why) == "installed 4 file(s) and started gpujob-agent"
+        assert pyz.read_bytes() == provision.agent_zipapp()
+        installed = pyz.stat().st_mtime_ns
+
+        ssh_host.clear_calls()
+        assert step.check_agent() == (True, "gpujob-agent active")
+        assert all(c[1] == "is-active" for c in ssh_host.calls("systemctl"))
+        assert pyz.stat().st_mtime_ns == installed
+
+        monkeypatch.setattr(provision, "AGENT_MAIN", provision.AGENT_MAIN + b"# another version\n")
+        done, why = step.check_agent()
+        assert not done and why == "1 file(s) to install or update"
+        assert step.apply_agent(why) == "installed 1 file(s) and restarted gpujob-agent"
+        assert ["systemctl", "restart", "gpujob-agent"] in ssh_host.calls("systemctl")
+        assert pyz.read_bytes() == provision.agent_zipapp() and step.check_agent()[0]
 
 
 # ----------------------------------------------------------------------------- the real probes, without Docker
@@ -597,13 +704,13 @@ def test_ssh_sessions_count_only_interactive_sessions(tmp_path):
     (proc / "800").mkdir()                                 # ended while we looked: no cmdline
     (proc / "self").mkdir()
     (proc / "self" / "cmdline").write_bytes(b"sshd: root@pts/7\0")  # not a pid
-    probes = ag.HostProbes(HostLayout(root=str(tmp_path)), proc_root=str(proc))
+    probes = HostProbes(HostLayout(root=str(tmp_path)), proc_root=str(proc))
     assert probes.ssh_sessions() == 2
-    assert ag.count_ssh_sessions(["sshd: ubuntu@pts/0", "sshd: ubuntu@pts/0 "]) == 1  # one session, one pty
+    assert count_ssh_sessions(["sshd: ubuntu@pts/0", "sshd: ubuntu@pts/0 "]) == 1  # one session, one pty
 
 
 def test_ssh_sessions_on_this_machine_does_not_fail():
-    assert ag.HostProbes(HostLayout()).ssh_sessions() >= 0
+    assert HostProbes(HostLayout()).ssh_sessions() >= 0
 
 
 def test_gpu_utilisation_falls_back_to_nvidia_smi(tmp_path):
@@ -613,7 +720,7 @@ def test_gpu_utilisation_falls_back_to_nvidia_smi(tmp_path):
         calls.append((cmd, kwargs))
         return subprocess.CompletedProcess(cmd, 0, stdout="87\n 3\n[N/A]\n\n", stderr="")
 
-    probes = ag.HostProbes(HostLayout(root=str(tmp_path)), use_nvml=False, run=run)
+    probes = HostProbes(HostLayout(root=str(tmp_path)), use_nvml=False, run=run)
     assert probes.gpu_utilisation() == [87.0, 3.0, None]
     [(cmd, kwargs)] = calls
     assert cmd == ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
@@ -622,18 +729,18 @@ def test_gpu_utilisation_falls_back_to_nvidia_smi(tmp_path):
     def missing(cmd, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", cmd[0])
 
-    assert ag.HostProbes(HostLayout(), use_nvml=False, run=missing).gpu_utilisation() is None
+    assert HostProbes(HostLayout(), use_nvml=False, run=missing).gpu_utilisation() is None
 
     def broken(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 9, stdout="", stderr="NVIDIA-SMI has failed: driver/library mismatch")
 
     with pytest.raises(RuntimeError, match="nvidia-smi exited 9: NVIDIA-SMI has failed"):
-        ag.HostProbes(HostLayout(), use_nvml=False, run=broken).gpu_utilisation()
+        HostProbes(HostLayout(), use_nvml=False, run=broken).gpu_utilisation()
 
 
 def test_uploads_pending_are_the_files_in_the_uploads_dir(tmp_path):
     host = HostLayout(root=str(tmp_path))
-    probes = ag.HostProbes(host)
+    probes = HostProbes(host)
     assert probes.uploads_pending() == []          # no folder yet
     Path(host.uploads_dir).mkdir(parents=True)
     Path(host.uploads_dir, "abc123").write_text("")
@@ -643,27 +750,27 @@ def test_uploads_pending_are_the_files_in_the_uploads_dir(tmp_path):
 
 
 def test_docker_timestamps_and_event_lines():
-    assert ag.parse_docker_time("2024-05-01T12:00:00.123456789Z") == pytest.approx(1714564800.123456789)
-    assert ag.parse_docker_time("2024-05-01T14:00:00+02:00") == 1714564800
-    assert ag.parse_docker_time("0001-01-01T00:00:00Z") is None and ag.parse_docker_time("") is None
+    assert docker_time("2024-05-01T12:00:00.123456789Z") == pytest.approx(1714564800.123456789)
+    assert docker_time("2024-05-01T14:00:00+02:00") == 1714564800
+    assert docker_time("0001-01-01T00:00:00Z") is None and docker_time("") is None
     log = ("2024-05-01T12:00:00.5Z @gpujob/v1 {\"event\":\"progress\",\"step\":1}\n"
            "2024-05-01T12:00:09Z \rstep 2 @gpujob/v1 {\"event\":\"heartbeat\"}\n"
            "2024-05-01T12:05:00Z usage: print @gpujob/v1 lines\n"
            "2024-05-01T12:06:00Z plain output\n")
-    assert ag.last_event_time(log) == 1714564809
-    assert ag.last_event_time("2024-05-01T12:00:00Z nothing\n") is None
+    assert last_event_time(log) == 1714564809
+    assert last_event_time("2024-05-01T12:00:00Z nothing\n") is None
 
 
 # ----------------------------------------------------------------------------- the real probes, against a Docker engine
 
 
-LABELS = {ag.MANAGED_LABEL: "gpujob"}
+LABELS = {MANAGED_LABEL: "gpujob"}
 
 
 class OnlyThese:
     """The real Docker probes, seeing only this test's containers (others may share the engine)."""
 
-    def __init__(self, probes: ag.HostProbes, job_ids: set[str]) -> None:
+    def __init__(self, probes: HostProbes, job_ids: set[str]) -> None:
         self.probes, self.job_ids = probes, job_ids
 
     def containers(self):
@@ -685,7 +792,7 @@ class OnlyThese:
         return []
 
 
-def wait_for(probe, job_id: str, timeout: float = 60) -> ag.ContainerInfo:
+def wait_for(probe, job_id: str, timeout: float = 60) -> ContainerInfo:
     deadline = time.monotonic() + timeout
     while True:
         found = [c for c in probe() if c.job_id == job_id and c.last_event_at is not None]
@@ -697,7 +804,7 @@ def wait_for(probe, job_id: str, timeout: float = 60) -> ag.ContainerInfo:
 
 @pytest.fixture
 def engine_probes(tmp_path, docker_engine):
-    return ag.HostProbes(HostLayout(root=str(tmp_path / "host"), docker_host=docker_engine.host), use_nvml=False)
+    return HostProbes(HostLayout(root=str(tmp_path / "host"), docker_host=docker_engine.host), use_nvml=False)
 
 
 @pytest.fixture
@@ -707,7 +814,7 @@ def containers(docker_engine):
 
     def run(image, command, job_id, **kwargs):
         c = client.containers.run(image, command, detach=True, init=True,
-                                  labels={**LABELS, ag.ID_LABEL: job_id, **kwargs.pop("labels", {})}, **kwargs)
+                                  labels={**LABELS, ID_LABEL: job_id, **kwargs.pop("labels", {})}, **kwargs)
         made.append(c)
         return c
 
@@ -722,7 +829,7 @@ def containers(docker_engine):
 def test_docker_probe_sees_a_running_demo_job_and_its_last_event(engine_probes, containers, docker_demo_image):
     job_id = "agt" + uuid.uuid4().hex[:6]
     c = containers(docker_demo_image, ["python", "-m", "gpujob.demo", "--steps", "2000", "--step-time", "0.05"],
-                   job_id, labels={ag.IDLE_MINUTES_LABEL: "5"}, environment={"GPUJOB_OUTPUT_DIR": "/tmp/out"})
+                   job_id, labels={IDLE_MINUTES_LABEL: "5"}, environment={"GPUJOB_OUTPUT_DIR": "/tmp/out"})
     seen = wait_for(engine_probes.containers, job_id)
     assert seen.id == c.id and seen.state == "running" and seen.idle_minutes == 5.0
     assert abs(seen.last_event_at - time.time()) < 10 and abs(seen.started_at - time.time()) < 60
@@ -748,12 +855,12 @@ def test_a_job_that_went_silent_is_stopped_as_hung_by_a_real_check(tmp_path, eng
     job_id = "agt" + uuid.uuid4().hex[:6]
     code = ('import json, time; print("@gpujob/v1 " + json.dumps({"event": "progress", "t": time.time(), '
             '"step": 1}), flush=True); print("loading the next shard", flush=True); time.sleep(3600)')
-    c = containers(docker_base_image, ["python3", "-c", code], job_id, labels={ag.IDLE_MINUTES_LABEL: "5"})
+    c = containers(docker_base_image, ["python3", "-c", code], job_id, labels={IDLE_MINUTES_LABEL: "5"})
     event_at = wait_for(engine_probes.containers, job_id).last_event_at
 
     cfg = config(tmp_path, idle_minutes=30, stop_grace_s=5, docker_host=docker_engine.host)
     terminate = FakeTerminate()
-    agent = ag.Agent(cfg, OnlyThese(engine_probes, {job_id}), terminate, clock=lambda: time.time() + 6 * 60)
+    agent = Agent(cfg, OnlyThese(engine_probes, {job_id}), terminate, clock=lambda: time.time() + 6 * 60)
     decision = agent.tick()
     assert decision.hung == [job_id] and decision.errors == []
     c.reload()

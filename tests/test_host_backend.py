@@ -79,16 +79,18 @@ class Lab(GpujobCli):
         """The host's agent as its systemd unit would start it, from the config provisioning wrote,
         with the test's clock, no interactive SSH sessions (an empty /proc), and nvidia-smi's readings
         set by the test."""
-        from gpujob.hosts import agent
+        from gpujob.hosts.agent import config as agent_config
+        from gpujob.hosts.agent.main import build_agent
+        from gpujob.hosts.agent.probes import HostProbes
 
         self.host.set_gpu_util(gpu_util)
         config = self.host.layout().config_path
-        lay = agent.load_config(config).layout
+        lay = agent_config.load_config(config).layout
         empty_proc = self.tmp / "proc"
         empty_proc.mkdir(exist_ok=True)
-        probes = agent.HostProbes(lay, proc_root=str(empty_proc), nvidia_smi=str(self.host.fakebin / "nvidia-smi"),
-                                  use_nvml=False)
-        return agent.build_agent(config, probes=probes, clock=self.clock, logs=False)
+        probes = HostProbes(lay, proc_root=str(empty_proc), nvidia_smi=str(self.host.fakebin / "nvidia-smi"),
+                            use_nvml=False)
+        return build_agent(config, probes=probes, clock=self.clock, logs=False)
 
     def instance(self) -> str:
         [host] = [h for h in self.hosts("--all") if h["name"] == "box"]

@@ -4,7 +4,6 @@ engine (through the SSH tunnel)."""
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import stat
 import subprocess
@@ -14,7 +13,7 @@ import uuid
 
 import pytest
 
-from gpujob.hosts.provision import STEPS, ProvisionSettings, ProvisionStepFailed, provision
+from gpujob.hosts.provision import STEPS, ProvisionSettings, ProvisionStepFailed, agent_zipapp, provision
 from gpujob.hosts.ssh import HostConnection
 from gpujob.hosts.ssh_errors import HostKeyMismatch, HostKeyNotPinned, HostUnreachable, RemoteCommandFailed
 from gpujob.hosts.ssh_keys import ensure_keypair
@@ -269,18 +268,16 @@ def test_a_fresh_host_is_provisioned_completely_then_left_alone(ssh_host, settin
     assert ssh_host.units()["gpujob-agent"] == {"enabled": True, "active": True}
     assert (ssh_host.root / "lambda/nfs/fs1/gpujob/outputs").is_dir()
 
-    package = importlib.resources.files("gpujob.hosts")
-    for name in ("agent.py", "lambda_api.py", "layout.py"):
-        path = os.path.join(lay.opt_dir, name)
-        assert mode_of(path) == 0o644
-        with open(path, "rb") as f:
-            assert f.read() == (package / name).read_bytes()
+    path = os.path.join(lay.opt_dir, "agent.pyz")
+    assert mode_of(path) == 0o644
+    with open(path, "rb") as f:
+        assert f.read() == agent_zipapp()
     assert mode_of(lay.etc_dir) == 0o700
     assert mode_of(lay.config_path) == 0o600 and mode_of(lay.api_key_path) == 0o600
     assert open(lay.api_key_path).read().strip() == API_KEY
     unit = open(lay.unit_path).read()
     assert "Restart=always" in unit and "RestartSec=10" in unit
-    assert f"ExecStart=/usr/bin/python3 {lay.opt_dir}/agent.py --config {lay.config_path}" in unit
+    assert f"ExecStart=/usr/bin/python3 {lay.opt_dir}/agent.pyz --config {lay.config_path}" in unit
     assert_secret_kept(ssh_host)
 
     ssh_host.clear_calls()

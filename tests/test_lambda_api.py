@@ -17,6 +17,7 @@ import pytest
 
 from gpujob.errors import GpujobError, UserError
 from gpujob.hosts import lambda_api
+from gpujob.hosts.provision import agent_zipapp
 from gpujob.hosts.lambda_api import (
     DEFAULT_BASE_URL,
     INSUFFICIENT_CAPACITY,
@@ -540,29 +541,31 @@ def test_the_emulator_takes_basic_auth_and_answers_401_with_the_documented_body(
                                          "suggestion": "Check your API key or create a new one, then try again."}})
 
 
-def test_the_client_file_works_alone_with_the_stdlib_only(emu, tmp_path):
-    """The agent imports a copy of lambda_api.py on the host, where neither gpujob nor any pip
-    package is installed: -S leaves site-packages out."""
-    copy = tmp_path / "lambda_api.py"
-    copy.write_text(open(lambda_api.__file__, encoding="utf-8").read())
+def test_the_client_works_from_the_agents_zipapp_with_the_stdlib_only(emu, tmp_path):
+    """The agent uses lambda_api from its zip application on the host, where neither gpujob nor any
+    pip package is installed: -I -S leaves PYTHONPATH and site-packages out."""
+    pyz = tmp_path / "agent.pyz"
+    pyz.write_bytes(agent_zipapp())
     script = f"""
 import sys
-sys.path.insert(0, {str(tmp_path)!r})
 try:
     import gpujob
     raise SystemExit("gpujob should not be importable here")
 except ImportError:
     pass
-import lambda_api
+sys.path.insert(0, {str(pyz)!r})
+from gpujob.hosts import lambda_api
+from gpujob.errors import UserError
+assert all(m.__file__.startswith({str(pyz)!r}) for n, m in sys.modules.items() if n.startswith("gpujob"))
 client = lambda_api.LambdaClient({emu.api_key!r}, {emu.url!r})
 assert client.instances() == []
 try:
     lambda_api.LambdaClient("wrong-key", {emu.url!r}).instances()
 except lambda_api.LambdaError as e:
-    assert isinstance(e, lambda_api.UserError) and e.exit_code == 2 and e.hint, e
+    assert isinstance(e, UserError) and e.exit_code == 2 and e.hint, e
     print("ok", e.code)
 """
-    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60,
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=60,
                           env={"PATH": os.environ.get("PATH", "")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok global/invalid-api-key"

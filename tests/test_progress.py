@@ -164,10 +164,11 @@ def test_writer_is_importable_without_heavy_modules():
 
 def test_protocol_modules_import_only_the_stdlib_and_each_other():
     """The writer, the parser, the state and the words: nothing heavy, and no module of gpujob
-    beyond these five (no backends, registry or cli), so jobs and the CLI can import any of them."""
+    beyond these five and gpujob.wire (no backends, registry or cli), so jobs and the CLI can import
+    any of them."""
     code = ("import sys; import gpujob.progress, gpujob.events, gpujob.linesplit, gpujob.progress_state, "
             "gpujob.words; ours = {'gpujob', 'gpujob.progress', 'gpujob.events', 'gpujob.linesplit', "
-            "'gpujob.progress_state', 'gpujob.words'}; heavy = {'torch','transformers','datasets','pydantic',"
+            "'gpujob.progress_state', 'gpujob.words', 'gpujob.wire'}; heavy = {'torch','transformers','datasets','pydantic',"
             "'kubernetes','docker','typer','rich'}; print(sorted((heavy & set(sys.modules)) | "
             "{m for m in sys.modules if m.startswith('gpujob') and m not in ours}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -484,7 +484,7 @@ def test_cli_logs_and_status_of_a_job_that_printed_poison(tmp_path):
 @given(hostile_lines())
 @FAST
 def test_the_host_agents_event_test_agrees_with_the_parser_and_never_raises(line):
-    from gpujob.hosts import agent as ag
+    from gpujob.hosts.agent import probes as ag
 
     assert ag.has_event(line) == bool(parse_line(line))
     deep = PREFIX + '{"event":"progress","x":' + "[" * 17 + "]" * 17 + "}"
@@ -492,7 +492,7 @@ def test_the_host_agents_event_test_agrees_with_the_parser_and_never_raises(line
 
 
 def test_regression_the_host_agent_reads_poison_in_a_container_log():
-    from gpujob.hosts import agent as ag
+    from gpujob.hosts.agent import probes as ag
 
     log = ("2024-05-01T12:00:00Z @gpujob/v1 {\"event\":\"progress\",\"step\":1}\n"
            "2024-05-01T12:00:05Z @gpujob/v1 {\"event\":\"progress\",\"x\":\"" + "a" * (10 << 20) + "\"}\n"

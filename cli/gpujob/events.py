@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Callable, Iterable, Iterator
 
-from gpujob.progress import PREFIX
+from gpujob.wire import EVENT_PREFIX as PREFIX
 
 MAX_EVENT_CHARS = 64 * 1024     # a longer line holds no event (it is still text)
 MAX_DEPTH = 16                  # an object nested deeper is not an event

@@ -81,7 +81,9 @@ import sys
 import time
 from typing import IO, Any
 
-PREFIX = "@gpujob/v1 "
+from gpujob.wire import EVENT_PREFIX
+
+PREFIX = EVENT_PREFIX
 VERSION = 1
 EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat")
 

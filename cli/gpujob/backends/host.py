@@ -35,7 +35,7 @@ from gpujob.backends.docker.backend import DockerBackend
 from gpujob.backends.docker.engine import Engine
 from gpujob.defaults import HOST_IDLE, HOST_MAX_LIFETIME
 from gpujob.errors import GpujobError, UserError
-from gpujob.hosts.agent import IDLE_MINUTES_LABEL
+from gpujob.wire import IDLE_MINUTES_LABEL
 
 if TYPE_CHECKING:
     from gpujob.hosts.layout import HostLayout

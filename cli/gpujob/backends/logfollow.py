@@ -19,15 +19,13 @@ newline cannot fill the memory.
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 
 from gpujob.backends.base import Notice
 from gpujob.linesplit import MAX_LINE_BYTES, LineSplitter
-
-_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+from gpujob.wire import rfc3339_ns
 
 # open_stream(since_time, tail_lines, follow) -> byte chunks; raises on a failed connection.
 Opener = Callable[[str | None, int | None, bool], Iterable[bytes]]
@@ -46,12 +44,10 @@ class SourceGone(Exception):
 def parse_ts(line: str) -> tuple[int | None, str]:
     """``"2026-11-25T10:00:00.5Z text"`` -> (nanoseconds since the epoch, ``"text"``)."""
     head, sep, text = line.partition(" ")
-    m = _TS.match(head)
-    if not m:
+    ns = rfc3339_ns(head)
+    if ns is None:
         return None, line
-    base = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
-    frac = int((m.group(2) or "0").ljust(9, "0"))
-    return int(base.timestamp()) * 1_000_000_000 + frac, text
+    return ns, text
 
 
 def format_ts(ns: int) -> str:

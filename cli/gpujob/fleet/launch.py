@@ -15,7 +15,7 @@ from gpujob.errors import GpujobError, UserError
 from gpujob.fleet.access import (DEFAULT_IDLE_MINUTES, DEFAULT_MAX_LIFETIME_S, FILESYSTEM_MOUNT, PROVIDER, Say, api,
                                  boot_timeout_s, check_interval_s, connect, is_pinned, layout_of, notice, poll_s)
 from gpujob.hosts import lambda_api
-from gpujob.hosts.agent import AgentConfig
+from gpujob.hosts.agent.config import AgentConfig
 from gpujob.hosts.layout import HostLayout
 from gpujob.hosts.provision import ProvisionSettings, provision
 from gpujob.hosts.ssh_keys import ensure_keypair

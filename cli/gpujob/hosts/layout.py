@@ -22,7 +22,7 @@ class HostLayout:
         return posixpath.join(self.root, *parts)
 
     @property
-    def opt_dir(self) -> str:          # agent.py, lambda_api.py, layout.py (root-owned, 0755)
+    def opt_dir(self) -> str:          # agent.pyz, the idle agent (root-owned, 0755)
         return self._at("opt", "gpujob")
 
     @property

@@ -18,9 +18,9 @@ running :func:`provision` again.
 * persistent file system (only when ``filesystem_mount`` is set): the mount is a mountpoint, writable,
   with ``gpujob/outputs`` in it. Apply: create ``gpujob/outputs``; a file system that is not mounted
   fails (only the cloud attaches one, at launch), as outputs on the boot disk die with the instance.
-* idle agent: agent.py, lambda_api.py, layout.py (0644, in ``opt_dir``), the config and API key
-  (0600, in ``etc_dir``, 0700) and the systemd unit match what this gpujob would write (sha256 and
-  mode), and ``systemctl is-active gpujob-agent``. Apply: upload what differs,
+* idle agent: ``agent.pyz`` (0644, in ``opt_dir``: :func:`agent_zipapp`), the config and API
+  key (0600, in ``etc_dir``, 0700) and the systemd unit match what this gpujob would write (sha256
+  and mode), and ``systemctl is-active gpujob-agent``. Apply: upload what differs,
   ``systemctl daemon-reload && systemctl enable --now gpujob-agent``, and restart it when a file
   changed under a running agent. Also makes ``state_dir`` and ``uploads_dir`` (owned by the login
   user, who writes upload markers there over SFTP).
@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import io
 import json
 import posixpath
 import shlex
 import time
+import zipfile
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -48,7 +50,18 @@ from gpujob.hosts.ssh_errors import RemoteCommandFailed
 
 STEPS = ("nvidia driver", "docker", "nvidia container toolkit", "job image", "persistent file system",
          "idle agent")
-AGENT_FILES = ("agent.py", "lambda_api.py", "layout.py")   # from the installed gpujob.hosts package
+AGENT_ZIPAPP = "agent.pyz"   # the idle agent as one file, in layout.opt_dir
+# What the agent imports, all stdlib-only (a folder: its .py files), from the installed gpujob package.
+AGENT_SOURCES = ("__init__.py", "errors.py", "events.py", "wire.py", "hosts/__init__.py", "hosts/layout.py",
+                 "hosts/agent", "hosts/lambda_api")
+AGENT_MAIN = b'''"""gpujob's idle agent as shipped to a host (gpujob.hosts.provision.agent_zipapp)."""
+
+import sys
+
+from gpujob.hosts.agent.main import main
+
+sys.exit(main())
+'''
 AGENT_SERVICE = AGENT_UNIT.removesuffix(".service")
 APT_TIMEOUT_S = 1800
 APT_LOCK_WAIT_S = 600
@@ -113,6 +126,65 @@ def provision(conn: HostConnection, settings: ProvisionSettings, *,
         results.append(result)
         on_step(result)
     return results
+
+
+def agent_zipapp() -> bytes:
+    """The idle agent as one zip application: :data:`AGENT_SOURCES` under their package paths,
+    and a ``__main__.py`` that runs :func:`gpujob.hosts.agent.main.main`. The host needs only
+    python3 (``python3 agent.pyz``). The bytes depend on the sources alone (fixed order, times
+    and modes; stored, not compressed, so no zlib version shows), so a second provision finds
+    the same file and uploads nothing."""
+    package = importlib.resources.files("gpujob")
+    members: list[tuple[str, bytes]] = [("__main__.py", AGENT_MAIN)]
+    for name in AGENT_SOURCES:
+        source = package.joinpath(*name.split("/"))
+        if source.is_dir():
+            found = sorted((f"{name}/{f.name}", f) for f in source.iterdir() if f.name.endswith(".py") and f.is_file())
+        elif source.is_file():
+            found = [(name, source)]
+        else:
+            found = []
+        if not found:
+            raise ProvisionStepFailed("idle agent", f"this gpujob installation has no gpujob/{name}",
+                                      hint="reinstall gpujob")
+        members += [(f"gpujob/{path}", f.read_bytes()) for path, f in found]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for path, data in members:
+            info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3                  # unix, so that the mode below means what it says
+            info.external_attr = 0o100644 << 16
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def agent_unit(layout: HostLayout) -> str:
+    """The systemd unit that runs the agent."""
+
+    def arg(path: str) -> str:
+        return f'"{path}"' if any(c.isspace() for c in path) else path
+
+    return ("[Unit]\n"
+            "Description=gpujob idle agent: terminates this instance once nothing uses it\n"
+            "After=network-online.target docker.service\n"
+            "Wants=network-online.target\n\n"
+            "[Service]\n"
+            f"ExecStart=/usr/bin/python3 {arg(posixpath.join(layout.opt_dir, AGENT_ZIPAPP))} "
+            f"--config {arg(layout.config_path)}\n"
+            "Restart=always\n"
+            "RestartSec=10\n\n"
+            "[Install]\n"
+            "WantedBy=multi-user.target\n")
+
+
+def agent_files(settings: ProvisionSettings) -> dict[str, tuple[bytes, int]]:
+    """remote path -> (content, mode) for everything the agent needs on the host."""
+    lay = settings.layout
+    config = json.dumps(settings.agent_config, indent=2, sort_keys=True).encode() + b"\n"
+    return {posixpath.join(lay.opt_dir, AGENT_ZIPAPP): (agent_zipapp(), 0o644),
+            lay.config_path: (config, 0o600),
+            lay.api_key_path: (settings.api_key.strip().encode() + b"\n", 0o600),
+            lay.unit_path: (agent_unit(lay).encode(), 0o644)}
 
 
 class _Host:
@@ -285,36 +357,7 @@ class _Host:
     # -- idle agent
 
     def agent_files(self) -> dict[str, tuple[bytes, int]]:
-        """remote path -> (content, mode) for everything the agent needs."""
-        package = importlib.resources.files("gpujob.hosts")
-        files: dict[str, tuple[bytes, int]] = {}
-        for name in AGENT_FILES:
-            source = package / name
-            if not source.is_file():
-                raise ProvisionStepFailed("idle agent", f"this gpujob installation has no gpujob/hosts/{name}",
-                                          hint="reinstall gpujob")
-            files[posixpath.join(self.lay.opt_dir, name)] = (source.read_bytes(), 0o644)
-        config = json.dumps(self.s.agent_config, indent=2, sort_keys=True).encode() + b"\n"
-        files[self.lay.config_path] = (config, 0o600)
-        files[self.lay.api_key_path] = (self.s.api_key.strip().encode() + b"\n", 0o600)
-        files[self.lay.unit_path] = (self.unit().encode(), 0o644)
-        return files
-
-    def unit(self) -> str:
-        def arg(path: str) -> str:
-            return f'"{path}"' if any(c.isspace() for c in path) else path
-
-        return ("[Unit]\n"
-                "Description=gpujob idle agent: terminates this instance once nothing uses it\n"
-                "After=network-online.target docker.service\n"
-                "Wants=network-online.target\n\n"
-                "[Service]\n"
-                f"ExecStart=/usr/bin/python3 {arg(posixpath.join(self.lay.opt_dir, 'agent.py'))} "
-                f"--config {arg(self.lay.config_path)}\n"
-                "Restart=always\n"
-                "RestartSec=10\n\n"
-                "[Install]\n"
-                "WantedBy=multi-user.target\n")
+        return agent_files(self.s)
 
     def dirs(self) -> dict[str, int]:
         return {self.lay.opt_dir: 0o755, self.lay.etc_dir: 0o700, posixpath.dirname(self.lay.unit_path): 0o755,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
@@ -30,6 +29,7 @@ from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
 from gpujob.errors import UserError
 from gpujob.progress_state import ProgressState
 from gpujob.records import TERMINAL
+from gpujob.wire import ID_LABEL, MANAGED_LABEL, MANAGED_VALUE, docker_time, rfc3339_ns
 
 if TYPE_CHECKING:
     from gpujob.records import Job
@@ -119,7 +119,7 @@ class DockerBackend(Backend):
                 try:
                     engine.client.volumes.get(m["Source"])
                 except derr.NotFound:
-                    engine.client.volumes.create(m["Source"], labels={cplan.MANAGED_LABEL: "gpujob"})
+                    engine.client.volumes.create(m["Source"], labels={MANAGED_LABEL: MANAGED_VALUE})
 
     # ------------------------------------------------------------------ status
 
@@ -139,7 +139,7 @@ class DockerBackend(Backend):
                        log_tail=tail[-ERROR_TAIL_LINES:] if tail else None)
         if tail:
             seen.progress = ProgressState.advance(job.progress, tail)
-        seen.started_at = _epoch(state.get("StartedAt"))
+        seen.started_at = docker_time(state.get("StartedAt"))
         if seen.status in TERMINAL:
             self._finish(engine, job)
         return seen
@@ -168,7 +168,7 @@ class DockerBackend(Backend):
                 kwargs: dict[str, Any] = {"stream": True, "follow": follow_now, "timestamps": True,
                                           "tail": "all" if tail_lines is None else tail_lines}
                 if since:
-                    kwargs["since"] = int(datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp())
+                    kwargs["since"] = rfc3339_ns(since) // 1_000_000_000
                 stream = c.logs(**kwargs)
             except derr.NotFound:
                 raise SourceGone() from None
@@ -217,8 +217,8 @@ class DockerBackend(Backend):
     def list(self) -> list[str]:
         engine = self._fixed_engine or Engine()
         with engine.errors("listing containers"):
-            found = engine.client.containers.list(all=True, filters={"label": f"{cplan.MANAGED_LABEL}=gpujob"})
-        return sorted({c.labels[cplan.ID_LABEL] for c in found if cplan.ID_LABEL in c.labels})
+            found = engine.client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}={MANAGED_VALUE}"})
+        return sorted({c.labels[ID_LABEL] for c in found if ID_LABEL in c.labels})
 
     def cleanup(self, job: "Job") -> None:
         if job.handle.get("container_id"):
@@ -323,16 +323,6 @@ def _memory(job: "Job") -> str | None:
 
 def _my_user() -> tuple[int, int]:
     return (os.getuid(), os.getgid())
-
-
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp or stamp.startswith("0001-"):
-        return None
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    try:
-        return datetime.fromisoformat(head + "+00:00").timestamp() + float(f"0.{frac or 0}")
-    except ValueError:
-        return None
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -39,6 +39,7 @@ from gpujob.backends.base import JobRequest
 from gpujob.defaults import HF_CACHE, SHM
 from gpujob.image import default_image as image_for
 from gpujob.spec.units import parse_cpu, parse_quantity
+from gpujob.wire import KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE
 
 RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
 SPEC_FILE = f"{RUN_DIR}/spec.json"
@@ -46,8 +47,6 @@ SECRETS_FILE = f"{RUN_DIR}/secrets.env"
 CACHE_VOLUME = HF_CACHE
 CACHE_DIR = "/cache"
 OUTPUTS_DIR = "/outputs"                # remote engines: the job's outputs volume, until copied back
-MANAGED_LABEL = "gpujob.dev/managed-by"
-ID_LABEL = "gpujob.dev/id"
 KILL_AFTER_S = 30                        # limits.max_runtime: SIGTERM, then SIGKILL this much later
 
 # The entry: read the secrets file into the environment and delete it, enforce limits.max_runtime
@@ -123,7 +122,7 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         "entrypoint": ["/bin/sh", "-c", ENTRY, "gpujob-entry"],
         "command": argv,
         "environment": env,
-        "labels": {**request.labels, MANAGED_LABEL: "gpujob", "gpujob.dev/kind": request.kind},
+        "labels": {**request.labels, MANAGED_LABEL: MANAGED_VALUE, KIND_LABEL: request.kind},
         "init": True,
         "stop_signal": "SIGTERM",
         "shm_size": parse_quantity(res.get("shm") or SHM),

@@ -79,7 +79,6 @@ def test_no_import_cycle_among_gpujob_modules():
     assert not cycles, f"modules that import each other, directly or round a loop: {cycles}"
 
 
-@pytest.mark.xfail(strict=False, reason="until the s16 branches merge")
 def test_no_module_is_over_600_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these (at most {MAX_LINES} lines): {long}"

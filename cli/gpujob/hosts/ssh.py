@@ -35,7 +35,8 @@ from gpujob.hosts.ssh_errors import (
     describe,
     retryable,
 )
-from gpujob.hosts.ssh_keys import PinPolicy, fingerprint, pinned_keys
+from gpujob.hosts.ssh_keys import pin_key, fingerprint, pinned_keys
+from gpujob.hosts.ssh_tunnel import TCP_ATTEMPT_TIMEOUT_S, docker_socket
 
 # paramiko logs a traceback at ERROR for every failed handshake; without a handler Python prints
 # those on stderr (logging.lastResort). Ours are turned into HostUnreachable: keep them quiet.
@@ -43,7 +44,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 STDERR_TAIL_LINES = 15
 RETRY_DELAY_S = 1.0            # between connection attempts to a host that is still booting
-TCP_ATTEMPT_TIMEOUT_S = 10.0   # one TCP connect / SSH handshake
 KEEPALIVE_S = 30               # notices a host that vanished mid-command
 
 
@@ -381,9 +381,7 @@ class HostConnection:
         our pinned host key), through ``sudo -n`` when the login user isn't root. The socket lives in
         a private 0700 folder, removed on exit.
         """
-        from gpujob.hosts import ssh_tunnel  # it imports this module
-
-        return ssh_tunnel.docker_socket(self, remote_docker_host)
+        return docker_socket(self, remote_docker_host)
 
     # -- for `gpujob host ssh`
 
@@ -440,3 +438,27 @@ def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
 
 def _shorten(command: str, limit: int = 160) -> str:
     return command if len(command) <= limit else command[: limit - 1] + "…"
+
+
+class PinPolicy:
+    """paramiko's MissingHostKeyPolicy for every connection: no host keys are loaded into the
+    SSHClient, so paramiko asks this policy each time, and it decides by alias."""
+
+    def __init__(self, conn: HostConnection) -> None:
+        self.conn = conn
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        c = self.conn
+        offered = f"{key.get_name()} {fingerprint(key)}"
+        pinned = pinned_keys(c.known_hosts, c.alias)
+        if pinned:
+            if not any(k == key for k in pinned):
+                raise HostKeyMismatch(c.alias, c.target, c.known_hosts,
+                                      [f"{k.get_name()} {fingerprint(k)}" for k in pinned], offered,
+                                      hint=c.repin_hint)
+        elif c.pin_new_key:
+            pin_key(c.known_hosts, c.alias, key)
+            log.info("pinned the SSH host key of %s (%s): %s", c.alias, c.target, offered)
+        else:
+            raise HostKeyNotPinned(c.alias, c.target, c.known_hosts, offered)
+        c._host_key = key

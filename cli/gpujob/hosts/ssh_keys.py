@@ -4,7 +4,7 @@ Host keys are pinned by *alias* (the instance id), never by address: Lambda hand
 the next customer's machine. The pins live in one OpenSSH-format file (``<alias> <type> <base64>``),
 so ``ssh -o HostKeyAlias=<alias> -o UserKnownHostsFile=<file>`` (see
 :meth:`~gpujob.hosts.ssh.HostConnection.interactive_argv`) checks the same keys as
-:class:`PinPolicy`. An unknown key is recorded only when the caller says so (``pin_new_key=True``,
+:class:`~gpujob.hosts.ssh.PinPolicy`. An unknown key is recorded only when the caller says so (``pin_new_key=True``,
 right after gpujob launched the instance); otherwise it is refused, and a known alias with a
 different key is refused always.
 """
@@ -18,12 +18,8 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gpujob.hosts.ssh_errors import HostKeyMismatch, HostKeyNotPinned
-
-if TYPE_CHECKING:
-    from gpujob.hosts.ssh import HostConnection
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +97,7 @@ def is_pinned(known_hosts: Path, alias: str) -> bool:
     return bool(pinned_keys(known_hosts, alias))
 
 
-def _pin(known_hosts: Path, alias: str, key) -> None:
+def pin_key(known_hosts: Path, alias: str, key) -> None:
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
@@ -125,27 +121,3 @@ def forget_host_key(known_hosts: Path, alias: str) -> bool:
         f.truncate()
         f.writelines(kept)
     return True
-
-
-class PinPolicy:
-    """paramiko's MissingHostKeyPolicy for every connection: no host keys are loaded into the
-    SSHClient, so paramiko asks this policy each time, and it decides by alias."""
-
-    def __init__(self, conn: HostConnection) -> None:
-        self.conn = conn
-
-    def missing_host_key(self, client, hostname, key) -> None:
-        c = self.conn
-        offered = f"{key.get_name()} {fingerprint(key)}"
-        pinned = pinned_keys(c.known_hosts, c.alias)
-        if pinned:
-            if not any(k == key for k in pinned):
-                raise HostKeyMismatch(c.alias, c.target, c.known_hosts,
-                                      [f"{k.get_name()} {fingerprint(k)}" for k in pinned], offered,
-                                      hint=c.repin_hint)
-        elif c.pin_new_key:
-            _pin(c.known_hosts, c.alias, key)
-            log.info("pinned the SSH host key of %s (%s): %s", c.alias, c.target, offered)
-        else:
-            raise HostKeyNotPinned(c.alias, c.target, c.known_hosts, offered)
-        c._host_key = key

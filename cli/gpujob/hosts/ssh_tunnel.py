@@ -11,15 +11,23 @@ import shutil
 import socket
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
-from gpujob.hosts.ssh import TCP_ATTEMPT_TIMEOUT_S
 from gpujob.hosts.ssh_errors import describe
 
-if TYPE_CHECKING:
-    from gpujob.hosts.ssh import HostConnection
-
 log = logging.getLogger(__name__)
+
+TCP_ATTEMPT_TIMEOUT_S = 10.0   # one TCP connect / SSH handshake (also the connection's, gpujob.hosts.ssh)
+
+
+class HostConnection(Protocol):
+    """What the tunnel needs of :class:`gpujob.hosts.ssh.HostConnection` (which imports this module)."""
+
+    target: str
+
+    def privileged(self, command: str) -> str: ...
+
+    def _transport(self) -> Any: ...
 
 
 @contextlib.contextmanager

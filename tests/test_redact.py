@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from gpujob.backends.output import MAX_LINE, JobOutput
@@ -69,6 +69,9 @@ def leaks(secret: str, texts: list[str]) -> list[str]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(secret=SECRETS, which=st.lists(st.integers(0, 7), min_size=1, max_size=4),
        cuts=st.lists(st.integers(0, 10_000), max_size=6))
+# found by this test: a secret that begins with a newline made the redactor hold back the last
+# line's newline, and the end of the output then took that whole event line for a torn one
+@example(secret="\n000", which=[1], cuts=[])
 def test_no_printing_of_a_secret_survives(secret, which, cuts):
     chosen = [printings(secret)[i] for i in which]
     lines, events = run([secret], "".join(chosen).encode(), cuts)

@@ -41,7 +41,10 @@ class JobOutput:
     def flush(self) -> list[tuple[str, list[Event]]]:
         """The rest at the end of the output: a torn last line is text, never an event."""
         rest, self._buf = self._buf + self._stream.flush(), b""
-        return [self._line(raw, parse=False) for raw in rest.split(b"\n") if raw]
+        # The redactor may have held back a newline (it could have begun a multi-line secret): the
+        # lines it ends are whole; only what follows the last newline is torn.
+        *whole, torn = rest.split(b"\n")
+        return [self._line(raw) for raw in whole] + ([self._line(torn, parse=False)] if torn else [])
 
     def _line(self, raw: bytes, parse: bool = True) -> tuple[str, list[Event]]:
         line = self.redactor.text(raw.decode("utf-8", "replace").rstrip("\r"))

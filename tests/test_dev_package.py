@@ -42,3 +42,19 @@ def test_the_wheel_holds_gpujob_and_nothing_of_the_development_package(tmp_path)
     assert "gpujob/runner/train.py" in names and "gpujob/cli/app.py" in names
     assert all(n.startswith(("gpujob/", "gpujob-")) for n in names), [n for n in names if not n.startswith("gpujob")]
     assert not [n for n in names if any(word in n for word in DEV_ONLY) or "gpujob_dev" in n]
+
+
+def test_the_synthesized_speech_is_the_same_every_time(tmp_path):
+    """The demo and the tests train on this speech: the same seed must give the same audio, byte for
+    byte, whichever worker process speaks which sentence (libespeak-ng carries state between
+    utterances in one process, so two builds differed in every clip before each was spoken alone)."""
+    pytest.importorskip("espeakng_loader")
+    from gpujob_dev.greek_speech import build
+
+    def clips(folder):
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.wav"))}
+
+    build(tmp_path / "a", train=12, heldout=4, seed=3)
+    build(tmp_path / "b", train=12, heldout=4, seed=3, workers=1)
+    a, b = clips(tmp_path / "a"), clips(tmp_path / "b")
+    assert len(a) == 16 and a == b

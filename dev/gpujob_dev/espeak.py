@@ -71,7 +71,44 @@ def _library():
 
 def speak(text: str, *, voice: str = "el", speed: int = 175, pitch: int = 50) -> tuple[np.ndarray, int]:
     """``text`` spoken by ``voice`` at ``speed`` words a minute and ``pitch`` (0-99): mono int16
-    samples and their sample rate (22050 Hz)."""
+    samples and their sample rate (22050 Hz).
+
+    The same text gives the same samples every time: libespeak-ng carries state from one utterance
+    to the next (a clip comes out a few samples longer, and different, each time it is repeated in
+    one process, and re-initialising does not reset it), so each utterance is spoken in a forked
+    child of a process that never loaded the library, as the ``espeak-ng`` program speaks each
+    text in a process of its own. Without fork it is spoken here."""
+    if not hasattr(os, "fork") or _state.get("pid") == os.getpid():
+        return _speak_here(text, voice=voice, speed=speed, pitch=pitch)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: speak, send rate + samples (or the error) down the pipe, leave at once
+        code = 0
+        try:
+            os.close(read_end)
+            try:
+                audio, rate = _speak_here(text, voice=voice, speed=speed, pitch=pitch)
+                payload = b"A" + rate.to_bytes(4, "little") + audio.astype("<i2").tobytes()
+            except EspeakError as exc:
+                payload = b"E" + str(exc).encode()
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if payload[:1] == b"E":
+        raise EspeakError(payload[1:].decode())
+    if payload[:1] != b"A" or status != 0:
+        raise EspeakError(f"libespeak-ng's process for {text[:40]!r} ended without audio (wait status {status})")
+    return np.frombuffer(payload[5:], dtype="<i2").astype(np.int16), int.from_bytes(payload[1:5], "little")
+
+
+def _speak_here(text: str, *, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
     with _lock:
         lib, rate, chunks = _library()
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:

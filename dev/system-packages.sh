@@ -14,9 +14,9 @@ venv)
     ;;
 test)
     # ffmpeg: runner/audio.py's fallback for formats libsndfile cannot read, and its test.
-    # docker.io: the real Docker engine the docker backend's tests start (tests/docker_engine.py);
+    # docker.io: the real Docker engine the docker backend's tests start (tests/support/docker_engine.py);
     # debootstrap: the Debian base image they build from (no image registry is reachable).
-    # openssh-server: the real sshd that stands in for a rented GPU host (tests/ssh_server.py);
+    # openssh-server: the real sshd that stands in for a rented GPU host (tests/support/ssh_server.py);
     # openssh-client: ssh, which `gpujob host ssh` runs.
     command -v ffmpeg >/dev/null || need+=(ffmpeg)
     command -v dockerd >/dev/null || need+=(docker.io)

@@ -62,7 +62,7 @@ def small_greek(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- a real Docker engine
-# (tests/docker_engine.py: a dockerd the tests start, and images built from a local Debian base)
+# (tests/support/docker_engine.py: a dockerd the tests start, and images built from a local Debian base)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +96,7 @@ def docker_demo_image(docker_engine, docker_base_image):
 
 
 # ----------------------------------------------------------------------------- a real SSH server
-# (tests/ssh_server.py: Debian's sshd on loopback standing in for a rented GPU host, with fakes for
+# (tests/support/ssh_server.py: Debian's sshd on loopback standing in for a rented GPU host, with fakes for
 # what only a GPU host has: nvidia-smi, systemctl, apt-get, nvidia-ctk, mountpoint)
 
 

@@ -29,7 +29,7 @@ CREDENTIAL_PATTERNS = tuple(re.compile(p) for p in (
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
 ))
 
-# Upper bounds. Every number in the spec has one (tests/test_spec_bounds.py checks), so that no value,
+# Upper bounds. Every number in the spec has one (tests/spec/test_spec_bounds.py checks), so that no value,
 # however large, gets past validation to a backend (a GPU count of 10**400, a deadline of 8.6e27 s).
 MAX_GPUS = 64  # per node
 MAX_STEPS = 1_000_000_000  # optimizer steps (warm-up, evaluation and checkpoint intervals too)

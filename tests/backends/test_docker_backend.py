@@ -1,9 +1,9 @@
 """The docker backend, end to end through the `gpujob` command, against a real Docker engine.
 
-The engine is a real dockerd the tests start (tests/docker_engine.py); the job image is the
+The engine is a real dockerd the tests start (tests/support/docker_engine.py); the job image is the
 Debian base the tests make locally plus gpujob's pure-Python modules, so command jobs can run
 gpujob's progress-protocol demo. The job image proper (images/Dockerfile) and the runner inside
-it are tested in tests/test_image.py.
+it are tested in tests/deploy/test_image.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from gpujob.backends.kubernetes import manifests
 from gpujob.cli.app import app
 from gpujob.spec import load_spec, load_spec_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 K8S_VERSION = "1.33.0"
 

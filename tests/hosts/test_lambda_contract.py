@@ -1,6 +1,6 @@
 """Contract test: the same client against the real Lambda Cloud API, when a key is given.
 
-    GPUJOB_TEST_LAMBDA_API_KEY=... pytest tests/test_lambda_contract.py
+    GPUJOB_TEST_LAMBDA_API_KEY=... pytest tests/hosts/test_lambda_contract.py
         read-only: instance types, instances, SSH keys, file systems parse into the client's types,
         and a bad key and an unknown instance give the errors the emulator gives.
     GPUJOB_TEST_LAMBDA_LAUNCH=gpu_1x_a10 (as well)
@@ -8,7 +8,7 @@
         IP, terminates it and checks it goes terminating/terminated (a few minutes; costs cents).
 
 Without a key (the development machines have no network) the same tests run against the emulator
-(tests/lambda_emulator.py), which keeps the two honest to each other: what passes here against the
+(tests/support/lambda_emulator.py), which keeps the two honest to each other: what passes here against the
 emulator is what the real API is expected to answer.
 """
 

@@ -1,4 +1,4 @@
-"""The Lambda Cloud client against the emulator (tests/lambda_emulator.py), over real HTTP on loopback.
+"""The Lambda Cloud client against the emulator (tests/support/lambda_emulator.py), over real HTTP on loopback.
 One fake clock drives both: the client's waits advance it, so nothing here really sleeps."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ ROOT = Path(os.environ.get("GPUJOB_TEST_DOCKER_ROOT", "/var/tmp/gpujob-test-dock
 BASE_IMAGE = "gpujob-test/bookworm:base"   # debootstrap minbase + python3
 DEMO_IMAGE = "gpujob-test/demo:latest"     # the base + gpujob's pure-Python modules (runs gpujob.demo)
 MIRROR = os.environ.get("GPUJOB_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The engine also listens on loopback TCP (a "remote" engine to gpujob); one port per data root.
 TCP_PORT = int(os.environ.get("GPUJOB_TEST_DOCKER_TCP_PORT") or 23751 + zlib.crc32(str(ROOT).encode()) % 1000)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from gpujob import __version__
 from gpujob.cli.app import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "jobs" / "hello.yaml"
 runner = CliRunner()
 

@@ -1,6 +1,6 @@
 """The kubernetes backend, end to end through the `gpujob` command, against a Kubernetes API.
 
-Every scenario runs against the emulator (tests/k8s_emulator.py: kmock's API server plus a Job
+Every scenario runs against the emulator (tests/support/k8s_emulator.py: kmock's API server plus a Job
 controller, scheduler and kubelet that runs the container's command as a real process). The same
 scenarios are the contract suite for a real cluster: set GPUJOB_TEST_KUBECONFIG (and optionally
 GPUJOB_TEST_NAMESPACE, GPUJOB_TEST_IMAGE: an image with gpujob installed) to run them there.

@@ -1,6 +1,6 @@
 """Rented hosts end to end through the `gpujob` command: `host up` launches an instance on the
-Lambda API emulator (tests/lambda_emulator.py), provisions the stand-in host over real SSH (Debian's
-sshd, tests/ssh_server.py), jobs run in containers on a real Docker engine reached through the SSH
+Lambda API emulator (tests/support/lambda_emulator.py), provisions the stand-in host over real SSH (Debian's
+sshd, tests/support/ssh_server.py), jobs run in containers on a real Docker engine reached through the SSH
 tunnel, and the host's idle agent (run here with a clock the test moves on, and GPU readings the
 test sets) terminates the instance through the emulated API.
 

@@ -38,7 +38,7 @@ from gpujob.cli.app import app
 from gpujob.errors import UserError
 from gpujob.spec.fields import looks_like_credential, looks_secret_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "images/Dockerfile"
 LOCK = REPO / "images/requirements.lock"
 CUDA_TAG = "# cuda-only"

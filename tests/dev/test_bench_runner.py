@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("soundfile")
 
-DEV = Path(__file__).resolve().parents[1] / "dev"  # the development package, for the benchmark's own process
+DEV = Path(__file__).resolve().parents[2] / "dev"  # the development package, for the benchmark's own process
 TARGETS = ("small full fine-tune", "medium full fine-tune", "small frozen encoder")
 
 

@@ -14,7 +14,7 @@ from ruamel.yaml import YAML
 
 from gpujob.defaults import HF_CACHE
 
-K8S = Path(__file__).resolve().parents[1] / "k8s"
+K8S = Path(__file__).resolve().parents[2] / "k8s"
 NAMESPACE = "gpujob"
 # Kubernetes versions to validate against (strict schemas shipped by kubernetes-validate): a
 # conservative floor and the newest it ships.

@@ -10,7 +10,7 @@ import pytest
 
 from gpujob.spec import json_schema, load_spec, reference_markdown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "out of date; run `python scripts/gen_spec_docs.py`"
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)\s*$", re.MULTILINE)

@@ -1,5 +1,5 @@
 """gpujob.hosts.ssh (with ssh_keys, ssh_errors, ssh_tunnel) and gpujob.hosts.provision against a real
-OpenSSH server (tests/ssh_server.py) standing in for a rented GPU host, and the tests' real Docker
+OpenSSH server (tests/support/ssh_server.py) standing in for a rented GPU host, and the tests' real Docker
 engine (through the SSH tunnel)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEV_ONLY = ("convert_ct2", "tiny_whisper", "greek_speech", "greek_sentences", "espeak", "bench_runner")
 
 

@@ -217,7 +217,7 @@ def test_help_shows_plain_names_and_offers_completion():
     assert ("logs",) in commands and ("host", "up") in commands
     for command in commands:
         text = gpujob(*command, "--help").output
-        assert not [bad for bad in ("[[", "]]", "<list[", "range>", "... <", "{FILE...}") if bad in text], (command, text)
+        assert not [bad for bad in ("[[", "]]", "<list[", "range>", "... <", "{FILE...}", "<str>", "<int>", "<float>", "<path>", "<bool>") if bad in text], (command, text)
         arguments = text.split("Arguments:")[1].split("Options:")[0] if "Arguments:" in text else ""
         assert "<" not in arguments, (command, arguments)
 

@@ -23,7 +23,7 @@ SetOpt = Annotated[
 ]
 BackendOpt = Annotated[
     Optional[str],
-    typer.Option("--backend", "-b", help="local | docker | kubernetes | host: sets runtime.backend (default: the spec's)."),
+    typer.Option("--backend", "-b", metavar="NAME", help="local | docker | kubernetes | host: sets runtime.backend (default: the spec's)."),
 ]
 JobRef = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name.")]
 OptionalJobRef = Annotated[

@@ -56,13 +56,13 @@ def types(
 
 
 def up(
-    type_: Annotated[Optional[str], typer.Option("--type", "-t", help="Instance type, e.g. gpu_1x_a10 (`gpujob host types`).")] = None,
-    region: Annotated[Optional[str], typer.Option("--region", help="Region [default: the first with capacity].")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Name for the host; an existing one's set-up is finished.")] = None,
-    idle: Annotated[str, typer.Option("--idle", help="Terminate after this long with nothing running.")] = HOST_IDLE,
-    max_lifetime: Annotated[str, typer.Option("--max-lifetime", help="Terminate this long after launch, busy or not.")] = HOST_MAX_LIFETIME,
-    filesystem: Annotated[Optional[str], typer.Option("--filesystem", help="Persistent file system to attach; outputs go there.")] = None,
-    image: Annotated[Optional[str], typer.Option("--image", help="Job image to have on the host [default: the gpujob image].")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", "-t", metavar="TYPE", help="Instance type, e.g. gpu_1x_a10 (`gpujob host types`).")] = None,
+    region: Annotated[Optional[str], typer.Option("--region", metavar="REGION", help="Region [default: the first with capacity].")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Name for the host; an existing one's set-up is finished.")] = None,
+    idle: Annotated[str, typer.Option("--idle", metavar="DURATION", help="Terminate after this long with nothing running.")] = HOST_IDLE,
+    max_lifetime: Annotated[str, typer.Option("--max-lifetime", metavar="DURATION", help="Terminate this long after launch, busy or not.")] = HOST_MAX_LIFETIME,
+    filesystem: Annotated[Optional[str], typer.Option("--filesystem", metavar="NAME", help="Persistent file system to attach; outputs go there.")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", metavar="IMAGE", help="Job image to have on the host [default: the gpujob image].")] = None,
     ssh_keeps_alive: Annotated[bool, typer.Option(
         "--ssh-keeps-alive/--ssh-does-not-keep-alive",
         help="Whether an interactive SSH session on the host counts as activity.")] = True,

@@ -14,18 +14,18 @@ image_app = typer.Typer(help="The job image every job runs in: build it, push it
 
 VariantOpt = Annotated[
     Literal["cuda", "cpu"],
-    typer.Option("--variant", help="cuda: the CUDA 12 base and CUDA torch. cpu: CPU torch (tests, CPU-only jobs)."),
+    typer.Option("--variant", metavar="cuda|cpu", help="cuda: the CUDA 12 base and CUDA torch. cpu: CPU torch (tests, CPU-only jobs)."),
 ]
 TagOpt = Annotated[
     Optional[str],
-    typer.Option("--tag", "-t", help="Image name [default: ghcr.io/gpujob/gpujob:VERSION, with -cpu for cpu]."),
+    typer.Option("--tag", "-t", metavar="IMAGE", help="Image name [default: ghcr.io/gpujob/gpujob:VERSION, with -cpu for cpu]."),
 ]
-BaseOpt = Annotated[Optional[str], typer.Option("--base-image", help="Build FROM this image instead.")]
+BaseOpt = Annotated[Optional[str], typer.Option("--base-image", metavar="IMAGE", help="Build FROM this image instead.")]
 BuildArgOpt = Annotated[
     Optional[List[str]],
     typer.Option("--build-arg", metavar="KEY=VALUE", help="A Dockerfile build argument (repeatable)."),
 ]
-NetworkOpt = Annotated[Optional[str], typer.Option("--network", help="Network of the RUN steps, e.g. host.")]
+NetworkOpt = Annotated[Optional[str], typer.Option("--network", metavar="NETWORK", help="Network of the RUN steps, e.g. host.")]
 PushOpt = Annotated[
     Optional[str],
     typer.Option("--push", metavar="REGISTRY", help="Then push it as REGISTRY/gpujob:TAG, e.g. ghcr.io/you."),

@@ -41,6 +41,7 @@ from gpujob.hosts.ssh_tunnel import TCP_ATTEMPT_TIMEOUT_S, docker_socket
 # paramiko logs a traceback at ERROR for every failed handshake; without a handler Python prints
 # those on stderr (logging.lastResort). Ours are turned into HostUnreachable: keep them quiet.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 15
 RETRY_DELAY_S = 1.0            # between connection attempts to a host that is still booting

@@ -44,7 +44,7 @@ def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobReq
         job_id=job_id,
         name=spec.name,
         kind=spec.kind,
-        spec=loaded.data,
+        spec=spec,
         spec_path=loaded.path,
         command=command,
         # distributed.network_interface / infiniband as NCCL and gloo variables; runtime.env wins
@@ -103,7 +103,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     if missing:
         raise MissingSecret(missing, loaded.path)
     impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
-    out = impl.output_dir(loaded.data) or output_dir(loaded)
+    out = impl.output_dir(spec) or output_dir(loaded)
     # One transaction checks that no active job writes to `out` and records this one (OutputDirInUse).
     job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
                           spec_path=loaded.path, output_dir=out, exclusive_output=True)

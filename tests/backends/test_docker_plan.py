@@ -10,12 +10,14 @@ from pathlib import Path
 from gpujob.backends.base import JobRequest
 from gpujob.backends.docker.backend import observe
 from gpujob.backends.docker.container import ENTRY, SECRETS_FILE, archive, image_user, plan
+from gpujob.spec import JobSpec
 
 
 def request(tmp_path: Path, **over) -> JobRequest:
-    spec = {"apiVersion": "gpujob/v1", "kind": "command", "name": "p", "command": ["python", "x.py", "{spec}"],
-            "resources": {"gpus": 2, "shm": "1Gi", "memory": "4Gi", "cpu": "500m"},
-            "runtime": {"backend": "docker", "image": "img:1"}}
+    spec = JobSpec.model_validate({
+        "apiVersion": "gpujob/v1", "kind": "command", "name": "p", "command": ["python", "x.py", "{spec}"],
+        "resources": {"gpus": 2, "shm": "1Gi", "memory": "4Gi", "cpu": "500m"},
+        "runtime": {"backend": "docker", "image": "img:1"}})
     base = dict(job_id="abc123", name="p", kind="command", spec=spec, spec_path=None,
                 command=["python", "x.py", "{spec}"], env={"A": "1"}, secret_names=["HF_TOKEN"],
                 workdir=str(tmp_path), output_dir=str(tmp_path / "outputs/p"), job_dir=tmp_path / "home",

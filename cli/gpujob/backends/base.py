@@ -18,6 +18,7 @@ from gpujob.exits import explain_exit  # noqa: F401 - re-exported: backends expl
 
 if TYPE_CHECKING:
     from gpujob.records import Job
+    from gpujob.spec.models import JobSpec
 
 # The runner that train/evaluate jobs run inside the job (issue: the Whisper runner).
 RUNNER_MODULE = "gpujob.runner"
@@ -33,7 +34,7 @@ class JobRequest:
     job_id: str
     name: str
     kind: str
-    spec: dict            # the validated spec, as plain data (apiVersion, kind, ...)
+    spec: "JobSpec"       # the validated spec; spec_data() is its plain form, for files written out
     spec_path: str | None
     command: list[str]    # argv inside the job; "{spec}" stands for the spec file there
     env: dict[str, str]   # plain environment: runtime.env and the distributed network settings
@@ -45,6 +46,11 @@ class JobRequest:
     idle_s: float | None = None   # stop as hung after this long without a progress event
     gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+
+    def spec_data(self) -> dict[str, Any]:
+        """The spec as plain data (apiVersion, kind, ..., defaults filled in): what is written out
+        for the job (the spec file the runner reads) and recorded in the registry."""
+        return self.spec.model_dump(mode="json", by_alias=True)
 
 
 @dataclass
@@ -80,7 +86,7 @@ class Backend(Protocol):
         for) and raise a UserError if the backend cannot run it, so a refused job leaves nothing in
         the registry."""
 
-    def output_dir(self, spec: dict[str, Any]) -> str | None:
+    def output_dir(self, spec: "JobSpec") -> str | None:
         """Where the job's outputs are recorded to go, when the backend puts them somewhere of its
         own (kubernetes: the volume's path); None: ``output.dir`` resolved on this machine."""
         return None

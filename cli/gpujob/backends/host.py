@@ -33,7 +33,6 @@ from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, read_s
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.backend import DockerBackend
 from gpujob.backends.docker.engine import Engine
-from gpujob.defaults import HOST_IDLE, HOST_MAX_LIFETIME
 from gpujob.errors import GpujobError, UserError
 from gpujob.wire import IDLE_MINUTES_LABEL
 
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     from gpujob.hosts.layout import HostLayout
     from gpujob.hosts.ssh import HostConnection
     from gpujob.records import Host, Job
+    from gpujob.spec.models import RuntimeSection
 
 HOST_LABEL = "gpujob.dev/host"
 
@@ -55,10 +55,10 @@ class HostSource(Protocol):
     def active(self) -> list["Host"]:
         """The hosts not terminated."""
 
-    def for_job(self, runtime: dict) -> "Host":
+    def for_job(self, runtime: "RuntimeSection") -> "Host":
         """The ready host a job with this ``runtime`` section runs on, launched and provisioned if need be."""
 
-    def gpus_for(self, runtime: dict) -> tuple[str, int] | None:
+    def gpus_for(self, runtime: "RuntimeSection") -> tuple[str, int] | None:
         """The instance type such a job runs on and its GPUs, when known before a host is launched."""
 
     def connect(self, host: "Host") -> "HostConnection":
@@ -126,16 +126,16 @@ class HostBackend(Backend):
     # ------------------------------------------------------------------ render / submit
 
     def render(self, request: JobRequest) -> str:
-        rt = request.spec.get("runtime") or {}
-        if rt.get("host"):
-            where = f"host {rt['host']}"
+        rt = request.spec.runtime
+        if rt.host:
+            where = f"host {rt.host}"
         else:
-            where = (f"an idle {rt.get('host_type')} host of yours, else a new one launched in "
-                     f"{rt.get('region') or 'the first region with capacity'} (terminates itself after "
-                     f"{rt.get('host_idle', HOST_IDLE)} idle; at most {rt.get('host_max_lifetime', HOST_MAX_LIFETIME)} after launch)")
-        fs = rt.get("filesystem")
+            where = (f"an idle {rt.host_type} host of yours, else a new one launched in "
+                     f"{rt.region or 'the first region with capacity'} (terminates itself after "
+                     f"{rt.host_idle} idle; at most {rt.host_max_lifetime} after launch)")
+        fs = rt.filesystem
         outputs = f"/lambda/nfs/{fs}/gpujob/outputs/{request.job_id}" if fs else None
-        p = cplan.plan(self._labelled(request, rt.get("host") or "<chosen at submit>"), local=False,
+        p = cplan.plan(self._labelled(request, rt.host or "<chosen at submit>"), local=False,
                        outputs_on_host=outputs)
         return f"backend: host ({where})\n" + cplan.describe(p, request, "the host, over SSH")
 
@@ -149,7 +149,7 @@ class HostBackend(Backend):
     def preflight(self, request: JobRequest) -> None:
         """Refuse a job that asks for more GPUs than its host's instance type has, before a host is
         launched (and billed) for it."""
-        known = self.hosts.gpus_for(request.spec.get("runtime") or {}) if request.gpus else None
+        known = self.hosts.gpus_for(request.spec.runtime) if request.gpus else None
         if known and request.gpus > known[1]:
             itype, count = known
             raise UserError(f"resources.gpus: the job asks for {request.gpus} GPU{'s' if request.gpus > 1 else ''}, "
@@ -158,7 +158,7 @@ class HostBackend(Backend):
                                  "runtime.host_type (`gpujob host types` lists them)")
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        host = self.hosts.for_job(request.spec.get("runtime") or {})
+        host = self.hosts.for_job(request.spec.runtime)
         session = _session(host, self.hosts)
         lay = self.hosts.layout(host)
         claim = f"{lay.uploads_dir}/submit-{request.job_id}"

@@ -87,7 +87,7 @@ class LocalBackend(Backend):
         job_dir = request.job_dir
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         spec_file = job_dir / "spec.json"
-        _write_private(spec_file, json.dumps(request.spec, indent=2))
+        _write_private(spec_file, json.dumps(request.spec_data(), indent=2))
         launch = {
             "argv": self._argv(request),
             "workdir": request.workdir,

@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from gpujob.backends.base import JobRequest
-from gpujob.defaults import HF_CACHE, SHM
+from gpujob.defaults import HF_CACHE
 from gpujob.image import default_image as image_for
-from gpujob.spec.units import parse_cpu, parse_quantity
 from gpujob.wire import KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE
 
 RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
@@ -93,9 +92,8 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
          secrets: Mapping[str, str] | None = None, outputs_on_host: str | None = None) -> Plan:
     """``outputs_on_host``: a remote engine's folder (on its machine) to bind-mount at /outputs
     instead of the job's own volume, e.g. a rented host's persistent file system."""
-    spec = request.spec
-    res = spec.get("resources") or {}
-    image = image or (spec.get("runtime") or {}).get("image") or default_image(request.gpus)
+    res = request.spec.resources
+    image = image or request.spec.runtime.image or default_image(request.gpus)
     name = container_name(request)
     uri_output = "://" in request.output_dir
     if uri_output or local:
@@ -125,7 +123,7 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         "labels": {**request.labels, MANAGED_LABEL: MANAGED_VALUE, KIND_LABEL: request.kind},
         "init": True,
         "stop_signal": "SIGTERM",
-        "shm_size": parse_quantity(res.get("shm") or SHM),
+        "shm_size": res.shm_bytes,
         "detach": True,
     }
     if local:
@@ -145,11 +143,11 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
     create["mounts"] = mounts
     if request.gpus:
         create["device_requests"] = [{"Driver": "", "Count": request.gpus, "Capabilities": [["gpu"]]}]
-    if res.get("memory"):
-        create["mem_limit"] = parse_quantity(res["memory"])
-    if res.get("cpu") is not None:
-        create["nano_cpus"] = int(parse_cpu(res["cpu"]) * 1e9)
-    files = [(SPEC_FILE, json.dumps(spec, indent=2).encode(), 0o400)]
+    if res.memory:
+        create["mem_limit"] = res.memory_bytes
+    if res.cpu is not None:
+        create["nano_cpus"] = int(res.cpu * 1e9)
+    files = [(SPEC_FILE, json.dumps(request.spec_data(), indent=2).encode(), 0o400)]
     if secrets:
         body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
         files.append((SECRETS_FILE, body.encode(), 0o400))

@@ -30,6 +30,7 @@ from gpujob.records import TERMINAL
 if TYPE_CHECKING:
     from gpujob.backends.kubernetes.cluster import Cluster
     from gpujob.records import Job
+    from gpujob.spec.models import JobSpec
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"  # a pod label (Kubernetes 1.28+) and annotation
 PROGRESS_TAIL_LINES = 400
@@ -53,12 +54,12 @@ class KubernetesBackend(Backend):
             header += "".join(f"# PROBLEM: {p}\n" for p in problems)
         return header + manifests.to_yaml(objects)
 
-    def output_dir(self, spec: dict[str, Any]) -> str:
+    def output_dir(self, spec: "JobSpec") -> str:
         return manifests.output_dir_for(spec)
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        rt = request.spec.get("runtime", {})
-        cluster = self._connect(context=rt.get("context"), namespace=rt.get("namespace"))
+        rt = request.spec.runtime
+        cluster = self._connect(context=rt.context, namespace=rt.namespace)
         objects = manifests.render(request)
         for obj in objects:
             obj["metadata"]["namespace"] = cluster.namespace
@@ -84,7 +85,7 @@ class KubernetesBackend(Backend):
             raise
         t = cluster.target
         return {"namespace": t.namespace, "job": job["metadata"]["name"], "uid": job["metadata"].get("uid"),
-                "context": t.context, "server": t.server, "nodes": _nodes(request.spec),
+                "context": t.context, "server": t.server, "nodes": request.spec.resources.nodes,
                 "objects": [[o["kind"], o["metadata"]["name"]] for o in created]}
 
     # ------------------------------------------------------------------ status
@@ -332,10 +333,6 @@ def _validate(objects: list[dict[str, Any]]) -> list[str]:
     except ImportError:
         raise UserError("validating Kubernetes manifests needs kubernetes-validate",
                         hint="pip install 'gpujob[kubernetes]'") from None
-
-
-def _nodes(spec: dict[str, Any]) -> int:
-    return int((spec.get("resources") or {}).get("nodes") or 1)
 
 
 def _index(pod: dict) -> int:

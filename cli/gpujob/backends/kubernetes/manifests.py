@@ -41,11 +41,10 @@ from typing import TYPE_CHECKING, Any
 from gpujob import __version__
 from gpujob.backends.base import JobRequest
 from gpujob.backends.launch import GROUP_RESTART_EXIT, SPEC, Rendezvous, runner_command
-from gpujob.defaults import HF_CACHE, SHM
 from gpujob.image import default_tag
 
 if TYPE_CHECKING:
-    from gpujob.spec.models import DistributedSection
+    from gpujob.spec.models import DistributedSection, JobSpec, ResourcesSection
 
 DEFAULT_IMAGE = default_tag("cuda")
 SPEC_DIR = "/etc/gpujob"
@@ -79,9 +78,9 @@ def output_dir(request: JobRequest) -> str:
     return output_dir_for(request.spec)
 
 
-def output_dir_for(spec: dict[str, Any]) -> str:
+def output_dir_for(spec: "JobSpec") -> str:
     """Where the job writes: URIs and absolute paths as given; relative ones under the cache PVC."""
-    out = (spec.get("output") or {}).get("dir") or f"outputs/{spec.get('name', 'job')}"
+    out = spec.resolved_output_dir()
     if "://" in out or out.startswith("/"):
         return out
     return f"{CACHE_DIR}/{out.removeprefix('./')}"
@@ -89,9 +88,7 @@ def output_dir_for(spec: dict[str, Any]) -> str:
 
 def distributed(request: JobRequest) -> "DistributedSection":
     """The spec's ``distributed`` section (its defaults when absent)."""
-    from gpujob.spec.models import DistributedSection
-
-    return DistributedSection.model_validate(request.spec.get("distributed") or {})
+    return request.spec.distributed
 
 
 def rendezvous_endpoint(request: JobRequest) -> str:
@@ -130,15 +127,15 @@ def _env(request: JobRequest, store: str, out: str) -> list[dict[str, Any]]:
     return env
 
 
-def _resources(res: dict[str, Any], gpus: int) -> dict[str, Any]:
+def _resources(res: "ResourcesSection", gpus: int) -> dict[str, Any]:
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
-    if res.get("cpu"):
-        requests["cpu"] = f"{float(res['cpu']):g}"
-    if res.get("memory"):
-        requests["memory"] = limits["memory"] = res["memory"]
-    if res.get("disk"):
-        requests["ephemeral-storage"] = res["disk"]
+    if res.cpu:
+        requests["cpu"] = f"{res.cpu:g}"
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if res.disk:
+        requests["ephemeral-storage"] = res.disk
     if gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)  # quantities are strings
     out = {}
@@ -150,14 +147,13 @@ def _resources(res: dict[str, Any], gpus: int) -> dict[str, Any]:
 
 
 def render(request: JobRequest) -> list[dict[str, Any]]:
-    spec = request.spec
-    rt, res = spec.get("runtime", {}), spec.get("resources", {})
-    gpus, nodes = int(res.get("gpus") or 0), int(res.get("nodes") or 1)
+    rt, res = request.spec.runtime, request.spec.resources
+    gpus, nodes = res.gpus or 0, res.nodes
     name = object_name(request)
     service = service_name(request)
     port = distributed(request).port
     meta_labels = labels(request)
-    namespace = rt.get("namespace")
+    namespace = rt.namespace
     out = output_dir(request)
 
     def meta(obj_name: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
@@ -168,13 +164,13 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
 
     config_map = {
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(f"{name}-spec"),
-        "data": {"spec.json": json.dumps(spec, indent=2, sort_keys=True)},
+        "data": {"spec.json": json.dumps(request.spec_data(), indent=2, sort_keys=True)},
     }
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": rt.get("image") or DEFAULT_IMAGE,
+        "image": rt.image or DEFAULT_IMAGE,
         "command": _command(request, gpus, nodes),
-        "env": _env(request, rt.get("secret_store", "gpujob-secrets"), out),
+        "env": _env(request, rt.secret_store, out),
         "resources": _resources(res, gpus),
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
@@ -204,17 +200,17 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
         "containers": [container],
         "volumes": [
             {"name": "spec", "configMap": {"name": f"{name}-spec"}},
-            {"name": "cache", "persistentVolumeClaim": {"claimName": rt.get("cache_pvc", HF_CACHE)}},
-            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.get("shm", SHM)}},
+            {"name": "cache", "persistentVolumeClaim": {"claimName": rt.cache_pvc}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm}},
         ],
     }
     if gpus:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        if res.get("gpu_type"):
-            pod_spec["nodeSelector"] = {rt.get("gpu_node_label", "nvidia.com/gpu.product"): res["gpu_type"]}
+        if res.gpu_type:
+            pod_spec["nodeSelector"] = {rt.gpu_node_label: res.gpu_type}
     if nodes > 1:
         pod_spec["subdomain"] = service
-    job_labels = {"kueue.x-k8s.io/queue-name": rt["queue"]} if rt.get("queue") else {}
+    job_labels = {"kueue.x-k8s.io/queue-name": rt.queue} if rt.queue else {}
     rules: list[dict[str, Any]] = [
         {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
                                               "values": [CONFIG_ERROR_EXIT]}},
@@ -236,7 +232,7 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
     }
     if request.max_runtime_s:
         job_spec["activeDeadlineSeconds"] = request.max_runtime_s
-    if rt.get("queue"):
+    if rt.queue:
         job_spec["suspend"] = True
     if nodes > 1:
         job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})

@@ -12,13 +12,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol, TypeVar
 
+from gpujob.errors import UserError
 from gpujob.exits import explain_exit  # noqa: F401 - re-exported: backends explain exits with it
 
 if TYPE_CHECKING:
     from gpujob.records import Job
     from gpujob.spec.models import JobSpec
+    from gpujob.spec.runtime import RuntimeBase
+
+    R = TypeVar("R", bound=RuntimeBase)
 
 # The runner that train/evaluate jobs run inside the job (issue: the Whisper runner).
 RUNNER_MODULE = "gpujob.runner"
@@ -155,6 +159,18 @@ _ERROR_LINE = re.compile(
 _CHILD_FAILED = "ChildFailedError"
 # The launcher's line (gpujob.runner.launch) when one of several processes failed.
 _RANK_FAILED = re.compile(r"gpujob: (rank \d+ of \d+ failed first: .+)$")
+
+
+def runtime_of(request: JobRequest, *models: "type[R]") -> "R":
+    """The job's runtime section as one of ``models``, the backend's own (the docker engine also runs
+    host jobs). A spec for another backend is refused: ``--backend`` switches a spec before it gets here."""
+    runtime = request.spec.runtime
+    for model in models:
+        if isinstance(runtime, model):
+            return runtime
+    wanted = " or ".join(str(m.model_fields["backend"].default) for m in models)
+    raise UserError(f"{request.spec_path or 'this spec'} runs on the {runtime.backend} backend, not {wanted}",
+                    hint=f"pass --backend {models[0].model_fields['backend'].default}")
 
 
 def last_error_line(lines: list[str]) -> str | None:

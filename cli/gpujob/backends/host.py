@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
 
-from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, read_saved_log
+from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, read_saved_log, runtime_of
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.backend import DockerBackend
 from gpujob.backends.docker.engine import Engine
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from gpujob.hosts.layout import HostLayout
     from gpujob.hosts.ssh import HostConnection
     from gpujob.records import Host, Job
-    from gpujob.spec.models import RuntimeSection
+    from gpujob.spec.runtime import HostRuntime
 
 HOST_LABEL = "gpujob.dev/host"
 
@@ -55,10 +55,10 @@ class HostSource(Protocol):
     def active(self) -> list["Host"]:
         """The hosts not terminated."""
 
-    def for_job(self, runtime: "RuntimeSection") -> "Host":
+    def for_job(self, runtime: "HostRuntime") -> "Host":
         """The ready host a job with this ``runtime`` section runs on, launched and provisioned if need be."""
 
-    def gpus_for(self, runtime: "RuntimeSection") -> tuple[str, int] | None:
+    def gpus_for(self, runtime: "HostRuntime") -> tuple[str, int] | None:
         """The instance type such a job runs on and its GPUs, when known before a host is launched."""
 
     def connect(self, host: "Host") -> "HostConnection":
@@ -90,6 +90,13 @@ class _Session:
 
 _SESSIONS: dict[str, _Session] = {}
 _LOCK = threading.Lock()
+
+
+def _runtime(request: JobRequest) -> "HostRuntime":
+    """The job's ``runtime`` section, the host backend's own."""
+    from gpujob.spec.runtime import HostRuntime  # the spec is loaded: no import cost here
+
+    return runtime_of(request, HostRuntime)
 
 
 def _session(host: "Host", hosts: HostSource) -> _Session:
@@ -126,7 +133,7 @@ class HostBackend(Backend):
     # ------------------------------------------------------------------ render / submit
 
     def render(self, request: JobRequest) -> str:
-        rt = request.spec.runtime
+        rt = _runtime(request)
         if rt.host:
             where = f"host {rt.host}"
         else:
@@ -135,7 +142,7 @@ class HostBackend(Backend):
                      f"{rt.host_idle} idle; at most {rt.host_max_lifetime} after launch)")
         fs = rt.filesystem
         outputs = f"/lambda/nfs/{fs}/gpujob/outputs/{request.job_id}" if fs else None
-        p = cplan.plan(self._labelled(request, rt.host or "<chosen at submit>"), local=False,
+        p = cplan.plan(self._labelled(request, rt.host or "<chosen at submit>"), local=False, image=rt.image,
                        outputs_on_host=outputs)
         return f"backend: host ({where})\n" + cplan.describe(p, request, "the host, over SSH")
 
@@ -149,7 +156,7 @@ class HostBackend(Backend):
     def preflight(self, request: JobRequest) -> None:
         """Refuse a job that asks for more GPUs than its host's instance type has, before a host is
         launched (and billed) for it."""
-        known = self.hosts.gpus_for(request.spec.runtime) if request.gpus else None
+        known = self.hosts.gpus_for(_runtime(request)) if request.gpus else None
         if known and request.gpus > known[1]:
             itype, count = known
             raise UserError(f"resources.gpus: the job asks for {request.gpus} GPU{'s' if request.gpus > 1 else ''}, "
@@ -158,7 +165,7 @@ class HostBackend(Backend):
                                  "runtime.host_type (`gpujob host types` lists them)")
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        host = self.hosts.for_job(request.spec.runtime)
+        host = self.hosts.for_job(_runtime(request))
         session = _session(host, self.hosts)
         lay = self.hosts.layout(host)
         claim = f"{lay.uploads_dir}/submit-{request.job_id}"

@@ -145,17 +145,19 @@ def _did_you_mean(typed: str, names) -> str | None:
 
 
 def load(path: str, overrides: list[str] | None, backend: str | None = None):
-    """Load and validate one spec; print its warnings; SpecError propagates. ``--backend B`` is
-    ``--set runtime.backend=B``, so the spec is checked for the backend it will run on (a
-    ``resources.nodes: 2`` spec needs kubernetes)."""
+    """Load and validate one spec; print its warnings; SpecError propagates. ``--backend B`` sets
+    runtime.backend to B before validation, so the spec is checked for the backend it will run on (a
+    ``resources.nodes: 2`` spec needs kubernetes); the settings of the spec's own backend that B does not
+    have are dropped, with a note."""
     from gpujob.spec import load_spec
 
     if backend is not None:
         if backend not in NAMES:
             raise UserError(f"unknown backend {backend!r}; one of: {', '.join(NAMES)}",
                             hint=_did_you_mean(backend, NAMES))
-        overrides = [*(overrides or ()), f"runtime.backend={backend}"]
-    loaded = load_spec(path, overrides or ())
+    loaded = load_spec(path, overrides or (), backend=backend)
+    for note in loaded.notes:
+        err(f"note: {note}")
     for warning in loaded.warnings:
         err(f"warning: {warning}")
     return loaded

@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from gpujob.hosts.ssh import HostConnection
     from gpujob.records import Host
     from gpujob.registry import Registry
-    from gpujob.spec.models import RuntimeSection
+    from gpujob.spec.runtime import HostRuntime
 
 
-def host_for_job(registry: "Registry", runtime: "RuntimeSection", *, say: Say = notice) -> "Host":
+def host_for_job(registry: "Registry", runtime: "HostRuntime", *, say: Say = notice) -> "Host":
     """The host a job runs on: the one named in runtime.host, else an idle ready host of
     runtime.host_type, else a new one."""
     from gpujob.spec.units import parse_duration
@@ -56,7 +56,7 @@ def host_for_job(registry: "Registry", runtime: "RuntimeSection", *, say: Say = 
     return up(registry, req, say=say)
 
 
-def job_host_gpus(registry: "Registry", runtime: "RuntimeSection") -> tuple[str, int] | None:
+def job_host_gpus(registry: "Registry", runtime: "HostRuntime") -> tuple[str, int] | None:
     """The instance type a job with this ``runtime`` section runs on, and its GPUs, when that is known
     before any host is launched for it: recorded with the named host at its launch, else from the
     API's list of types. None when it is not known (no key, the API unreachable): the job goes on."""
@@ -90,10 +90,10 @@ class RegistryHosts:
     def active(self) -> list["Host"]:
         return self.registry.list_hosts(active_only=True)
 
-    def for_job(self, runtime: "RuntimeSection") -> "Host":
+    def for_job(self, runtime: "HostRuntime") -> "Host":
         return host_for_job(self.registry, runtime, say=notice)
 
-    def gpus_for(self, runtime: "RuntimeSection") -> tuple[str, int] | None:
+    def gpus_for(self, runtime: "HostRuntime") -> tuple[str, int] | None:
         return job_host_gpus(self.registry, runtime)
 
     def connect(self, host: "Host") -> "HostConnection":

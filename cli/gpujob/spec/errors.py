@@ -17,6 +17,7 @@ from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 from .cross_field import CrossFieldError
 from .fields import HUB_REPO_PATTERN, NAME_PATTERN, looks_like_credential
 from .models import SECTIONS, JobSpec, Source
+from .runtime import DEFAULT_BACKEND, RUNTIMES, backend_names, backend_of, foreign_message, owners
 from .units import shown
 
 MAX_KEY_CHARS = 80
@@ -141,11 +142,15 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for a in args for m in _models_in(a)]
 
 
-def model_at(path: Path_) -> type[BaseModel] | None:
-    """The model class describing the mapping at ``path`` (list indices skipped), if any."""
+def model_at(path: Path_, backend: str = DEFAULT_BACKEND) -> type[BaseModel] | None:
+    """The model class describing the mapping at ``path`` (list indices skipped), if any; ``runtime``
+    is described by the model of ``backend``."""
     model: type[BaseModel] | None = JobSpec
     for seg in path:
         if isinstance(seg, int) or model is None:
+            continue
+        if model is JobSpec and seg == "runtime":
+            model = RUNTIMES.get(backend, RUNTIMES[DEFAULT_BACKEND])
             continue
         fields = {f.alias or n: f for n, f in model.model_fields.items()}
         found = _models_in(fields[seg].annotation) if seg in fields else []
@@ -160,6 +165,10 @@ def _all_keys() -> dict[str, list[str]]:
     for section, model in SECTIONS.items():
         for name in model.model_fields:
             keys.setdefault(name, []).append(f"{section}.{name}")
+    for model in RUNTIMES.values():
+        for name in model.model_fields:
+            if f"runtime.{name}" not in keys.get(name, []):
+                keys.setdefault(name, []).append(f"runtime.{name}")
     for name in Source.model_fields:
         keys.setdefault(name, []).append(f"data.train[N].{name} (or data.eval[N].{name})")
     return keys
@@ -168,14 +177,21 @@ def _all_keys() -> dict[str, list[str]]:
 _ALL_KEYS = _all_keys()
 
 
-def _unknown_key(key: Any, parent: Path_) -> str:
-    model = model_at(parent)
+def _unknown_key(key: Any, parent: Path_, backend: str) -> str:
+    model = model_at(parent, backend)
     allowed = [f.alias or n for n, f in model.model_fields.items()] if model else []
     key_s = str(key)
+    if parent == ("runtime",) and owners(key_s):
+        return foreign_message(key_s, owners(key_s), backend)
     close = difflib.get_close_matches(key_s, allowed, 1, 0.8)
     lower = {a.lower(): a for a in allowed}
     if not close and key_s.lower() in lower:
         close = [lower[key_s.lower()]]
+    if not close and parent == ("runtime",):  # a misspelt setting of another backend
+        others = [n for n in dict.fromkeys(n for m in RUNTIMES.values() for n in m.model_fields) if n not in allowed]
+        near = difflib.get_close_matches(key_s, others, 1, 0.8)
+        if near:
+            return f'unknown key "{key_s[:40]}"; did you mean "{near[0]}" (a setting of the {backend_names(owners(near[0]))})?'
     this = fmt_path(parent + (key_s,))
     elsewhere = [p for p in _ALL_KEYS.get(key_s, []) if p != this]
     if not close and not elsewhere:
@@ -225,14 +241,24 @@ def _wrong_type(err: dict, path: Path_) -> str:
     return msg
 
 
-def _message(err: dict, path: Path_) -> str:
+def _backend_tag(err: dict, runtime: Any) -> tuple[Path_, str]:
+    """The runtime section's ``backend`` picks its model; a value that picks none is reported like any
+    other value outside a list of choices (a section that is not a mapping, as such)."""
+    if not isinstance(runtime, dict):
+        return ("runtime",), _wrong_type({"type": "model_type", "input": runtime}, ("runtime",))
+    choices = ", ".join(f"'{name}'" for name in RUNTIMES)
+    literal = {"ctx": {"expected": choices}, "input": runtime.get("backend")}
+    return ("runtime", "backend"), _literal(literal, ("runtime", "backend"))
+
+
+def _message(err: dict, path: Path_, backend: str = DEFAULT_BACKEND) -> str:
     typ, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if typ == "gpujob":
         return str(ctx.get("message", err["msg"]))
     if typ == "missing":
         return _REQUIRED_HINTS.get(path, "is required")
     if typ == "extra_forbidden":
-        return _unknown_key(path[-1], path[:-1])
+        return _unknown_key(path[-1], path[:-1], backend)
     if typ == "literal_error":
         return _literal(err, path)
     if typ in _EXPECTED:
@@ -259,13 +285,20 @@ def _message(err: dict, path: Path_) -> str:
 def translate_errors(errors: list[dict], data: Any) -> list[tuple[Path_, str, bool]]:
     """pydantic ``errors()`` -> ``(path, message, is_missing)``; cross-field errors are left to the caller."""
     out = []
+    runtime = data.get("runtime") if isinstance(data, dict) else None
+    backend = backend_of(runtime) or DEFAULT_BACKEND
     for err in errors:
         if isinstance((err.get("ctx") or {}).get("error"), CrossFieldError):
             continue
         path = tuple(seg for seg in err["loc"] if not (isinstance(seg, str) and _TAG.match(seg)))
+        if path[:1] == ("runtime",) and len(path) > 1 and path[1] in RUNTIMES:
+            path = path[:1] + path[2:]  # the tag of the backend's model: runtime.<backend>.key -> runtime.key
         if path and path[-1] == "[key]":
             path = path[:-1]
-        out.append((path, _message(err, path), err["type"] == "missing"))
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found") and path == ("runtime",):
+            out.append((*_backend_tag(err, runtime), False))
+            continue
+        out.append((path, _message(err, path, backend), err["type"] == "missing"))
     return out
 
 

@@ -25,6 +25,7 @@ from .interpolate import interpolate
 from .limits import MAX_BYTES, MAX_DEPTH, MAX_FLOW_DEPTH, MAX_LINES
 from .models import JobSpec
 from .plain import SET, SURROGATE_MSG, Converter, huge_message, problem_at, replace_at, unusable_values
+from .runtime import backend_of, dropped_notice, foreign_keys
 from .yaml_bounded import Huge, YamlProblems, new_yaml, parse_yaml
 
 __all__ = ["Problem", "SpecError", "LoadedSpec", "load_spec", "load_spec_text"]
@@ -36,17 +37,20 @@ _CREDENTIAL_MSG = ("looks like a credential (an access token or private key); do
 
 @dataclass
 class LoadedSpec:
-    """A validated spec, where it came from, its warnings and its plain data (defaults filled in)."""
+    """A validated spec, where it came from, its warnings, its plain data (defaults filled in) and
+    notes on what loading changed (the settings ``backend`` dropped)."""
 
     spec: JobSpec
     path: str
     warnings: list[Problem] = field(default_factory=list)
     data: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = (),
-              env: Mapping[str, str] | None = None) -> LoadedSpec:
-    """Read and validate the job spec at ``path``; raise :class:`SpecError` on any problem."""
+              env: Mapping[str, str] | None = None, backend: str | None = None) -> LoadedSpec:
+    """Read and validate the job spec at ``path``; raise :class:`SpecError` on any problem.
+    ``backend`` (``--backend``) runs the spec on another backend: see :func:`load_spec_text`."""
     file = os.fspath(path)
     try:
         with open(file, "rb") as fh:
@@ -68,14 +72,18 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = (),
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise SpecError([Problem(file, line, col, "", f"is not valid UTF-8 (byte offset {exc.start}: "
                                  f"0x{raw[exc.start]:02x}); is this a text YAML file? Save it as UTF-8")]) from None
-    return load_spec_text(text, file, overrides, env)
+    return load_spec_text(text, file, overrides, env, backend)
 
 
 def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[str] = (),
-                   env: Mapping[str, str] | None = None) -> LoadedSpec:
-    """Validate a job spec given as text; ``filename`` is used in messages and for the default name."""
+                   env: Mapping[str, str] | None = None, backend: str | None = None) -> LoadedSpec:
+    """Validate a job spec given as text; ``filename`` is used in messages and for the default name.
+
+    ``backend`` sets ``runtime.backend`` after the ``overrides``. When it differs from the spec's own
+    backend, the runtime settings of other backends that it does not have are dropped, and
+    ``notes`` names them: a spec written for one backend can be tried on another unchanged."""
     try:
-        return _load(text, filename, overrides, os.environ if env is None else env)
+        return _load(text, filename, overrides, os.environ if env is None else env, backend)
     except Fatal as exc:
         raise SpecError([exc.problem]) from None
     except RecursionError:
@@ -87,7 +95,8 @@ def _too_large(file: str, size: int) -> Problem:
                                          "did you pass a data file?")
 
 
-def _load(text: str, file: str, overrides: Sequence[str], env: Mapping[str, str]) -> LoadedSpec:
+def _load(text: str, file: str, overrides: Sequence[str], env: Mapping[str, str],
+          backend: str | None) -> LoadedSpec:
     if len(text) > MAX_BYTES // 4 and len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise Fatal(_too_large(file, len(text.encode("utf-8", "replace"))))
     if "\x00" in text:
@@ -117,6 +126,7 @@ def _load(text: str, file: str, overrides: Sequence[str], env: Mapping[str, str]
     flagged: set[Path_] = set()
     data = interpolate(data, (), env, secret_names, conv.plain, problems, positions, file, flagged, [MAX_BYTES])
     override_paths = _apply_overrides(data, overrides, problems)
+    notes = _switch_backend(data, backend, problems, override_paths) if backend is not None else []
     for path, value in unusable_values(data, ()):
         flagged.add(path)
         message = SURROGATE_MSG if isinstance(value, str) else huge_message(value, path)
@@ -136,8 +146,8 @@ def _load(text: str, file: str, overrides: Sequence[str], env: Mapping[str, str]
     else:
         if problems:
             raise SpecError(_sorted(problems))
-        notes = _warnings(spec, data, file, positions, override_paths)
-        return LoadedSpec(spec, file, notes, spec.model_dump(mode="json", by_alias=True))
+        warnings = _warnings(spec, data, file, positions, override_paths)
+        return LoadedSpec(spec, file, warnings, spec.model_dump(mode="json", by_alias=True), notes)
     # pydantic runs the cross-field checks only when every field is valid; run them on the raw data too
     problems += [problem_at(p, m, file, positions, override_paths) for p, m in cross_field_problems(data)]
     raise SpecError(_sorted(problems))
@@ -241,6 +251,20 @@ def _apply_overrides(data: dict, overrides: Sequence[str], problems: list[Proble
         else:
             applied.add(path)
     return applied
+
+
+def _switch_backend(data: dict, backend: str, problems: list[Problem], override_paths: set[Path_]) -> list[str]:
+    """``--backend``: set runtime.backend and, if that changes it, drop the settings of other backends
+    that this one does not have; return a note naming them."""
+    runtime = data.get("runtime")
+    declared = backend_of(runtime) if isinstance(runtime, dict) else None
+    override_paths |= _apply_overrides(data, [f"runtime.backend={backend}"], problems)
+    if not isinstance(runtime, dict) or declared == backend:
+        return []
+    dropped = foreign_keys(runtime, backend)
+    for key in dropped:
+        del runtime[key]
+    return [dropped_notice(dropped, backend)] if dropped else []
 
 
 # --- credentials and warnings --------------------------------------------------------------------

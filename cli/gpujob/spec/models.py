@@ -2,7 +2,8 @@
 
 Field descriptions here are the single source of the reference docs and the JSON Schema.
 Shared field types and validators live in :mod:`gpujob.spec.fields`; checks that involve
-several sections live in :mod:`gpujob.spec.cross_field`.
+several sections live in :mod:`gpujob.spec.cross_field`; the runtime section, one model per backend, in
+:mod:`gpujob.spec.runtime`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from gpujob.defaults import HF_CACHE, HOST_IDLE, HOST_MAX_LIFETIME, SHM
+from gpujob.defaults import SHM
 
 from .cross_field import CrossFieldError, cross_field_problems
 from .fields import (
-    CPU_SCHEMA, ENV_NAME_PATTERN, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
+    CPU_SCHEMA, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
     MAX_EPOCHS, MAX_GPUS, MAX_IDLE_MINUTES, MAX_LEARNING_RATE, MAX_SEED, MAX_STEPS, MAX_WEIGHT, NAME_PATTERN,
-    QUANTITY_SCHEMA, Duration, EnvName, NonEmptyStr, Quantity, SecretName, check_cpu, describe_value, fail,
+    QUANTITY_SCHEMA, Duration, NonEmptyStr, Quantity, Section, check_cpu, describe_value, fail,
     no_duplicates, none_to_empty, whole_or_auto,
 )
+from .runtime import DURATION_SCHEMA, LocalRuntime, Runtime, RuntimeBase
 from .units import MAX_CPU, parse_duration, parse_quantity, shown
 
 API_VERSION = "gpujob/v1"
@@ -44,11 +46,7 @@ def default_learning_rate(checkpoint: str, d_model: int | None = None) -> float 
     return PRETRAIN_LR[size] / FINETUNE_LR_DIVISOR if size else None
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-class ModelSection(_Section):
+class ModelSection(Section):
     """Which Whisper checkpoint to start from and what it should produce."""
 
     checkpoint: NonEmptyStr = Field("openai/whisper-small", description=(
@@ -61,7 +59,7 @@ class ModelSection(_Section):
         "`transcribe` writes the speech in its own language; `translate` writes English."))
 
 
-class Source(_Section):
+class Source(Section):
     """One dataset (or a mix of splits of it) to read audio and transcripts from."""
 
     dataset: NonEmptyStr = Field(description=(
@@ -83,7 +81,7 @@ class Source(_Section):
         return value
 
 
-class DataSection(_Section):
+class DataSection(Section):
     """Datasets for training and evaluation; several sources are mixed by weight."""
 
     train: Annotated[list[Source], none_to_empty(list)] = Field(
@@ -101,7 +99,7 @@ class DataSection(_Section):
         classmethod(lambda cls, value: whole_or_auto(value, 0, 64)))
 
 
-class FreezeLayers(_Section):
+class FreezeLayers(Section):
     """Freeze part of the encoder."""
 
     encoder_layers: int = Field(ge=1, le=MAX_ENCODER_LAYERS, description=(
@@ -121,7 +119,7 @@ def _check_freeze(value: Any) -> Any:
     raise fail(f"use none, encoder, or {{encoder_layers: N}} (got {describe_value(value)})")
 
 
-class TrainingSection(_Section):
+class TrainingSection(Section):
     """Optimisation settings. Defaults follow common Whisper fine-tuning practice."""
 
     learning_rate: Annotated[float, Field(gt=0, le=MAX_LEARNING_RATE)] | Literal["auto"] = Field("auto", description=(
@@ -165,7 +163,7 @@ class TrainingSection(_Section):
         return value
 
 
-class EvaluationSection(_Section):
+class EvaluationSection(Section):
     """How transcripts are scored."""
 
     metrics: list[Literal["wer", "cer"]] = Field(
@@ -186,7 +184,7 @@ class EvaluationSection(_Section):
     _unique = field_validator("metrics")(classmethod(lambda cls, value: no_duplicates(value)))
 
 
-class OutputSection(_Section):
+class OutputSection(Section):
     """Where results go."""
 
     dir: NonEmptyStr | None = Field(None, description=(
@@ -196,7 +194,7 @@ class OutputSection(_Section):
     private: bool = Field(True, description="Create the Hub repository as private.")
 
 
-class ResourcesSection(_Section):
+class ResourcesSection(Section):
     """Hardware to request from the backend."""
 
     gpus: int | None = Field(None, ge=0, le=MAX_GPUS, description=(
@@ -231,55 +229,11 @@ class ResourcesSection(_Section):
         return parse_quantity(self.disk) if self.disk else None
 
 
-class RuntimeSection(_Section):
-    """Where and how the job runs."""
-
-    backend: Literal["local", "docker", "kubernetes", "host"] = Field("local", description=(
-        "`local`: a process on this machine; `docker`: a container here; `kubernetes`: a Job in a cluster; "
-        "`host`: a remote GPU host."))
-    image: NonEmptyStr | None = Field(None, description="Container image for docker/kubernetes. Default: the gpujob runner image.")
-    namespace: NonEmptyStr | None = Field(None, description="Kubernetes namespace. Default: the current context's.")
-    context: NonEmptyStr | None = Field(None, description=(
-        "kubernetes: the kubeconfig context to submit to. Default: the current one. Later commands on the job "
-        "use the cluster it was submitted to, whatever the current context is then."))
-    queue: NonEmptyStr | None = Field(None, description="Scheduler queue (e.g. a Kueue LocalQueue name), if the backend has one.")
-    cache_pvc: NonEmptyStr = Field(HF_CACHE, description=(
-        "kubernetes: PersistentVolumeClaim mounted at /cache for the Hugging Face cache and relative outputs "
-        f"(k8s/ creates `{HF_CACHE}`)."))
-    secret_store: NonEmptyStr = Field("gpujob-secrets", description=(
-        "kubernetes: the Secret whose keys, named like `secrets`, hold their values (k8s/secret-example.yaml)."))
-    gpu_node_label: NonEmptyStr = Field("nvidia.com/gpu.product", description=(
-        "kubernetes: node label that `resources.gpu_type` is matched against (GPU feature discovery sets this one)."))
-    host: Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)] | None = Field(None, description=(
-        "host: run on this rented host (a name from `gpujob host list`). Unset: reuse an idle host of "
-        "`host_type`, else launch one."))
-    host_type: NonEmptyStr | None = Field(None, description=(
-        "host: the instance type to reuse or launch when `host` is unset, e.g. `gpu_1x_a100_sxm4` "
-        "(`gpujob host types` lists them with prices and the regions that have capacity)."))
-    region: NonEmptyStr | None = Field(None, description=(
-        "host: region to launch in, e.g. `us-east-1`. Unset: the first region with capacity."))
-    filesystem: NonEmptyStr | None = Field(None, description=(
-        "host: persistent file system to attach to a launched host; outputs are written to it, so they "
-        "outlive the host."))
-    host_idle: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
-        HOST_IDLE, description="host: a host launched for this job terminates itself after being idle this long.")
-    host_max_lifetime: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
-        HOST_MAX_LIFETIME, description="host: a host launched for this job is terminated this long after launch, busy or not.")
-    env: Annotated[dict[EnvName, str], none_to_empty(dict)] = Field(
-        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}}, description=(
-        "Environment variables for the job. Values are strings: quote numbers and booleans (`PORT: \"8080\"`). "
-        "Never put secrets here; use `secrets`."))
-    secrets: Annotated[list[SecretName], none_to_empty(list)] = Field(default_factory=list, description=(
-        "Names of environment variables (e.g. `HF_TOKEN`) passed from your shell to the job. Names only, never values."))
-
-    _unique = field_validator("secrets")(classmethod(lambda cls, value: no_duplicates(value)))
-
-
-class LimitsSection(_Section):
+class LimitsSection(Section):
     """Guards against runaway jobs."""
 
     max_runtime: Annotated[Duration | None, WithJsonSchema({"anyOf": [
-        {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"}, {"type": "null"}]})] = Field(
+        DURATION_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Stop the job after this long: `45s`, `90m`, `12h`, `1h30m`, `2d`.")
     max_cost: float | None = Field(None, ge=0, le=MAX_COST, description="Stop the job once its estimated cost reaches this many USD.")
     idle_minutes: float = Field(15, gt=0, le=MAX_IDLE_MINUTES, description=(
@@ -292,10 +246,10 @@ class LimitsSection(_Section):
         return parse_duration(self.max_runtime) if self.max_runtime else None
 
 
-class DistributedSection(_Section):
+class DistributedSection(Section):
     """Several GPUs or nodes: one process per GPU under torchrun, and how they wait for each other."""
 
-    timeout: Annotated[Duration, WithJsonSchema({"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"})] = Field(
+    timeout: Annotated[Duration, WithJsonSchema(DURATION_SCHEMA)] = Field(
         "10m", description=(
             "How long a process waits for the others in a collective (a step's all-reduce, a checkpoint being "
             "written, an evaluation) before the job fails. It bounds how long a hung or lost process can hold "
@@ -327,10 +281,11 @@ class DistributedSection(_Section):
         return env
 
 
-SECTIONS: dict[str, type[_Section]] = {
+# Each section's model; for runtime, the part every backend shares (runtime.RUNTIMES has each backend's).
+SECTIONS: dict[str, type[Section]] = {
     "model": ModelSection, "data": DataSection, "training": TrainingSection,
     "evaluation": EvaluationSection, "output": OutputSection, "resources": ResourcesSection,
-    "runtime": RuntimeSection, "limits": LimitsSection, "distributed": DistributedSection,
+    "runtime": RuntimeBase, "limits": LimitsSection, "distributed": DistributedSection,
 }
 
 
@@ -352,7 +307,7 @@ class JobSpec(BaseModel):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="Scoring.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where results go.")
     resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Hardware to request.")
-    runtime: RuntimeSection = Field(default_factory=RuntimeSection, description="Backend, image, environment.")
+    runtime: Runtime = Field(default_factory=LocalRuntime, description="Backend, its settings, environment.")
     limits: LimitsSection = Field(default_factory=LimitsSection, description="Runtime and cost limits.")
     distributed: DistributedSection = Field(default_factory=DistributedSection, description=(
         "Several GPUs or nodes: collective timeout, rendezvous, network."))

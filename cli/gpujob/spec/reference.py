@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -10,6 +11,7 @@ from pydantic_core import PydanticUndefined
 
 from .limits import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
 from .models import SECTIONS, FreezeLayers, JobSpec, Source
+from .runtime import RUNTIMES, RuntimeBase
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -124,12 +126,18 @@ def _default(model: type[BaseModel], name: str) -> str:
     return f"`{value}`"
 
 
-def _table(model: type[BaseModel], prefix: str, schema: dict[str, Any]) -> list[str]:
+def _table(model: type[BaseModel], prefix: str, schema: dict[str, Any], skip: Iterable[str] = ()) -> list[str]:
     defs = schema.get("$defs", {})
-    props = _resolve({"$ref": f"#/$defs/{model.__name__}"}, defs)["properties"] if model is not JobSpec \
-        else schema["properties"]
+    if model is JobSpec:
+        props = schema["properties"]
+    elif model is RuntimeBase:  # in no $defs entry of its own: every backend's model repeats its fields
+        props = RuntimeBase.model_json_schema(by_alias=True, mode="validation")["properties"]
+    else:
+        props = _resolve({"$ref": f"#/$defs/{model.__name__}"}, defs)["properties"]
     rows = ["| Key | Type | Default | Description |", "| --- | --- | --- | --- |"]
     for name, info in model.model_fields.items():
+        if name in skip:
+            continue
         key = info.alias or name
         prop = props[key]
         section = key in SECTIONS and model is JobSpec
@@ -151,7 +159,19 @@ def reference_markdown() -> str:
         if section == "training":
             out += ["### training.freeze as a mapping", "", (FreezeLayers.__doc__ or "").strip(), "",
                     *_table(FreezeLayers, "training.freeze.", schema), ""]
+        if section == "runtime":
+            out += _backend_tables(schema)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _backend_tables(schema: dict[str, Any]) -> list[str]:
+    """One table per backend of the settings only it has (env and secrets are everyone's)."""
+    out = []
+    for name, model in RUNTIMES.items():
+        out += [f"### runtime with backend: {name}", "", (model.__doc__ or "").strip(), ""]
+        if set(model.model_fields) - set(RuntimeBase.model_fields):
+            out += [*_table(model, "runtime.", schema, skip=RuntimeBase.model_fields), ""]
+    return out
 
 
 def schema_text() -> str:

@@ -22,7 +22,9 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, failure_reason, last_error_line, read_saved_log
+from gpujob.backends.base import (
+    LOG_NAME, Backend, JobRequest, Observed, failure_reason, last_error_line, read_saved_log, runtime_of,
+)
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
@@ -55,12 +57,13 @@ class DockerBackend(Backend):
     def render(self, request: JobRequest) -> str:
         host = current_host()
         local = is_local(host)
-        p = cplan.plan(request, local=local, user=_my_user() if local else None)
+        p = cplan.plan(request, local=local, image=job_image(request), user=_my_user() if local else None)
         return cplan.describe(p, request, host)
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
         engine = self._fixed_engine or Engine()
-        p = cplan.plan(request, local=engine.local, user=_my_user() if engine.local else None, secrets=secrets,
+        p = cplan.plan(request, local=engine.local, image=job_image(request),
+                       user=_my_user() if engine.local else None, secrets=secrets,
                        outputs_on_host=self._outputs_dir(request.job_id) if not engine.local else None)
         client = engine.client
         image = self._ensure_image(engine, p.image)
@@ -279,6 +282,14 @@ class DockerBackend(Backend):
                 engine.client.volumes.get(cplan.outputs_volume(job.id)).remove()
         except (derr.APIError, OSError, tarfile.TarError, *engine.transient()):
             return
+
+
+def job_image(request: JobRequest) -> str | None:
+    """``runtime.image`` of a docker job, or of a host job (a host runs its jobs on its own engine,
+    through this backend); None for the gpujob image."""
+    from gpujob.spec.runtime import DockerRuntime, HostRuntime  # the spec is loaded: no import cost here
+
+    return runtime_of(request, DockerRuntime, HostRuntime).image
 
 
 def observe(state: dict[str, Any], *, max_runtime_s: int | None = None, memory: str | None = None,

@@ -4,7 +4,7 @@ shape the Engine API takes).
 
 What the container gets, and why:
 
-- the job image (``runtime.image``, else the gpujob image: the CUDA tag with GPUs, the -cpu one
+- the job image (``image``: the spec's ``runtime.image``, which the caller passes; else the gpujob image: the CUDA tag with GPUs, the -cpu one
   without); the job's command behind a small ``sh`` entry (below); ``--init`` so signals reach
   the job and zombies are reaped;
 - GPUs as a device request (``resources.gpus``; with several, a train/evaluate job's command is the
@@ -93,7 +93,7 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
     """``outputs_on_host``: a remote engine's folder (on its machine) to bind-mount at /outputs
     instead of the job's own volume, e.g. a rented host's persistent file system."""
     res = request.spec.resources
-    image = image or request.spec.runtime.image or default_image(request.gpus)
+    image = image or default_image(request.gpus)
     name = container_name(request)
     uri_output = "://" in request.output_dir
     if uri_output or local:

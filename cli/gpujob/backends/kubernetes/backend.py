@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Notice, Observed, read_saved_log
+from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Notice, Observed, read_saved_log, runtime_of
 from gpujob.backends.kubernetes import explain, manifests
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.errors import GpujobError, UserError
@@ -58,7 +58,9 @@ class KubernetesBackend(Backend):
         return manifests.output_dir_for(spec)
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        rt = request.spec.runtime
+        from gpujob.spec.runtime import KubernetesRuntime
+
+        rt = runtime_of(request, KubernetesRuntime)
         cluster = self._connect(context=rt.context, namespace=rt.namespace)
         objects = manifests.render(request)
         for obj in objects:

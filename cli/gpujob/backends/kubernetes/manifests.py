@@ -39,7 +39,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from gpujob import __version__
-from gpujob.backends.base import JobRequest
+from gpujob.backends.base import JobRequest, runtime_of
 from gpujob.backends.launch import GROUP_RESTART_EXIT, SPEC, Rendezvous, runner_command
 from gpujob.image import default_tag
 
@@ -147,7 +147,9 @@ def _resources(res: "ResourcesSection", gpus: int) -> dict[str, Any]:
 
 
 def render(request: JobRequest) -> list[dict[str, Any]]:
-    rt, res = request.spec.runtime, request.spec.resources
+    from gpujob.spec.runtime import KubernetesRuntime  # the spec is loaded: no import cost here
+
+    rt, res = runtime_of(request, KubernetesRuntime), request.spec.resources
     gpus, nodes = res.gpus or 0, res.nodes
     name = object_name(request)
     service = service_name(request)

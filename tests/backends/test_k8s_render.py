@@ -26,7 +26,8 @@ def request_for(loaded, job_id: str = "ab12cd"):
 
 
 def objects_for(text: str, *overrides: str) -> dict[str, dict]:
-    loaded = load_spec_text(text, "t.yaml", overrides=overrides)
+    """The manifests for ``text``, as `gpujob render --backend kubernetes` makes them."""
+    loaded = load_spec_text(text, "t.yaml", overrides=overrides, backend="kubernetes")
     return {obj["kind"]: obj for obj in manifests.render(request_for(loaded))}
 
 
@@ -39,7 +40,7 @@ data:
   train: [{dataset: google/fleurs, config: el_gr, split: train}]
 training: {max_steps: 100}
 resources: {gpus: 2, gpu_type: H100, cpu: 8, memory: 64Gi, shm: 16Gi}
-runtime: {namespace: speech, secrets: [HF_TOKEN], env: {WANDB_MODE: offline}}
+runtime: {backend: kubernetes, namespace: speech, secrets: [HF_TOKEN], env: {WANDB_MODE: offline}}
 limits: {max_runtime: 12h}
 """
 
@@ -48,7 +49,7 @@ limits: {max_runtime: 12h}
 def test_every_example_job_renders_to_strictly_valid_manifests(path, monkeypatch):
     kv = pytest.importorskip("kubernetes_validate")
     monkeypatch.setenv("HF_TOKEN", "unused")
-    objects = manifests.render(request_for(load_spec(path)))
+    objects = manifests.render(request_for(load_spec(path, backend="kubernetes")))
     for obj in objects:
         kv.validate(obj, K8S_VERSION, strict=True)
     assert manifests.semantic_problems(objects) == []

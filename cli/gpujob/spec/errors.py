@@ -191,7 +191,8 @@ def _unknown_key(key: Any, parent: Path_, backend: str) -> str:
         others = [n for n in dict.fromkeys(n for m in RUNTIMES.values() for n in m.model_fields) if n not in allowed]
         near = difflib.get_close_matches(key_s, others, 1, 0.8)
         if near:
-            return f'unknown key "{key_s[:40]}"; did you mean "{near[0]}" (a setting of the {backend_names(owners(near[0]))})?'
+            whose = backend_names(owners(near[0]))
+            return f'unknown key "{key_s[:40]}"; did you mean "{near[0]}" (a setting of the {whose})?'
     this = fmt_path(parent + (key_s,))
     elsewhere = [p for p in _ALL_KEYS.get(key_s, []) if p != this]
     if not close and not elsewhere:
@@ -241,7 +242,7 @@ def _wrong_type(err: dict, path: Path_) -> str:
     return msg
 
 
-def _backend_tag(err: dict, runtime: Any) -> tuple[Path_, str]:
+def _backend_tag(runtime: Any) -> tuple[Path_, str]:
     """The runtime section's ``backend`` picks its model; a value that picks none is reported like any
     other value outside a list of choices (a section that is not a mapping, as such)."""
     if not isinstance(runtime, dict):
@@ -296,7 +297,7 @@ def translate_errors(errors: list[dict], data: Any) -> list[tuple[Path_, str, bo
         if path and path[-1] == "[key]":
             path = path[:-1]
         if err["type"] in ("union_tag_invalid", "union_tag_not_found") and path == ("runtime",):
-            out.append((*_backend_tag(err, runtime), False))
+            out.append((*_backend_tag(runtime), False))
             continue
         out.append((path, _message(err, path, backend), err["type"] == "missing"))
     return out

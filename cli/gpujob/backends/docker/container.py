@@ -4,9 +4,9 @@ shape the Engine API takes).
 
 What the container gets, and why:
 
-- the job image (``image``: the spec's ``runtime.image``, which the caller passes; else the gpujob image: the CUDA tag with GPUs, the -cpu one
-  without); the job's command behind a small ``sh`` entry (below); ``--init`` so signals reach
-  the job and zombies are reaped;
+- the job image (``image``, the spec's ``runtime.image`` as the caller passes it; else the gpujob
+  image: the CUDA tag with GPUs, the -cpu one without); the job's command behind a small ``sh``
+  entry (below); ``--init`` so signals reach the job and zombies are reaped;
 - GPUs as a device request (``resources.gpus``; with several, a train/evaluate job's command is the
   launcher, torchrun, one process per GPU: :mod:`gpujob.backends.launch`), ``/dev/shm`` of
   ``resources.shm`` (the engine's 64 MiB default breaks data loaders), memory and CPU limits when given;

@@ -191,6 +191,21 @@ def test_evaluate_job_writes_predictions_and_metrics(tmp_path, tiny_model, greek
     assert events[-1]["event"] == "end" and events[-1]["metrics"]["wer"] == metrics["wer"]
 
 
+def test_a_spec_file_from_before_the_runtime_split_still_runs(tmp_path, tiny_model, greek_folder):
+    """The spec file an older gpujob wrote for a job held every backend's runtime settings; a job image
+    with this runner still runs it."""
+    spec = json.loads(write_spec(tmp_path, tiny_model, greek_folder, kind="evaluate").read_text())
+    spec["runtime"] = {"backend": "kubernetes", "image": None, "namespace": "ml", "context": None, "queue": None,
+                       "cache_pvc": "gpujob-hf-cache", "secret_store": "gpujob-secrets",
+                       "gpu_node_label": "nvidia.com/gpu.product", "host": None, "host_type": None, "region": None,
+                       "filesystem": None, "host_idle": "15m", "host_max_lifetime": "12h", "env": {}, "secrets": []}
+    old = tmp_path / "old-spec.json"
+    old.write_text(json.dumps(spec))
+    code, events, output = run_runner(old)
+    assert code == 0, output[-3000:]
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "succeeded"
+
+
 def test_bad_data_fails_with_exit_2_and_a_message(tmp_path, tiny_model, greek_folder):
     path = write_spec(tmp_path, tiny_model, greek_folder)
     spec = json.loads(path.read_text())

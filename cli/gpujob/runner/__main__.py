@@ -23,9 +23,22 @@ from gpujob.progress import ProgressWriter
 def _load(path: str) -> JobSpec:
     from gpujob.spec import JobSpec, load_spec
 
-    if path.endswith(".json"):
-        return JobSpec.model_validate(json.loads(Path(path).read_text()))
+    if path.endswith(".json"):  # the spec file gpujob wrote for the job, validated when it was written
+        data = json.loads(Path(path).read_text())
+        _drop_other_backends_settings(data.get("runtime"))
+        return JobSpec.model_validate(data)
     return load_spec(path).spec
+
+
+def _drop_other_backends_settings(runtime: object) -> None:
+    """A spec file written by a gpujob before the runtime section was split by backend holds every
+    backend's settings (kubernetes jobs had ``host_idle``); the runner reads none of them, so it drops
+    them rather than refuse a job that a newer image runs."""
+    from gpujob.spec.runtime import backend_of, foreign_keys
+
+    if isinstance(runtime, dict) and (backend := backend_of(runtime)) is not None:
+        for key in foreign_keys(runtime, backend):
+            del runtime[key]
 
 
 def _output_dir(spec: JobSpec) -> Path:

@@ -70,15 +70,23 @@ def docker_engine():
     from docker_engine import start_engine
 
     engine = start_engine()
+    if engine.owned:  # a killed test session's containers, brought back by live-restore: gone first
+        _remove_job_containers(engine)
     yield engine
-    if engine.owned:
-        try:  # live-restore would keep the tests' containers running past the daemon
-            client = engine.client()
-            for container in client.containers.list(all=True, filters={"label": "gpujob.dev/id"}):
-                container.remove(force=True)
-        except Exception:
-            pass
+    if engine.owned:  # live-restore would keep the tests' containers running past the daemon
+        _remove_job_containers(engine)
         engine.stop()
+
+
+def _remove_job_containers(engine) -> None:
+    """Every gpujob container on the tests' own engine. A host agent under test counts any running
+    gpujob container as work on its host, so one left by an earlier session keeps it from going idle."""
+    try:
+        client = engine.client()
+        for container in client.containers.list(all=True, filters={"label": "gpujob.dev/id"}):
+            container.remove(force=True)
+    except Exception:
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from gpujob.spec import LoadedSpec, SpecError, json_schema, load_spec, load_spec
 from gpujob.spec.models import SECTIONS, FreezeLayers, JobSpec, Source
 from spec_samples import COMMAND, HEAD, TRAIN
 
-CPU_LIMIT_S = 2.0  # per spec, in process; measured: the worst case takes about 0.6 s
+CPU_LIMIT_S = 2.0  # per spec, in process, the CPU time of the loading thread alone (other tests leave threads behind in this process); measured: the worst case takes about 0.6 s
 MAX_LINE = 500  # characters in any line of output
 CLI_TIMEOUT_S = 120  # generous: before this change some of these took minutes
 
@@ -256,10 +256,10 @@ def test_there_are_many_cases():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_refused_quickly_in_process(tmp_path, case: Case):
     path = _write(tmp_path, case)
-    start = time.process_time()
+    start = time.thread_time()
     with pytest.raises(SpecError) as info:
         load_spec(path, overrides=case.overrides, env=case.env)
-    elapsed = time.process_time() - start
+    elapsed = time.thread_time() - start
     assert elapsed < CPU_LIMIT_S, f"took {elapsed:.2f} s of CPU"
     text = str(info.value)
     assert info.value.problems
@@ -419,9 +419,9 @@ description: ! plain text
 def test_a_big_but_reasonable_spec_loads_quickly():
     env = "".join(f"    VAR_{i}: value-{i}\n" for i in range(2000))
     text = COMMAND + "runtime:\n  env:\n" + env
-    start = time.process_time()
+    start = time.thread_time()
     spec = load_spec_text(text, "job.yaml", env={}).spec
-    assert len(spec.runtime.env) == 2000 and time.process_time() - start < CPU_LIMIT_S
+    assert len(spec.runtime.env) == 2000 and time.thread_time() - start < CPU_LIMIT_S
 
 
 # --- random shapes of aliases and merges -----------------------------------------------------------
@@ -448,9 +448,9 @@ def alias_documents(draw) -> str:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(alias_documents())
 def test_random_alias_and_merge_shapes_are_bounded(text):
-    start = time.process_time()
+    start = time.thread_time()
     try:
         load_spec_text(text, "job.yaml", env={})
     except SpecError as exc:
         _check_output(str(exc), Path("job.yaml"))
-    assert time.process_time() - start < CPU_LIMIT_S
+    assert time.thread_time() - start < CPU_LIMIT_S

@@ -3,7 +3,7 @@
 #   make demo-hello  the progress-protocol example job (seconds)
 #   make test   the full test suite (what CI runs); as root it apt-installs the Debian packages the tests
 #               need (ffmpeg, docker.io, debootstrap, openssh), otherwise it names them
-#   make test-fast  the fast tier: no daemons the tests start, no real Whisper model, nothing slow
+#   make test-fast  the fast tier: no daemons the tests start, no real Whisper model, nothing slow; 4 workers (pytest-xdist)
 #   make bench  benchmarks: CLI start-up time, then the runner's data loading (CPU) and its training and
 #               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json"
 #   make image  the job image (CUDA) on the Docker engine at DOCKER_HOST; make image-cpu its cpu variant
@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not daemon and not model"
+	$(PY) -m pytest -q -n 4 -m "not slow and not daemon and not model"
 
 assets: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.convert_ct2 --out .assets/whisper-base

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from gpujob.registry import Registry
+from polling import wait_for
 
 SUBMITTERS = 10
 ROUNDS = 6
@@ -56,14 +57,8 @@ output:
 """
 
 
-def _wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+def _wait_for(predicate):
+    return wait_for(predicate, timeout=60.0, every=0.02)
 
 
 def _jobs_on(out: Path) -> list:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from gpujob.cli.app import app
 from gpujob.registry import Registry
+from polling import pid_alive, wait_for
 
 runner = CliRunner()
 
@@ -68,24 +69,6 @@ def gpujob(*args: str):
     return runner.invoke(app, list(args))
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def secret_forms(secret: str) -> list[bytes]:
     forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
     forms |= {line for line in secret.splitlines() if len(line) >= 8}
@@ -127,7 +110,7 @@ def test_a_hostile_job_is_stopped_at_max_runtime_leaves_no_process_and_no_secret
     assert job.status == "failed" and "limits.max_runtime" in job.reason, job.reason
     assert took < 4 + 10 + 15, took  # the limit, the SIGTERM grace, slack for a loaded machine
     for pid in map(int, pids.read_text().split()):
-        wait_for(lambda: not alive(pid), timeout=10)
+        wait_for(lambda: not pid_alive(pid), timeout=10)
     status = gpujob("status", job_id, "--json")
     assert status.exit_code == 0, status.output[-3000:]
     logs, raw = gpujob("logs", job_id), gpujob("logs", job_id, "--raw")
@@ -169,10 +152,10 @@ def test_a_job_outlives_neither_cancel_nor_its_supervisor(tmp_path, gpujob_home)
             recorded = job.job_dir / "pids.json"
             wait_for(lambda: recorded.exists() and set(tree) <= {p for p, _ in json.loads(recorded.read_text())})
             os.kill(job.handle["supervisor_pid"], signal.SIGKILL)
-            wait_for(lambda: not alive(job.handle["supervisor_pid"]))
+            wait_for(lambda: not pid_alive(job.handle["supervisor_pid"]))
             assert gpujob("list").exit_code == 0  # the next command notices, and cleans up
         for pid in tree:
-            wait_for(lambda: not alive(pid), timeout=15)
+            wait_for(lambda: not pid_alive(pid), timeout=15)
         assert not Registry().get(job_id).active
 
 

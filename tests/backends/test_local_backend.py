@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from gpujob.cli.app import app
 from gpujob.registry import Registry
+import polling
+from polling import pid_alive
 
 runner = CliRunner()
 
@@ -45,22 +47,8 @@ def only_job() -> "object":
     return jobs[0]
 
 
-def wait_for(predicate, timeout: float = 20.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+def wait_for(predicate, timeout: float = 20.0):
+    return polling.wait_for(predicate, timeout=timeout)
 
 
 def test_success_shows_progress_in_logs_status_and_list(tmp_path):

@@ -47,6 +47,8 @@ from typing import Any
 import kmock
 from kmock._internal import enums
 
+import polling
+
 PODS = kmock.resource("", "v1", "pods")
 JOBS = kmock.resource("batch", "v1", "jobs")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
@@ -341,13 +343,7 @@ class FakeCluster:
         return [ln.decode() for _, ln in rt.lines] if rt else []
 
     def wait_for(self, predicate, timeout: float = 30, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        return polling.wait_for(predicate, timeout, what=what)
 
     # ---------------------------------------------------------------- object store (loop thread)
 

@@ -149,6 +149,7 @@ NonEmptyStr = Annotated[str, Field(min_length=1)]
 CPU_SCHEMA = {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CPU},
                         {"type": "string", "pattern": r"^[0-9]+m$|^[0-9]+(\.[0-9]+)?$"}, {"type": "null"}]}
 QUANTITY_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)$"}
+DURATION_SCHEMA = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"}  # JSON Schema of a Duration
 
 
 class Section(BaseModel):

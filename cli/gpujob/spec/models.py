@@ -17,12 +17,12 @@ from gpujob.defaults import SHM
 
 from .cross_field import CrossFieldError, cross_field_problems
 from .fields import (
-    CPU_SCHEMA, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
+    CPU_SCHEMA, DURATION_SCHEMA, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
     MAX_EPOCHS, MAX_GPUS, MAX_IDLE_MINUTES, MAX_LEARNING_RATE, MAX_SEED, MAX_STEPS, MAX_WEIGHT, NAME_PATTERN,
     QUANTITY_SCHEMA, Duration, NonEmptyStr, Quantity, Section, check_cpu, describe_value, fail,
     no_duplicates, none_to_empty, whole_or_auto,
 )
-from .runtime import DURATION_SCHEMA, LocalRuntime, Runtime, RuntimeBase
+from .runtime import LocalRuntime, Runtime, RuntimeBase
 from .units import MAX_CPU, parse_duration, parse_quantity, shown
 
 API_VERSION = "gpujob/v1"

@@ -13,10 +13,9 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, WithJsonSchema, fiel
 
 from gpujob.defaults import HF_CACHE, HOST_IDLE, HOST_MAX_LIFETIME
 
-from .fields import ENV_NAME_PATTERN, NAME_PATTERN, Duration, EnvName, NonEmptyStr, SecretName, Section, \
+from .fields import DURATION_SCHEMA, ENV_NAME_PATTERN, NAME_PATTERN, Duration, EnvName, NonEmptyStr, SecretName, Section, \
     no_duplicates, none_to_empty
 
-DURATION_SCHEMA = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?[dhms])+$"}
 DEFAULT_BACKEND = "local"
 # In the JSON Schema, every backend but local must be named, so that an editor matches a runtime section
 # against exactly one backend's settings (oneOf), as the loader does.

@@ -184,7 +184,8 @@ def _numeric_fields() -> list[tuple[str, str, type]]:
     for name, info in FreezeLayers.model_fields.items():
         out.append((f"training.freeze.{name}", name, FreezeLayers))
     for name, info in JobSpec.model_fields.items():
-        assert not _is_numeric(info.annotation), f"top-level number {name}: add it to the torture list"
+        if _is_numeric(info.annotation):
+            out.append((name, name, JobSpec))
     return out
 
 
@@ -199,6 +200,8 @@ def _spec_setting(path: str, value: str) -> str:
         return TRAIN.replace("      config: el_gr\n", f"      config: el_gr\n      {path.rsplit('.', 1)[1]}: {value}\n")
     if path.startswith("training.freeze."):
         return TRAIN + f"  freeze: {{encoder_layers: {value}}}\n"
+    if "." not in path:  # a top-level key (priority)
+        return TRAIN + f"{path}: {value}\n"
     section, name = path.split(".")
     if f"  {name}: " in TRAIN:
         return re.sub(rf"(?m)^  {name}: .*$", lambda _: f"  {name}: {value}", TRAIN)
@@ -346,7 +349,8 @@ def test_every_numeric_field_is_in_the_torture_list():
     paths = {path for path, _, _ in NUMERIC}
     assert {"resources.gpus", "resources.nodes", "resources.cpu", "training.max_steps", "training.seed",
             "limits.max_cost", "limits.idle_minutes", "distributed.port", "data.train[0].weight",
-            "training.freeze.encoder_layers", "evaluation.batch_size", "data.loader_workers"} <= paths
+            "training.freeze.encoder_layers", "evaluation.batch_size", "data.loader_workers",
+            "resources.price_per_hour", "priority"} <= paths
 
 
 EDGES = [  # (key, largest value allowed, the next one up, words of the error)
@@ -356,6 +360,8 @@ EDGES = [  # (key, largest value allowed, the next one up, words of the error)
     ("resources.memory", "1Pi", "1025Ti", "more than 1Pi"),
     ("limits.max_runtime", "30d", "30d1s", "longer than 30d"),
     ("limits.max_cost", "1000000", "1000001", "at most 1000000"),
+    ("resources.price_per_hour", "100000", "100001", "at most 100000"),
+    ("priority", "1000", "1001", "at most 1000"),
     ("limits.idle_minutes", "43200", "43201", "at most 43200"),
     ("training.max_steps", "1000000000", "1000000001", "at most 1000000000"),
     ("training.seed", "4294967295", "4294967296", "at most 4294967295"),

@@ -41,6 +41,8 @@ MAX_WEIGHT = 1_000_000
 MAX_LEARNING_RATE = 1.0
 MAX_ENCODER_LAYERS = 64  # Whisper large has 32
 MAX_COST = 1_000_000  # USD
+MAX_PRICE = 100_000  # USD per hour
+MAX_PRIORITY = 1000
 MAX_IDLE_MINUTES = 30 * 24 * 60  # 30 days, the longest duration allowed (units.MAX_DURATION)
 
 

@@ -18,8 +18,8 @@ from gpujob.defaults import SHM
 from .cross_field import CrossFieldError, cross_field_problems
 from .fields import (
     CPU_SCHEMA, DURATION_SCHEMA, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
-    MAX_EPOCHS, MAX_GPUS, MAX_IDLE_MINUTES, MAX_LEARNING_RATE, MAX_SEED, MAX_STEPS, MAX_WEIGHT, NAME_PATTERN,
-    QUANTITY_SCHEMA, Duration, NonEmptyStr, Quantity, Section, check_cpu, describe_value, fail,
+    MAX_EPOCHS, MAX_GPUS, MAX_IDLE_MINUTES, MAX_LEARNING_RATE, MAX_PRICE, MAX_PRIORITY, MAX_SEED, MAX_STEPS, MAX_WEIGHT, NAME_PATTERN,
+    QUANTITY_SCHEMA, Duration, EnvName, NonEmptyStr, Quantity, Section, check_cpu, describe_value, fail,
     no_duplicates, none_to_empty, whole_or_auto,
 )
 from .runtime import LocalRuntime, Runtime, RuntimeBase
@@ -212,6 +212,13 @@ class ResourcesSection(Section):
         SHM, description="Shared memory (/dev/shm) for data-loader workers, as a Kubernetes quantity.")
     disk: Annotated[Quantity | None, WithJsonSchema({"anyOf": [QUANTITY_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Scratch disk as a Kubernetes quantity, e.g. `100Gi`.")
+    price_per_hour: float | None = Field(None, ge=0, le=MAX_PRICE, description=(
+        "What the job costs per hour of running, in USD, for all its GPUs and nodes together: the basis of its "
+        "cost in `status` and `list`, the most it can cost (`render`, `submit`) and `limits.max_cost`. Unset: "
+        "the price table (`$GPUJOB_HOME/prices.yaml`), else a rented host's price from its provider, else unknown."))
+    share_gpus: bool = Field(False, description=(
+        "local and host: start at once on GPUs that other jobs may be using, instead of waiting in the queue "
+        "until enough GPUs are free for this job alone."))
 
     @property
     def memory_bytes(self) -> int | None:
@@ -235,7 +242,11 @@ class LimitsSection(Section):
     max_runtime: Annotated[Duration | None, WithJsonSchema({"anyOf": [
         DURATION_SCHEMA, {"type": "null"}]})] = Field(
         None, description="Stop the job after this long: `45s`, `90m`, `12h`, `1h30m`, `2d`.")
-    max_cost: float | None = Field(None, ge=0, le=MAX_COST, description="Stop the job once its estimated cost reaches this many USD.")
+    max_cost: float | None = Field(None, gt=0, le=MAX_COST, description=(
+        "Stop the job once its cost reaches this many USD, as SIGTERM stops it (the runner saves a checkpoint "
+        "first; resubmit with a higher limit to resume). Cost is the job's price per hour "
+        "(`resources.price_per_hour`, the price table, or a rented host's price) times its running time; "
+        "a job with no known price is refused."))
     idle_minutes: float = Field(15, gt=0, le=MAX_IDLE_MINUTES, description=(
         "A job that has reported progress and then reports nothing for this many minutes is stopped as hung, "
         "so a frozen run does not hold a GPU all night. Jobs that never report progress are not affected."))
@@ -281,11 +292,31 @@ class DistributedSection(Section):
         return env
 
 
+class NotifySection(Section):
+    """Tell someone when the job ends: a webhook and/or a command, once per job, retried if it fails."""
+
+    on: list[Literal["succeeded", "failed", "hung", "budget", "cancelled"]] = Field(
+        default_factory=lambda: ["succeeded", "failed", "hung", "budget"], description=(
+            "When to notify: `succeeded`, `failed`, `hung` (stopped after `limits.idle_minutes` without "
+            "progress), `budget` (stopped at `limits.max_cost`), `cancelled`."))
+    webhook: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2000)] | None = Field(None, description=(
+        "POST a JSON summary of the job (id, name, status, reason, step, metrics, cost; never a secret) to this URL."))
+    webhook_env: EnvName | None = Field(None, description=(
+        "The name of an environment variable whose value is the webhook URL, for URLs that are secrets "
+        "themselves (Slack's): read where the notification is sent, never stored."))
+    command: list[NonEmptyStr] | None = Field(None, min_length=1, description=(
+        "Run this program on the machine that sees the job end, with the same JSON on its standard input, "
+        "e.g. `[notify-send, gpujob]` or `[sh, -c, 'mail -s gpujob me@example.com']`."))
+
+    _unique = field_validator("on")(classmethod(lambda cls, value: no_duplicates(value)))
+
+
 # Each section's model; for runtime, the part every backend shares (runtime.RUNTIMES has each backend's).
 SECTIONS: dict[str, type[Section]] = {
     "model": ModelSection, "data": DataSection, "training": TrainingSection,
     "evaluation": EvaluationSection, "output": OutputSection, "resources": ResourcesSection,
     "runtime": RuntimeBase, "limits": LimitsSection, "distributed": DistributedSection,
+    "notify": NotifySection,
 }
 
 
@@ -311,6 +342,11 @@ class JobSpec(BaseModel):
     limits: LimitsSection = Field(default_factory=LimitsSection, description="Runtime and cost limits.")
     distributed: DistributedSection = Field(default_factory=DistributedSection, description=(
         "Several GPUs or nodes: collective timeout, rendezvous, network."))
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description=(
+        "Place in the GPU queue of a local machine or rented host: higher first, first come first served "
+        "among equals."))
+    notify: NotifySection = Field(default_factory=NotifySection, description=(
+        "Notifications when the job ends, fails, hangs or reaches its budget."))
     command: list[NonEmptyStr] | None = Field(None, description=(
         "The program and its arguments, for `kind: command` only (required there), e.g. `[python, train.py]`."))
 

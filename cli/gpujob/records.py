@@ -42,11 +42,45 @@ class Job:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    price_usd_per_hour: float | None = None  # what the job costs per hour of running; None: unknown
+    price_source: str | None = None          # where that price came from, in words
     transitions: list[tuple[str, float, str | None]] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    @property
+    def cost(self) -> float | None:
+        """What the job has cost so far (USD): its price times its running time (queued time is free);
+        None when its price is unknown. Older records know only ``cost_usd`` (rented hosts)."""
+        if self.price_usd_per_hour is None:
+            return self.cost_usd if self.cost_usd else None
+        return self.price_usd_per_hour * (self.runtime_s or 0.0) / 3600.0
+
+    def projected_cost(self, eta_s: float | None) -> float | None:
+        """The cost at the end, should the job run ``eta_s`` more seconds; None when either is unknown."""
+        if self.price_usd_per_hour is None or eta_s is None or not self.active:
+            return None
+        return self.price_usd_per_hour * ((self.runtime_s or 0.0) + eta_s) / 3600.0
+
+    @property
+    def budget_s(self) -> float | None:
+        """``limits.max_cost`` as running time at the job's price; None without both (or when it is free)."""
+        if self.max_cost is None or not self.price_usd_per_hour:
+            return None
+        return self.max_cost / self.price_usd_per_hour * 3600.0
+
+    def budget_came_first(self, max_runtime_s: float | None) -> bool:
+        """True when the job's budget runs out before ``limits.max_runtime``: a deadline that stopped it was the budget."""
+        budget = self.budget_s
+        return budget is not None and (max_runtime_s is None or budget < max_runtime_s)
+
+    @property
+    def max_cost(self) -> float | None:
+        """``limits.max_cost`` of the job's spec (USD), or None."""
+        value = (self.spec.get("limits") or {}).get("max_cost")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     @property
     def runtime_s(self) -> float | None:
@@ -68,6 +102,9 @@ class Job:
             progress=json.loads(row["progress_json"]), metrics=json.loads(row["metrics_json"]),
             cost_usd=row["cost_usd"], created_at=row["created_at"], started_at=row["started_at"],
             finished_at=row["finished_at"], updated_at=row["updated_at"],
+            # a registry opened read-only may be older than these columns
+            price_usd_per_hour=row["price_usd_per_hour"] if "price_usd_per_hour" in row.keys() else None,
+            price_source=row["price_source"] if "price_source" in row.keys() else None,
         )
 
 

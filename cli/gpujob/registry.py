@@ -109,7 +109,8 @@ class Registry:
     # ------------------------------------------------------------------ writes
 
     def create(self, *, name: str, kind: str, backend: str, spec: dict[str, Any],
-               spec_path: str | None, output_dir: str | None, exclusive_output: bool = False) -> Job:
+               spec_path: str | None, output_dir: str | None, exclusive_output: bool = False,
+               price_usd_per_hour: float | None = None, price_source: str | None = None) -> Job:
         """Record a new queued job. With ``exclusive_output``, raise :class:`OutputDirInUse` if an
         active job writes to the same directory (compared by :func:`output_key`); the check and
         the insert are one transaction, so concurrent submits cannot both pass it."""
@@ -128,8 +129,10 @@ class Registry:
                     break
             conn.execute(
                 "INSERT INTO jobs (id, name, kind, backend, status, spec_path, spec_json, output_dir,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (job_id, name, kind, backend, spec_path, json.dumps(spec), output_dir, now, now),
+                " price_usd_per_hour, price_source, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, name, kind, backend, spec_path, json.dumps(spec), output_dir, price_usd_per_hour,
+                 price_source, now, now),
             )
             conn.execute("INSERT INTO transitions (job_id, status, at) VALUES (?, 'queued', ?)", (job_id, now))
         return self.get(job_id)
@@ -167,6 +170,10 @@ class Registry:
             if status in TERMINAL:
                 sets.append("finished_at = ?")
                 args.append(now)
+                # the final cost, where the price is known: price x running time
+                sets.append("cost_usd = COALESCE(price_usd_per_hour * MAX(0, ? - COALESCE(started_at, ?)) / 3600.0,"
+                            " cost_usd)")
+                args.extend([now, now])
             conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
             conn.execute("INSERT INTO transitions (job_id, status, reason, at) VALUES (?, ?, ?, ?)",
                          (job_id, status, reason, now))
@@ -174,8 +181,12 @@ class Registry:
 
     def update(self, job_id: str, *, handle: dict[str, Any] | None = None,
                progress: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-               cost_usd: float | None = None) -> None:
+               cost_usd: float | None = None, price: tuple[float, str] | None = None) -> None:
+        """Record what changed; ``price``: (USD per hour, where it came from), once the backend knows it."""
         sets, args = ["updated_at = ?"], [time.time()]
+        if price is not None:
+            sets.extend(["price_usd_per_hour = ?", "price_source = ?"])
+            args.extend(price)
         for column, value in (("handle_json", handle), ("progress_json", progress), ("metrics_json", metrics)):
             if value is not None:
                 sets.append(f"{column} = ?")

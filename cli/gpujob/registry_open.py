@@ -34,7 +34,7 @@ DAMAGED_MARK = "registry.db.damaged"  # left by a command that hit a damaged pag
 JOB_ID = re.compile(r"^[a-z][a-z0-9]{5}$")
 CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
-SCHEMA_VERSION = 2   # 2: the hosts table
+SCHEMA_VERSION = 3   # 2: the hosts table; 3: jobs.price_usd_per_hour and price_source
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id            TEXT PRIMARY KEY,
@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress_json TEXT NOT NULL DEFAULT '{}',
     metrics_json  TEXT NOT NULL DEFAULT '{}',
     cost_usd      REAL NOT NULL DEFAULT 0,
+    price_usd_per_hour REAL,
+    price_source  TEXT,
     created_at    REAL NOT NULL,
     started_at    REAL,
     finished_at   REAL,
@@ -93,6 +95,8 @@ CREATE TABLE IF NOT EXISTS hosts (
 );
 """
 STATEMENTS = [s for s in _SCHEMA.split(";") if s.strip()]
+# Columns added after a table was first made: (table, column, its definition), added to older files.
+ADDED_COLUMNS = [("jobs", "price_usd_per_hour", "REAL"), ("jobs", "price_source", "TEXT")]
 
 READ_ONLY_HINT = ("to record changes, make it writable by you (or run gpujob as its owner), "
                   "or set GPUJOB_HOME to a folder of your own")
@@ -126,6 +130,10 @@ def setup(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
                 try:
                     for statement in STATEMENTS:
                         conn.execute(statement)
+                    for table, column, kind in ADDED_COLUMNS:
+                        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                        if column not in have:
+                            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 except BaseException:
                     conn.execute("ROLLBACK")

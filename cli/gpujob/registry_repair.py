@@ -127,6 +127,7 @@ def job_from_folder(folder: Path) -> dict[str, Any]:
         "spec_json": json.dumps(spec), "output_dir": _output_dir(spec, launch, name),
         "handle_json": json.dumps(handle), "progress_json": json.dumps(progress),
         "metrics_json": json.dumps(progress.get("metrics") or {}), "cost_usd": 0.0,
+        "price_usd_per_hour": _price(launch), "price_source": launch.get("price_source") if _price(launch) else None,
         "created_at": created, "started_at": started, "finished_at": finished,
         "updated_at": time.time(), "transitions": transitions,
     }
@@ -214,3 +215,9 @@ def _replay(log: Path) -> tuple[dict[str, Any], str | None, str | None]:
 def _alive(pid: Any, start: Any) -> bool:
     """:func:`gpujob.procs.alive` for values read from a job folder's handle.json, whatever they are."""
     return isinstance(pid, int) and pid > 0 and procs.alive(pid, start)
+
+
+def _price(launch: dict[str, Any]) -> float | None:
+    """The price the local backend wrote beside the job (launch.json), if it is a number."""
+    value = launch.get("price_per_hour")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None

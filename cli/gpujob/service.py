@@ -19,6 +19,7 @@ from gpujob.backends.base import RUNNER_MODULE
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
 from gpujob.fleet.jobs import RegistryHosts
+from gpujob.pricing import Estimate, Price, estimate as estimate_cost, job_price
 from gpujob.records import gpujob_home
 from gpujob.registry import TERMINAL, Job, Registry
 
@@ -33,7 +34,7 @@ def _backend(name: str, registry: Registry) -> Backend:
     return get_backend(name, hosts=RegistryHosts(registry))
 
 
-def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobRequest:
+def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path, price: Price | None = None) -> JobRequest:
     spec = loaded.spec
     gpus = spec.resources.gpus or 0
     if spec.kind == "command":
@@ -57,6 +58,8 @@ def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path) -> JobReq
         idle_s=spec.limits.idle_minutes * 60,
         gpus=gpus,
         labels={"gpujob.dev/id": job_id, "gpujob.dev/name": spec.name},
+        price_per_hour=price.usd_per_hour if price else None,
+        max_cost=spec.limits.max_cost,
     )
 
 
@@ -73,19 +76,52 @@ def output_dir(loaded: "LoadedSpec") -> str:
 PREVIEW_ID = "xxxxxx"
 
 
-def render(loaded: "LoadedSpec", backend: str | None = None) -> str:
+def render(loaded: "LoadedSpec", backend: str | None = None) -> tuple[str, Estimate]:
+    """What the backend would run, and what it would cost (the registry's earlier runs, if there is one,
+    tell how long it should take)."""
     name = backend or loaded.spec.runtime.backend
-    return get_backend(name, render_only=True).render(_preview_request(loaded))
+    impl = get_backend(name, render_only=True)
+    request = _preview_request(loaded)
+    price = price_of(loaded, name, impl, request)
+    home = gpujob_home()
+    jobs: list[Job] = []
+    if (home / "registry.db").exists():
+        registry = Registry(home)
+        try:
+            jobs = registry.list()
+        finally:
+            registry.close()
+    request = _preview_request(loaded, price)
+    return impl.render(request), estimate_cost(loaded.spec, price, jobs, priced_at_submit=name == "host")
 
 
-def _preview_request(loaded: "LoadedSpec") -> JobRequest:
+def estimate(loaded: "LoadedSpec", registry: Registry, backend: str | None = None) -> Estimate:
+    """What the job should cost, for submit to show (and confirm) before anything starts."""
+    name = backend or loaded.spec.runtime.backend
+    impl = _backend(name, registry)
+    price = price_of(loaded, name, impl, _preview_request(loaded))
+    return estimate_cost(loaded.spec, price, registry.list(), priced_at_submit=name == "host")
+
+
+def price_of(loaded: "LoadedSpec", name: str, impl: Backend, request: JobRequest) -> Price | None:
+    """The job's price: the spec's, else the price table's (by backend, kubernetes context, GPU type),
+    else what the backend's operator published, else the provider's (a rented host's type)."""
+    found = job_price(loaded.spec, name, context=impl.price_scope(request), published=impl.published_prices(request))
+    if found is None:
+        offered = impl.provider_price(request)
+        found = Price(*offered) if offered else None
+    return found
+
+
+def _preview_request(loaded: "LoadedSpec", price: Price | None = None) -> JobRequest:
     """The request under the preview id, so names are shaped as submit makes them; submit draws its own id."""
     preview_id = PREVIEW_ID
-    return build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id)
+    return build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id, price=price)
 
 
 def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,
-           environ: Mapping[str, str] | None = None) -> Job:
+           environ: Mapping[str, str] | None = None, price: Price | None = None) -> Job:
+    """Record and start the job. ``price``: what :func:`estimate` found (looked up again when None)."""
     environ = os.environ if environ is None else environ
     registry.check_writable("submit a job")
     spec = loaded.spec
@@ -103,17 +139,28 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     if missing:
         raise MissingSecret(missing, loaded.path)
     impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
+    price = price or price_of(loaded, name, impl, _preview_request(loaded))
+    if spec.limits.max_cost is not None and price is None and name != "host":  # a rented host has its price
+        raise UserError(f"{loaded.path}: limits.max_cost is set, but the job has no price, so its budget cannot "
+                        "be enforced", hint="set resources.price_per_hour (USD per hour for the whole job), or add "
+                        "a price for this backend and GPU type to the price table, $GPUJOB_HOME/prices.yaml "
+                        "(README.md: Money)")
     out = impl.output_dir(spec) or output_dir(loaded)
     # One transaction checks that no active job writes to `out` and records this one (OutputDirInUse).
     job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
-                          spec_path=loaded.path, output_dir=out, exclusive_output=True)
-    request = build_request(loaded, job_id=job.id, job_dir=job.job_dir)
+                          spec_path=loaded.path, output_dir=out, exclusive_output=True,
+                          price_usd_per_hour=price.usd_per_hour if price else None,
+                          price_source=price.source if price else None)
+    request = build_request(loaded, job_id=job.id, job_dir=job.job_dir, price=price)
     try:
         handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets if from_env})
     except Exception as exc:
         registry.transition(job.id, "failed", reason=f"the {name} backend could not start the job: {exc}")
         raise
     registry.update(job.id, handle=handle)
+    if price is None and handle.get("price_cents_per_hour") is not None:  # a rented host's price, known now
+        registry.update(job.id, price=(float(handle["price_cents_per_hour"]) / 100.0,
+                                       f"host {handle.get('host')}: its provider's price"))
     if not impl.self_reporting:
         return refresh(registry, registry.get(job.id))
     return _wait_started(registry, job.id)
@@ -148,8 +195,8 @@ def refresh(registry: Registry, job: Job) -> Job:
             registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
                                 started_at=seen.started_at)
     job = registry.get(job.id)
-    cost = impl.job_cost(job)  # backends that bill by the hour: the job's share so far
-    if cost is not None:
+    cost = job.cost  # kept in the record too, for readers of the registry and older versions
+    if cost is not None and job.active:
         registry.update(job.id, cost_usd=cost)
         job = registry.get(job.id)
     return job

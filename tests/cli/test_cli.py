@@ -237,13 +237,15 @@ def test_render_is_the_same_every_time_and_says_the_id_is_a_placeholder():
         assert PREVIEW_ID in first.output and f"{PREVIEW_ID} stands for the job id" in first.output
 
 
-def test_cost_is_a_dash_where_the_price_is_unknown_and_logs_names_its_all_workers_flag(tmp_path):
+def test_cost_is_unknown_where_the_price_is_unknown_and_logs_names_its_all_workers_flag(tmp_path):
     spec = tmp_path / "j.yaml"
     spec.write_text(f"apiVersion: gpujob/v1\nkind: command\nname: j\ncommand: [echo, ok]\noutput:\n  dir: {tmp_path}/o\n")
     assert gpujob("submit", str(spec), "--follow").exit_code == 0
     header, row = gpujob("list").output.splitlines()[:2]
     cost = row[header.index("COST"):].split()[0]
-    assert cost == "-", row
-    assert "cost -" in gpujob("status", "j").output
+    assert cost == "unknown", row
+    status = gpujob("status", "j").output
+    assert "cost unknown" in status and "$0.00" not in status
+    assert "cost     unknown: no price for this job" in status
     assert gpujob("logs", "j", "--all-workers").exit_code == 0
     assert "--all-workers" in gpujob("logs", "--help").output

@@ -36,7 +36,7 @@ from typing import Callable
 
 from gpujob import procs
 from gpujob.backends import reaper
-from gpujob.backends.base import JobStore, failure_reason
+from gpujob.backends.base import JobStore, budget_reason, failure_reason
 from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _write_private, kill_strays
 from gpujob.backends.output import JobOutput
 from gpujob.progress_state import ProgressState
@@ -157,7 +157,10 @@ class Supervisor:
         self.log.flush()
 
     def _check_limits(self, now: float, started: float, limit: int | None) -> None:
-        idle = self.launch.get("idle_s")
+        idle, budget = self.launch.get("idle_s"), self.launch.get("budget_s")
+        if budget and self.stop_reason is None and now - started >= budget:
+            self._stop(budget_reason(self.launch.get("max_cost"), self.launch.get("price_per_hour"),
+                                     self.state.step), now)
         if limit and self.stop_reason is None and now - started > limit:
             self._stop(f"ran past limits.max_runtime ({fmt_duration(limit)}) and was stopped", now)
         if (idle and self.stop_reason is None and self.last_event is not None

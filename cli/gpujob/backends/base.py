@@ -9,6 +9,7 @@ itself (the local backend's supervisor) is handed a :class:`JobStore` for that.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,28 @@ class JobRequest:
     idle_s: float | None = None   # stop as hung after this long without a progress event
     gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    price_per_hour: float | None = None  # USD per hour of running, for the whole job; None: unknown
+    max_cost: float | None = None        # limits.max_cost (USD)
+
+    @property
+    def budget_s(self) -> float | None:
+        """limits.max_cost as running time at the job's price; None without a budget or a price (or when free)."""
+        if self.max_cost is None or not self.price_per_hour:
+            return None
+        return self.max_cost / self.price_per_hour * 3600.0
+
+    @property
+    def deadline_s(self) -> int | None:
+        """The running time after which the job is stopped: limits.max_runtime or its budget, whichever is
+        sooner (whole seconds, at least 1); None when neither is set."""
+        limits = [x for x in (self.max_runtime_s, self.budget_s) if x is not None]
+        return max(1, math.ceil(min(limits))) if limits else None
+
+    @property
+    def budget_first(self) -> bool:
+        """True when the budget, not limits.max_runtime, is what stops the job first."""
+        budget = self.budget_s
+        return budget is not None and (self.max_runtime_s is None or budget < self.max_runtime_s)
 
     def spec_data(self) -> dict[str, Any]:
         """The spec as plain data (apiVersion, kind, ..., defaults filled in): what is written out
@@ -97,6 +120,21 @@ class Backend(Protocol):
 
     def job_cost(self, job: "Job") -> float | None:
         """The job's share of the bill so far, for backends that bill by the hour; None: unknown."""
+        return None
+
+    def price_scope(self, request: JobRequest) -> str | None:
+        """Which entry of the user's price table applies beyond the backend's own (kubernetes: the
+        kubeconfig context the job goes to); None: the backend's entry alone."""
+        return None
+
+    def published_prices(self, request: JobRequest) -> "Mapping[str, float] | None":
+        """Prices the backend's operator published (kubernetes: the cluster's ConfigMap gpujob-prices):
+        USD per GPU-hour by GPU type, ``gpu`` for any other, ``cpu`` for a job without GPUs."""
+        return None
+
+    def provider_price(self, request: JobRequest) -> "tuple[float, str] | None":
+        """The provider's price for the machine the job would run on (host: the instance type's, from its
+        API), USD per hour, and where it came from; None when not known before submit."""
         return None
 
     # ------------------------------------------------------------------ the job's life cycle
@@ -211,3 +249,26 @@ def runner_argv(python: str, spec_file: str) -> list[str]:
 class Notice(str):
     """A line from gpujob itself inside a log stream ("waiting: unschedulable ..."), not the job's
     output: the CLI prints it to stderr, so stdout stays exactly what the job wrote."""
+
+
+BUDGET_WORDS = "stopped at the budget of"  # how every backend's reason for a budget stop begins
+
+
+def budget_reason(max_cost: float | None, price_per_hour: float | None, step: int | None) -> str:
+    """Why a job that reached limits.max_cost was stopped, the same on every backend: "stopped at the budget
+    of $3.00 (limits.max_cost, at $3600.00/h) at step 17; resubmit with a higher limits.max_cost to resume"."""
+    at = f", at ${price_per_hour:,.2f}/h" if price_per_hour else ""
+    where = f" at step {step}" if step is not None else ""
+    return (f"{BUDGET_WORDS} ${max_cost or 0:,.2f} (limits.max_cost{at}){where}; resubmit with a higher "
+            "limits.max_cost to resume")
+
+
+def recorded_max_runtime_s(job: "Job") -> int | None:
+    """``limits.max_runtime`` of the job's recorded spec, in seconds; None when unset (or unreadable)."""
+    from gpujob.spec.units import parse_duration  # the spec is loaded whenever a job is looked at
+
+    raw = (job.spec.get("limits") or {}).get("max_runtime")
+    try:
+        return parse_duration(raw) if isinstance(raw, str) and raw else None
+    except ValueError:
+        return None

@@ -69,6 +69,7 @@ class LocalBackend(Backend):
             f"logs:    {request.job_dir / LOG_NAME}",
             f"limits:  max runtime {request.max_runtime_s or 'none'}"
             + (" s" if request.max_runtime_s else "")
+            + (f"; budget ${request.max_cost:g} = {request.budget_s:.0f} s of running" if request.budget_s else "")
             + (f"; stopped as hung after {request.idle_s:g} s without progress" if request.idle_s else ""),
             "env (exactly what the job gets):",
             *(f"  {k}={v}" for k, v in sorted(env.items())),
@@ -93,6 +94,9 @@ class LocalBackend(Backend):
             "workdir": request.workdir,
             "max_runtime_s": request.max_runtime_s,
             "idle_s": request.idle_s,
+            # limits.max_cost as running time at the job's price; the price, also for a rebuilt registry
+            "budget_s": request.budget_s, "max_cost": request.max_cost,
+            "price_per_hour": request.price_per_hour,
             "secret_names": sorted(secrets),
         }
         job_env, withheld = job_environment(request, os.environ, gpu_env)

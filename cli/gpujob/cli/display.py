@@ -51,11 +51,55 @@ def money(usd: float | None) -> str:
     return "<$0.01" if 0 < usd < 0.005 else f"${usd:.2f}"
 
 
-def _cost(job: Job) -> str:
-    """What the job cost; "-" where gpujob does not know the price (only rented hosts have one yet)."""
-    if not job.cost_usd and job.backend != "host":
-        return "-"
-    return money(job.cost_usd)
+def _cost(job: Job, state: ProgressState | None = None) -> str:
+    """What the job has cost so far, and for a running job with an ETA what it should cost at the end:
+    "$1.23 (~$4.56)"; "unknown" where gpujob does not know the job's price (never "$0.00")."""
+    cost = job.cost
+    if cost is None:
+        return "unknown"
+    projected = job.projected_cost((state or _state(job)).eta_s) if job.status == "running" else None
+    return money(cost) + (f" (~{money(projected)})" if projected is not None else "")
+
+
+def cost_details(job: Job) -> str:
+    """status's cost line: so far, the price and where it came from, the projection, the budget."""
+    cost, state = job.cost, _state(job)
+    if cost is None:
+        return ("unknown: no price for this job (set resources.price_per_hour, or add one to "
+                "$GPUJOB_HOME/prices.yaml)")
+    words = f"{money(cost)} so far" if job.active else money(cost)
+    if job.price_usd_per_hour is not None:
+        words += f" at ${job.price_usd_per_hour:,.2f}/h ({_safe(job.price_source or 'price')})"
+    projected = job.projected_cost(state.eta_s) if job.status == "running" else None
+    if projected is not None:
+        words += f"; ~{money(projected)} at the ETA"
+    if job.max_cost is not None:
+        words += f"; budget {money(job.max_cost)} (limits.max_cost)"
+    return words
+
+
+def estimate_lines(est: Any, backend: str) -> list[str]:
+    """What a job should cost, for render and submit (a :class:`gpujob.pricing.Estimate`)."""
+    if est.price is None:
+        if backend == "host":
+            lines = ["cost:     the host's price per hour, from its provider once the host is chosen"]
+        else:
+            lines = ["cost:     unknown: no price (set resources.price_per_hour, or add one to $GPUJOB_HOME/prices.yaml)"]
+    else:
+        line = f"cost:     ${est.price.usd_per_hour:,.2f}/h ({est.price.source})"
+        if est.most is not None:
+            line += f"; at most {money(est.most[0])} ({est.most[1]})"
+        else:
+            line += "; no limit bounds it (set limits.max_runtime or limits.max_cost)"
+        lines = [line]
+        if est.projected is not None:
+            usd, seconds = est.projected
+            lines.append(f"          ~{money(usd)} for {fmt_duration(seconds)} of running, at the speed of job "
+                         f"{est.seen.job_id} ({est.seen.steps_per_s:.3g} steps/s, same model, GPUs and batch)")
+    lines += [f"warning:  {w}" for w in est.warnings]
+    if est.problem:
+        lines.append(f"PROBLEM:  {est.problem}; submit refuses it")
+    return lines
 
 
 def _age(ts: float) -> str:
@@ -71,7 +115,7 @@ def job_table(jobs: list[Job]) -> str:
     for job in jobs:
         state = _state(job)
         rows.append((job.id, _safe(job.name, 200), job.backend, job.status, fmt_pct(state.fraction), _wer(state),
-                     fmt_duration(job.runtime_s), _cost(job), _age(job.created_at)))
+                     fmt_duration(job.runtime_s), _cost(job, state), _age(job.created_at)))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -85,7 +129,9 @@ def job_summary(job: Job) -> dict[str, Any]:
         "eta_s": state.eta_s if job.active else None, "loss": state.loss, "eval": state.eval,
         "metrics": _metrics(job, state), "checkpoint": state.checkpoint,
         "output_dir": job.output_dir, "spec_path": job.spec_path, "runtime_s": job.runtime_s,
-        "cost_usd": job.cost_usd, "created_at": job.created_at, "started_at": job.started_at,
+        "cost_usd": job.cost, "price_usd_per_hour": job.price_usd_per_hour, "price_source": job.price_source,
+        "projected_cost_usd": job.projected_cost(state.eta_s) if job.status == "running" else None,
+        "max_cost_usd": job.max_cost, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
 
@@ -102,6 +148,7 @@ def job_details(job: Job) -> str:
                            f"  (runtime {fmt_duration(job.runtime_s)}, cost {_cost(job)})"))
     if job.reason and job.status != "succeeded":
         rows.append(("reason", _safe(job.reason)))
+    rows.append(("cost", cost_details(job)))
     if state.step is not None or state.total_steps:
         total = state.total_steps or "?"
         line = f"step {state.step or 0}/{total} ({fmt_pct(state.fraction)})  {fmt_rate(state.steps_per_s)}"
@@ -163,7 +210,10 @@ class LogPrinter:
     """Prints log lines. raw: as written. Otherwise event lines become words, and on a
     terminal (live=None → auto) progress events drive a live bar instead of lines."""
 
-    def __init__(self, *, raw: bool = False, live: bool | None = None, state: ProgressState | None = None):
+    def __init__(self, *, raw: bool = False, live: bool | None = None, state: ProgressState | None = None,
+                 job: Job | None = None):
+        """``job``: the job followed, for its cost in the bar (its price and when it started)."""
+        self.job = job
         self.raw = raw
         self.live = (sys.stdout.isatty() and not raw) if live is None else live
         self.state = state or ProgressState()
@@ -233,6 +283,7 @@ class LogPrinter:
             tail += f"  loss {s.loss:.4f}"
         if s.last_wer is not None:
             tail += f"  WER {s.last_wer * 100:.2f}%"
+        tail += self._cost_words(s)
         width = max(0, min(30, self._console.width - len(head) - len(tail) - 1))
         filled = int(round((s.fraction or 0.0) * width))
         text = Text(head)
@@ -240,3 +291,17 @@ class LogPrinter:
         text.append("━" * (width - filled), style="grey37")
         text.append(tail)
         return text
+
+    def _cost_words(self, s: ProgressState) -> str:
+        """"  $1.23 → ~$4.56": the cost so far and at the ETA, when the job's price is known."""
+        job = self.job
+        if job is None or job.price_usd_per_hour is None:
+            return ""
+        started = job.started_at or s.started_at
+        if started is None:
+            return ""
+        ran = max(0.0, time.time() - started)
+        words = f"  {money(job.price_usd_per_hour * ran / 3600.0)}"
+        if s.eta_s is not None:
+            words += f" → ~{money(job.price_usd_per_hour * (ran + s.eta_s) / 3600.0)}"
+        return words

@@ -10,6 +10,7 @@ import typer
 
 from gpujob.cli.common import (BackendOpt, JobRef, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry,
                                reap_due_hosts)
+from gpujob.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
@@ -25,15 +26,25 @@ def submit(
     backend: BackendOpt = None,
     overrides: SetOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the job's logs until it ends.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help=(
+        "Do not ask before a job that can cost more than $GPUJOB_CONFIRM_ABOVE (USD).")) ] = False,
 ) -> None:
     """Validate a spec and start the job. Returns at once unless --follow."""
     from gpujob import service
+    from gpujob.cli import display
 
     loaded = load(file, overrides, backend)
     registry = open_registry()
     reap_due_hosts(registry)
-    job = service.submit(loaded, registry)
+    est = service.estimate(loaded, registry)
+    if est.problem:
+        raise UserError(f"{file}: {est.problem}", hint="or remove limits.max_cost")
+    _confirm_cost(est.to_confirm, yes)
+    job = service.submit(loaded, registry, price=est.price)
     typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.status}")
+    if est.price is not None or est.warnings:  # an unknown price is said by status and list
+        for line in display.estimate_lines(est, job.backend):
+            err(line)
     if job.handle.get("withheld"):  # local: variables named like secrets that the job does not get
         from gpujob.backends.local import withheld_words
 
@@ -45,6 +56,33 @@ def submit(
         typer.echo(f"next: gpujob logs -f {job.id}   |   gpujob status {job.id}   |   gpujob cancel {job.id}")
         return
     _follow(registry, job.id, tail=None, raw=False)
+
+
+CONFIRM_ENV = "GPUJOB_CONFIRM_ABOVE"
+
+
+def _confirm_cost(amount: float | None, yes: bool) -> None:
+    """Ask before a job that can cost more than $GPUJOB_CONFIRM_ABOVE; refuse without a terminal to ask on."""
+    import math
+    import os
+    import sys
+
+    raw = os.environ.get(CONFIRM_ENV, "").strip()
+    if yes or not raw or amount is None:
+        return
+    try:
+        threshold = float(raw)
+    except ValueError:
+        raise UserError(f"{CONFIRM_ENV}={raw[:40]!r} is not an amount in USD", hint=f"e.g. export {CONFIRM_ENV}=20") from None
+    if amount <= threshold:
+        return
+    what = "has no upper bound" if math.isinf(amount) else f"can cost up to ${amount:,.2f}"
+    if not sys.stdin.isatty():
+        raise UserError(f"this job {what}, above {CONFIRM_ENV}=${threshold:g}, and there is no terminal to ask on",
+                        hint="pass --yes to submit it anyway, or lower limits.max_runtime / limits.max_cost")
+    if not typer.confirm(f"this job {what} (above {CONFIRM_ENV}=${threshold:g}); submit it?", default=False):
+        err("not submitted")
+        raise typer.Exit(1)
 
 
 def list_jobs(
@@ -118,7 +156,7 @@ def _follow(registry, job_id: str, *, tail: int | None, raw: bool, all_workers: 
     from gpujob.cli import display
 
     job = service.refresh(registry, registry.get(job_id))
-    printer = display.LogPrinter(raw=raw, live=None, state=None)
+    printer = display.LogPrinter(raw=raw, live=None, state=None, job=job)
     try:
         with printer:
             for line in service.logs(registry, job, follow=True, tail=tail, all_workers=all_workers):

@@ -73,7 +73,14 @@ def render(
     """Dry run: print what the backend would run for this spec, and start nothing."""
     from gpujob import service
 
-    typer.echo(service.render(load(file, overrides, backend)))
+    from gpujob.cli import display
+
+    loaded = load(file, overrides, backend)
+    text, est = service.render(loaded)
+    typer.echo(text)
+    comment = "# " if loaded.spec.runtime.backend == "kubernetes" else ""  # its manifests stay YAML
+    for line in display.estimate_lines(est, loaded.spec.runtime.backend):
+        typer.echo(comment + line)
     err(f"note: {service.PREVIEW_ID} stands for the job id that `gpujob submit {file}` assigns")
 
 

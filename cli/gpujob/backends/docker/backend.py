@@ -22,9 +22,8 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends.base import (
-    LOG_NAME, Backend, JobRequest, Observed, failure_reason, last_error_line, read_saved_log, runtime_of,
-)
+from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_reason, failure_reason,
+                                  last_error_line, read_saved_log, recorded_max_runtime_s, runtime_of)
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
@@ -138,10 +137,13 @@ class DockerBackend(Backend):
                                              f"{engine.host} (removed outside gpujob: docker rm, docker system prune)")
         state = attrs.get("State") or {}
         tail = self._tail(engine, job, PROGRESS_TAIL_LINES) if state.get("Status") != "created" else None
-        seen = observe(state, max_runtime_s=_max_runtime(job), memory=_memory(job),
+        seen = observe(state, max_runtime_s=recorded_max_runtime_s(job), memory=_memory(job),
                        log_tail=tail[-ERROR_TAIL_LINES:] if tail else None)
         if tail:
             seen.progress = ProgressState.advance(job.progress, tail)
+        if seen.exit_code == TIMEOUT_EXIT and job.budget_came_first(recorded_max_runtime_s(job)):  # the deadline was its budget
+            step = ProgressState.from_dict(seen.progress or job.progress).step
+            seen.reason = budget_reason(job.max_cost, job.price_usd_per_hour, step)
         seen.started_at = docker_time(state.get("StartedAt"))
         if seen.status in TERMINAL:
             self._finish(engine, job)
@@ -316,16 +318,6 @@ def observe(state: dict[str, Any], *, max_runtime_s: int | None = None, memory: 
         return Observed("failed", exit_code=code, reason=failure_reason(code, lines))
     err = last_error_line(lines) if code not in (None, 0) else None
     return Observed("failed", exit_code=code, reason=f"{reason}: {err}" if err and err not in reason else reason)
-
-
-def _max_runtime(job: "Job") -> int | None:
-    from gpujob.spec.units import parse_duration
-
-    raw = (job.spec.get("limits") or {}).get("max_runtime")
-    try:
-        return parse_duration(raw) if raw else None
-    except ValueError:
-        return None
 
 
 def _memory(job: "Job") -> str | None:

@@ -110,8 +110,8 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         "HF_HOME": f"{CACHE_DIR}/huggingface",
         "PYTHONUNBUFFERED": "1",
     }
-    if request.max_runtime_s:
-        env["GPUJOB_MAX_RUNTIME_S"] = str(request.max_runtime_s)
+    if request.deadline_s:  # limits.max_runtime, or limits.max_cost as running time if that comes first
+        env["GPUJOB_MAX_RUNTIME_S"] = str(request.deadline_s)
     mounts: list[dict[str, Any]] = [
         {"Type": "volume", "Source": CACHE_VOLUME, "Target": CACHE_DIR, "ReadOnly": False}]
     create: dict[str, Any] = {
@@ -213,8 +213,10 @@ def describe(p: Plan, request: JobRequest, host: str) -> str:
         f"gpus:      {gpus}",
         f"shm:       {c['shm_size']} bytes" + (f"; memory limit {c['mem_limit']} bytes" if "mem_limit" in c else "")
         + (f"; cpus {c['nano_cpus'] / 1e9:g}" if "nano_cpus" in c else ""),
-        "limits:    " + (f"max runtime {request.max_runtime_s} s (timeout(1) in the container)"
-                         if request.max_runtime_s else "none"),
+        "limits:    " + (f"stopped after {request.deadline_s} s of running (timeout(1) in the container): "
+                         + (f"the budget, ${request.max_cost:g} at ${request.price_per_hour:g}/h"
+                            if request.budget_first else "limits.max_runtime")
+                         if request.deadline_s else "none"),
         "mounts:", *mounts,
         "labels:", *(f"  {k}={v}" for k, v in sorted(c["labels"].items())),
         "env:", *(f"  {k}={v}" for k, v in sorted(env.items())),

@@ -136,6 +136,9 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]], *,
         f"attempt {attempt} failed: {words}; Kubernetes retries it (backoffLimit {backoff})"))
 
 
+DEADLINE_WORDS = "stopped: ran longer than limits.max_runtime"  # activeDeadlineSeconds: max_runtime, or the budget
+
+
 def _failed(job: dict[str, Any], cond: dict[str, Any], pods: list[dict[str, Any]],
             log_tail: list[str] | None) -> Observed:
     spec, st = job.get("spec") or {}, job.get("status") or {}
@@ -144,7 +147,7 @@ def _failed(job: dict[str, Any], cond: dict[str, Any], pods: list[dict[str, Any]
     words, code = pod_words(pod, log_tail) if pod else ("", None)
     if reason == "DeadlineExceeded":
         limit = spec.get("activeDeadlineSeconds")
-        text = (f"stopped: ran longer than limits.max_runtime ({fmt_duration(limit)}); Kubernetes DeadlineExceeded"
+        text = (f"{DEADLINE_WORDS} ({fmt_duration(limit)}); Kubernetes DeadlineExceeded"
                 if limit else f"DeadlineExceeded: {cond.get('message', '')}")
         return Observed("failed", reason=text, exit_code=code)
     if reason == "BackoffLimitExceeded":

@@ -232,8 +232,8 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
         "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
         "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
     }
-    if request.max_runtime_s:
-        job_spec["activeDeadlineSeconds"] = request.max_runtime_s
+    if request.deadline_s:  # limits.max_runtime, or limits.max_cost as running time if that comes first
+        job_spec["activeDeadlineSeconds"] = request.deadline_s
     if rt.queue:
         job_spec["suspend"] = True
     if nodes > 1:

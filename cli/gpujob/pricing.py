@@ -1,0 +1,263 @@
+"""What a job costs: its price per hour, the most it can cost, its budget as a time, and what an earlier
+run of the same model on the same GPUs says about its length.
+
+A job's price (USD per hour of running, for all its GPUs and nodes) comes from, in this order:
+
+1. ``resources.price_per_hour`` in the spec;
+2. your price table, ``$GPUJOB_HOME/prices.yaml`` (USD per GPU-hour, by backend; for kubernetes by
+   kubeconfig context first)::
+
+       local: {RTX-4090: 0.40, gpu: 0.80, cpu: 0.02}   # gpu: any GPU type not named; cpu: a job without GPUs
+       docker: {gpu: 1.10}
+       kubernetes:
+         gpu-cluster: {H100: 2.49, A100-80GB: 1.29}   # the context's name
+         default: {gpu: 2.00}                         # any other context
+
+3. the price a Kubernetes admin published for the cluster (ConfigMap ``gpujob-prices``, the same
+   mapping as one context's entry), read by the kubernetes backend at submit;
+4. a rented host's price from its provider's API (the host backend, at submit).
+
+Nothing known: the price is unknown, and so is the cost (never shown as $0.00).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from gpujob.errors import UserError
+from gpujob.progress_state import ProgressState
+from gpujob.records import gpujob_home
+from gpujob.words import fmt_duration
+
+if TYPE_CHECKING:
+    from gpujob.records import Job
+    from gpujob.spec.models import JobSpec
+
+PRICES_NAME = "prices.yaml"
+MAX_PRICE = 100_000.0  # USD per GPU-hour: the spec's bound
+BACKENDS = ("local", "docker", "kubernetes", "host")
+ANY_GPU, NO_GPU, ANY_CONTEXT = "gpu", "cpu", "default"
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per hour of running, for the whole job, and where that figure came from (in words)."""
+
+    usd_per_hour: float
+    source: str
+
+
+# ----------------------------------------------------------------------------- the price table
+
+
+def table_path(home: Path | None = None) -> Path:
+    return (home or gpujob_home()) / PRICES_NAME
+
+
+def load_table(path: Path | None = None) -> dict[str, Any]:
+    """The price table as plain data ({} when there is none); a UserError naming the file and the key
+    for anything that is not a price."""
+    from gpujob.spec.yaml_bounded import parse_yaml  # the spec's reader: only commands that price a spec
+
+    path = path or table_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc})", hint="fix or remove the price table") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path}: expected a mapping of backends (local, docker, kubernetes) to prices",
+                        hint="see README.md, \"Money\": local: {gpu: 0.80}")
+    table: dict[str, Any] = {}
+    for backend, entries in data.items():
+        if backend not in BACKENDS or backend == "host":
+            raise UserError(f"{path}: {backend}: not a backend with a price table",
+                            hint="use local, docker or kubernetes (rented hosts have their provider's price)")
+        if backend == "kubernetes" and isinstance(entries, Mapping) and any(
+                isinstance(v, Mapping) for v in entries.values()):
+            table[backend] = {str(ctx): check_entries(v, f"{path}: kubernetes.{ctx}") for ctx, v in entries.items()}
+        else:
+            table[backend] = check_entries(entries, f"{path}: {backend}")
+            if backend == "kubernetes":
+                table[backend] = {ANY_CONTEXT: table[backend]}
+    return table
+
+
+def check_entries(entries: Any, where: str) -> dict[str, float]:
+    """{GPU type | gpu | cpu: USD per hour}; a UserError naming ``where`` and the key otherwise."""
+    if not isinstance(entries, Mapping):
+        raise UserError(f"{where}: expected a mapping of GPU types to USD per GPU-hour, e.g. {{H100: 2.49, gpu: 1.0}}",
+                        hint="`gpu` is any GPU type not named, `cpu` a job without GPUs")
+    out: dict[str, float] = {}
+    for key, value in entries.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 <= value <= MAX_PRICE:
+            raise UserError(f"{where}.{key}: expected a price in USD per hour from 0 to {MAX_PRICE:g}, got {value!r:.40}",
+                            hint="write a plain number, e.g. 2.49")
+        out[str(key).lower()] = float(value)
+    return out
+
+
+def _from_entries(entries: Mapping[str, float], spec: "JobSpec", where: str) -> Price | None:
+    gpus = (spec.resources.gpus or 0) * spec.resources.nodes
+    if gpus == 0:
+        per_hour = entries.get(NO_GPU)
+        return Price(per_hour * spec.resources.nodes, f"{where}.{NO_GPU}") if per_hour is not None else None
+    gpu_type = (spec.resources.gpu_type or "").lower()
+    key = gpu_type if gpu_type in entries else ANY_GPU if ANY_GPU in entries else None
+    if key is None:
+        return None
+    return Price(entries[key] * gpus, f"{where}.{key} x {gpus} GPU{'s' if gpus != 1 else ''}")
+
+
+# ----------------------------------------------------------------------------- a job's price
+
+
+def job_price(spec: "JobSpec", backend: str, *, context: str | None = None, table: Mapping[str, Any] | None = None,
+              published: Mapping[str, float] | None = None, table_name: str | None = None) -> Price | None:
+    """The job's price before it is submitted (the host backend adds its host's price at submit)."""
+    if spec.resources.price_per_hour is not None:
+        return Price(float(spec.resources.price_per_hour), "resources.price_per_hour")
+    table = load_table() if table is None else table
+    name = table_name or str(table_path()).replace(str(Path.home()), "~", 1)
+    entries = table.get(backend)
+    if backend == "kubernetes" and entries:
+        scope = context if context in entries else ANY_CONTEXT
+        entries = entries.get(scope)
+        found = _from_entries(entries, spec, f"{name}: kubernetes.{scope}") if entries else None
+    else:
+        found = _from_entries(entries, spec, f"{name}: {backend}") if entries else None
+    if found is None and published:
+        found = _from_entries(published, spec, "the cluster's published prices (ConfigMap gpujob-prices)")
+    return found
+
+
+def most_it_can_cost(price: Price | None, spec: "JobSpec") -> tuple[float, str] | None:
+    """The most the job can cost and the limit that says so (``limits.max_runtime`` or ``limits.max_cost``);
+    None when nothing bounds it (or the price is unknown)."""
+    if price is None:
+        return None
+    bounds = []
+    if spec.limits.max_runtime_seconds:
+        bounds.append((price.usd_per_hour * spec.limits.max_runtime_seconds / 3600.0,
+                       f"limits.max_runtime {spec.limits.max_runtime}"))
+    if spec.limits.max_cost is not None and price.usd_per_hour > 0:
+        bounds.append((float(spec.limits.max_cost), "limits.max_cost"))
+    if price.usd_per_hour == 0:
+        return 0.0, "a price of $0/h"
+    return min(bounds) if bounds else None
+
+
+# ----------------------------------------------------------------------------- what earlier runs say
+
+
+@dataclass(frozen=True)
+class Throughput:
+    steps_per_s: float
+    job_id: str
+    total_steps: int | None  # the earlier run's, when its data and epochs were the same as this job's
+
+
+def _same_setup(spec: "JobSpec", other: Mapping[str, Any]) -> bool:
+    """Same model, GPU type and count, nodes and batch: an earlier run's speed holds for this job."""
+    res, tr = other.get("resources") or {}, other.get("training") or {}
+    return (other.get("kind") == spec.kind and (other.get("model") or {}).get("checkpoint") == spec.model.checkpoint
+            and res.get("gpu_type") == spec.resources.gpu_type and res.get("gpus") == spec.resources.gpus
+            and (res.get("nodes") or 1) == spec.resources.nodes
+            and tr.get("per_device_batch_size", 16) == spec.training.per_device_batch_size
+            and tr.get("gradient_accumulation_steps", 1) == spec.training.gradient_accumulation_steps
+            and tr.get("freeze", "none") == _plain(spec.training.freeze))
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def earlier_throughput(spec: "JobSpec", jobs: Iterable["Job"]) -> Throughput | None:
+    """The steps per second of the newest earlier train/evaluate run with the same setup (``jobs``: newest first)."""
+    if spec.kind == "command":
+        return None
+    data = spec.data.model_dump(mode="json")
+    for job in jobs:
+        if not _same_setup(spec, job.spec):
+            continue
+        state = ProgressState.from_dict(job.progress)
+        rate = state.steps_per_s
+        if not rate or rate <= 0 or not math.isfinite(rate):
+            continue
+        same_data = job.spec.get("data") == data and (job.spec.get("training") or {}).get("epochs") == spec.training.epochs
+        return Throughput(rate, job.id, state.total_steps if same_data and state.total_steps else None)
+    return None
+
+
+def projected(price: Price | None, spec: "JobSpec", seen: Throughput | None) -> tuple[float, float] | None:
+    """(USD, seconds) the whole job should take at the earlier run's speed; None when unknown."""
+    if price is None or seen is None:
+        return None
+    steps = spec.training.max_steps or seen.total_steps
+    if not steps:
+        return None
+    seconds = steps / seen.steps_per_s
+    return price.usd_per_hour * seconds / 3600.0, seconds
+
+
+def first_save_s(spec: "JobSpec", seen: Throughput | None) -> tuple[float, str] | None:
+    """How long until the job's first evaluation or checkpoint, at the earlier run's speed."""
+    if seen is None or spec.kind != "train":
+        return None
+    eval_at = spec.training.eval_steps if spec.data.eval else None
+    steps, what = min((s, w) for s, w in ((spec.training.save_steps, "checkpoint"), (eval_at, "evaluation")) if s)
+    return steps / seen.steps_per_s, f"its first {what} (step {steps})"
+
+
+# ----------------------------------------------------------------------------- all of it, for render and submit
+
+
+@dataclass
+class Estimate:
+    """What gpujob can say about a job's cost before it starts."""
+
+    price: Price | None
+    most: tuple[float, str] | None               # the most it can cost, and the limit that says so
+    projected: tuple[float, float] | None        # (USD, seconds) at an earlier run's speed
+    seen: Throughput | None
+    warnings: list[str]
+    problem: str | None = None                   # why submit refuses it (a budget without a price)
+
+    @property
+    def to_confirm(self) -> float | None:
+        """The amount a confirmation threshold is compared with: the most it can cost, else the projected
+        cost; infinity when priced and unbounded; None when the price is unknown."""
+        if self.most is not None:
+            return self.most[0]
+        if self.projected is not None:
+            return self.projected[0]
+        return math.inf if self.price is not None and self.price.usd_per_hour > 0 else None
+
+
+def estimate(spec: "JobSpec", price: Price | None, jobs: Iterable["Job"], *, priced_at_submit: bool = False) -> Estimate:
+    """Price, bounds, projection and warnings for ``spec`` (``jobs``: the registry's, newest first;
+    ``priced_at_submit``: the backend learns the price only when it picks the machine)."""
+    seen = earlier_throughput(spec, jobs)
+    warnings: list[str] = []
+    problem = None
+    max_cost = spec.limits.max_cost
+    if max_cost is not None and price is None and not priced_at_submit:
+        problem = ("limits.max_cost is set, but the job has no price, so its budget cannot be enforced; set "
+                   "resources.price_per_hour, or add a price for this backend and GPU type to "
+                   f"{str(table_path()).replace(str(Path.home()), '~', 1)}")
+    budget = max_cost / price.usd_per_hour * 3600.0 if max_cost is not None and price and price.usd_per_hour else None
+    save = first_save_s(spec, seen)
+    if budget is not None and save is not None and budget < save[0]:
+        warnings.append(
+            f"limits.max_cost ${max_cost:g} buys {fmt_duration(budget)} of running at ${price.usd_per_hour:g}/h, but at "
+            f"the speed of job {seen.job_id} ({seen.steps_per_s:.3g} steps/s) {save[1]} comes after {fmt_duration(save[0])}: "
+            "the budget would stop it before anything is saved")
+    return Estimate(price, most_it_can_cost(price, spec), projected(price, spec, seen), seen, warnings, problem)

@@ -123,6 +123,14 @@ def test_max_runtime_stops_the_job(dk):
     assert "limits.max_runtime (2s)" in st["reason"]
 
 
+def test_max_cost_stops_the_job_at_its_budget_inside_the_container(dk):
+    job_id = dk.submit(dk.spec("over-budget", ["sleep", "60"], resources={"price_per_hour": 3600},
+                               limits={"max_cost": 2, "max_runtime": "1h"}))
+    st = dk.wait_status(job_id, lambda s: s["status"] == "failed", timeout=40)
+    assert st["reason"].startswith("stopped at the budget of $2.00 (limits.max_cost, at $3,600.00/h)"), st["reason"]
+    assert st["runtime_s"] < 30
+
+
 # ----------------------------------------------------------------------------- secrets
 
 

@@ -203,6 +203,17 @@ def test_max_runtime_is_enforced_as_deadline_exceeded(k8s):
     assert not [p for p in k8s.pods(job_id) if p["status"].get("phase") == "Running"]
 
 
+def test_max_cost_is_enforced_as_the_jobs_deadline_and_said_as_its_budget(k8s):
+    path = k8s.spec("over-budget", "import time; print('working', flush=True); time.sleep(120)",
+                    resources={"price_per_hour": 3600}, limits={"max_cost": 3, "max_runtime": "1h"})
+    rendered = k8s.gpujob("render", str(path))
+    assert "activeDeadlineSeconds: 3\n" in rendered.stdout and "# cost:     $3,600.00/h" in rendered.stdout
+    job_id = k8s.submit(path)
+    s = k8s.wait_status(job_id, lambda s: s["status"] == "failed", timeout=60, what="the budget")
+    assert s["reason"].startswith("stopped at the budget of $3.00 (limits.max_cost, at $3,600.00/h)"), s["reason"]
+    assert s["price_usd_per_hour"] == 3600 and s["cost_usd"] is not None
+
+
 def test_configuration_error_exit_2_fails_at_once_without_retries(k8s):
     code = "import sys\nprint('ValueError: data.train[0]: no column named sentence', flush=True)\nsys.exit(2)"
     job_id = k8s.submit(k8s.spec("bad-config", code))

@@ -82,7 +82,7 @@ def render(loaded: "LoadedSpec", backend: str | None = None) -> tuple[str, Estim
     name = backend or loaded.spec.runtime.backend
     impl = get_backend(name, render_only=True)
     request = _preview_request(loaded)
-    price = price_of(loaded, name, impl, request)
+    price = price_of(loaded, name, impl, request, online=False)  # a dry run asks no cluster
     home = gpujob_home()
     jobs: list[Job] = []
     if (home / "registry.db").exists():
@@ -103,10 +103,13 @@ def estimate(loaded: "LoadedSpec", registry: Registry, backend: str | None = Non
     return estimate_cost(loaded.spec, price, registry.list(), priced_at_submit=name == "host")
 
 
-def price_of(loaded: "LoadedSpec", name: str, impl: Backend, request: JobRequest) -> Price | None:
+def price_of(loaded: "LoadedSpec", name: str, impl: Backend, request: JobRequest, *, online: bool = True) -> Price | None:
     """The job's price: the spec's, else the price table's (by backend, kubernetes context, GPU type),
-    else what the backend's operator published, else the provider's (a rented host's type)."""
-    found = job_price(loaded.spec, name, context=impl.price_scope(request), published=impl.published_prices(request))
+    else what the backend's operator published (``online`` only), else the provider's (a rented host's type)."""
+    if loaded.spec.resources.price_per_hour is not None:
+        return job_price(loaded.spec, name, table={})
+    published = impl.published_prices(request) if online else None
+    found = job_price(loaded.spec, name, context=impl.price_scope(request), published=published)
     if found is None:
         offered = impl.provider_price(request)
         found = Price(*offered) if offered else None

@@ -214,6 +214,20 @@ def test_max_cost_is_enforced_as_the_jobs_deadline_and_said_as_its_budget(k8s):
     assert s["price_usd_per_hour"] == 3600 and s["cost_usd"] is not None
 
 
+def test_a_job_is_priced_by_what_the_clusters_admin_published(k8s):
+    from kubernetes import client
+
+    k8s.core.create_namespaced_config_map(k8s.namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="gpujob-prices"), data={"prices.yaml": "cpu: 7.25\ngpu: 2.0\n"}))
+    try:
+        job_id = k8s.submit(k8s.spec("published", "print('ok')"))
+        s = k8s.wait_status(job_id, lambda s: s["status"] == "succeeded", timeout=60, what="success")
+        assert s["price_usd_per_hour"] == 7.25 and "ConfigMap gpujob-prices" in s["price_source"]
+        assert "(ConfigMap gpujob-prices).cpu" in k8s.gpujob("status", job_id).stdout
+    finally:
+        k8s.core.delete_namespaced_config_map("gpujob-prices", k8s.namespace)
+
+
 def test_configuration_error_exit_2_fails_at_once_without_retries(k8s):
     code = "import sys\nprint('ValueError: data.train[0]: no column named sentence', flush=True)\nsys.exit(2)"
     job_id = k8s.submit(k8s.spec("bad-config", code))

@@ -208,7 +208,18 @@ SCHEMA_DOCS = [(p, d) for p, d in DOCS if not d["apiVersion"].startswith(NON_COR
 
 def test_schema_validation_covers_the_core_objects():
     kinds = {d["kind"] for _, d in SCHEMA_DOCS}
-    assert kinds == {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Secret"}
+    assert kinds == {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Secret",
+                     "ConfigMap"}
+
+
+def test_the_example_price_table_is_one_the_kubernetes_backend_reads():
+    from gpujob.backends.kubernetes.backend import PRICES_CONFIGMAP
+    from gpujob.pricing import check_entries
+    from gpujob.spec.yaml_bounded import parse_yaml
+
+    doc = _one("ConfigMap", PRICES_CONFIGMAP)
+    prices = check_entries(parse_yaml(doc["data"]["prices.yaml"], "prices.yaml"), "prices.yaml")
+    assert prices["h100"] > prices["l4"] > 0 and "gpu" in prices and "cpu" in prices
 
 
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)

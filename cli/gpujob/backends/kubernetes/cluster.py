@@ -38,6 +38,20 @@ def _import_client():
     return kubernetes
 
 
+def current_context() -> str | None:
+    """The kubeconfig's current context, read offline; None without a kubeconfig (or in a cluster)."""
+    kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    first = kubeconfig.split(os.pathsep)[0]
+    if not Path(first).exists():
+        return None
+    try:
+        k8s = _import_client()
+        _, active = k8s.config.list_kube_config_contexts(config_file=first)
+        return active.get("name") if active else None
+    except Exception:  # noqa: BLE001 - a kubeconfig it cannot read: submit says what is wrong with it
+        return None
+
+
 @dataclass
 class Target:
     """Which cluster and namespace: recorded in each job's handle, so a job is found again even

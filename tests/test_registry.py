@@ -227,3 +227,55 @@ def test_a_version_1_registry_gains_the_hosts_table_and_keeps_its_jobs(gpujob_ho
     reg = Registry()
     assert reg.get(job.id).name == "hello"
     assert _host(reg).name == "a10-box"
+
+
+def _version_2(home) -> None:
+    """Make the registry as version 2 left it: no price columns."""
+    import sqlite3
+
+    conn = sqlite3.connect(home / "registry.db")
+    conn.execute("ALTER TABLE jobs DROP COLUMN price_usd_per_hour")
+    conn.execute("ALTER TABLE jobs DROP COLUMN price_source")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_2_registry_gains_the_price_columns_and_keeps_its_jobs(gpujob_home):
+    reg = Registry()
+    job = _new(reg)
+    reg.update(job.id, cost_usd=1.25)
+    reg.close()
+    _version_2(gpujob_home)
+    reg = Registry()
+    old = reg.get(job.id)
+    assert old.name == "hello" and old.price_usd_per_hour is None and old.cost == 1.25  # what it knew then
+    reg.update(job.id, price=(2.0, "resources.price_per_hour"))
+    assert reg.get(job.id).price_usd_per_hour == 2.0
+
+
+def test_a_version_2_registry_opened_read_only_still_lists_its_jobs(gpujob_home):
+    reg = Registry()
+    job = _new(reg)
+    reg.close()
+    _version_2(gpujob_home)
+    db = gpujob_home / "registry.db"
+    mine = os.stat(db)
+    os.chown(db, mine.st_uid + 1, mine.st_gid)  # someone else's: gpujob reads it and writes nothing
+    try:
+        reg = Registry()
+        assert reg.read_only and reg.get(job.id).price_usd_per_hour is None and reg.get(job.id).cost is None
+        reg.close()
+    finally:
+        os.chown(db, mine.st_uid, mine.st_gid)
+
+
+def test_the_final_cost_is_recorded_when_a_priced_job_ends(gpujob_home):
+    reg = Registry()
+    job = reg.create(name="p", kind="command", backend="local", spec={}, spec_path=None, output_dir=None,
+                     price_usd_per_hour=3600.0, price_source="resources.price_per_hour")
+    reg.transition(job.id, "running")
+    time.sleep(0.2)
+    reg.transition(job.id, "succeeded")
+    done = reg.get(job.id)
+    assert 0.2 <= done.cost_usd < 5 and abs(done.cost_usd - done.cost) < 1e-6

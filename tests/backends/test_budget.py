@@ -153,3 +153,30 @@ def test_a_running_job_shows_its_cost_so_far_and_at_the_eta_in_list_status_and_t
     words = printer._cost_words(printer.state)
     assert re.fullmatch(r"  \$\d+\.\d\d → ~\$\d+\.\d\d", words), words
     gpujob("cancel", jid, "--grace", "2")
+
+
+def test_render_and_submit_project_the_cost_from_an_earlier_run_of_the_same_setup(tmp_path):
+    from gpujob.spec import load_spec
+
+    spec = tmp_path / "train.yaml"
+    spec.write_text("apiVersion: gpujob/v1\nkind: train\nname: tr\n"
+                    "model: {checkpoint: openai/whisper-small, language: el}\n"
+                    "data:\n  train: [{dataset: google/fleurs, config: el_gr}]\n"
+                    "  eval: [{dataset: google/fleurs, config: el_gr, split: test}]\n"
+                    "training: {max_steps: 3600, save_steps: 1000, eval_steps: 1000}\n"
+                    "resources: {gpus: 1, gpu_type: A10, price_per_hour: 2.0}\n"
+                    f"output: {{dir: {tmp_path / 'out'}}}\n")
+    assert "~$" not in gpujob("render", str(spec)).output  # nothing to go by yet
+    registry = Registry()
+    earlier = registry.create(name="tr", kind="train", backend="local", spec=load_spec(spec).data, spec_path=None,
+                              output_dir=str(tmp_path / "old"))
+    registry.update(earlier.id, progress={"step": 900, "total_steps": 3600, "steps_per_s": 0.5})
+    registry.transition(earlier.id, "failed", reason="cancelled halfway")
+    rendered = gpujob("render", str(spec)).output
+    # 3600 steps at 0.5 steps/s: 2 h at $2/h
+    assert f"~$4.00 for 2h00m of running, at the speed of job {earlier.id} (0.5 steps/s" in rendered, rendered
+    tight = gpujob("render", str(spec), "--set", "limits.max_cost=0.5").output
+    assert "at most $0.50 (limits.max_cost)" in tight
+    assert (f"limits.max_cost $0.5 buys 15m00s of running at $2/h, but at the speed of job {earlier.id} (0.5 steps/s) "
+            "its first checkpoint (step 1000) comes after 33m20s: the budget would stop it before anything is saved"
+            ) in tight.replace("\n", " ")

@@ -28,12 +28,13 @@ def submit(
 ) -> None:
     """Validate a spec and start the job. Returns at once unless --follow."""
     from gpujob import service
+    from gpujob.cli import display
 
     loaded = load(file, overrides, backend)
     registry = open_registry()
     reap_due_hosts(registry)
     job = service.submit(loaded, registry)
-    typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.status}")
+    typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {display.status_words(job)}")
     if job.handle.get("withheld"):  # local: variables named like secrets that the job does not get
         from gpujob.backends.local import withheld_words
 

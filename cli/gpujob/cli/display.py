@@ -14,6 +14,7 @@ from gpujob.events import clean_metrics, clean_text, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate
 from gpujob.backends.base import Notice
+from gpujob.backends.gpuqueue import ordinal
 from gpujob.registry import Job
 
 
@@ -72,11 +73,7 @@ def status_words(job: Job) -> str:
 
 def _status_cell(job: Job) -> str:
     queue = _queue(job)
-    return f"queued ({_ordinal(queue['position'])} for GPUs)" if queue else job.status
-
-
-def _ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+    return f"queued ({ordinal(queue['position'])} for GPUs)" if queue else job.status
 
 
 def _age(ts: float) -> str:

@@ -170,10 +170,12 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
 
 
 def _wait_started(registry: Registry, job_id: str, timeout: float = 5.0) -> Job:
-    """Give the job a moment to start, so an immediate failure is reported by submit."""
+    """Give the job a moment to start, so an immediate failure is reported by submit; a job that
+    waits in the GPU queue (its supervisor records its place, ``handle["queue"]``) returns at once."""
     deadline = time.monotonic() + timeout
     job = registry.get(job_id)
-    while job.status in ("queued", "starting") and time.monotonic() < deadline:
+    while (job.status in ("queued", "starting") and not (job.status == "queued" and job.handle.get("queue"))
+           and time.monotonic() < deadline):
         time.sleep(0.05)
         job = registry.get(job_id)
     return job

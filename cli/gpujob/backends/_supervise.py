@@ -3,6 +3,9 @@
 Started detached by :class:`gpujob.backends.local.LocalBackend`; :mod:`gpujob.supervisor` hands it
 the registry as its :class:`~gpujob.backends.base.JobStore`, the only way it records the job. It:
 
+0. for a job that asks for GPUs, waits in this machine's GPU queue (:mod:`gpujob.backends.gpuqueue`)
+   until its own GPUs are free, recording its place meanwhile, and gives them to the job as
+   CUDA_VISIBLE_DEVICES; a job cancelled while it waits never starts;
 1. starts the job's command in a process group of its own, with the job's environment
    (``launch.json``: runtime.env and gpujob's variables; the secrets, renamed back) — none of which
    applies to the supervisor itself;
@@ -35,8 +38,9 @@ import traceback
 from typing import Callable
 
 from gpujob import procs
-from gpujob.backends import reaper
+from gpujob.backends import gpuqueue, reaper
 from gpujob.backends.base import JobStore, budget_reason, failure_reason
+from gpujob.backends.gpus import VISIBLE
 from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _write_private, kill_strays
 from gpujob.backends.output import JobOutput
 from gpujob.progress_state import ProgressState
@@ -66,6 +70,7 @@ class Supervisor:
         self.tail: list[str] = []
         self.last_event: float | None = None  # monotonic time of the last event, once progress began
         self._important = False  # an event since the last snapshot that should be shown at once
+        self.queue: gpuqueue.GpuQueue | None = None  # this machine's GPU queue, once the job joined it
         self.log = open(self.dir / LOG_NAME, "ab")
 
     # -------------------------------------------------------------- signals
@@ -87,7 +92,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        if self.stop_reason:
+        if not self._wait_for_gpus() or self.stop_reason:
             return self._finish(None, cancelled=True)
         self.store.transition(self.job.id, "starting", only_from=("queued",))
         argv = self.launch["argv"]
@@ -109,15 +114,46 @@ class Supervisor:
         except OSError as exc:
             self._write_line(f"gpujob: could not start {argv[0]}: {exc.strerror}")
             return self._finish(126, reason=f"could not start {argv[0]!r}: {exc.strerror}")
-        handle = {**self.job.handle, "pid": self.child.pid, "pgid": self.child.pid,
-                  "supervisor_pid": os.getpid(), "supervisor_start": procs.start_time(os.getpid())}
+        handle = self._record_handle(pid=self.child.pid, pgid=self.child.pid, queue=None)
         _write_private(self.dir / "handle.json", json.dumps(handle))
-        self.store.update(self.job.id, handle=handle)
         self.store.transition(self.job.id, "running", only_from=("queued", "starting"))
         started = time.monotonic()
         limit = self.launch.get("max_runtime_s")
         self._pump(started, limit)
         return self._finish(self.child.wait())
+
+    # -------------------------------------------------------------- the GPU queue
+
+    def _wait_for_gpus(self) -> bool:
+        """Wait in the GPU queue until the job's own GPUs are free and give them to it; meanwhile its
+        place is in its handle (``queue``: position and words), for submit, status and list. A job
+        without GPUs does not wait. False: it was cancelled while it waited."""
+        ask = self.launch.get("gpu_queue")
+        if not ask or self.stop_reason:
+            return self.stop_reason is None
+        self.queue = gpuqueue.GpuQueue(self.dir.parent.parent)
+        me = gpuqueue.Entry(self.job.id, ask["gpus"], ask["candidates"], ask.get("priority", 0),
+                            self.job.created_at, ask.get("share", False), os.getpid(), procs.start_time(os.getpid()))
+        self.queue.join(me)
+        while self.stop_reason is None:
+            got = self.queue.take(me)
+            if isinstance(got, list):
+                self.launch["env"][VISIBLE] = ",".join(got)
+                return True
+            self._record_handle(queue=got.to_dict())
+            time.sleep(gpuqueue.POLL_S)
+        return False
+
+    def _record_handle(self, **changes) -> dict:
+        """Record the job's handle with ``changes`` (None removes a key) if they change it. Read afresh
+        each time, since submit records its part too; our own part is always written with it."""
+        current = self.store.get(self.job.id).handle
+        handle = {**current, "supervisor_pid": os.getpid(), "supervisor_start": procs.start_time(os.getpid()),
+                  "log": str(self.dir / LOG_NAME), "withheld": self.launch.get("withheld") or None, **changes}
+        handle = {k: v for k, v in handle.items() if v is not None}
+        if handle != current:
+            self.store.update(self.job.id, handle=handle)
+        return handle
 
     def _pump(self, started: float, limit: int | None) -> None:
         """Read the job's output and keep its timers until it exits. The timers do not depend on the
@@ -211,6 +247,8 @@ class Supervisor:
             reaper.kill_descendants(keep=self.child.pid)
             kill_strays(self.job.id)
             reaper.record(self.dir, [])
+        if self.queue is not None:  # its GPUs are free: the next job in the queue may start
+            self.queue.leave(self.job.id)
         self.log.close()
         state = self.state
         if cancelled:

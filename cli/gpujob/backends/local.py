@@ -8,10 +8,11 @@ records the exit status. ``cancel`` sends SIGTERM to the job's group, then
 SIGKILL after a grace period. A job whose supervisor vanished (kill -9, a
 reboot) is reported failed instead of staying "running" forever.
 
-GPUs: a job gets CUDA_VISIBLE_DEVICES with the first ``resources.gpus`` GPUs
-nvidia-smi lists (by UUID; :mod:`gpujob.backends.gpus`), or "" without GPUs;
-asking for more than the machine has is refused at submit, before the job is
-recorded. A train/evaluate job with several GPUs runs the launcher (torchrun),
+GPUs: a job's supervisor waits in this machine's GPU queue
+(:mod:`gpujob.backends.gpuqueue`) until ``resources.gpus`` of the GPUs nvidia-smi
+lists are free, then gives the job those (by UUID; :mod:`gpujob.backends.gpus`)
+as CUDA_VISIBLE_DEVICES; a job without GPUs gets "" and never waits; asking for
+more than the machine has is refused at submit, before the job is recorded. A train/evaluate job with several GPUs runs the launcher (torchrun),
 one process per GPU: torchrun passes SIGTERM on to its ranks, and when the job
 ends, its ranks (in sessions of their own) are killed with it.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob import procs
-from gpujob.backends import gpus, reaper
+from gpujob.backends import gpuqueue, gpus, reaper
 from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed
 from gpujob.errors import UserError
 from gpujob.linesplit import LineSplitter
@@ -52,9 +53,16 @@ class LocalBackend(Backend):
     def render(self, request: JobRequest) -> str:
         found = _detect_gpus(request)
         try:
-            gpu_env, gpus = _gpu_env(request, found), [_gpu_words(request, found)]
+            gpu_env, gpu_lines = _gpu_env(request, found), [_gpu_words(request, found)]
+            if found is not None:  # which of them it gets depends on the GPU queue
+                got, words = gpuqueue.preview(gpuqueue.GpuQueue(request.job_dir.parent.parent).snapshot(),
+                                              [g.uuid for g in found.gpus], request.gpus,
+                                              priority=request.spec.priority, share=_shares(request))
+                gpu_env = {gpus.VISIBLE: ",".join(got) if got else
+                           f"<{request.gpus} of the GPUs above, given when the job leaves the GPU queue>"}
+                gpu_lines = [_gpu_words(request, found, got), f"queue: {words}"]
         except UserError as exc:
-            gpu_env, gpus = {}, [f"PROBLEM: {exc.message}; submit refuses it", f"hint: {exc.hint}"]
+            gpu_env, gpu_lines = {}, [f"PROBLEM: {exc.message}; submit refuses it", f"hint: {exc.hint}"]
         env, withheld = job_environment(request, os.environ, gpu_env)
         env.update({n: "<from your environment, redacted in logs>" for n in request.secret_names})
         inherited = sorted(n for n in os.environ if n not in env and n not in withheld)
@@ -62,8 +70,8 @@ class LocalBackend(Backend):
             "backend: local (a detached process group on this machine)",
             f"job:     {request.name} (kind {request.kind})",
             f"command: {shlex.join(self._argv(request))}",
-            f"gpus:    {gpus[0]}",
-            *(f"         {more}" for more in gpus[1:]),
+            f"gpus:    {gpu_lines[0]}",
+            *(f"         {more}" for more in gpu_lines[1:]),
             f"workdir: {request.workdir}",
             f"outputs: {request.output_dir}",
             f"logs:    {request.job_dir / LOG_NAME}",
@@ -84,7 +92,8 @@ class LocalBackend(Backend):
         _gpu_env(request, _detect_gpus(request))
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        gpu_env = _gpu_env(request, _detect_gpus(request))  # first: a job without its GPUs never starts
+        found = _detect_gpus(request)
+        gpu_env = _gpu_env(request, found)  # first: a job without its GPUs never starts
         job_dir = request.job_dir
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         spec_file = job_dir / "spec.json"
@@ -99,6 +108,10 @@ class LocalBackend(Backend):
             "price_per_hour": request.price_per_hour,
             "secret_names": sorted(secrets),
         }
+        if found is not None:  # its supervisor waits in the GPU queue and sets CUDA_VISIBLE_DEVICES then
+            launch["gpu_queue"] = {"gpus": request.gpus, "candidates": [g.uuid for g in found.gpus],
+                                   "priority": request.spec.priority, "share": _shares(request)}
+            gpu_env = {gpus.VISIBLE: ""}
         job_env, withheld = job_environment(request, os.environ, gpu_env)
         launch["env"], launch["withheld"] = job_env, withheld
         _write_private(job_dir / LAUNCH_NAME, json.dumps(launch, indent=2))
@@ -273,11 +286,18 @@ def _gpu_env(request: JobRequest, found: "Found | None") -> dict[str, str]:
     return gpus.job_env(request.gpus, found)
 
 
-def _gpu_words(request: JobRequest, found: "Found | None") -> str:
+def _shares(request: JobRequest) -> bool:
+    return request.spec.resources.share_gpus
+
+
+def _gpu_words(request: JobRequest, found: "Found | None", got: list[str] | None = None) -> str:
+    """The GPUs the job would get now (``got``), or, when it would wait, those it may get."""
     if found is None:
         return "none (CUDA_VISIBLE_DEVICES is empty, so the job cannot take a GPU)"
     each = "; one process each, under torchrun" if request.gpus > 1 and request.kind != "command" else ""
-    return f"{request.gpus}{each}: " + ", ".join(map(str, found.gpus[:request.gpus]))
+    if got is None:
+        return f"{request.gpus}{each}, of: " + ", ".join(map(str, found.gpus))
+    return f"{request.gpus}{each}: " + ", ".join(str(g) for uuid in got for g in found.gpus if g.uuid == uuid)
 
 
 # ----------------------------------------------------------------------------- process helpers

@@ -14,6 +14,7 @@ from gpujob.events import clean_metrics, clean_text, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate
 from gpujob.backends.base import Notice
+from gpujob.backends.gpuqueue import ordinal
 from gpujob.registry import Job
 
 
@@ -102,6 +103,23 @@ def estimate_lines(est: Any, backend: str) -> list[str]:
     return lines
 
 
+def _queue(job: Job) -> dict[str, Any] | None:
+    """Where a queued local job waits in the GPU queue (its supervisor records it), or None."""
+    queue = job.handle.get("queue") if job.status == "queued" else None
+    return queue if isinstance(queue, dict) and isinstance(queue.get("position"), int) else None
+
+
+def status_words(job: Job) -> str:
+    """``queued: 1st in the GPU queue, waiting for 1 GPU (2 of 2 in use by jobs ...)``, or the status."""
+    queue = _queue(job)
+    return f"queued: {_safe(queue.get('words') or '', 400)}" if queue else job.status
+
+
+def _status_cell(job: Job) -> str:
+    queue = _queue(job)
+    return f"queued ({ordinal(queue['position'])} for GPUs)" if queue else job.status
+
+
 def _age(ts: float) -> str:
     return fmt_duration(time.time() - ts) + " ago"
 
@@ -114,7 +132,7 @@ def job_table(jobs: list[Job]) -> str:
     rows = [header]
     for job in jobs:
         state = _state(job)
-        rows.append((job.id, _safe(job.name, 200), job.backend, job.status, fmt_pct(state.fraction), _wer(state),
+        rows.append((job.id, _safe(job.name, 200), job.backend, _status_cell(job), fmt_pct(state.fraction), _wer(state),
                      fmt_duration(job.runtime_s), _cost(job, state), _age(job.created_at)))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -124,7 +142,7 @@ def job_summary(job: Job) -> dict[str, Any]:
     state = _state(job)
     return {
         "id": job.id, "name": job.name, "kind": job.kind, "backend": job.backend, "status": job.status,
-        "reason": job.reason, "exit_code": job.exit_code, "progress": state.fraction,
+        "reason": job.reason, "exit_code": job.exit_code, "queue": _queue(job), "progress": state.fraction,
         "step": state.step, "total_steps": state.total_steps, "steps_per_s": state.steps_per_s,
         "eta_s": state.eta_s if job.active else None, "loss": state.loss, "eval": state.eval,
         "metrics": _metrics(job, state), "checkpoint": state.checkpoint,
@@ -146,6 +164,8 @@ def job_details(job: Job) -> str:
     since = job.finished_at or job.started_at or job.created_at
     rows.append(("status", f"{job.status}  since {datetime.fromtimestamp(since):%Y-%m-%d %H:%M:%S}"
                            f"  (runtime {fmt_duration(job.runtime_s)}, cost {_cost(job)})"))
+    if _queue(job):
+        rows.append(("queue", status_words(job).removeprefix("queued: ")))
     if job.reason and job.status != "succeeded":
         rows.append(("reason", _safe(job.reason)))
     rows.append(("cost", cost_details(job)))

@@ -41,7 +41,7 @@ def submit(
         raise UserError(f"{file}: {est.problem}", hint="or remove limits.max_cost")
     _confirm_cost(est.to_confirm, yes)
     job = service.submit(loaded, registry, price=est.price)
-    typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.status}")
+    typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {display.status_words(job)}")
     if est.price is not None or est.warnings:  # an unknown price is said by status and list
         for line in display.estimate_lines(est, job.backend):
             err(line)

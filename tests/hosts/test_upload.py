@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpujob.hosts.upload import MANIFEST_NAME, PART_SUFFIX, UploadError, build_manifest, upload
+from gpujob.hosts.upload import PART_SUFFIX, UploadError, build_manifest, upload
 
 
 class Interrupted(Exception):
@@ -58,7 +58,7 @@ def dataset(root: Path, files: dict[str, bytes]) -> Path:
 
 def sha_tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
+            for p in root.rglob("*") if p.is_file()}
 
 
 FILES = {"clips/a.mp3": b"a" * 5000, "clips/b.mp3": b"b" * 7000, "clips/sub dir/c d.mp3": b"c" * 3,
@@ -82,6 +82,7 @@ def test_an_interrupted_upload_resumes_without_sending_a_file_twice(tmp_path):
     assert done.skipped == sorted(first.sent) and done.sent_files == len(FILES) - 3
     assert done.sent_bytes == sum(len(FILES[f]) for f in second.sent) == progress[-1][0] == progress[-1][1]
     assert sha_tree(Path(done.path)) == sha_tree(src)                     # the same content, nothing more
+    assert Path(done.path + ".sha256").read_bytes() == manifest.text()    # the manifest beside it
     assert not (root / f"{manifest.id}.partial").exists()
 
     third = FolderRemote()

@@ -4,13 +4,14 @@
   ``sha256sum`` format (``<sha256>  ./<path>``). The folder's id is the sha256 of that text: the
   same content is the same id, wherever it lies here and whatever it is called.
 - **Where**: ``<data root>/<id>`` on the host (the persistent file system's ``gpujob/data`` when the
-  host has one, so it outlives the host; else gpujob's data folder there). A folder that is there
-  complete (its manifest beside it) is not sent again: a second job with the same data uploads nothing.
+  host has one, so it outlives the host; else gpujob's data folder there), with the manifest beside it
+  as ``<id>.sha256`` once it is complete. A complete folder is not sent again: a second job with the
+  same data uploads nothing.
 - **Resumable**: files go to ``<id>.partial/``, each written as ``<name>.gpujob-part`` and renamed when
   whole. A new attempt hashes what ``<id>.partial/`` holds (``sha256sum`` on the host) and sends only
   the files missing or different, so an interrupted upload goes on where it stopped.
 - **Checked**: when every file is there, ``sha256sum -c`` of the manifest runs on the host; only then
-  is ``<id>.partial`` renamed to ``<id>``. A file that does not match is deleted (the next attempt
+  is ``<id>.partial`` renamed to ``<id>`` and the manifest put beside it. A file that does not match is deleted (the next attempt
   sends it again) and the upload fails, naming it.
 
 Stdlib only; the host is reached through :class:`Remote` (:class:`SshRemote`: the SSH connection).
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-MANIFEST_NAME = ".gpujob-manifest.sha256"
 PART_SUFFIX = ".gpujob-part"
 _CHUNK = 1 << 20
 
@@ -75,7 +75,7 @@ def walk(root: Path) -> list[tuple[str, Path]]:
             if not path.is_file():
                 continue
             rel = path.relative_to(root).as_posix()
-            if "\n" in rel or "\\" in rel or rel.endswith(PART_SUFFIX) or rel == MANIFEST_NAME:
+            if "\n" in rel or "\\" in rel or rel.endswith(PART_SUFFIX):
                 raise UploadError(f"{path}: this file name cannot be uploaded to a host (newline, backslash, "
                                   f"or a name gpujob uses for itself)", hint="rename the file")
             out.append((rel, path))
@@ -116,9 +116,9 @@ def upload(remote: Remote, manifest: Manifest, data_root: str, *, on_progress: P
     final = posixpath.join(data_root, manifest.id)
     staging = final + ".partial"
     state = remote.run(
-        f"if [ -f {q(final + '/' + MANIFEST_NAME)} ]; then echo complete; else "
+        f"if [ -f {q(final + '.sha256')} ] && [ -d {q(final)} ]; then echo complete; else "
         f"mkdir -p {q(staging)} && cd {q(staging)} && "
-        f"find . -type f ! -name {q('*' + PART_SUFFIX)} ! -name {q(MANIFEST_NAME)} -exec sha256sum {{}} + ; fi")
+        f"find . -type f ! -name {q('*' + PART_SUFFIX)} -exec sha256sum {{}} + ; fi")
     if state.strip() == "complete":
         return Uploaded(final, manifest.id, cached=True)
     there = _parse_sums(state)
@@ -142,12 +142,13 @@ def upload(remote: Remote, manifest: Manifest, data_root: str, *, on_progress: P
         remote.send(manifest.root / rel, posixpath.join(staging, rel), count)
         result.sent_files += 1
     result.sent_bytes = sent
-    remote.send(manifest.text(), posixpath.join(staging, MANIFEST_NAME), lambda n: None)
+    remote.send(manifest.text(), staging + ".sha256", lambda n: None)
     check = remote.run(
         f"cd {q(staging)} && find . -name {q('*' + PART_SUFFIX)} -type f -delete; "
-        f"if out=$(sha256sum --strict -c {q(MANIFEST_NAME)} 2>&1); then "
-        f"cd .. && {{ mv -T {q(staging)} {q(final)} 2>/dev/null || test -f {q(final + '/' + MANIFEST_NAME)}; }} "
-        f"&& rm -rf {q(staging)} && echo verified; else printf '%s\\n' \"$out\"; fi")
+        f"if out=$(sha256sum --strict -c {q(staging + '.sha256')} 2>&1); then "
+        f"cd .. && {{ mv -T {q(staging)} {q(final)} 2>/dev/null || test -d {q(final)}; }} "
+        f"&& rm -rf {q(staging)} && mv -f {q(staging + '.sha256')} {q(final + '.sha256')} && echo verified; "
+        f"else printf '%s\\n' \"$out\"; fi")
     if check.strip() != "verified":
         bad = sorted({line.rsplit(":", 1)[0].removeprefix("./") for line in check.split("\n")
                       if line.rstrip().endswith("FAILED") or "FAILED open or read" in line} & set(manifest.files))

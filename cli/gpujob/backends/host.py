@@ -35,6 +35,8 @@ from gpujob.backends.docker.backend import DockerBackend
 from gpujob.backends.docker.engine import Engine
 from gpujob.backends.host_data import DATA_MOUNT, in_container, local_folders, rewritten
 from gpujob.errors import GpujobError, UserError
+from gpujob.hosts import upload as up
+from gpujob.hosts.choose import NoMatchingType, choose_type
 from gpujob.wire import IDLE_MINUTES_LABEL
 
 if TYPE_CHECKING:
@@ -214,8 +216,6 @@ class HostBackend(Backend):
         """The job's local folders uploaded to the host (:mod:`gpujob.hosts.upload`; what is there
         already is not sent again), and the request with the spec the container reads pointing at
         them, with their mounts (host folder -> container path)."""
-        from gpujob.hosts import upload as up
-
         folders = local_folders(request.spec, request.workdir)
         if not folders:
             return request, {}
@@ -328,10 +328,9 @@ def _render_choice(rt: "HostRuntime", gpu_type: str, gpus: int) -> tuple[str, st
     """What `render` says about the type a job that names only a GPU model would get: the rule, and
     the choice it makes now (lines), when the API can be asked."""
     from gpujob.hosts import lambda_api
-    from gpujob.hosts.choose import NoMatchingType, choose_type
 
     need = max(gpus, 1)
-    allowed = [rt.region] if rt.region else list(rt.regions)
+    allowed = [rt.region] if rt.region else []
     rule = (f"the cheapest instance type with {need}+ {gpu_type} GPU{'s' if need > 1 else ''} that has capacity"
             + (f" in {', '.join(allowed)}" if allowed else "") + "; an idle ready host of yours that fits is reused first")
     try:
@@ -347,9 +346,7 @@ def _render_choice(rt: "HostRuntime", gpu_type: str, gpus: int) -> tuple[str, st
 
 
 def _render_folder(folder, fs: str | None) -> str:
-    from gpujob.hosts.upload import folder_size
-
-    files, size = folder_size(folder.path)
+    files, size = up.folder_size(folder.path)
     where = f"/lambda/nfs/{fs}/gpujob/data/<sha256>" if fs else "gpujob's data folder on the host"
     return (f"  {folder.path} ({', '.join(folder.keys)}): {files} files, {size} bytes; kept by content hash in "
             f"{where} (sent once, resumable), mounted read-only at {DATA_MOUNT}/<sha256> "

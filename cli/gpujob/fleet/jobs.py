@@ -86,18 +86,18 @@ def _host_for_gpu(registry: "Registry", runtime: "HostRuntime", gpu_type: str, g
 
 def choose_for_job(runtime: "HostRuntime", gpu_type: str, gpus: int, *, client=None, types=None) -> "TypeChoice":
     """The cheapest type with ``gpu_type`` GPUs that has capacity in the allowed regions
-    (``runtime.region``, else ``runtime.regions``, and the file system's region when there is one).
+    (``runtime.region`` when set, and the file system's region when there is one).
     No such type: a UserError listing the types with that GPU and where they have capacity."""
     client = client or api()
     types = types if types is not None else client.instance_types()
-    allowed = [runtime.region] if runtime.region else list(runtime.regions)
+    allowed = [runtime.region] if runtime.region else []
     if runtime.filesystem:
         fs = next((f for f in client.file_systems() if f.get("name") == runtime.filesystem), None)
         where = fs.get("region") if fs else None
         where = where if isinstance(where, str) or where is None else where.get("name")
         if where and allowed and where not in allowed:
-            raise UserError(f"runtime.filesystem: {runtime.filesystem} is in {where}, which runtime.region(s) "
-                            f"leave out ({', '.join(allowed)})", hint=f"allow {where}, or use another file system")
+            raise UserError(f"runtime.filesystem: {runtime.filesystem} is in {where}, not runtime.region {allowed[0]}",
+                            hint=f"set runtime.region: {where}, or leave it out")
         allowed = [where] if where else allowed
     try:
         return choose_type(types, gpu_type, gpus, allowed)

@@ -90,7 +90,7 @@ def choose_type(types: Mapping[str, InstanceType], gpu_type: str, gpus: int,
         raise NoMatchingType(
             f"resources.gpu_type: no {gpu_type} instance type with {need}+ GPU{'s' if need > 1 else ''} has "
             f"capacity now{' in ' + ', '.join(sorted(allowed)) if allowed else ''} ({listed})",
-            hint="try again later, allow more regions (runtime.regions), or set runtime.host_type to a type "
+            hint="try again later, leave out runtime.region, or set runtime.host_type to a type "
                  "`gpujob host types --available` lists")
     (best, region), rest = fits[0], fits[1:]
     return TypeChoice(best, region, rest[0][0] if rest else None, passed)

@@ -60,8 +60,6 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
         out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`), "
                                          "runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10) "
                                          "or resources.gpu_type (the cheapest type with that GPU is chosen)"))
-    if runtime.get("region") and runtime.get("regions"):
-        out.append((("runtime", "regions"), "runtime.region and runtime.regions are both set; keep only one"))
     env, secrets = runtime.get("env"), runtime.get("secrets")
     if isinstance(env, Mapping) and isinstance(secrets, list):
         for name in env:

@@ -93,10 +93,8 @@ class HostRuntime(RuntimeBase):
         "The instance type to reuse or launch when `host` is unset, e.g. `gpu_1x_a100_sxm4` "
         "(`gpujob host types` lists them with prices and the regions that have capacity)."))
     region: NonEmptyStr | None = Field(None, description=(
-        "Region to launch in, e.g. `us-east-1`. Unset: the first region with capacity."))
-    regions: Annotated[list[NonEmptyStr], none_to_empty(list)] = Field(default_factory=list, description=(
-        "Regions a host chosen for `resources.gpu_type` may be launched in, e.g. `[us-east-1, us-west-1]` "
-        "(instead of `region`). Empty: any region."))
+        "Region to launch in, e.g. `us-east-1`; also the only region a host chosen for `resources.gpu_type` "
+        "may be in. Unset: the first region with capacity."))
     filesystem: NonEmptyStr | None = Field(None, description=(
         "Persistent file system to attach to a launched host; outputs are written to it, so they "
         "outlive the host."))

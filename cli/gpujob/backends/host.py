@@ -6,6 +6,12 @@
   SSH connection with the host key pinned at first contact, forwards the host's Docker socket
   through it, and hands the job to the Docker backend as a *remote* engine: nothing of this
   machine is mounted; the spec and secrets are copied into the container as files.
+- With only ``resources.gpu_type`` (no ``runtime.host``/``host_type``): an idle host of yours with
+  those GPUs, else the cheapest type that has them and capacity (:mod:`gpujob.hosts.choose`); render
+  shows the choice, and preflight refuses a job no type fits, before anything is recorded.
+- Local data: the folders the spec names (:mod:`.host_data`) are uploaded to the host before the
+  container is created (:mod:`gpujob.hosts.upload`: by content hash, resumable, checked there),
+  mounted read-only, and the spec copied into the container points at them.
 - Outputs: with a persistent file system on the host they are written there
   (``/lambda/nfs/<fs>/gpujob/outputs/<job id>``), so they outlive it; without one they go to a
   volume of the job's own. Either way they are copied back to ``output.dir`` here when the job

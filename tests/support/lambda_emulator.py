@@ -79,6 +79,12 @@ DEFAULT_TYPES: dict[str, dict[str, Any]] = {
         "specs": {"vcpus": 26, "memory_gib": 200, "storage_gib": 1024, "gpus": 1},
         "capacity": ["us-west-1", "us-south-1"],
     },
+    "gpu_1x_h100_sxm5": {
+        "description": "1x H100 (80 GB SXM5)", "gpu_description": "H100 (80 GB SXM5)",
+        "price_cents_per_hour": 329,
+        "specs": {"vcpus": 26, "memory_gib": 225, "storage_gib": 2816, "gpus": 1},
+        "capacity": ["us-east-3"],
+    },
     "gpu_1x_gh200": {
         "description": "1x GH200 (96 GB)", "gpu_description": "GH200 (96 GB)",
         "price_cents_per_hour": 149,

@@ -6,6 +6,12 @@
   SSH connection with the host key pinned at first contact, forwards the host's Docker socket
   through it, and hands the job to the Docker backend as a *remote* engine: nothing of this
   machine is mounted; the spec and secrets are copied into the container as files.
+- With only ``resources.gpu_type`` (no ``runtime.host``/``host_type``): an idle host of yours with
+  those GPUs, else the cheapest type that has them and capacity (:mod:`gpujob.hosts.choose`); render
+  shows the choice, and preflight refuses a job no type fits, before anything is recorded.
+- Local data: the folders the spec names (:mod:`.host_data`) are uploaded to the host before the
+  container is created (:mod:`gpujob.hosts.upload`: by content hash, resumable, checked there),
+  mounted read-only, and the spec copied into the container points at them.
 - Outputs: with a persistent file system on the host they are written there
   (``/lambda/nfs/<fs>/gpujob/outputs/<job id>``), so they outlive it; without one they go to a
   volume of the job's own. Either way they are copied back to ``output.dir`` here when the job
@@ -27,16 +33,20 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Mapping, Protocol
 
 from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, read_saved_log, runtime_of
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.backend import DockerBackend
 from gpujob.backends.docker.engine import Engine
+from gpujob.backends.host_data import DATA_MOUNT, in_container, local_folders, rewritten
 from gpujob.errors import GpujobError, UserError
+from gpujob.hosts import upload as up
+from gpujob.hosts.choose import NoMatchingType, choose_type
 from gpujob.wire import IDLE_MINUTES_LABEL
 
 if TYPE_CHECKING:
+    from gpujob.hosts.choose import TypeChoice
     from gpujob.hosts.layout import HostLayout
     from gpujob.hosts.ssh import HostConnection
     from gpujob.records import Host, Job
@@ -55,8 +65,18 @@ class HostSource(Protocol):
     def active(self) -> list["Host"]:
         """The hosts not terminated."""
 
-    def for_job(self, runtime: "HostRuntime") -> "Host":
-        """The ready host a job with this ``runtime`` section runs on, launched and provisioned if need be."""
+    def for_job(self, runtime: "HostRuntime", *, gpu_type: str | None = None, gpus: int = 0) -> "Host":
+        """The ready host a job with this ``runtime`` section runs on, launched and provisioned if need be;
+        with neither ``runtime.host`` nor ``runtime.host_type``, one with ``gpus`` ``gpu_type`` GPUs."""
+
+    def choose(self, runtime: "HostRuntime", gpu_type: str, gpus: int) -> "TypeChoice":
+        """The instance type a job without ``runtime.host``/``host_type`` would get now; a UserError if none fits."""
+
+    def say(self, line: str) -> None:
+        """A line for the person submitting (stderr)."""
+
+    def transfer(self, label: str) -> "ContextManager[Callable[[int, int], None]]":
+        """A progress display for an upload: called with (bytes sent, bytes in all)."""
 
     def gpus_for(self, runtime: "HostRuntime") -> tuple[str, int] | None:
         """The instance type such a job runs on and its GPUs, when known before a host is launched."""
@@ -78,8 +98,8 @@ class _Session:
         url = self._stack.enter_context(self.conn.docker_socket(hosts.layout(host).docker_host))
         self.engine = Engine(url, local=False, label=f"host {host.name} ({host.ip}, over SSH)")
 
-    def docker(self) -> DockerBackend:
-        return DockerBackend(self.engine, outputs_root=self.host.settings.get("outputs_root"))
+    def docker(self, data_mounts: Mapping[str, str] | None = None) -> DockerBackend:
+        return DockerBackend(self.engine, outputs_root=self.host.settings.get("outputs_root"), data_mounts=data_mounts)
 
     def close(self) -> None:
         try:
@@ -134,8 +154,11 @@ class HostBackend(Backend):
 
     def render(self, request: JobRequest) -> str:
         rt = _runtime(request)
+        chosen = ""
         if rt.host:
             where = f"host {rt.host}"
+        elif not rt.host_type:
+            where, chosen = _render_choice(rt, request.spec.resources.gpu_type or "", request.gpus)
         else:
             where = (f"an idle {rt.host_type} host of yours, else a new one launched in "
                      f"{rt.region or 'the first region with capacity'} (terminates itself after "
@@ -144,7 +167,9 @@ class HostBackend(Backend):
         outputs = f"/lambda/nfs/{fs}/gpujob/outputs/{request.job_id}" if fs else None
         p = cplan.plan(self._labelled(request, rt.host or "<chosen at submit>"), local=False, image=rt.image,
                        outputs_on_host=outputs)
-        return f"backend: host ({where})\n" + cplan.describe(p, request, "the host, over SSH")
+        data = [_render_folder(f, fs) for f in local_folders(request.spec, request.workdir)]
+        return f"backend: host ({where})\n" + chosen + cplan.describe(p, request, "the host, over SSH") \
+            + ("\ndata uploaded to the host before the job starts:\n" + "\n".join(data) if data else "")
 
     @staticmethod
     def _labelled(request: JobRequest, host_name: str) -> JobRequest:
@@ -156,7 +181,12 @@ class HostBackend(Backend):
     def preflight(self, request: JobRequest) -> None:
         """Refuse a job that asks for more GPUs than its host's instance type has, before a host is
         launched (and billed) for it."""
-        known = self.hosts.gpus_for(_runtime(request)) if request.gpus else None
+        local_folders(request.spec, request.workdir)        # an empty folder is refused here
+        rt = _runtime(request)
+        if not rt.host and not rt.host_type:
+            self.hosts.choose(rt, request.spec.resources.gpu_type or "", request.gpus)
+            return
+        known = self.hosts.gpus_for(rt) if request.gpus else None
         if known and request.gpus > known[1]:
             itype, count = known
             raise UserError(f"resources.gpus: the job asks for {request.gpus} GPU{'s' if request.gpus > 1 else ''}, "
@@ -165,7 +195,7 @@ class HostBackend(Backend):
                                  "runtime.host_type (`gpujob host types` lists them)")
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
-        host = self.hosts.for_job(_runtime(request))
+        host = self.hosts.for_job(_runtime(request), gpu_type=request.spec.resources.gpu_type, gpus=request.gpus)
         session = _session(host, self.hosts)
         lay = self.hosts.layout(host)
         claim = f"{lay.uploads_dir}/submit-{request.job_id}"
@@ -176,7 +206,8 @@ class HostBackend(Backend):
             outputs_root = host.settings.get("outputs_root")
             if outputs_root:
                 session.conn.run(f"mkdir -p {shlex.quote(f'{outputs_root}/{request.job_id}')}", timeout_s=60)
-            handle = session.docker().submit(self._labelled(request, host.name), secrets)
+            request, mounts = self._upload_data(session, host, request)
+            handle = session.docker(mounts).submit(self._labelled(request, host.name), secrets)
         finally:
             try:
                 session.conn.run(f"rm -f {shlex.quote(claim)}", timeout_s=30, check=False)
@@ -186,6 +217,33 @@ class HostBackend(Backend):
         handle["host"] = host.name
         handle["price_cents_per_hour"] = host.price_cents_per_hour
         return handle
+
+    def _upload_data(self, session: _Session, host: "Host", request: JobRequest) -> tuple[JobRequest, dict[str, str]]:
+        """The job's local folders uploaded to the host (:mod:`gpujob.hosts.upload`; what is there
+        already is not sent again), and the request with the spec the container reads pointing at
+        them, with their mounts (host folder -> container path)."""
+        folders = local_folders(request.spec, request.workdir)
+        if not folders:
+            return request, {}
+        root = _data_root(host, self.hosts.layout(host))
+        up.ensure_dir(session.conn, root)
+        where, mounts = {}, {}
+        for folder in folders:
+            self.hosts.say(f"hashing {folder.path} ({', '.join(folder.keys)})")
+            try:
+                manifest = up.build_manifest(folder.path)
+                with self.hosts.transfer(f"uploading {folder.path.name} to host {host.name}") as progress:
+                    done = up.upload(up.SshRemote(session.conn), manifest, root, on_progress=progress)
+            except up.UploadError as exc:
+                raise GpujobError(exc.message, hint=exc.hint) from None
+            self.hosts.say(f"data {folder.path}: " + (
+                f"already on host {host.name} (content {done.id[:12]}), nothing sent" if done.cached else
+                f"{done.sent_files} files sent ({done.sent_bytes} bytes), {len(done.skipped)} already there, "
+                f"checked by sha256 on the host"))
+            target = in_container(done.id)
+            mounts[done.path] = target          # the host's engine runs there: the same path
+            where.update({key: target for key in folder.keys})
+        return replace(request, spec=rewritten(request.spec, where)), mounts
 
     # ------------------------------------------------------------------ status
 
@@ -263,6 +321,42 @@ class HostBackend(Backend):
         if cents is None or job.runtime_s is None:
             return None
         return float(cents) / 100.0 * job.runtime_s / 3600.0
+
+
+def _data_root(host: "Host", layout: "HostLayout") -> str:
+    """Where uploaded data is kept on the host: beside the outputs on its persistent file system
+    (``/lambda/nfs/<fs>/gpujob/data``), else gpujob's data folder there."""
+    outputs_root = host.settings.get("outputs_root")
+    return f"{outputs_root.rstrip('/').rsplit('/', 1)[0]}/data" if outputs_root else layout.data_dir
+
+
+def _render_choice(rt: "HostRuntime", gpu_type: str, gpus: int) -> tuple[str, str]:
+    """What `render` says about the type a job that names only a GPU model would get: the rule, and
+    the choice it makes now (lines), when the API can be asked."""
+    from gpujob.hosts import lambda_api
+
+    need = max(gpus, 1)
+    allowed = [rt.region] if rt.region else []
+    rule = (f"the cheapest instance type with {need}+ {gpu_type} GPU{'s' if need > 1 else ''} that has capacity"
+            + (f" in {', '.join(allowed)}" if allowed else "") + "; an idle ready host of yours that fits is reused first")
+    try:
+        client = lambda_api.LambdaClient.from_environment()
+        choice = choose_type(client.instance_types(), gpu_type, gpus, allowed)
+    except NoMatchingType as exc:
+        raise UserError(exc.message, hint=exc.hint) from None
+    except GpujobError as exc:
+        return rule, (f"host type: chosen at submit, from the prices and capacity then (not looked up now: "
+                      f"{exc.message}; `gpujob host types --available` lists them)\n")
+    passed = "".join(f"  passed over: {line}\n" for line in choice.passed_over)
+    return rule, f"host type: {choice.describe()}\n{passed}"
+
+
+def _render_folder(folder, fs: str | None) -> str:
+    files, size = up.folder_size(folder.path)
+    where = f"/lambda/nfs/{fs}/gpujob/data/<sha256>" if fs else "gpujob's data folder on the host"
+    return (f"  {folder.path} ({', '.join(folder.keys)}): {files} files, {size} bytes; kept by content hash in "
+            f"{where} (sent once, resumable), mounted read-only at {DATA_MOUNT}/<sha256> "
+            "and the spec the job reads points there")
 
 
 def _hung_record(session: _Session, layout: "HostLayout", job_id: str) -> dict | None:

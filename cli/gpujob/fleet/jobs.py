@@ -1,5 +1,7 @@
 """The host a job runs on, for the host backend: the named one, else an idle ready host of the
-type asked for, else a new one; and how many GPUs that host has, known before it is launched.
+type asked for, else a new one; with only a GPU model asked for, an idle host of yours with it, else
+the cheapest type with it that has capacity (:mod:`gpujob.hosts.choose`); and how many GPUs that
+host has, known before it is launched.
 :class:`RegistryHosts` hands these down to the backend (:class:`gpujob.backends.host.HostSource`)."""
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from typing import TYPE_CHECKING
 from gpujob.errors import GpujobError, UserError
 from gpujob.fleet.access import Say, api, connect, layout_of, notice
 from gpujob.fleet.launch import UpRequest, up
+from gpujob.fleet.transfer import transfer_progress
 from gpujob.fleet.watch import sync
+from gpujob.hosts.choose import NoMatchingType, choose_type, matching_hosts
 
 if TYPE_CHECKING:
+    from gpujob.hosts.choose import TypeChoice
     from gpujob.hosts.layout import HostLayout
     from gpujob.hosts.ssh import HostConnection
     from gpujob.records import Host
@@ -19,16 +24,18 @@ if TYPE_CHECKING:
     from gpujob.spec.runtime import HostRuntime
 
 
-def host_for_job(registry: "Registry", runtime: "HostRuntime", *, say: Say = notice) -> "Host":
+def host_for_job(registry: "Registry", runtime: "HostRuntime", *, gpu_type: str | None = None, gpus: int = 0,
+                 say: Say = notice) -> "Host":
     """The host a job runs on: the one named in runtime.host, else an idle ready host of
-    runtime.host_type, else a new one."""
-    from gpujob.spec.units import parse_duration
-
+    runtime.host_type, else a new one; with neither, one for ``gpu_type`` (:func:`_host_for_gpu`)."""
     name = runtime.host
     if not name and not runtime.host_type:
-        raise UserError("the host backend needs runtime.host (a host from `gpujob host up`) or runtime.host_type "
-                        "(an instance type to reuse or launch)",
-                        hint="e.g. --set runtime.host=NAME, or --set runtime.host_type=gpu_1x_a10")
+        if gpu_type:
+            return _host_for_gpu(registry, runtime, gpu_type, gpus, say)
+        raise UserError("the host backend needs runtime.host (a host from `gpujob host up`), runtime.host_type "
+                        "(an instance type to reuse or launch) or resources.gpu_type",
+                        hint="e.g. --set runtime.host=NAME, --set runtime.host_type=gpu_1x_a10, "
+                             "or --set resources.gpu_type=H100")
     if name:
         host = registry.find_host(name)
         if host is None or not host.active:
@@ -49,11 +56,53 @@ def host_for_job(registry: "Registry", runtime: "HostRuntime", *, say: Say = not
             if host.state == "ready" and host.instance_type == itype and not registry.jobs_on_host(host.name):
                 say(f"reusing idle host {host.name} ({host.instance_type})")
                 return host
-    req = UpRequest(instance_type=itype, region=runtime.region, name=name,
-                    idle_minutes=parse_duration(runtime.host_idle) / 60,
-                    max_lifetime_s=float(parse_duration(runtime.host_max_lifetime)),
-                    filesystem=runtime.filesystem, image=runtime.image)
-    return up(registry, req, say=say)
+    return up(registry, _up_request(runtime, itype, runtime.region, name), say=say)
+
+
+def _up_request(runtime: "HostRuntime", itype: str, region: str | None, name: str | None) -> UpRequest:
+    from gpujob.spec.units import parse_duration
+
+    return UpRequest(instance_type=itype, region=region, name=name,
+                     idle_minutes=parse_duration(runtime.host_idle) / 60,
+                     max_lifetime_s=float(parse_duration(runtime.host_max_lifetime)),
+                     filesystem=runtime.filesystem, image=runtime.image)
+
+
+def _host_for_gpu(registry: "Registry", runtime: "HostRuntime", gpu_type: str, gpus: int, say: Say) -> "Host":
+    """An idle ready host of yours whose type has ``gpu_type`` GPUs, at least ``gpus`` (the cheapest
+    such), else a new one of the cheapest type that fits and has capacity (:func:`choose_for_job`)."""
+    client = api()
+    types = client.instance_types()
+    sync(registry, client)
+    idle = [h for h in registry.list_hosts(active_only=True)
+            if h.state == "ready" and not registry.jobs_on_host(h.name)]
+    for host in matching_hosts(idle, types, gpu_type, gpus):
+        say(f"reusing idle host {host.name} ({host.instance_type}, ${host.price_per_hour:.2f}/h) for {gpu_type}")
+        return host
+    choice = choose_for_job(runtime, gpu_type, gpus, client=client, types=types)
+    say(f"cheapest {gpu_type} type with capacity: {choice.describe()}")
+    return up(registry, _up_request(runtime, choice.itype.name, choice.region, None), say=say)
+
+
+def choose_for_job(runtime: "HostRuntime", gpu_type: str, gpus: int, *, client=None, types=None) -> "TypeChoice":
+    """The cheapest type with ``gpu_type`` GPUs that has capacity in the allowed regions
+    (``runtime.region`` when set, and the file system's region when there is one).
+    No such type: a UserError listing the types with that GPU and where they have capacity."""
+    client = client or api()
+    types = types if types is not None else client.instance_types()
+    allowed = [runtime.region] if runtime.region else []
+    if runtime.filesystem:
+        fs = next((f for f in client.file_systems() if f.get("name") == runtime.filesystem), None)
+        where = fs.get("region") if fs else None
+        where = where if isinstance(where, str) or where is None else where.get("name")
+        if where and allowed and where not in allowed:
+            raise UserError(f"runtime.filesystem: {runtime.filesystem} is in {where}, not runtime.region {allowed[0]}",
+                            hint=f"set runtime.region: {where}, or leave it out")
+        allowed = [where] if where else allowed
+    try:
+        return choose_type(types, gpu_type, gpus, allowed)
+    except NoMatchingType as exc:
+        raise UserError(exc.message, hint=exc.hint) from None
 
 
 def job_host_gpus(registry: "Registry", runtime: "HostRuntime") -> tuple[str, int] | None:
@@ -90,8 +139,17 @@ class RegistryHosts:
     def active(self) -> list["Host"]:
         return self.registry.list_hosts(active_only=True)
 
-    def for_job(self, runtime: "HostRuntime") -> "Host":
-        return host_for_job(self.registry, runtime, say=notice)
+    def for_job(self, runtime: "HostRuntime", *, gpu_type: str | None = None, gpus: int = 0) -> "Host":
+        return host_for_job(self.registry, runtime, gpu_type=gpu_type, gpus=gpus, say=notice)
+
+    def choose(self, runtime: "HostRuntime", gpu_type: str, gpus: int) -> "TypeChoice":
+        return choose_for_job(runtime, gpu_type, gpus)
+
+    def say(self, line: str) -> None:
+        notice(line)
+
+    def transfer(self, label: str):
+        return transfer_progress(label)
 
     def gpus_for(self, runtime: "HostRuntime") -> tuple[str, int] | None:
         return job_host_gpus(self.registry, runtime)

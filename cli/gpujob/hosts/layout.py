@@ -38,7 +38,7 @@ class HostLayout:
         return posixpath.join(self.etc_dir, "lambda-api-key")
 
     @property
-    def state_dir(self) -> str:        # heartbeat.json, agent.log, hung/<job>.json, uploads/<job>
+    def state_dir(self) -> str:        # heartbeat.json, agent.log, hung/<job>.json, uploads/<job>, data/<hash>
         return self._at("var", "lib", "gpujob")
 
     @property
@@ -52,6 +52,10 @@ class HostLayout:
     @property
     def uploads_dir(self) -> str:      # one file per output upload in flight; the agent waits for them
         return posixpath.join(self.state_dir, "uploads")
+
+    @property
+    def data_dir(self) -> str:         # uploaded local data, by content hash, when there is no file system
+        return posixpath.join(self.state_dir, "data")
 
     @property
     def unit_path(self) -> str:

@@ -344,6 +344,10 @@ class HostConnection:
                 return None
             raise RemoteCommandFailed(f"reading {remote_path}", self.target, 1, describe(e)) from None
 
+    def sftp(self):
+        """The connection's SFTP client (paramiko's SFTPClient), opened on first use."""
+        return self._sftp_client()
+
     def _sftp_client(self):
         with self._sftp_lock:
             if self._sftp is None:

@@ -55,9 +55,11 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
         out.append((("resources", "nodes"), f"{nodes} nodes need runtime.backend: kubernetes; the "
                                             f"{runtime.get('backend', 'local')} backend runs a job on one machine "
                                             "(for several GPUs on it, set resources.gpus)"))
-    if runtime.get("backend") == "host" and not runtime.get("host") and not runtime.get("host_type"):
-        out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`) "
-                                         "or runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10)"))
+    if runtime.get("backend") == "host" and not runtime.get("host") and not runtime.get("host_type") \
+            and not section("resources").get("gpu_type"):
+        out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`), "
+                                         "runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10) "
+                                         "or resources.gpu_type (the cheapest type with that GPU is chosen)"))
     env, secrets = runtime.get("env"), runtime.get("secrets")
     if isinstance(env, Mapping) and isinstance(secrets, list):
         for name in env:

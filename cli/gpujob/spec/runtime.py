@@ -87,12 +87,14 @@ class HostRuntime(RuntimeBase):
         "Default: the gpujob runner image."))
     host: Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)] | None = Field(None, description=(
         "Run on this rented host (a name from `gpujob host list`). Unset: reuse an idle host of "
-        "`host_type`, else launch one."))
+        "`host_type`, else launch one; with neither, the cheapest type with `resources.gpu_type` GPUs "
+        "that has capacity (an idle host of yours that fits first)."))
     host_type: NonEmptyStr | None = Field(None, description=(
         "The instance type to reuse or launch when `host` is unset, e.g. `gpu_1x_a100_sxm4` "
         "(`gpujob host types` lists them with prices and the regions that have capacity)."))
     region: NonEmptyStr | None = Field(None, description=(
-        "Region to launch in, e.g. `us-east-1`. Unset: the first region with capacity."))
+        "Region to launch in, e.g. `us-east-1`; also the only region a host chosen for `resources.gpu_type` "
+        "may be in. Unset: the first region with capacity."))
     filesystem: NonEmptyStr | None = Field(None, description=(
         "Persistent file system to attach to a launched host; outputs are written to it, so they "
         "outlive the host."))

@@ -43,13 +43,17 @@ TIMEOUT_EXIT = 124  # timeout(1): limits.max_runtime was reached
 class DockerBackend(Backend):
     name = "docker"
 
-    def __init__(self, engine: Engine | None = None, *, outputs_root: str | None = None) -> None:
+    def __init__(self, engine: Engine | None = None, *, outputs_root: str | None = None,
+                 data_mounts: Mapping[str, str] | None = None) -> None:
         """``engine``: always use this engine (the host backend's SSH tunnel) instead of the one in
         a job's handle or DOCKER_HOST. ``outputs_root``: on a remote engine, bind-mount
         ``<outputs_root>/<job id>`` of that machine at /outputs (a persistent file system) instead
-        of a volume of the job's own; either way the outputs are copied back when the job ends."""
+        of a volume of the job's own; either way the outputs are copied back when the job ends.
+        ``data_mounts``: folders of the engine's machine (uploaded data) -> where the container sees
+        them, read-only."""
         self._fixed_engine = engine
         self._outputs_root = outputs_root
+        self._data_mounts = dict(data_mounts or {})
 
     # ------------------------------------------------------------------ render / submit
 
@@ -63,7 +67,8 @@ class DockerBackend(Backend):
         engine = self._fixed_engine or Engine()
         p = cplan.plan(request, local=engine.local, image=job_image(request),
                        user=_my_user() if engine.local else None, secrets=secrets,
-                       outputs_on_host=self._outputs_dir(request.job_id) if not engine.local else None)
+                       outputs_on_host=self._outputs_dir(request.job_id) if not engine.local else None,
+                       data_mounts=self._data_mounts)
         client = engine.client
         image = self._ensure_image(engine, p.image)
         owner = _my_user() if engine.local else cplan.image_user((image.attrs.get("Config") or {}).get("User"))

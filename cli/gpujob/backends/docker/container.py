@@ -89,9 +89,12 @@ class Plan:
 
 
 def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tuple[int, int] | None = None,
-         secrets: Mapping[str, str] | None = None, outputs_on_host: str | None = None) -> Plan:
+         secrets: Mapping[str, str] | None = None, outputs_on_host: str | None = None,
+         data_mounts: Mapping[str, str] | None = None) -> Plan:
     """``outputs_on_host``: a remote engine's folder (on its machine) to bind-mount at /outputs
-    instead of the job's own volume, e.g. a rented host's persistent file system."""
+    instead of the job's own volume, e.g. a rented host's persistent file system. ``data_mounts``:
+    folders of the engine's machine -> paths in the container, mounted read-only (a rented host's
+    uploaded data)."""
     res = request.spec.resources
     image = image or default_image(request.gpus)
     name = container_name(request)
@@ -140,6 +143,8 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
     elif not uri_output:
         mounts.append({"Type": "volume", "Source": outputs_volume(request.job_id), "Target": OUTPUTS_DIR,
                        "ReadOnly": False})
+    mounts.extend({"Type": "bind", "Source": source, "Target": target, "ReadOnly": True}
+                  for source, target in (data_mounts or {}).items())
     create["mounts"] = mounts
     if request.gpus:
         create["device_requests"] = [{"Driver": "", "Count": request.gpus, "Capabilities": [["gpu"]]}]

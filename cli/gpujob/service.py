@@ -161,7 +161,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
         registry.transition(job.id, "failed", reason=f"the {name} backend could not start the job: {exc}")
         raise
     registry.update(job.id, handle=handle)
-    if price is None and handle.get("price_cents_per_hour") is not None:  # a rented host's price, known now
+    if spec.resources.price_per_hour is None and handle.get("price_cents_per_hour") is not None:  # the host's, now
         registry.update(job.id, price=(float(handle["price_cents_per_hour"]) / 100.0,
                                        f"host {handle.get('host')}: its provider's price"))
     if not impl.self_reporting:

@@ -65,6 +65,7 @@ def test_an_h100_only_spec_gets_the_cheapest_h100_with_capacity_and_its_local_da
     assert "passed over: gpu_1x_h100_pcie ($2.49/h): no capacity now" in r.stdout
     assert "next cheapest: gpu_8x_h100_sxm5 ($23.92/h)" in r.stdout
     assert f"{lab.tmp / 'data' / 'cv-corpus-el'} (data.train[0].dataset): 4 files" in r.stdout
+    assert "cost:     $3.29/h (gpu_1x_h100_sxm5: Lambda's price, the cheapest that fits now)" in r.stdout
     r = lab.gpujob("render", str(spec), env={"LAMBDA_API_KEY": ""})
     assert r.returncode == 0 and "host type: chosen at submit" in r.stdout, r.stdout + r.stderr
     assert not lab.emu.instances                                   # render launched nothing
@@ -80,7 +81,8 @@ def test_an_h100_only_spec_gets_the_cheapest_h100_with_capacity_and_its_local_da
     seen = data_seen(lab, first)
     assert seen["path"].startswith("/gpujob/data/")                # the spec the job read points at the upload
     assert seen["files"] == {rel: hashlib.sha256(content).hexdigest() for rel, content in FILES.items()}
-    assert lab.status(first)["status"] == "succeeded"
+    done = lab.status(first)
+    assert done["status"] == "succeeded" and done["price_usd_per_hour"] == 3.29 and done["cost_usd"] is not None
     [stored] = [p for p in (Path(lab.host.root) / "var/lib/gpujob/data").iterdir() if p.is_dir()]
     assert seen["path"] == f"/gpujob/data/{stored.name[:16]}"
 

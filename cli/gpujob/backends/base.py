@@ -118,10 +118,6 @@ class Backend(Protocol):
         own (kubernetes: the volume's path); None: ``output.dir`` resolved on this machine."""
         return None
 
-    def job_cost(self, job: "Job") -> float | None:
-        """The job's share of the bill so far, for backends that bill by the hour; None: unknown."""
-        return None
-
     def price_scope(self, request: JobRequest) -> str | None:
         """Which entry of the user's price table applies beyond the backend's own (kubernetes: the
         kubeconfig context the job goes to); None: the backend's entry alone."""

@@ -19,7 +19,8 @@
   exists as "outputs not collected yet", so the host is not terminated under them.
 - ``status``, ``logs -f``, ``cancel`` go to the same host (its name is in the job's handle); a job
   the agent stopped as hung is reported so; a job whose host is gone says so.
-- Cost: the job's runtime times the host's hourly price.
+- Cost: the job's runtime times the host's hourly price (unless the spec sets ``resources.price_per_hour``);
+  ``limits.max_cost`` is that price's running time, enforced by ``timeout(1)`` in the container.
 - GPUs: the container gets ``resources.gpus`` of the host's GPUs; a job asking for more than its
   instance type has is refused at submit, before a host is launched for it.
 """
@@ -207,6 +208,8 @@ class HostBackend(Backend):
             if outputs_root:
                 session.conn.run(f"mkdir -p {shlex.quote(f'{outputs_root}/{request.job_id}')}", timeout_s=60)
             request, mounts = self._upload_data(session, host, request)
+            if request.spec.resources.price_per_hour is None:  # its budget is running time at this host's price
+                request = replace(request, price_per_hour=host.price_per_hour)
             handle = session.docker(mounts).submit(self._labelled(request, host.name), secrets)
         finally:
             try:
@@ -313,14 +316,30 @@ class HostBackend(Backend):
         if host is not None and host.active and job.handle.get("container_id"):
             _session(host, self.hosts).docker().cleanup(job)
 
-    # ------------------------------------------------------------------ cost
+    # ------------------------------------------------------------------ price
 
-    def job_cost(self, job: "Job") -> float | None:
-        """The job's share of the bill: its runtime at the host's hourly price."""
-        cents = job.handle.get("price_cents_per_hour")
-        if cents is None or job.runtime_s is None:
+    def provider_price(self, request: JobRequest) -> tuple[float, str] | None:
+        """The price of the host the job would run on, from the provider: the named host's, the instance
+        type's, or for a job that names only its GPU the type chosen now; None when the API cannot say."""
+        from gpujob.hosts import lambda_api
+
+        rt = _runtime(request)
+        if rt.host:
+            host = self._hosts.find(rt.host) if self._hosts is not None else None
+            if host is not None and host.active:
+                return host.price_per_hour, f"host {host.name} ({host.instance_type}): its provider's price"
+            if not rt.host_type:
+                return None
+        try:
+            types = lambda_api.LambdaClient.from_environment().instance_types()
+            if rt.host_type:
+                found = types.get(rt.host_type)
+                return (found.price_per_hour, f"{found.name}: Lambda's price") if found is not None else None
+            allowed = [rt.region] if rt.region else []
+            choice = choose_type(types, request.spec.resources.gpu_type or "", request.gpus, allowed)
+        except (GpujobError, NoMatchingType):
             return None
-        return float(cents) / 100.0 * job.runtime_s / 3600.0
+        return choice.itype.price_per_hour, f"{choice.itype.name}: Lambda's price, the cheapest that fits now"
 
 
 def _data_root(host: "Host", layout: "HostLayout") -> str:

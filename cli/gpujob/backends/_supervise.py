@@ -34,7 +34,7 @@ import time
 import traceback
 from typing import Callable
 
-from gpujob import procs
+from gpujob import notify, procs
 from gpujob.backends import reaper
 from gpujob.backends.base import JobStore, failure_reason
 from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _write_private, kill_strays
@@ -229,6 +229,7 @@ class Supervisor:
             {"status": status, "exit_code": code, "reason": reason, "finished_at": time.time()}))
         self.store.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
         self.store.transition(self.job.id, status, reason=reason, exit_code=code)
+        notify.send_now(self.store.get(self.job.id), secrets=self.secrets.values())  # once, retried, bounded
         return 0
 
     def _reason(self, code: int | None) -> str:

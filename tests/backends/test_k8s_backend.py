@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gpujob.backends.local_data import PODS_SEE_THIS_MACHINE
 from gpujob.events import parse_line
 from gpujob_cli import GPUJOB, GpujobCli
 from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
@@ -35,6 +36,8 @@ class K8s(GpujobCli):
         super().__init__(tmp, {**os.environ, "KUBECONFIG": str(kubeconfig), "GPUJOB_HOME": str(tmp / "home"),
                                "PYTHONUNBUFFERED": "1"})
         self.env.pop("HF_TOKEN", None)
+        if fake is not None:  # the emulator's kubelet runs pods here: local datasets and models are there
+            self.env[PODS_SEE_THIS_MACHINE] = "1"
         self.kubeconfig, self.namespace, self.image, self.fake = kubeconfig, namespace, image, fake
         from kubernetes import client, config
 

@@ -8,9 +8,7 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,44 +20,17 @@ from gpujob.cli.app import app
 from gpujob.records import Job
 from gpujob.registry import Registry
 from polling import pid_alive, wait_for
+from webhook import Hook
 
 runner = CliRunner()
 SECRET = "hf_s3cr3tValue_4notify_tests"
-
-
-class Hook:
-    """A webhook on loopback: records every POST (time, body); answers ``fail_first`` of them with
-    500 (all of them when ``always_fail``)."""
-
-    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
-        self.posts: list[tuple[float, dict]] = []
-        self.fail_first, self.always_fail = fail_first, always_fail
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.posts.append((time.time(), body))
-                failing = hook.always_fail or len(hook.posts) <= hook.fail_first
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def bodies(self) -> list[dict]:
-        return [b for _, b in self.posts]
 
 
 @pytest.fixture
 def hook():
     h = Hook()
     yield h
-    h.server.shutdown()
+    h.close()
 
 
 def gpujob(*args: str):
@@ -151,7 +122,7 @@ def test_a_webhook_that_fails_twice_gets_it_once_on_the_third_try(tmp_path):
     assert len({json.dumps(b, sort_keys=True) for b in hook.bodies()}) == 1  # the same notification, retried
     log = (job.job_dir / "notify.log").read_text()
     assert "attempt 1: HTTP 500" in log and "attempt 3: HTTP 204" in log and "gave up" not in log
-    hook.server.shutdown()
+    hook.close()
 
 
 def test_a_dead_webhook_does_not_change_the_job_or_keep_its_supervisor(tmp_path):
@@ -161,7 +132,7 @@ def test_a_dead_webhook_does_not_change_the_job_or_keep_its_supervisor(tmp_path)
     assert job.finished_at <= hook.posts[0][0]  # recorded before the first attempt
     assert 1 < len(hook.posts) <= len(notify.BACKOFF_S) + 1  # retried, and bounded
     assert "webhook: gave up; the job's status is not affected" in (job.job_dir / "notify.log").read_text()
-    hook.server.shutdown()
+    hook.close()
 
 
 def test_the_command_form_gets_the_json_on_stdin(tmp_path):

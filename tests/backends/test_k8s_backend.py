@@ -22,6 +22,8 @@ from gpujob.backends.local_data import PODS_SEE_THIS_MACHINE
 from gpujob.events import parse_line
 from gpujob_cli import GPUJOB, GpujobCli
 from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
+from polling import wait_for
+from webhook import Hook
 
 pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")
@@ -162,6 +164,22 @@ def test_a_job_that_succeeds_reports_progress_metrics_and_keeps_its_log(k8s):
 
 
 # ----------------------------------------------------------------------------- why is it not running?
+
+
+def test_the_end_is_notified_once_by_the_command_that_sees_it(k8s):
+    """No supervisor of gpujob's runs beside a pod: the first command that records the end sends the
+    notification (from a detached process), and no later command sends it again."""
+    hook = Hook()
+    try:
+        job_id = k8s.submit(k8s.spec("notified", demo("--steps", "5", "--step-time", "0.01"),
+                                     notify={"webhook": hook.url}))
+        k8s.wait_status(job_id, lambda s: s["status"] == "succeeded", what="success")
+        wait_for(lambda: hook.posts, timeout=30, what="the POST")
+        assert k8s.gpujob("list").returncode == 0 and k8s.gpujob("status", job_id).returncode == 0
+        [body] = hook.bodies()
+        assert (body["event"], body["id"], body["backend"], body["step"]) == ("succeeded", job_id, "kubernetes", 5)
+    finally:
+        hook.close()
 
 
 def test_unschedulable_gpu_request_is_explained(k8s):

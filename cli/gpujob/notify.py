@@ -1,9 +1,10 @@
 """Notifications when a job ends: the spec's ``notify:`` webhook and/or command, once per job.
 
-Who sends: whoever records the job's end. The local backend's supervisor sends as it records it
-(:meth:`Notifier.send`, in its own process); for the other backends the job service sends when a
-command (``status``, ``list``, ``logs -f``) sees the end, through a detached ``python -m
-gpujob.notify JOB_DIR`` (:func:`send_in_background`), so no command waits on a slow webhook.
+Who sends: whoever records the job's end: the local backend's supervisor as it records it; for the
+other backends the job service, when a command (``status``, ``list``, ``logs -f``, ``cancel``) sees
+the end. Either claims it (below) and hands the delivery to a detached ``python -m gpujob.notify
+JOB_DIR`` (:func:`send_in_background`), so neither a command nor a supervisor, with the GPUs it
+holds, waits for a slow webhook.
 
 - **Once**: the sender first creates ``notify.json`` in the job's folder with ``O_EXCL``; whoever
   creates it sends, anyone racing it (a supervisor and a CLI, two CLIs) does not. The file keeps the
@@ -46,7 +47,8 @@ RETRY_HTTP = (408, 429)           # besides 5xx
 DEFAULT_ON = ("succeeded", "failed", "hung", "budget")
 # The webhook_env URL handed from submit to the local supervisor: a name under the local backend's
 # secret prefix, so the job never gets it (tests/test_notify.py checks the prefix).
-HANDOVER_VAR = "GPUJOB_SECRET___NOTIFY_WEBHOOK"
+JOB_SECRET_PREFIX = "GPUJOB_SECRET_"  # the local backend's SECRET_PREFIX: a job's secrets, on their way to it
+HANDOVER_VAR = JOB_SECRET_PREFIX + "__NOTIFY_WEBHOOK"
 USER_AGENT = "gpujob-notify/1"
 
 
@@ -171,11 +173,6 @@ class Notifier:
             json.dump({"payload": body, "notify": dict(self.cfg)}, fh, indent=2)
         return body
 
-    def send(self, job: Job) -> bool:
-        """Claim, then deliver to every target; True when every target took it."""
-        body = self.claim(job)
-        return body is not None and self.deliver(body)
-
     def deliver(self, body: dict[str, Any]) -> bool:
         data = json.dumps(body).encode()
         ok = True
@@ -206,8 +203,9 @@ class Notifier:
 
     def _run(self, argv: list[str], data: bytes) -> tuple[bool, bool, str]:
         try:
+            env = {k: v for k, v in os.environ.items() if k != HANDOVER_VAR}
             done = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  timeout=ATTEMPT_TIMEOUT_S)
+                                  timeout=ATTEMPT_TIMEOUT_S, env=env)
         except FileNotFoundError:
             return False, False, f"command not found: {argv[0]}"
         except subprocess.TimeoutExpired:
@@ -241,31 +239,26 @@ class Notifier:
             pass  # a job folder that went away: nothing to tell
 
 
-def send_now(job: Job, *, secrets: Iterable[str] = ()) -> None:
-    """For the process that recorded the job's end and may take its time (the local supervisor):
-    claim and deliver here. Nothing raised here reaches the caller."""
-    try:
-        if wanted(job) is not None:
-            Notifier.for_job(job, secrets=secrets).send(job)
-    except Exception as exc:  # a notification must never change how the job ended
-        _note_failure(job, exc)
-
-
-def send_in_background(job: Job, environ: Mapping[str, str] | None = None) -> None:
-    """For a command that has just seen the job end: claim the notification here (so racing commands
-    send it once), then deliver it from a detached process (``python -m gpujob.notify JOB_DIR``,
-    with this environment: webhook_env is read there), so the command does not wait for it."""
+def send_in_background(job: Job, *, secrets: Iterable[str] | None = None,
+                       environ: Mapping[str, str] | None = None) -> None:
+    """For the process that has just recorded or seen the job's end (the local supervisor, a command):
+    claim the notification here, so that racing processes send it once, with the payload redacted
+    with ``secrets`` (default: the values of runtime.secrets in ``environ``); then deliver it from a
+    detached ``python -m gpujob.notify JOB_DIR``, so neither a command nor a supervisor (and the GPUs
+    it holds) waits for a slow webhook. The sender gets this environment, less the job's secrets:
+    webhook_env is read there. Nothing raised here reaches the caller."""
     environ = os.environ if environ is None else environ
     try:
         if wanted(job) is None:
             return
-        if Notifier.for_job(job, secrets=secret_values(job, environ), environ=environ).claim(job) is None:
+        secrets = secret_values(job, environ) if secrets is None else list(secrets)
+        if Notifier.for_job(job, secrets=secrets, environ=environ).claim(job) is None:
             return
+        env = {k: v for k, v in environ.items() if not k.startswith(JOB_SECRET_PREFIX) or k == HANDOVER_VAR}
         with open(job.job_dir / LOG, "ab") as log:
             subprocess.Popen([sys.executable, "-m", "gpujob.notify", str(job.job_dir)], stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=subprocess.STDOUT, env=dict(environ),
-                             start_new_session=True, close_fds=True)
-    except Exception as exc:
+                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
+    except Exception as exc:  # a notification must never change how the job ended
         _note_failure(job, exc)
 
 

@@ -229,7 +229,7 @@ class Supervisor:
             {"status": status, "exit_code": code, "reason": reason, "finished_at": time.time()}))
         self.store.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
         self.store.transition(self.job.id, status, reason=reason, exit_code=code)
-        notify.send_now(self.store.get(self.job.id), secrets=self.secrets.values())  # once, retried, bounded
+        notify.send_in_background(self.store.get(self.job.id), secrets=self.secrets.values())  # once, detached
         return 0
 
     def _reason(self, code: int | None) -> str:

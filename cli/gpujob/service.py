@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
+from gpujob import notify
 from gpujob.backends import Backend, JobRequest, get_backend
 from gpujob.backends.base import RUNNER_MODULE
 from gpujob.backends.launch import runner_command
@@ -197,8 +198,9 @@ def refresh(registry: Registry, job: Job) -> Job:
         if seen.progress:
             registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
         if seen.status != job.status or (seen.reason or None) != (job.reason or None):
-            registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
-                                started_at=seen.started_at)
+            if registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
+                                   started_at=seen.started_at) and seen.status in TERMINAL:
+                notify.send_in_background(registry.get(job.id))  # the end, seen here first: notify.on
     job = registry.get(job.id)
     cost = job.cost  # kept in the record too, for readers of the registry and older versions
     if cost is not None and job.active:
@@ -233,7 +235,9 @@ def cancel(registry: Registry, job: Job, *, grace_s: float = 10.0) -> Job:
     impl.cancel(registry.get(job.id), grace_s=grace_s)
     # The backend's own record (the supervisor's) wins; if nothing recorded the end, we do.
     registry.transition(job.id, "cancelled", reason="cancelled by the user")
-    return registry.get(job.id)
+    job = registry.get(job.id)
+    notify.send_in_background(job)  # sent once, whoever recorded the end (a supervisor may have, too)
+    return job
 
 
 def logs(registry: Registry, job: Job, *, follow: bool = False, tail: int | None = None,

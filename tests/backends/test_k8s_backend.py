@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from gpujob.backends.local_data import PODS_SEE_THIS_MACHINE
 from gpujob.events import parse_line
 from gpujob_cli import GPUJOB, GpujobCli
 from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
+from polling import wait_for
+from webhook import Hook
 
 pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")
@@ -35,6 +38,8 @@ class K8s(GpujobCli):
         super().__init__(tmp, {**os.environ, "KUBECONFIG": str(kubeconfig), "GPUJOB_HOME": str(tmp / "home"),
                                "PYTHONUNBUFFERED": "1"})
         self.env.pop("HF_TOKEN", None)
+        if fake is not None:  # the emulator's kubelet runs pods here: local datasets and models are there
+            self.env[PODS_SEE_THIS_MACHINE] = "1"
         self.kubeconfig, self.namespace, self.image, self.fake = kubeconfig, namespace, image, fake
         from kubernetes import client, config
 
@@ -159,6 +164,22 @@ def test_a_job_that_succeeds_reports_progress_metrics_and_keeps_its_log(k8s):
 
 
 # ----------------------------------------------------------------------------- why is it not running?
+
+
+def test_the_end_is_notified_once_by_the_command_that_sees_it(k8s):
+    """No supervisor of gpujob's runs beside a pod: the first command that records the end sends the
+    notification (from a detached process), and no later command sends it again."""
+    hook = Hook()
+    try:
+        job_id = k8s.submit(k8s.spec("notified", demo("--steps", "5", "--step-time", "0.01"),
+                                     notify={"webhook": hook.url}))
+        k8s.wait_status(job_id, lambda s: s["status"] == "succeeded", what="success")
+        wait_for(lambda: hook.posts, timeout=30, what="the POST")
+        assert k8s.gpujob("list").returncode == 0 and k8s.gpujob("status", job_id).returncode == 0
+        [body] = hook.bodies()
+        assert (body["event"], body["id"], body["backend"], body["step"]) == ("succeeded", job_id, "kubernetes", 5)
+    finally:
+        hook.close()
 
 
 def test_unschedulable_gpu_request_is_explained(k8s):

@@ -37,7 +37,7 @@ import time
 import traceback
 from typing import Callable
 
-from gpujob import procs
+from gpujob import notify, procs
 from gpujob.backends import gpuqueue, reaper
 from gpujob.backends.base import JobStore, budget_reason, failure_reason
 from gpujob.backends.gpus import VISIBLE
@@ -270,6 +270,7 @@ class Supervisor:
             {"status": status, "exit_code": code, "reason": reason, "finished_at": time.time()}))
         self.store.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
         self.store.transition(self.job.id, status, reason=reason, exit_code=code)
+        notify.send_in_background(self.store.get(self.job.id), secrets=self.secrets.values())  # once, detached
         return 0
 
     def _reason(self, code: int | None) -> str:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from gpujob import procs
+from gpujob import notify, procs
 from gpujob.backends import gpuqueue, gpus, reaper
 from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed
 from gpujob.errors import UserError
@@ -120,6 +120,7 @@ class LocalBackend(Backend):
         # secrets travel under names nothing else reads.
         env = {k: v for k, v in os.environ.items() if k not in withheld and not k.startswith(SECRET_PREFIX)}
         env.update({SECRET_PREFIX + n: v for n, v in secrets.items()})
+        env.update(notify.handover(request.spec.notify.webhook_env, os.environ))  # withheld, but the supervisor sends it
         with open(job_dir / "supervisor.log", "ab") as sup_log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gpujob.supervisor", request.job_id],

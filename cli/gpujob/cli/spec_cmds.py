@@ -7,6 +7,7 @@ from typing import Annotated, List
 
 import typer
 
+from gpujob.backends import local_data
 from gpujob.cli.common import BackendOpt, SetOpt, err, friendly, load
 from gpujob.errors import UserError
 
@@ -37,6 +38,14 @@ def validate(
                 err(f"  {problem}")
             continue
         spec = loaded.spec
+        unreachable = local_data.problems(spec, spec.runtime.backend)
+        if unreachable:  # a valid spec, but its job would not find its data where it runs
+            bad += 1
+            err(f"✗ {path}: the job would not find its data on the {spec.runtime.backend} backend")
+            for problem in unreachable:
+                err(f"  {path}: {problem}")
+            err(f"  hint: {local_data.hint(spec.runtime.backend)}")
+            continue
         typer.echo(f"✓ {path}: valid ({spec.kind} job {spec.name!r}, backend {spec.runtime.backend})")
     if bad:
         raise typer.Exit(2)

@@ -24,13 +24,14 @@ import csv
 import difflib
 import json
 import random
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from gpujob.spec.paths import looks_like_path
 
 from .audio import TARGET_SR, AudioError, decode, to_mono_16k
 from .hub import hf_parts
@@ -83,11 +84,6 @@ def _splits(source: Source, key: str) -> list[str]:
     return parts
 
 
-def _looks_like_path(name: str) -> bool:
-    return (name.startswith((".", "/", "~", "\\")) or name.endswith(("/", "\\")) or "\\" in name
-            or re.match(r"^[A-Za-z]:[\\/]", name) is not None or name.count("/") > 1)
-
-
 def _has_metadata(folder: Path) -> bool:
     return any((folder / m).is_file() for m in METADATA_FILES)
 
@@ -122,7 +118,7 @@ def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", 
             parts = [_audiofolder_part(base, s, key) for s in splits]
         else:
             parts = hf_parts(source, str(base), splits, streaming=streaming, key=key, local=True)
-    elif _looks_like_path(name):
+    elif looks_like_path(name):
         raise DataError(f"directory {name} not found (relative paths are resolved from {Path.cwd()})",
                         key=f"{key}.dataset")
     else:

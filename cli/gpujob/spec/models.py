@@ -19,7 +19,7 @@ from .cross_field import CrossFieldError, cross_field_problems
 from .fields import (
     CPU_SCHEMA, DURATION_SCHEMA, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
     MAX_EPOCHS, MAX_GPUS, MAX_IDLE_MINUTES, MAX_LEARNING_RATE, MAX_PRICE, MAX_PRIORITY, MAX_SEED, MAX_STEPS, MAX_WEIGHT, NAME_PATTERN,
-    QUANTITY_SCHEMA, Duration, EnvName, NonEmptyStr, Quantity, Section, check_cpu, describe_value, fail,
+    QUANTITY_SCHEMA, Duration, NonEmptyStr, Quantity, SecretName, Section, check_cpu, describe_value, fail,
     no_duplicates, none_to_empty, whole_or_auto,
 )
 from .runtime import LocalRuntime, Runtime, RuntimeBase
@@ -292,16 +292,19 @@ class DistributedSection(Section):
         return env
 
 
+DEFAULT_NOTIFY_ON = ["succeeded", "failed", "hung", "budget"]
+
+
 class NotifySection(Section):
     """Tell someone when the job ends: a webhook and/or a command, once per job, retried if it fails."""
 
     on: list[Literal["succeeded", "failed", "hung", "budget", "cancelled"]] = Field(
-        default_factory=lambda: ["succeeded", "failed", "hung", "budget"], description=(
+        default_factory=lambda: list(DEFAULT_NOTIFY_ON), description=(
             "When to notify: `succeeded`, `failed`, `hung` (stopped after `limits.idle_minutes` without "
             "progress), `budget` (stopped at `limits.max_cost`), `cancelled`."))
     webhook: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2000)] | None = Field(None, description=(
         "POST a JSON summary of the job (id, name, status, reason, step, metrics, cost; never a secret) to this URL."))
-    webhook_env: EnvName | None = Field(None, description=(
+    webhook_env: SecretName | None = Field(None, description=(
         "The name of an environment variable whose value is the webhook URL, for URLs that are secrets "
         "themselves (Slack's): read where the notification is sent, never stored."))
     command: list[NonEmptyStr] | None = Field(None, min_length=1, description=(
@@ -309,6 +312,17 @@ class NotifySection(Section):
         "e.g. `[notify-send, gpujob]` or `[sh, -c, 'mail -s gpujob me@example.com']`."))
 
     _unique = field_validator("on")(classmethod(lambda cls, value: no_duplicates(value)))
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> "NotifySection":
+        if self.webhook and self.webhook_env:
+            raise fail("set notify.webhook or notify.webhook_env, not both (webhook_env: for a URL that is "
+                       "itself a secret, read from your environment)")
+        # (a dump of a spec without notify: holds the default `on`, and must load again)
+        if self.on != DEFAULT_NOTIFY_ON and not (self.webhook or self.webhook_env or self.command):
+            raise fail("says when to notify but not where: set notify.webhook (a URL), notify.webhook_env "
+                       "(the name of a variable holding the URL) or notify.command")
+        return self
 
 
 # Each section's model; for runtime, the part every backend shares (runtime.RUNTIMES has each backend's).

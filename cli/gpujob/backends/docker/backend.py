@@ -22,6 +22,7 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+from gpujob.backends import local_data
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_reason, failure_reason,
                                   last_error_line, read_saved_log, recorded_max_runtime_s, runtime_of)
 from gpujob.backends.docker import container as cplan
@@ -61,7 +62,14 @@ class DockerBackend(Backend):
         host = current_host()
         local = is_local(host)
         p = cplan.plan(request, local=local, image=job_image(request), user=_my_user() if local else None)
-        return cplan.describe(p, request, host)
+        missing = [] if self._fixed_engine else local_data.problems(request.spec, self.name, host)
+        notes = [f"PROBLEM: {m}; submit refuses it" for m in missing]
+        notes += [f"hint: {local_data.hint(self.name)}"] if missing else []
+        return "\n".join([cplan.describe(p, request, host), *notes])
+
+    def preflight(self, request: JobRequest) -> None:
+        if self._fixed_engine is None:  # the host backend brings the data along itself
+            local_data.refuse(request.spec, self.name, request.spec_path)
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
         engine = self._fixed_engine or Engine()

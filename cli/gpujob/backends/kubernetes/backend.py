@@ -20,6 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+from gpujob.backends import local_data
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_reason, read_saved_log,
                                   recorded_max_runtime_s, runtime_of)
 from gpujob.backends.kubernetes import explain, manifests
@@ -55,7 +56,14 @@ class KubernetesBackend(Backend):
         header = "# gpujob: what `gpujob submit --backend kubernetes` will create\n"
         if problems:
             header += "".join(f"# PROBLEM: {p}\n" for p in problems)
+        missing = local_data.problems(request.spec, self.name)
+        if missing:
+            header += "".join(f"# PROBLEM: {p}; submit refuses it\n" for p in missing)
+            header += f"# hint: {local_data.hint(self.name)}\n"
         return header + manifests.to_yaml(objects)
+
+    def preflight(self, request: JobRequest) -> None:
+        local_data.refuse(request.spec, self.name, request.spec_path)  # before anything is created
 
     def output_dir(self, spec: "JobSpec") -> str:
         return manifests.output_dir_for(spec)

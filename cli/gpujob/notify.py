@@ -115,7 +115,7 @@ def payload(job: Job, event: str, redactor: Redactor) -> dict[str, Any]:
         "wer": wer,
         "metrics": job.metrics or {},
         "runtime_s": round(runtime, 1) if runtime is not None else None,
-        "cost_usd": job.cost_usd,
+        "cost_usd": job.cost,  # None where the price is unknown
         "output_dir": job.output_dir,
         "finished_at": job.finished_at,
     }

@@ -92,6 +92,17 @@ def test_an_h100_only_spec_gets_the_cheapest_h100_with_capacity_and_its_local_da
     assert "reusing idle host 1x-h100-sxm5-" in r.stderr and "nothing sent" in r.stderr
     assert data_seen(lab, r.stdout.split()[2]) == seen
     assert len(lab.emu.instances) == 1
+    # limits.max_cost on a rented host: the host's $3.29/h makes $0.004 about 4.4 s of running, enforced in the
+    # container (it holds with the CLI away); status says it was the budget
+    over = json.loads(spec.read_text())
+    over.pop("data")
+    over.update(name="h100-budget", command=["sleep", "120"], limits={"max_runtime": "10m", "max_cost": 0.004})
+    (lab.tmp / "budget.yaml").write_text(json.dumps(over))
+    r = lab.gpujob("submit", str(lab.tmp / "budget.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    stopped = lab.wait_status(r.stdout.split()[2], lambda s: s["status"] == "failed", timeout=120, what="the budget")
+    assert stopped["reason"].startswith("stopped at the budget of $0.004 (limits.max_cost, at $3.29/h)"), stopped
+    assert stopped["runtime_s"] < 60
 
 
 def test_no_h100_with_capacity_is_refused_before_anything_is_recorded_listing_the_h100_types(lab):

@@ -253,10 +253,14 @@ BUDGET_WORDS = "stopped at the budget of"  # how every backend's reason for a bu
 def budget_reason(max_cost: float | None, price_per_hour: float | None, step: int | None) -> str:
     """Why a job that reached limits.max_cost was stopped, the same on every backend: "stopped at the budget
     of $3.00 (limits.max_cost, at $3600.00/h) at step 17; resubmit with a higher limits.max_cost to resume"."""
-    at = f", at ${price_per_hour:,.2f}/h" if price_per_hour else ""
+    at = f", at {usd(price_per_hour)}/h" if price_per_hour else ""
     where = f" at step {step}" if step is not None else ""
-    return (f"{BUDGET_WORDS} ${max_cost or 0:,.2f} (limits.max_cost{at}){where}; resubmit with a higher "
-            "limits.max_cost to resume")
+    return f"{BUDGET_WORDS} {usd(max_cost or 0)} (limits.max_cost{at}){where}; resubmit with a higher limits.max_cost to resume"
+
+
+def usd(amount: float) -> str:
+    """$3.00, $1,234.50; an amount that cents do not show exactly keeps its digits: $0.004, $0.0125."""
+    return f"${amount:,.2f}" if abs(amount * 100 - round(amount * 100)) < 1e-9 else f"${amount:,.4g}"
 
 
 def recorded_max_runtime_s(job: "Job") -> int | None:

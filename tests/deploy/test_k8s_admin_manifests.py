@@ -213,7 +213,7 @@ def test_schema_validation_covers_the_core_objects():
 
 
 def test_the_example_price_table_is_one_the_kubernetes_backend_reads():
-    from gpujob.backends.kubernetes.backend import PRICES_CONFIGMAP
+    from gpujob.backends.kubernetes.prices import PRICES_CONFIGMAP
     from gpujob.pricing import check_entries
     from gpujob.spec.yaml_bounded import parse_yaml
 

@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from gpujob.backends import local_data
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_reason, read_saved_log,
                                   recorded_max_runtime_s, runtime_of)
-from gpujob.backends.kubernetes import explain, manifests
+from gpujob.backends.kubernetes import explain, manifests, prices
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.errors import GpujobError, UserError
-from gpujob.pricing import check_entries
 from gpujob.progress_state import ProgressState
 from gpujob.records import TERMINAL
 
@@ -39,7 +38,6 @@ INDEX_KEY = "batch.kubernetes.io/job-completion-index"  # a pod label (Kubernete
 PROGRESS_TAIL_LINES = 400
 ERROR_TAIL_LINES = 60
 _CREATE_ORDER = {"ConfigMap": 0, "Service": 1, "Job": 2}
-PRICES_CONFIGMAP = "gpujob-prices"  # what an admin publishes: USD per GPU-hour by GPU type (k8s/prices.yaml)
 
 
 class KubernetesBackend(Backend):
@@ -76,30 +74,16 @@ class KubernetesBackend(Backend):
         return runtime_of(request, KubernetesRuntime).context or current_context()
 
     def published_prices(self, request: JobRequest) -> Mapping[str, float] | None:
-        """The prices the cluster's admin published: ConfigMap ``gpujob-prices`` (key ``prices.yaml``) in the
-        job's namespace; None when there is none or it cannot be read (the job is then priced by the table)."""
+        """The prices the cluster's admin published (ConfigMap gpujob-prices in the job's namespace); None when
+        there is none or the cluster cannot be asked (the job is then priced by the table, or unknown)."""
         from gpujob.spec.runtime import KubernetesRuntime
 
         rt = runtime_of(request, KubernetesRuntime)
         try:
             cluster = self._connect(context=rt.context, namespace=rt.namespace)
-            found = cluster.call(cluster.core.read_namespaced_config_map, PRICES_CONFIGMAP, cluster.namespace,
-                                 missing_ok=True, what=f"ConfigMap {PRICES_CONFIGMAP}")
         except GpujobError:
             return None
-        text = ((found or {}).get("data") or {}).get("prices.yaml")
-        if not text:
-            return None
-        from gpujob.spec.yaml_bounded import parse_yaml
-
-        where = f"ConfigMap {PRICES_CONFIGMAP} (namespace {cluster.namespace}), prices.yaml"
-        try:
-            return check_entries(parse_yaml(text, where), where)
-        except UserError as exc:
-            raise UserError(exc.message, hint="ask the cluster's admin to fix it (k8s/prices.yaml shows the form)") from None
-        except Exception as exc:  # noqa: BLE001 - the YAML reader's errors: not YAML at all
-            raise UserError(f"{where}: is not a price table ({str(exc).splitlines()[0][:200]})",
-                            hint="ask the cluster's admin to fix it (k8s/prices.yaml shows the form)") from None
+        return prices.published(cluster)
 
     def submit(self, request: JobRequest, secrets: Mapping[str, str]) -> dict:
         from gpujob.spec.runtime import KubernetesRuntime

@@ -197,6 +197,8 @@ def refresh(registry: Registry, job: Job) -> Job:
     if seen is not None:
         if seen.progress:
             registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
+        if seen.queue is not None and seen.queue != job.handle.get("queue"):
+            registry.update(job.id, handle={**job.handle, "queue": seen.queue})
         if seen.status != job.status or (seen.reason or None) != (job.reason or None):
             if registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
                                    started_at=seen.started_at) and seen.status in TERMINAL:

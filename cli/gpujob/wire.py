@@ -23,6 +23,12 @@ ID_LABEL = "gpujob.dev/id"                  # the job id
 NAME_LABEL = "gpujob.dev/name"              # the spec's name
 KIND_LABEL = "gpujob.dev/kind"              # the spec's kind
 IDLE_MINUTES_LABEL = "gpujob.dev/idle-minutes"   # limits.idle_minutes: the agent's hung-job limit
+# A rented host's GPU queue (run by its agent): a job container created with these waits for its GPUs
+GPUS_LABEL = "gpujob.dev/gpus"              # resources.gpus
+PRIORITY_LABEL = "gpujob.dev/priority"      # the spec's priority
+SUBMITTED_LABEL = "gpujob.dev/submitted"    # submit time, epoch seconds (FIFO within a priority)
+SHARE_LABEL = "gpujob.dev/share-gpus"       # "true": resources.share_gpus
+READY_FILE = "/run/gpujob/ready"            # copied into a queued container last: the client is done with it
 
 # --------------------------------------------------------------------------- the progress protocol
 

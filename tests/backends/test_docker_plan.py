@@ -104,3 +104,41 @@ def test_a_train_job_with_two_gpus_runs_the_launcher_one_process_per_gpu(tmp_pat
     assert c["environment"]["NCCL_SOCKET_IFNAME"] == c["environment"]["GLOO_SOCKET_IFNAME"] == "eth0"
     assert "command:   python -m gpujob.runner.launch --standalone --nproc-per-node=2 /run/gpujob/spec.json" \
         in describe(p, req, "ssh://gpu-box").splitlines()
+
+
+def test_a_gpu_job_on_a_host_with_a_queue_is_created_for_the_queue_to_start(tmp_path):
+    p = plan(request(tmp_path, gpus=1), local=False, gpu_grants="/var/lib/gpujob/gpus", submitted=1700000000.5)
+    c = p.create
+    assert p.queued
+    assert c["device_requests"] == [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]  # the queue picks one
+    assert {k: c["labels"][k] for k in ("gpujob.dev/gpus", "gpujob.dev/priority", "gpujob.dev/submitted",
+                                        "gpujob.dev/share-gpus")} == \
+        {"gpujob.dev/gpus": "1", "gpujob.dev/priority": "0", "gpujob.dev/submitted": "1700000000.500000",
+         "gpujob.dev/share-gpus": "false"}
+    grants = next(m for m in c["mounts"] if m["Target"] == "/run/gpujob-gpus")
+    assert grants["Source"] == "/var/lib/gpujob/gpus" and grants["ReadOnly"]
+    assert c["environment"]["GPUJOB_GPU_GRANT"] == "/run/gpujob-gpus/abc123"
+    assert p.files[-1][0] == "/run/gpujob/ready"    # copied in last: the agent starts it only then
+    cpu = plan(request(tmp_path, gpus=0), local=False, gpu_grants="/var/lib/gpujob/gpus")
+    assert not cpu.queued and "gpujob.dev/gpus" not in cpu.create["labels"]
+
+
+def test_the_entry_runs_the_job_with_the_granted_gpus_and_refuses_without_a_grant(tmp_path):
+    import subprocess
+
+    grant = tmp_path / "abc123"
+    grant.write_text("GPU-1111,GPU-2222")
+    argv = ["sh", "-c", ENTRY, "gpujob-entry", "sh", "-c", 'echo "cuda=$CUDA_VISIBLE_DEVICES"']
+    ok = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "GPUJOB_GPU_GRANT": str(grant)},
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == "cuda=GPU-1111,GPU-2222\n"
+    missing = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "GPUJOB_GPU_GRANT": str(tmp_path / "none")},
+                             capture_output=True, text=True)
+    assert missing.returncode == 125 and "cuda=" not in missing.stdout
+    assert "without GPUs from the host's GPU queue" in missing.stderr
+
+
+def test_a_container_whose_start_failed_is_failed_not_queued():
+    seen = observe({"Status": "created", "Error": "could not select device driver \"\" with capabilities: [[gpu]]",
+                    "ExitCode": 128})
+    assert seen.status == "failed" and "could not start: could not select device driver" in seen.reason

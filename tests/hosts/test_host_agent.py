@@ -665,7 +665,7 @@ def test_provisioning_uploads_the_agent_once_and_restarts_it_only_when_it_change
     with ssh_host.connection() as conn:
         step = provision._Host(conn, settings)
         done, why = step.check_agent()
-        assert not done and why == "9 file(s) to install or update"   # 5 folders, 4 files
+        assert not done and why == "10 file(s) to install or update"   # 6 folders, 4 files
         assert step.apply_agent(why) == "installed 4 file(s) and started gpujob-agent"
         assert pyz.read_bytes() == provision.agent_zipapp()
         installed = pyz.stat().st_mtime_ns

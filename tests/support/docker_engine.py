@@ -8,6 +8,12 @@ The tests start a dockerd of their own (root needed), on its own socket and data
 ``$GPUJOB_TEST_DOCKER_ROOT`` (default /var/tmp/gpujob-test-docker) and keeps its images between
 runs. ``GPUJOB_TEST_DOCKER_HOST=unix:///...`` uses an engine that is already running instead (the
 restart test is then skipped: the tests do not own that daemon).
+
+GPUs: dockerd gives containers GPUs through its ``nvidia`` device driver, which it registers when
+``nvidia-container-runtime-hook`` is on its PATH, and which sets NVIDIA_VISIBLE_DEVICES and runs that
+hook before the container starts. The tests' dockerd finds a stand-in hook that does nothing, so
+containers with a GPU device request start (and see no GPU); :func:`gpu_requests_work` says whether the
+engine takes them (an engine given by GPUJOB_TEST_DOCKER_HOST may not).
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ class Engine:
     def start(self) -> None:
         assert self.args is not None
         log = open(ROOT / "dockerd.log", "ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+        env = {**os.environ, "PATH": f"{_fake_nvidia_hook()}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}"}
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while not self.ping():
@@ -90,6 +97,24 @@ class Engine:
             pytest.skip("the engine was not started by the tests (GPUJOB_TEST_DOCKER_HOST); cannot restart it")
         self.stop()
         self.start()
+
+
+def _fake_nvidia_hook() -> Path:
+    """A folder with a stand-in ``nvidia-container-runtime-hook`` (reads the container's state, does nothing)."""
+    folder = ROOT / "fakebin"
+    folder.mkdir(parents=True, exist_ok=True)
+    hook = folder / "nvidia-container-runtime-hook"
+    if not hook.exists():
+        tmp = folder / ".hook.tmp"
+        tmp.write_text("#!/bin/sh\ncat >/dev/null\nexit 0\n")
+        tmp.chmod(0o755)
+        tmp.replace(hook)
+    return folder
+
+
+def gpu_requests_work(engine: Engine) -> bool:
+    """Whether the engine registered a GPU device driver (the stand-in hook above, or a real one)."""
+    return engine.owned or "nvidia" in (engine.client().info().get("Runtimes") or {})
 
 
 def start_engine() -> Engine:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,28 @@ class Lab(GpujobCli):
         probes = HostProbes(lay, proc_root=str(empty_proc), nvidia_smi=str(self.host.fakebin / "nvidia-smi"),
                             use_nvml=False)
         return build_agent(config, probes=probes, clock=self.clock, logs=False)
+
+    @contextmanager
+    def gpu_queue(self, agent, every_s: float = 0.2) -> Iterator[list[Exception]]:
+        """The agent's GPU queue stepped in the background, as the service does between its checks;
+        yields the list of the steps' failures."""
+        stop, failures = threading.Event(), []
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    agent.queue.step()
+                except Exception as e:  # noqa: BLE001 (shown by the test)
+                    failures.append(e)
+                stop.wait(every_s)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield failures
+        finally:
+            stop.set()
+            thread.join(timeout=30)
 
     def instance(self) -> str:
         [host] = [h for h in self.hosts("--all") if h["name"] == "box"]

@@ -5,8 +5,9 @@ folder; root logs in by key only (the tests run as root). Sessions get
 ``PATH=<fakebin>:/usr/sbin:/usr/bin:/sbin:/bin`` (sshd's ``SetEnv``), so they find stand-ins
 first for what a GPU host has and this machine cannot run:
 
-* ``nvidia-smi``: ``-L`` lists ``GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)``;
-  ``--query-gpu=utilization.gpu,...`` answers from ``state/gpu-util`` (:meth:`SshServer.set_gpu_util`).
+* ``nvidia-smi``: ``-L`` lists ``GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)``, one line per GPU
+  (1, or :meth:`SshServer.set_gpu_count`); ``--query-gpu=index,uuid,utilization.gpu,...`` answers one
+  line per GPU, the utilisation from ``state/gpu-util`` (:meth:`SshServer.set_gpu_util`).
 * ``systemctl``: records calls; ``is-active`` answers from ``state/units.json``; ``start``,
   ``restart``, ``enable --now`` make a unit active. (Re)starting ``docker`` loads the runtimes of
   the fake ``<root>/etc/docker/daemon.json``, as dockerd reads its config only when it starts.
@@ -128,15 +129,18 @@ _HEAD = ("#!/usr/bin/python3\nimport os, sys\n"
 
 FAKES = {
     "nvidia-smi": r'''
+count = int(open(os.path.join(STATE, "gpu-count")).read().strip() or "1")
+uuids = ["GPU-5d3a7c2e-1f0b-4c8e-9a6d-2b7e4f1c0a%02x" % (0x93 + i) for i in range(count)]
 if ARGS == ["-L"]:
-    print(open(os.path.join(STATE, "gpu-list")).read().strip())
+    print("\n".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: {u})" for i, u in enumerate(uuids)))
     sys.exit(0)
 query = next((a.split("=", 1)[1] for a in ARGS if a.startswith("--query-gpu=")), None)
 if query:
     util = open(os.path.join(STATE, "gpu-util")).read().strip()
-    values = {"utilization.gpu": util, "memory.used": "0", "memory.total": "81559", "index": "0",
-              "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-5d3a7c2e-1f0b-4c8e-9a6d-2b7e4f1c0a93"}
-    print(", ".join(values.get(f.strip(), "[N/A]") for f in query.split(",")))
+    for i, u in enumerate(uuids):
+        values = {"utilization.gpu": util, "memory.used": "0", "memory.total": "81559", "index": str(i),
+                  "name": "NVIDIA H100 80GB HBM3", "uuid": u}
+        print(", ".join(values.get(f.strip(), "[N/A]") for f in query.split(",")))
     sys.exit(0)
 print("Mon Dec  1 06:00:00 2025\n| NVIDIA-SMI 550.127.05   Driver Version: 550.127.05   CUDA Version: 12.4 |")
 ''',
@@ -376,6 +380,10 @@ class SshServer:
     def clear_calls(self) -> None:
         (self.state / "calls.log").write_text("")
 
+    def set_gpu_count(self, count: int) -> None:
+        """How many GPUs the fake nvidia-smi lists (their UUIDs differ in the last digits)."""
+        (self.state / "gpu-count").write_text(f"{count}\n")
+
     def set_gpu_util(self, percent: int) -> None:
         (self.state / "gpu-util").write_text(f"{percent}\n")
 
@@ -450,8 +458,8 @@ def start_sshd(tmp: Path, authorized_key: str) -> SshServer:
     for name, body in TEMPLATES.items():
         (state / "templates" / name).write_text(_HEAD.format(state=str(state)) + body)
     _write_fake(fakebin / "docker", state, TEMPLATES["docker-absent"])
-    (state / "gpu-list").write_text(FAKE_GPU + "\n")
     (state / "gpu-util").write_text("0\n")
+    (state / "gpu-count").write_text("1\n")
     (state / "mounts.json").write_text("[]")
     (state / "calls.log").write_text("")
 

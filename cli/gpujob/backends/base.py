@@ -89,6 +89,8 @@ class Observed:
     reason: str | None = None
     progress: dict | None = None   # a ProgressState snapshot, for backends without a supervisor of their own
     started_at: float | None = None  # when the job's process really started (epoch seconds), if known
+    queue: dict | None = None   # a queued job's place in a GPU queue run elsewhere (a rented host's agent):
+                                # position and words, recorded in its handle as a local supervisor records it
 
 
 class Backend(Protocol):

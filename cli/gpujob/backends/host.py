@@ -21,8 +21,11 @@
   the agent stopped as hung is reported so; a job whose host is gone says so.
 - Cost: the job's runtime times the host's hourly price (unless the spec sets ``resources.price_per_hour``);
   ``limits.max_cost`` is that price's running time, enforced by ``timeout(1)`` in the container.
-- GPUs: the container gets ``resources.gpus`` of the host's GPUs; a job asking for more than its
-  instance type has is refused at submit, before a host is launched for it.
+- GPUs: a job asking for GPUs joins the host's GPU queue, which the host's agent runs
+  (:mod:`gpujob.hosts.agent.gpuqueue`): its container is created, not started; the agent starts it
+  once ``resources.gpus`` GPUs no other job holds are free (priority, then submit time), with them as
+  its CUDA_VISIBLE_DEVICES. Until then it is ``queued`` and ``status`` gives its place. A job asking
+  for more than its instance type has is refused at submit, before a host is launched for it.
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ from gpujob.backends.host_data import DATA_MOUNT, in_container, local_folders, r
 from gpujob.errors import GpujobError, UserError
 from gpujob.hosts import upload as up
 from gpujob.hosts.choose import NoMatchingType, choose_type
+from gpujob.hosts.layout import HostLayout
 from gpujob.wire import IDLE_MINUTES_LABEL
 
 if TYPE_CHECKING:
     from gpujob.hosts.choose import TypeChoice
-    from gpujob.hosts.layout import HostLayout
     from gpujob.hosts.ssh import HostConnection
     from gpujob.records import Host, Job
     from gpujob.spec.runtime import HostRuntime
@@ -99,8 +102,9 @@ class _Session:
         url = self._stack.enter_context(self.conn.docker_socket(hosts.layout(host).docker_host))
         self.engine = Engine(url, local=False, label=f"host {host.name} ({host.ip}, over SSH)")
 
-    def docker(self, data_mounts: Mapping[str, str] | None = None) -> DockerBackend:
-        return DockerBackend(self.engine, outputs_root=self.host.settings.get("outputs_root"), data_mounts=data_mounts)
+    def docker(self, data_mounts: Mapping[str, str] | None = None, gpu_grants: str | None = None) -> DockerBackend:
+        return DockerBackend(self.engine, outputs_root=self.host.settings.get("outputs_root"), data_mounts=data_mounts,
+                             gpu_grants=gpu_grants)
 
     def close(self) -> None:
         try:
@@ -167,7 +171,7 @@ class HostBackend(Backend):
         fs = rt.filesystem
         outputs = f"/lambda/nfs/{fs}/gpujob/outputs/{request.job_id}" if fs else None
         p = cplan.plan(self._labelled(request, rt.host or "<chosen at submit>"), local=False, image=rt.image,
-                       outputs_on_host=outputs)
+                       outputs_on_host=outputs, gpu_grants=HostLayout().gpu_grants_dir if request.gpus else None)
         data = [_render_folder(f, fs) for f in local_folders(request.spec, request.workdir)]
         return f"backend: host ({where})\n" + chosen + cplan.describe(p, request, "the host, over SSH") \
             + ("\ndata uploaded to the host before the job starts:\n" + "\n".join(data) if data else "")
@@ -210,7 +214,8 @@ class HostBackend(Backend):
             request, mounts = self._upload_data(session, host, request)
             if request.spec.resources.price_per_hour is None:  # its budget is running time at this host's price
                 request = replace(request, price_per_hour=host.price_per_hour)
-            handle = session.docker(mounts).submit(self._labelled(request, host.name), secrets)
+            grants = self._gpu_grants(session, host, lay) if request.gpus else None
+            handle = session.docker(mounts, grants).submit(self._labelled(request, host.name), secrets)
         finally:
             try:
                 session.conn.run(f"rm -f {shlex.quote(claim)}", timeout_s=30, check=False)
@@ -220,6 +225,16 @@ class HostBackend(Backend):
         handle["host"] = host.name
         handle["price_cents_per_hour"] = host.price_cents_per_hour
         return handle
+
+    @staticmethod
+    def _gpu_grants(session: _Session, host: "Host", lay: "HostLayout") -> str:
+        """The host's GPU grants folder (its agent's queue writes there); a host set up by an older gpujob
+        has none, nor an agent that runs the queue."""
+        where = lay.gpu_grants_dir
+        if session.conn.run(f"test -d {shlex.quote(where)}", timeout_s=30, check=False).exit_code != 0:
+            raise UserError(f"host {host.name} has no GPU queue yet (it was set up by an older gpujob)",
+                            hint=f"update its agent with `gpujob host up --name {host.name}`, then submit again")
+        return where
 
     def _upload_data(self, session: _Session, host: "Host", request: JobRequest) -> tuple[JobRequest, dict[str, str]]:
         """The job's local folders uploaded to the host (:mod:`gpujob.hosts.upload`; what is there
@@ -267,6 +282,10 @@ class HostBackend(Backend):
             if not job.active:
                 return None
             return Observed(job.status, reason=f"cannot reach host {host.name} right now: {exc.message}")
+        if seen is not None and seen.status == "queued" and job.handle.get("gpu_queue"):
+            place = _queue_place(session, self.hosts.layout(host), job.id, host.name)
+            seen.reason = place["words"] if place else f"in host {host.name}'s GPU queue; its agent has not placed it yet"
+            seen.queue = place if place and isinstance(place.get("position"), int) else None
         if seen is not None and seen.status == "failed":
             hung = _hung_record(session, self.hosts.layout(host), job.id)
             if hung:
@@ -376,6 +395,19 @@ def _render_folder(folder, fs: str | None) -> str:
     return (f"  {folder.path} ({', '.join(folder.keys)}): {files} files, {size} bytes; kept by content hash in "
             f"{where} (sent once, resumable), mounted read-only at {DATA_MOUNT}/<sha256> "
             "and the spec the job reads points there")
+
+
+def _queue_place(session: _Session, layout: "HostLayout", job_id: str, host_name: str) -> dict | None:
+    """Where a queued job stands in its host's GPU queue (position, words), as the host's agent last
+    wrote it; None before the agent has placed it."""
+    try:
+        raw = session.conn.read_file(layout.gpu_queue_path)
+        wait = ((json.loads(raw) if raw else {}).get("jobs") or {}).get(job_id, {}).get("wait") or {}
+    except (GpujobError, ValueError, AttributeError):
+        return None
+    if not isinstance(wait, dict) or not wait.get("words"):
+        return None
+    return {**wait, "words": f"{wait['words']} on host {host_name}"}
 
 
 def _hung_record(session: _Session, layout: "HostLayout", job_id: str) -> dict | None:

@@ -38,7 +38,7 @@ class HostLayout:
         return posixpath.join(self.etc_dir, "lambda-api-key")
 
     @property
-    def state_dir(self) -> str:        # heartbeat.json, agent.log, hung/<job>.json, uploads/<job>, data/<hash>
+    def state_dir(self) -> str:        # heartbeat.json, agent.log, hung/<job>.json, uploads/<job>, data/<hash>, gpus/<job>
         return self._at("var", "lib", "gpujob")
 
     @property
@@ -56,6 +56,17 @@ class HostLayout:
     @property
     def data_dir(self) -> str:         # uploaded local data, by content hash, when there is no file system
         return posixpath.join(self.state_dir, "data")
+
+    @property
+    def gpu_grants_dir(self) -> str:   # <job id>/visible: the GPUs the agent's queue gave the job (mounted into it)
+        return posixpath.join(self.state_dir, "gpus")
+
+    def gpu_grant_dir(self, job_id: str) -> str:
+        return posixpath.join(self.gpu_grants_dir, job_id)
+
+    @property
+    def gpu_queue_path(self) -> str:   # the agent's view of its GPU queue, for `gpujob status`
+        return posixpath.join(self.state_dir, "gpu-queue.json")
 
     @property
     def unit_path(self) -> str:

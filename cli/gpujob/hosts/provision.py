@@ -52,7 +52,7 @@ STEPS = ("nvidia driver", "docker", "nvidia container toolkit", "job image", "pe
          "idle agent")
 AGENT_ZIPAPP = "agent.pyz"   # the idle agent as one file, in layout.opt_dir
 # What the agent imports, all stdlib-only (a folder: its .py files), from the installed gpujob package.
-AGENT_SOURCES = ("__init__.py", "errors.py", "events.py", "wire.py", "hosts/__init__.py", "hosts/layout.py",
+AGENT_SOURCES = ("__init__.py", "errors.py", "events.py", "wire.py", "gpu_rules.py", "hosts/__init__.py", "hosts/layout.py",
                  "hosts/agent", "hosts/lambda_api")
 AGENT_MAIN = b'''"""gpujob's idle agent as shipped to a host (gpujob.hosts.provision.agent_zipapp)."""
 
@@ -361,7 +361,7 @@ class _Host:
 
     def dirs(self) -> dict[str, int]:
         return {self.lay.opt_dir: 0o755, self.lay.etc_dir: 0o700, posixpath.dirname(self.lay.unit_path): 0o755,
-                self.lay.state_dir: 0o755, self.lay.uploads_dir: 0o755}
+                self.lay.state_dir: 0o755, self.lay.uploads_dir: 0o755, self.lay.gpu_grants_dir: 0o755}
 
     def remote_state(self) -> dict[str, str]:
         """remote path -> "sha256 mode" for the agent's files, "dir mode" for its folders (missing: absent)."""

@@ -45,14 +45,16 @@ class DockerBackend(Backend):
     name = "docker"
 
     def __init__(self, engine: Engine | None = None, *, outputs_root: str | None = None,
-                 data_mounts: Mapping[str, str] | None = None) -> None:
+                 data_mounts: Mapping[str, str] | None = None, gpu_grants: str | None = None) -> None:
         """``engine``: always use this engine (the host backend's SSH tunnel) instead of the one in
         a job's handle or DOCKER_HOST. ``outputs_root``: on a remote engine, bind-mount
         ``<outputs_root>/<job id>`` of that machine at /outputs (a persistent file system) instead
         of a volume of the job's own; either way the outputs are copied back when the job ends.
         ``data_mounts``: folders of the engine's machine (uploaded data) -> where the container sees
-        them, read-only."""
+        them, read-only. ``gpu_grants``: the engine's machine runs a GPU queue (a rented host's agent)
+        that keeps its grants there: a GPU job is created, not started (:func:`.container.plan`)."""
         self._fixed_engine = engine
+        self._gpu_grants = gpu_grants
         self._outputs_root = outputs_root
         self._data_mounts = dict(data_mounts or {})
 
@@ -76,7 +78,7 @@ class DockerBackend(Backend):
         p = cplan.plan(request, local=engine.local, image=job_image(request),
                        user=_my_user() if engine.local else None, secrets=secrets,
                        outputs_on_host=self._outputs_dir(request.job_id) if not engine.local else None,
-                       data_mounts=self._data_mounts)
+                       data_mounts=self._data_mounts, gpu_grants=self._gpu_grants)
         client = engine.client
         image = self._ensure_image(engine, p.image)
         owner = _my_user() if engine.local else cplan.image_user((image.attrs.get("Config") or {}).get("User"))
@@ -89,7 +91,8 @@ class DockerBackend(Backend):
                 created = client.containers.create(**p.create)
                 extra = () if engine.local or "://" in p.out_in_container else (p.out_in_container,)
                 created.put_archive("/", cplan.archive(p.files, owner, extra_dirs=extra))
-                created.start()
+                if not p.queued:  # a queued one is started by the host's GPU queue
+                    created.start()
         except BaseException:
             if created is not None:
                 try:
@@ -99,6 +102,8 @@ class DockerBackend(Backend):
             raise
         handle = {"host": engine.host, "container": p.name, "container_id": created.id, "image": p.image,
                   "remote": not engine.local, "out_in_container": p.out_in_container}
+        if p.queued:
+            handle["gpu_queue"] = True
         if p.outputs_on_host:
             handle["outputs_on_host"] = p.outputs_on_host
         return handle
@@ -289,7 +294,8 @@ class DockerBackend(Backend):
         try:
             data = engine.client.api.logs(cid, stdout=True, stderr=True)
             _write_private(job.job_dir / LOG_NAME, data)
-            copy_back = job.handle.get("remote") and "://" not in job.handle.get("out_in_container", "://")
+            copy_back = (job.handle.get("remote") and "://" not in job.handle.get("out_in_container", "://")
+                         and c.status != "created")  # never started (cancelled in a GPU queue): nothing to copy
             if copy_back:
                 _copy_out(c, job.handle["out_in_container"], Path(job.output_dir))
             c.remove(v=False)
@@ -312,6 +318,9 @@ def observe(state: dict[str, Any], *, max_runtime_s: int | None = None, memory: 
     """A container's State (from inspect) in the registry's words. ``log_tail``, the end of its log,
     says why it failed: the launcher's line naming the rank that failed first, else the last error."""
     status = state.get("Status")
+    if status == "created" and state.get("Error"):  # a start that failed leaves it created
+        return Observed("failed", exit_code=state.get("ExitCode"),
+                        reason=f"the container could not start: {state['Error']}")
     if status == "created":
         return Observed("queued", reason="container created, not started yet")
     if status in ("running", "restarting", "paused"):

@@ -38,7 +38,8 @@ from typing import Any, Mapping
 from gpujob.backends.base import JobRequest
 from gpujob.defaults import HF_CACHE
 from gpujob.image import default_image as image_for
-from gpujob.wire import KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE
+from gpujob.wire import (GPUS_LABEL, KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE, PRIORITY_LABEL, READY_FILE,
+                         SHARE_LABEL, SUBMITTED_LABEL)
 
 RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
 SPEC_FILE = f"{RUN_DIR}/spec.json"
@@ -47,12 +48,23 @@ CACHE_VOLUME = HF_CACHE
 CACHE_DIR = "/cache"
 OUTPUTS_DIR = "/outputs"                # remote engines: the job's outputs volume, until copied back
 KILL_AFTER_S = 30                        # limits.max_runtime: SIGTERM, then SIGKILL this much later
+GRANT_DIR = "/run/gpujob-gpus"          # a rented host's GPU grants (its agent's queue writes them), read-only
 
 # The entry: read the secrets file into the environment and delete it, enforce limits.max_runtime
 # with timeout(1) when the image has it, then exec the job (so it gets the signals).
+# A job in a rented host's GPU queue (GPUJOB_GPU_GRANT set) is started by the host's agent once it has
+# written the GPUs it gives the job: the entry makes them the job's CUDA_VISIBLE_DEVICES.
 ENTRY = f"""\
 f={SECRETS_FILE}
 if [ -f "$f" ]; then set -a; . "$f"; set +a; rm -f "$f"; fi
+if [ -n "$GPUJOB_GPU_GRANT" ]; then
+  if [ ! -s "$GPUJOB_GPU_GRANT" ]; then
+    echo "gpujob: started without GPUs from the host's GPU queue ($GPUJOB_GPU_GRANT is missing); not running" >&2
+    exit 125
+  fi
+  CUDA_VISIBLE_DEVICES=$(cat "$GPUJOB_GPU_GRANT"); export CUDA_VISIBLE_DEVICES
+  echo "gpujob: GPUs from the host's GPU queue: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES" >&2
+fi
 if [ -n "$GPUJOB_MAX_RUNTIME_S" ]; then
   if command -v timeout >/dev/null 2>&1; then
     exec timeout -s TERM -k {KILL_AFTER_S} "$GPUJOB_MAX_RUNTIME_S" "$@"
@@ -86,12 +98,17 @@ class Plan:
     out_in_container: str = ""
     local: bool = True
     outputs_on_host: str | None = None
+    queued: bool = False            # created, not started: the host's GPU queue starts it
 
 
 def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tuple[int, int] | None = None,
          secrets: Mapping[str, str] | None = None, outputs_on_host: str | None = None,
-         data_mounts: Mapping[str, str] | None = None) -> Plan:
-    """``outputs_on_host``: a remote engine's folder (on its machine) to bind-mount at /outputs
+         data_mounts: Mapping[str, str] | None = None, gpu_grants: str | None = None,
+         submitted: float | None = None) -> Plan:
+    """``gpu_grants``: a rented host's grants folder (:attr:`gpujob.hosts.layout.HostLayout.gpu_grants_dir`):
+    a GPU job then joins the host's GPU queue: it is created with labels saying what it asks for
+    (submitted at ``submitted``) and a device request for all the host's GPUs, and the agent starts it
+    once it has written the job's own GPUs to the grant file the entry reads. ``outputs_on_host``: a remote engine's folder (on its machine) to bind-mount at /outputs
     instead of the job's own volume, e.g. a rented host's persistent file system. ``data_mounts``:
     folders of the engine's machine -> paths in the container, mounted read-only (a rented host's
     uploaded data)."""
@@ -146,7 +163,16 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
     mounts.extend({"Type": "bind", "Source": source, "Target": target, "ReadOnly": True}
                   for source, target in (data_mounts or {}).items())
     create["mounts"] = mounts
-    if request.gpus:
+    queued = bool(request.gpus and gpu_grants)
+    if queued:
+        mounts.append({"Type": "bind", "Source": gpu_grants, "Target": GRANT_DIR, "ReadOnly": True})
+        env["GPUJOB_GPU_GRANT"] = f"{GRANT_DIR}/{request.job_id}"
+        create["labels"].update({GPUS_LABEL: str(request.gpus), PRIORITY_LABEL: str(request.spec.priority),
+                                 SUBMITTED_LABEL: f"{submitted if submitted is not None else time.time():.6f}",
+                                 SHARE_LABEL: "true" if res.share_gpus else "false"})
+        # every GPU of the host, so the one the queue gives is there; CUDA_VISIBLE_DEVICES picks it
+        create["device_requests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
+    elif request.gpus:
         create["device_requests"] = [{"Driver": "", "Count": request.gpus, "Capabilities": [["gpu"]]}]
     if res.memory:
         create["mem_limit"] = res.memory_bytes
@@ -156,8 +182,10 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
     if secrets:
         body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
         files.append((SECRETS_FILE, body.encode(), 0o400))
+    if queued:  # last: the host's queue starts the container only once everything is in
+        files.append((READY_FILE, b"", 0o444))
     return Plan(image=image, name=name, create=create, files=files, out_in_container=out, local=local,
-                outputs_on_host=outputs_on_host if not local and not uri_output else None)
+                outputs_on_host=outputs_on_host if not local and not uri_output else None, queued=queued)
 
 
 def archive(files: list[tuple[str, bytes, int]], owner: tuple[int, int] | None,
@@ -205,6 +233,10 @@ def describe(p: Plan, request: JobRequest, host: str) -> str:
     mounts = [f"  {m['Source']} -> {m['Target']}" + (" (read-only)" if m["ReadOnly"] else "")
               + (" [volume]" if m["Type"] == "volume" else "") for m in c["mounts"]]
     gpus = f"{request.gpus} (device request, capabilities [gpu])" if request.gpus else "none"
+    if p.queued:
+        gpus = (f"{request.gpus} of its own, from the host's GPU queue (priority {request.spec.priority}"
+                + (", shared: resources.share_gpus" if request.spec.resources.share_gpus else "")
+                + "): created now, started by the host's agent once they are free, as CUDA_VISIBLE_DEVICES")
     lines = [
         f"backend: docker ({'local' if p.local else 'remote'} engine at {host})",
         f"job:       {request.name} (kind {request.kind})",

@@ -14,6 +14,7 @@ Standard library only (``pynvml`` from nvidia-ml-py is used when importable).
 | probes    | what the agent looks at: containers and their last event, GPUs, SSH, uploads    |
 | decide    | the rules of one check, as pure functions, and the Decision it records          |
 | check     | Agent: one check a tick, the idle timer, hung jobs, terminating, the heartbeat  |
+| gpuqueue  | the host's GPU queue: starts queued GPU jobs on their own GPUs, between checks  |
 | main      | the service: terminate through the Lambda API, logging, argv                    |
 
 Every ``check_interval_s`` (60 s) the agent looks at the host. Each of these counts as activity
@@ -21,6 +22,8 @@ and resets the idle timer:
 
 * a running gpujob container (label ``gpujob.dev/managed-by=gpujob``) that is not hung:
   "job abc123 running";
+* a GPU job waiting in the host's GPU queue (a created container with ``gpujob.dev/gpus``): "job
+  abc123 queued for 1 GPU";
 * a gpujob container that is not running but still exists (exited, dead, created, paused): the
   client removes a container only after it has saved its log and outputs, so one that still
   exists has results waiting to be collected: "job abc123 ended; its log and outputs not
@@ -60,6 +63,9 @@ Decisions, in this order, each tick:
 3. Idle. Once no activity has been seen for ``idle_minutes`` the host terminates itself. The
    idle timer counts from the last check that saw activity, so the host goes at the first check
    at least ``idle_minutes`` after that: never before, at most one check interval late.
+
+Between checks, every ``queue_interval_s`` (1 s), the agent steps the host's GPU queue
+(:mod:`.gpuqueue`): it starts a queued GPU job once its own GPUs are free; never past the hard deadline.
 
 Terminating calls the cloud API for this instance. A failure is retried at every following
 check (the heartbeat shows ``terminate_error``) until the API answers that the instance is

@@ -34,8 +34,12 @@ class Agent:
     terminating or terminated; anything it raises is a failure to retry."""
 
     def __init__(self, config: AgentConfig, probes: Probes, terminate: Callable[[], None], *,
-                 clock: Callable[[], float] = time.time, log: logging.Logger | None = None) -> None:
+                 clock: Callable[[], float] = time.time, log: logging.Logger | None = None,
+                 queue: Any = None) -> None:
+        """``queue``: the host's GPU queue (:class:`gpujob.hosts.agent.gpuqueue.HostGpuQueue`), stepped
+        between checks by :meth:`run_forever`."""
         self.config = config
+        self.queue = queue
         self.layout = config.layout
         self.probes = probes
         self.terminate = terminate
@@ -277,7 +281,19 @@ class Agent:
             ticks += 1
             if max_ticks is not None and ticks >= max_ticks:
                 break
-            sleep(max(1.0, self.config.check_interval_s - (self.clock() - started)))
+            self._between_checks(started, sleep)
+
+    def _between_checks(self, started: float, sleep: Callable[[float], None]) -> None:
+        """Until the next check: step the GPU queue every queue_interval_s (none past the hard deadline)."""
+        due = started + max(1.0, self.config.check_interval_s)
+        while True:
+            if self.queue is not None and not self._deadline:
+                self._errors = []
+                self._guard("gpu queue", self.queue.step)
+            left = due - self.clock()
+            if left <= 0:
+                return
+            sleep(min(left, self.config.queue_interval_s) if self.queue is not None else left)
 
 
 def _safe_name(job_id: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from gpujob.hosts.layout import HostLayout
 
 CHECK_INTERVAL_S = 60
+QUEUE_INTERVAL_S = 1.0   # how often the GPU queue starts what may start (between the checks)
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,7 @@ class AgentConfig:
     api_base_url: str | None = None        # cloud API base URL; None: lambda_api's default
     hard_deadline: float | None = None     # epoch seconds (launch + max lifetime); None: none
     check_interval_s: float = CHECK_INTERVAL_S
+    queue_interval_s: float = QUEUE_INTERVAL_S
     gpu_busy_percent: float = 10.0         # utilisation at or above this on any GPU is activity
     ssh_keeps_alive: bool = True           # an interactive SSH session is activity
     hung_minutes_default: float | None = None  # hung-job limit for containers without the label
@@ -106,7 +108,7 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
         return None, f"must be between 0 and 100, got {value:g}"
     if name == "stop_grace_s" and value < 0:
         return None, f"must be 0 or more, got {value:g}"
-    if name in ("idle_minutes", "check_interval_s", "hung_minutes_default") and value <= 0:
+    if name in ("idle_minutes", "check_interval_s", "queue_interval_s", "hung_minutes_default") and value <= 0:
         return None, f"must be more than 0, got {value:g}"
     return value, None
 

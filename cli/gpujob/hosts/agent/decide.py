@@ -68,6 +68,8 @@ def leftover(c: ContainerInfo, stopped_as_hung: bool) -> tuple[bool, str]:
     """(is it activity, in words) for a gpujob container that exists but does not run."""
     if stopped_as_hung:
         return False, f"job {c.job_id} stopped as hung; not waiting for its log and outputs"
+    if c.state == "created" and c.gpus:
+        return True, f"job {c.job_id} queued for {c.gpus} GPU{'s' if c.gpus != 1 else ''}"
     if c.state == "created":
         return True, f"job {c.job_id} created; not started yet"
     if c.state == "paused":

@@ -134,6 +134,20 @@ class DockerEngine:
             conn.close()
         return kept.decode("utf-8", errors="replace")
 
+    def start(self, container_id: str) -> None:
+        """Start a created container (the GPU queue); already started is fine."""
+        self.request("POST", f"/containers/{urllib.parse.quote(container_id)}/start", ok=(204, 304))
+
+    def path_exists(self, container_id: str, path: str) -> bool:
+        """Whether a file is in the container (HEAD of its archive: works on a container not started)."""
+        conn, resp = self._open("HEAD", f"/containers/{urllib.parse.quote(container_id)}/archive", {"path": path},
+                                (200, 404), None)
+        try:
+            resp.read()
+            return resp.status == 200
+        finally:
+            conn.close()
+
     def stop(self, container_id: str, grace_s: float) -> None:
         """The engine sends the stop signal (SIGTERM), then SIGKILL after grace_s; gone is fine."""
         self.request("POST", f"/containers/{urllib.parse.quote(container_id)}/stop", {"t": str(int(grace_s))},

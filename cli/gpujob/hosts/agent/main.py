@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from gpujob.hosts.agent.check import Agent
 from gpujob.hosts.agent.config import ConfigError, load_config
+from gpujob.hosts.agent.gpuqueue import HostGpuQueue, nvidia_smi_uuids
 from gpujob.hosts.agent.probes import HostProbes, Probes
 from gpujob.hosts.layout import HostLayout
 
@@ -129,7 +130,12 @@ def build_agent(config_path: str, *, client_factory: Callable[[str, str | None],
                        host.api_key_path, e.strerror or e)
     terminate = lambda_terminator(config.instance_id, host.api_key_path, config.api_base_url,
                                   client_factory=client_factory)
-    return Agent(config, probes or HostProbes(host), terminate, clock=clock)
+    probes = probes or HostProbes(host)
+    queue = None
+    if isinstance(probes, HostProbes):
+        queue = HostGpuQueue(host, probes.docker, lambda: nvidia_smi_uuids(probes.nvidia_smi, probes._run),
+                             clock=clock)
+    return Agent(config, probes, terminate, clock=clock, queue=queue)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from gpujob.events import parse_line
 from gpujob.hosts.agent.dockerapi import DOCKER_TIMEOUT_S, DockerEngine, DockerError
 from gpujob.hosts.layout import HostLayout
-from gpujob.wire import EVENT_PREFIX, ID_LABEL, IDLE_MINUTES_LABEL, docker_time
+from gpujob.wire import EVENT_PREFIX, GPUS_LABEL, ID_LABEL, IDLE_MINUTES_LABEL, docker_time
 
 NVIDIA_SMI_TIMEOUT_S = 15
 NOT_RUNNING_STATES = ("exited", "dead", "created", "paused")
@@ -32,6 +32,7 @@ class ContainerInfo:
     started_at: float | None = None        # epoch seconds of the latest start
     idle_minutes: float | None = None      # label gpujob.dev/idle-minutes (the job's limits.idle_minutes)
     last_event_at: float | None = None     # engine timestamp of the last @gpujob/v1 line in the log tail
+    gpus: int = 0                          # label gpujob.dev/gpus: it is in the host's GPU queue
 
 
 class Probes(Protocol):
@@ -138,7 +139,8 @@ class HostProbes:
         names = item.get("Names") or [""]
         return ContainerInfo(id=item["Id"], job_id=labels.get(ID_LABEL) or item["Id"][:12],
                              state=item.get("State", ""), name=names[0].lstrip("/"),
-                             idle_minutes=_float_or_none(labels.get(IDLE_MINUTES_LABEL)))
+                             idle_minutes=_float_or_none(labels.get(IDLE_MINUTES_LABEL)),
+                             gpus=int(_float_or_none(labels.get(GPUS_LABEL)) or 0))
 
     def containers(self) -> list[ContainerInfo]:
         found = []

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from gpujob.registry import Registry
+from polling import wait_for
 
 NOBODY = 65534
 FOREIGN = 12345
@@ -49,7 +50,12 @@ def template():
                        env={**os.environ, "GPUJOB_HOME": str(base / "home")}, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    (job,) = Registry(base / "home").list()
+    reg = Registry(base / "home")
+    (job,) = reg.list()
+    reg.close()
+    # Copies of this home are made file by file: wait until no process has the registry open (its supervisor
+    # exits a moment after the job's end is recorded), so that SQLite's -wal and -shm do not vanish mid-copy.
+    wait_for(lambda: not (base / "home" / "registry.db-wal").exists(), timeout=30, what="the registry closed")
     yield base / "home", job.id
     shutil.rmtree(base, ignore_errors=True)
 

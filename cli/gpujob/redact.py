@@ -28,6 +28,9 @@ from typing import Any, Iterable
 MIN_SECRET = 4
 MIN_LINE_PIECE = 8
 MASK = "***"
+# The start of an escape that a match would tear: a lone backslash, or \u with fewer than 4 hex digits
+# (a secret "0\x1f..." is found as JSON writes it, "0\u001f...", inside "\u0030\u001f...").
+_TORN_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{0,3})?$")
 
 
 def _forms(secret: str) -> set[str]:
@@ -59,9 +62,20 @@ class Redactor:
         return self._pattern is not None
 
     def text(self, text: str) -> str:
+        """``text`` with every form replaced; a match that begins inside an escape sequence takes the whole
+        escape with it, so a JSON line stays JSON (its event is kept, with ``***`` in the value)."""
         if self._pattern is None:
             return text
-        return self._pattern.sub(MASK, text)
+        out, last = [], 0
+        for found in self._pattern.finditer(text):
+            start = found.start()
+            torn = _TORN_ESCAPE.search(text, max(last, start - 6), start)
+            if torn and _escapes(text, torn.start(), last):
+                start = torn.start()
+            out += [text[last:start], MASK]
+            last = found.end()
+        out.append(text[last:])
+        return "".join(out)
 
     def value(self, value: Any) -> Any:
         """A decoded value (an event) with every string in it, keys too, redacted."""
@@ -77,6 +91,14 @@ class Redactor:
 
     def multiline_forms(self) -> list[str]:
         return [f for f in self.forms if "\n" in f]
+
+
+def _escapes(text: str, at: int, floor: int) -> bool:
+    """True when the backslash at ``at`` begins an escape: an even number of backslashes before it."""
+    run = 0
+    while at - run - 1 >= floor and text[at - run - 1] == "\\":
+        run += 1
+    return run % 2 == 0
 
 
 class StreamRedactor:

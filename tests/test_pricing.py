@@ -158,15 +158,15 @@ def test_an_earlier_run_of_the_same_setup_projects_the_cost_and_warns_of_a_budge
             job(id="same01", spec=same, progress=progress)]
     seen = earlier_throughput(spec, jobs)
     assert seen.job_id == "same01" and seen.steps_per_s == 0.5  # the H100 run's speed does not hold on an A10
-    est = estimate(spec, Price(2.0, "x"), jobs)
+    est = estimate(spec, Price(2.0, "x"), jobs, "local")
     usd, seconds = est.projected
     assert math.isclose(seconds, 8000) and math.isclose(usd, 2.0 * 8000 / 3600)
     # $0.50 at $2/h is 15 minutes; the first checkpoint (step 500) comes after 1000 s
     assert any("before anything is saved" in w and "job same01" in w for w in est.warnings)
-    assert not estimate(spec_of(train("limits: {max_cost: 5}\n")), Price(2.0, "x"), jobs).warnings
+    assert not estimate(spec_of(train("limits: {max_cost: 5}\n")), Price(2.0, "x"), jobs, "local").warnings
 
 
 def test_a_budget_without_a_price_is_a_problem_except_where_the_host_prices_it():
     spec = spec_of("kind: command\ncommand: ['true']\nlimits: {max_cost: 5}\n")
-    assert "no price" in estimate(spec, None, []).problem
-    assert estimate(spec, None, [], priced_at_submit=True).problem is None
+    assert "no price" in estimate(spec, None, [], "local").problem
+    assert estimate(spec, None, [], "host").problem is None

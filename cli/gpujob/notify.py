@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from gpujob.progress_state import ProgressState
-from gpujob.records import TERMINAL, Job
+from gpujob.records import BUDGET_WORDS, TERMINAL, Job
 from gpujob.redact import Redactor
 
 MARKER = "notify.json"     # created once, O_EXCL: whoever creates it sends
@@ -66,7 +66,7 @@ def event_for(status: str, reason: str | None) -> str | None:
     if status not in TERMINAL:
         return None
     reason = reason or ""
-    if reason.startswith("stopped at the budget"):
+    if reason.startswith(BUDGET_WORDS):
         return "budget"
     if status == "failed" and "hung" in reason:
         return "hung"

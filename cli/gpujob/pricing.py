@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from gpujob.errors import UserError
 from gpujob.progress_state import ProgressState
-from gpujob.records import gpujob_home
+from gpujob.records import budget_seconds, gpujob_home
 from gpujob.words import fmt_duration
 
 if TYPE_CHECKING:
@@ -55,6 +55,11 @@ class Price:
 
 def table_path(home: Path | None = None) -> Path:
     return (home or gpujob_home()) / PRICES_NAME
+
+
+def _table_name() -> str:
+    """The price table's path as people write it: ``~/.gpujob/prices.yaml``."""
+    return str(table_path()).replace(str(Path.home()), "~", 1)
 
 
 def load_table(path: Path | None = None) -> dict[str, Any]:
@@ -126,14 +131,12 @@ def job_price(spec: "JobSpec", backend: str, *, context: str | None = None, tabl
     if spec.resources.price_per_hour is not None:
         return Price(float(spec.resources.price_per_hour), "resources.price_per_hour")
     table = load_table() if table is None else table
-    name = table_name or str(table_path()).replace(str(Path.home()), "~", 1)
-    entries = table.get(backend)
-    if backend == "kubernetes" and entries:
+    name = table_name or _table_name()
+    entries, where = table.get(backend), f"{name}: {backend}"
+    if backend == "kubernetes" and entries:  # by context first
         scope = context if context in entries else ANY_CONTEXT
-        entries = entries.get(scope)
-        found = _from_entries(entries, spec, f"{name}: kubernetes.{scope}") if entries else None
-    else:
-        found = _from_entries(entries, spec, f"{name}: {backend}") if entries else None
+        entries, where = entries.get(scope), f"{where}.{scope}"
+    found = _from_entries(entries, spec, where) if entries else None
     if found is None and published:
         found = _from_entries(published, spec, "the cluster's published prices (ConfigMap gpujob-prices)")
     return found
@@ -144,14 +147,14 @@ def most_it_can_cost(price: Price | None, spec: "JobSpec") -> tuple[float, str] 
     None when nothing bounds it (or the price is unknown)."""
     if price is None:
         return None
+    if price.usd_per_hour == 0:
+        return 0.0, "a price of $0/h"
     bounds = []
     if spec.limits.max_runtime_seconds:
         bounds.append((price.usd_per_hour * spec.limits.max_runtime_seconds / 3600.0,
                        f"limits.max_runtime {spec.limits.max_runtime}"))
-    if spec.limits.max_cost is not None and price.usd_per_hour > 0:
+    if spec.limits.max_cost is not None:
         bounds.append((float(spec.limits.max_cost), "limits.max_cost"))
-    if price.usd_per_hour == 0:
-        return 0.0, "a price of $0/h"
     return min(bounds) if bounds else None
 
 
@@ -242,22 +245,30 @@ class Estimate:
         return math.inf if self.price is not None and self.price.usd_per_hour > 0 else None
 
 
-def estimate(spec: "JobSpec", price: Price | None, jobs: Iterable["Job"], *, priced_at_submit: bool = False) -> Estimate:
-    """Price, bounds, projection and warnings for ``spec`` (``jobs``: the registry's, newest first;
-    ``priced_at_submit``: the backend learns the price only when it picks the machine)."""
+# Backends that learn the job's price only when they pick its machine (a rented host's type): a budget
+# needs no price before submit there.
+PRICED_AT_SUBMIT = ("host",)
+
+
+def unpriced_budget(spec: "JobSpec", price: Price | None, backend: str) -> str | None:
+    """Why submit must refuse the job: a ``limits.max_cost`` that no known price makes enforceable."""
+    if spec.limits.max_cost is None or price is not None or backend in PRICED_AT_SUBMIT:
+        return None
+    return ("limits.max_cost is set, but the job has no price, so its budget cannot be enforced; set "
+            f"resources.price_per_hour, or add a price for this backend and GPU type to {_table_name()}")
+
+
+def estimate(spec: "JobSpec", price: Price | None, jobs: Iterable["Job"], backend: str) -> Estimate:
+    """Price, bounds, projection and warnings for ``spec`` on ``backend`` (``jobs``: the registry's, newest first)."""
     seen = earlier_throughput(spec, jobs)
     warnings: list[str] = []
-    problem = None
     max_cost = spec.limits.max_cost
-    if max_cost is not None and price is None and not priced_at_submit:
-        problem = ("limits.max_cost is set, but the job has no price, so its budget cannot be enforced; set "
-                   "resources.price_per_hour, or add a price for this backend and GPU type to "
-                   f"{str(table_path()).replace(str(Path.home()), '~', 1)}")
-    budget = max_cost / price.usd_per_hour * 3600.0 if max_cost is not None and price and price.usd_per_hour else None
+    budget = budget_seconds(max_cost, price.usd_per_hour if price else None)
     save = first_save_s(spec, seen)
     if budget is not None and save is not None and budget < save[0]:
         warnings.append(
             f"limits.max_cost ${max_cost:g} buys {fmt_duration(budget)} of running at ${price.usd_per_hour:g}/h, but at "
             f"the speed of job {seen.job_id} ({seen.steps_per_s:.3g} steps/s) {save[1]} comes after {fmt_duration(save[0])}: "
             "the budget would stop it before anything is saved")
-    return Estimate(price, most_it_can_cost(price, spec), projected(price, spec, seen), seen, warnings, problem)
+    return Estimate(price, most_it_can_cost(price, spec), projected(price, spec, seen), seen, warnings,
+                    unpriced_budget(spec, price, backend))

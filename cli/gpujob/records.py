@@ -17,6 +17,21 @@ STATUSES = ACTIVE + TERMINAL
 
 HOST_ACTIVE = ("launching", "booting", "provisioning", "ready", "terminating")
 
+BUDGET_WORDS = "stopped at the budget of"  # how every backend's reason for a stop at limits.max_cost begins
+
+
+def budget_seconds(max_cost: float | None, price_per_hour: float | None) -> float | None:
+    """``limits.max_cost`` as the running time it buys at ``price_per_hour`` (USD); None without a budget or a
+    price, or when the job is free (its budget never runs out)."""
+    if max_cost is None or not price_per_hour:
+        return None
+    return max_cost / price_per_hour * 3600.0
+
+
+def budget_comes_first(budget_s: float | None, max_runtime_s: float | None) -> bool:
+    """True when a budget of ``budget_s`` runs out before ``limits.max_runtime``: the deadline is the budget."""
+    return budget_s is not None and (max_runtime_s is None or budget_s < max_runtime_s)
+
 
 def gpujob_home() -> Path:
     return Path(os.environ.get("GPUJOB_HOME") or Path.home() / ".gpujob").expanduser()
@@ -66,15 +81,8 @@ class Job:
 
     @property
     def budget_s(self) -> float | None:
-        """``limits.max_cost`` as running time at the job's price; None without both (or when it is free)."""
-        if self.max_cost is None or not self.price_usd_per_hour:
-            return None
-        return self.max_cost / self.price_usd_per_hour * 3600.0
-
-    def budget_came_first(self, max_runtime_s: float | None) -> bool:
-        """True when the job's budget runs out before ``limits.max_runtime``: a deadline that stopped it was the budget."""
-        budget = self.budget_s
-        return budget is not None and (max_runtime_s is None or budget < max_runtime_s)
+        """``limits.max_cost`` as running time at the job's price (:func:`budget_seconds`)."""
+        return budget_seconds(self.max_cost, self.price_usd_per_hour)
 
     @property
     def max_cost(self) -> float | None:

@@ -20,7 +20,7 @@ from gpujob.backends.base import RUNNER_MODULE
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
 from gpujob.fleet.jobs import RegistryHosts
-from gpujob.pricing import Estimate, Price, estimate as estimate_cost, job_price
+from gpujob.pricing import Estimate, Price, estimate as estimate_cost, job_price, unpriced_budget
 from gpujob.records import gpujob_home
 from gpujob.registry import TERMINAL, Job, Registry
 
@@ -93,7 +93,7 @@ def render(loaded: "LoadedSpec", backend: str | None = None) -> tuple[str, Estim
         finally:
             registry.close()
     request = _preview_request(loaded, price)
-    return impl.render(request), estimate_cost(loaded.spec, price, jobs, priced_at_submit=name == "host")
+    return impl.render(request), estimate_cost(loaded.spec, price, jobs, name)
 
 
 def estimate(loaded: "LoadedSpec", registry: Registry, backend: str | None = None) -> Estimate:
@@ -101,7 +101,7 @@ def estimate(loaded: "LoadedSpec", registry: Registry, backend: str | None = Non
     name = backend or loaded.spec.runtime.backend
     impl = _backend(name, registry)
     price = price_of(loaded, name, impl, _preview_request(loaded))
-    return estimate_cost(loaded.spec, price, registry.list(), priced_at_submit=name == "host")
+    return estimate_cost(loaded.spec, price, registry.list(), name)
 
 
 def price_of(loaded: "LoadedSpec", name: str, impl: Backend, request: JobRequest, *, online: bool = True) -> Price | None:
@@ -144,11 +144,9 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
         raise MissingSecret(missing, loaded.path)
     impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
     price = price or price_of(loaded, name, impl, _preview_request(loaded))
-    if spec.limits.max_cost is not None and price is None and name != "host":  # a rented host has its price
-        raise UserError(f"{loaded.path}: limits.max_cost is set, but the job has no price, so its budget cannot "
-                        "be enforced", hint="set resources.price_per_hour (USD per hour for the whole job), or add "
-                        "a price for this backend and GPU type to the price table, $GPUJOB_HOME/prices.yaml "
-                        "(README.md: Money)")
+    unpriced = unpriced_budget(spec, price, name)
+    if unpriced:
+        raise UserError(f"{loaded.path}: {unpriced}", hint="or remove limits.max_cost (README.md: Money)")
     out = impl.output_dir(spec) or output_dir(loaded)
     # One transaction checks that no active job writes to `out` and records this one (OutputDirInUse).
     job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
@@ -203,12 +201,7 @@ def refresh(registry: Registry, job: Job) -> Job:
             if registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
                                    started_at=seen.started_at) and seen.status in TERMINAL:
                 notify.send_in_background(registry.get(job.id))  # the end, seen here first: notify.on
-    job = registry.get(job.id)
-    cost = job.cost  # kept in the record too, for readers of the registry and older versions
-    if cost is not None and job.active:
-        registry.update(job.id, cost_usd=cost)
-        job = registry.get(job.id)
-    return job
+    return registry.get(job.id)
 
 
 def _as_seen(job: Job, seen) -> Job:

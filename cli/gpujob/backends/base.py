@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol, Ty
 
 from gpujob.errors import UserError
 from gpujob.exits import explain_exit  # noqa: F401 - re-exported: backends explain exits with it
+from gpujob.progress_state import ProgressState
+from gpujob.records import BUDGET_WORDS, budget_comes_first, budget_seconds
 
 if TYPE_CHECKING:
     from gpujob.records import Job
@@ -56,10 +58,8 @@ class JobRequest:
 
     @property
     def budget_s(self) -> float | None:
-        """limits.max_cost as running time at the job's price; None without a budget or a price (or when free)."""
-        if self.max_cost is None or not self.price_per_hour:
-            return None
-        return self.max_cost / self.price_per_hour * 3600.0
+        """limits.max_cost as running time at the job's price (:func:`gpujob.records.budget_seconds`)."""
+        return budget_seconds(self.max_cost, self.price_per_hour)
 
     @property
     def deadline_s(self) -> int | None:
@@ -71,8 +71,7 @@ class JobRequest:
     @property
     def budget_first(self) -> bool:
         """True when the budget, not limits.max_runtime, is what stops the job first."""
-        budget = self.budget_s
-        return budget is not None and (self.max_runtime_s is None or budget < self.max_runtime_s)
+        return budget_comes_first(self.budget_s, self.max_runtime_s)
 
     def spec_data(self) -> dict[str, Any]:
         """The spec as plain data (apiVersion, kind, ..., defaults filled in): what is written out
@@ -249,15 +248,20 @@ class Notice(str):
     output: the CLI prints it to stderr, so stdout stays exactly what the job wrote."""
 
 
-BUDGET_WORDS = "stopped at the budget of"  # how every backend's reason for a budget stop begins
-
-
 def budget_reason(max_cost: float | None, price_per_hour: float | None, step: int | None) -> str:
     """Why a job that reached limits.max_cost was stopped, the same on every backend: "stopped at the budget
     of $3.00 (limits.max_cost, at $3600.00/h) at step 17; resubmit with a higher limits.max_cost to resume"."""
     at = f", at {usd(price_per_hour)}/h" if price_per_hour else ""
     where = f" at step {step}" if step is not None else ""
     return f"{BUDGET_WORDS} {usd(max_cost or 0)} (limits.max_cost{at}){where}; resubmit with a higher limits.max_cost to resume"
+
+
+def budget_stop(job: "Job", seen: Observed) -> str | None:
+    """For a job stopped at its deadline (``seen``): the budget words when that deadline was its budget, not
+    limits.max_runtime (the docker and kubernetes backends enforce the sooner of the two as one deadline)."""
+    if not budget_comes_first(job.budget_s, recorded_max_runtime_s(job)):
+        return None
+    return budget_reason(job.max_cost, job.price_usd_per_hour, ProgressState.from_dict(seen.progress or job.progress).step)
 
 
 def usd(amount: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from datetime import datetime
@@ -58,8 +59,13 @@ def _cost(job: Job, state: ProgressState | None = None) -> str:
     cost = job.cost
     if cost is None:
         return "unknown"
-    projected = job.projected_cost((state or _state(job)).eta_s) if job.status == "running" else None
+    projected = _projected(job, state or _state(job))
     return money(cost) + (f" (~{money(projected)})" if projected is not None else "")
+
+
+def _projected(job: Job, state: ProgressState) -> float | None:
+    """The cost at the ETA, for a job that is running (not one still queued, starting or being cancelled)."""
+    return job.projected_cost(state.eta_s) if job.status == "running" else None
 
 
 def cost_details(job: Job) -> str:
@@ -71,7 +77,7 @@ def cost_details(job: Job) -> str:
     words = f"{money(cost)} so far" if job.active else money(cost)
     if job.price_usd_per_hour is not None:
         words += f" at ${job.price_usd_per_hour:,.2f}/h ({_safe(job.price_source or 'price')})"
-    projected = job.projected_cost(state.eta_s) if job.status == "running" else None
+    projected = _projected(job, state)
     if projected is not None:
         words += f"; ~{money(projected)} at the ETA"
     if job.max_cost is not None:
@@ -148,7 +154,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "metrics": _metrics(job, state), "checkpoint": state.checkpoint,
         "output_dir": job.output_dir, "spec_path": job.spec_path, "runtime_s": job.runtime_s,
         "cost_usd": job.cost, "price_usd_per_hour": job.price_usd_per_hour, "price_source": job.price_source,
-        "projected_cost_usd": job.projected_cost(state.eta_s) if job.status == "running" else None,
+        "projected_cost_usd": _projected(job, state),
         "max_cost_usd": job.max_cost, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
@@ -317,11 +323,9 @@ class LogPrinter:
         job = self.job
         if job is None or job.price_usd_per_hour is None:
             return ""
-        started = job.started_at or s.started_at
+        started = job.started_at or s.started_at  # a job still queued when followed: its start event
         if started is None:
             return ""
-        ran = max(0.0, time.time() - started)
-        words = f"  {money(job.price_usd_per_hour * ran / 3600.0)}"
-        if s.eta_s is not None:
-            words += f" → ~{money(job.price_usd_per_hour * (ran + s.eta_s) / 3600.0)}"
-        return words
+        now = dataclasses.replace(job, status="running", started_at=min(started, time.time()), finished_at=None)
+        projected = now.projected_cost(s.eta_s)
+        return f"  {money(now.cost)}" + (f" → ~{money(projected)}" if projected is not None else "")

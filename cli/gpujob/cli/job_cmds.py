@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
 import time
 from typing import Annotated, Optional
 
@@ -63,10 +66,6 @@ CONFIRM_ENV = "GPUJOB_CONFIRM_ABOVE"
 
 def _confirm_cost(amount: float | None, yes: bool) -> None:
     """Ask before a job that can cost more than $GPUJOB_CONFIRM_ABOVE; refuse without a terminal to ask on."""
-    import math
-    import os
-    import sys
-
     raw = os.environ.get(CONFIRM_ENV, "").strip()
     if yes or not raw or amount is None:
         return

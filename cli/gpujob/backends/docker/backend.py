@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends import local_data
-from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_reason, failure_reason,
+from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_stop, failure_reason,
                                   last_error_line, read_saved_log, recorded_max_runtime_s, runtime_of)
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.engine import Engine, current_host, is_local
@@ -159,9 +159,8 @@ class DockerBackend(Backend):
                        log_tail=tail[-ERROR_TAIL_LINES:] if tail else None)
         if tail:
             seen.progress = ProgressState.advance(job.progress, tail)
-        if seen.exit_code == TIMEOUT_EXIT and job.budget_came_first(recorded_max_runtime_s(job)):  # the deadline was its budget
-            step = ProgressState.from_dict(seen.progress or job.progress).step
-            seen.reason = budget_reason(job.max_cost, job.price_usd_per_hour, step)
+        if seen.exit_code == TIMEOUT_EXIT:  # timeout(1): max_runtime, or the budget if that came first
+            seen.reason = budget_stop(job, seen) or seen.reason
         seen.started_at = docker_time(state.get("StartedAt"))
         if seen.status in TERMINAL:
             self._finish(engine, job)

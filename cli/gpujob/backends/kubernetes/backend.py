@@ -21,8 +21,8 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends import local_data
-from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_reason, read_saved_log,
-                                  recorded_max_runtime_s, runtime_of)
+from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_stop, read_saved_log,
+                                  runtime_of)
 from gpujob.backends.kubernetes import explain, manifests, prices
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.errors import GpujobError, UserError
@@ -141,10 +141,8 @@ class KubernetesBackend(Backend):
         seen = explain.observe(kjob, pods, log_tail=error_tail, name=name, namespace=cluster.namespace)
         if lead_tail:
             seen.progress = ProgressState.advance(job.progress, lead_tail)
-        if (seen.status == "failed" and (seen.reason or "").startswith(explain.DEADLINE_WORDS)
-                and job.budget_came_first(recorded_max_runtime_s(job))):  # the deadline was the job's budget
-            step = ProgressState.from_dict(seen.progress or job.progress).step
-            seen.reason = budget_reason(job.max_cost, job.price_usd_per_hour, step)
+        if seen.status == "failed" and (seen.reason or "").startswith(explain.DEADLINE_WORDS):  # or the budget's
+            seen.reason = budget_stop(job, seen) or seen.reason
         seen.started_at = _started_at(lead)
         if seen.status in TERMINAL:
             self._save_log(cluster, job, pods)

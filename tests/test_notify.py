@@ -60,6 +60,13 @@ def ended(job_id: str) -> Job:
     return Registry().get(job_id)
 
 
+def run_to_end(spec: Path) -> Job:
+    """Submit ``spec``; the job once it has ended and its notification is delivered or given up."""
+    job = ended(submit(spec).id)
+    settled(job)
+    return job
+
+
 def settled(job: Job) -> str:
     """notify.log once the detached sender is done with every target (delivered, or given up)."""
     def done():
@@ -74,8 +81,7 @@ def demo(steps: int = 5) -> list[str]:
 
 
 def test_a_job_that_succeeds_is_posted_once_with_its_record(tmp_path, hook):
-    job = ended(submit(write_spec(tmp_path, demo(), f"  webhook: {hook.url}\n")).id)
-    settled(job)
+    job = run_to_end(write_spec(tmp_path, demo(), f"  webhook: {hook.url}\n"))
     assert job.status == "succeeded"
     [body] = hook.bodies()
     assert body["event"] == "succeeded" and body["status"] == "succeeded"
@@ -90,8 +96,7 @@ def test_a_job_that_succeeds_is_posted_once_with_its_record(tmp_path, hook):
 
 def test_a_job_that_fails_is_posted_with_its_reason(tmp_path, hook):
     command = [sys.executable, "-c", "import sys; print('ValueError: bad column'); sys.exit(3)"]
-    job = ended(submit(write_spec(tmp_path, command, f"  webhook: {hook.url}\n")).id)
-    settled(job)
+    job = run_to_end(write_spec(tmp_path, command, f"  webhook: {hook.url}\n"))
     [body] = hook.bodies()
     assert body["event"] == "failed" and body["exit_code"] == 3
     assert "ValueError: bad column" in body["reason"] and body["reason"] == job.reason
@@ -102,8 +107,7 @@ def test_a_hung_job_is_posted_as_hung(tmp_path, hook):
               "w.progress(step=1, total_steps=10); time.sleep(120)")
     spec = write_spec(tmp_path, [sys.executable, "-c", script], f"  webhook: {hook.url}\n",
                       extra="limits:\n  idle_minutes: 0.03\n")
-    job = ended(submit(spec).id)
-    settled(job)
+    job = run_to_end(spec)
     [body] = hook.bodies()
     assert body["event"] == "hung" and body["status"] == "failed" and body["reason"].startswith("hung:")
     assert body["step"] == 1
@@ -130,8 +134,7 @@ def test_a_cancelled_job_is_posted_only_when_on_lists_it(tmp_path, hook, on, sen
 
 def test_a_webhook_that_fails_twice_gets_it_once_on_the_third_try(tmp_path):
     hook = Hook(fail_first=2)
-    job = ended(submit(write_spec(tmp_path, demo(), f"  webhook: {hook.url}\n")).id)
-    settled(job)
+    job = run_to_end(write_spec(tmp_path, demo(), f"  webhook: {hook.url}\n"))
     assert len(hook.posts) == 3
     assert len({json.dumps(b, sort_keys=True) for b in hook.bodies()}) == 1  # the same notification, retried
     log = (job.job_dir / "notify.log").read_text()
@@ -143,8 +146,7 @@ def test_a_dead_webhook_does_not_change_the_job_or_keep_its_supervisor(tmp_path)
     """The supervisor claims the notification and exits (ended() waits for that); a detached sender
     retries, a bounded number of times."""
     hook = Hook(always_fail=True)
-    job = ended(submit(write_spec(tmp_path, demo(), f"  webhook: {hook.url}\n")).id)
-    settled(job)
+    job = run_to_end(write_spec(tmp_path, demo(), f"  webhook: {hook.url}\n"))
     assert job.status == "succeeded" and job.reason is None
     assert job.finished_at <= hook.posts[0][0]  # recorded before the first attempt
     assert 1 < len(hook.posts) <= len(notify.BACKOFF_S) + 1  # retried, and bounded
@@ -155,8 +157,7 @@ def test_a_dead_webhook_does_not_change_the_job_or_keep_its_supervisor(tmp_path)
 def test_the_command_form_gets_the_json_on_stdin(tmp_path):
     got = tmp_path / "got.json"
     command = [sys.executable, "-c", f"import sys; open({str(got)!r}, 'w').write(sys.stdin.read())"]
-    job = ended(submit(write_spec(tmp_path, demo(), f"  command: {json.dumps(command)}\n")).id)
-    settled(job)
+    job = run_to_end(write_spec(tmp_path, demo(), f"  command: {json.dumps(command)}\n"))
     body = json.loads(got.read_text())
     assert body["event"] == "succeeded" and body["id"] == job.id
     assert "attempt 1: exit 0" in (job.job_dir / "notify.log").read_text()
@@ -168,8 +169,7 @@ def test_no_secret_value_reaches_the_payload(tmp_path, hook, monkeypatch):
               "print('RuntimeError: token ' + t + ' refused'); sys.exit(1)")
     spec = write_spec(tmp_path, [sys.executable, "-c", script], f"  webhook: {hook.url}\n",
                       extra="runtime:\n  secrets: [HF_TOKEN]\n")
-    job = ended(submit(spec).id)
-    settled(job)
+    job = run_to_end(spec)
     [body] = hook.bodies()
     assert "RuntimeError: token *** refused" in body["reason"]
     assert SECRET not in json.dumps(body) and SECRET not in json.dumps(hook.posts)
@@ -196,8 +196,7 @@ def test_webhook_env_is_read_when_sending_and_stored_nowhere(tmp_path, hook, mon
     monkeypatch.setenv("NOTIFY_HOOK_TOKEN", hook.url)
     script = "import os; print('job sees', sorted(os.environ))"
     spec = write_spec(tmp_path, [sys.executable, "-c", script], "  webhook_env: NOTIFY_HOOK_TOKEN\n")
-    job = ended(submit(spec).id)
-    settled(job)
+    job = run_to_end(spec)
     assert job.status == "succeeded"
     assert len(hook.posts) == 1
     seen = gpujob("logs", job.id, "--raw").output
@@ -210,8 +209,7 @@ def test_webhook_env_is_read_when_sending_and_stored_nowhere(tmp_path, hook, mon
 
 
 def test_webhook_env_unset_where_the_end_is_seen_is_logged(tmp_path, hook):
-    job = ended(submit(write_spec(tmp_path, demo(), "  webhook_env: NOT_SET_ANYWHERE_URL\n")).id)
-    settled(job)
+    job = run_to_end(write_spec(tmp_path, demo(), "  webhook_env: NOT_SET_ANYWHERE_URL\n"))
     assert job.status == "succeeded" and hook.posts == []
     assert "NOT_SET_ANYWHERE_URL (notify.webhook_env) is not set" in (job.job_dir / "notify.log").read_text()
 

@@ -59,6 +59,7 @@ class Job:
     updated_at: float
     price_usd_per_hour: float | None = None  # what the job costs per hour of running; None: unknown
     price_source: str | None = None          # where that price came from, in words
+    sweep_id: str | None = None              # the sweep it was submitted in (gpujob sweep), if any
     transitions: list[tuple[str, float, str | None]] = field(default_factory=list)
 
     @property
@@ -113,6 +114,7 @@ class Job:
             # a registry opened read-only may be older than these columns
             price_usd_per_hour=row["price_usd_per_hour"] if "price_usd_per_hour" in row.keys() else None,
             price_source=row["price_source"] if "price_source" in row.keys() else None,
+            sweep_id=row["sweep_id"] if "sweep_id" in row.keys() else None,
         )
 
 

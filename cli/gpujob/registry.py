@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 from gpujob.errors import AmbiguousJob, JobNotFound, OutputDirInUse, RegistryError, UserError
 from gpujob.records import ACTIVE, HOST_ACTIVE, STATUSES, TERMINAL, Host, Job, gpujob_home  # noqa: F401 (re-exported)
-from gpujob import registry_open
+from gpujob import history as hist, registry_open
 from gpujob.registry_open import DB_NAME, READ_ONLY_HINT, SCHEMA_VERSION  # noqa: F401 (re-exported)
 from gpujob.registry_repair import repair
 
@@ -110,7 +110,8 @@ class Registry:
 
     def create(self, *, name: str, kind: str, backend: str, spec: dict[str, Any],
                spec_path: str | None, output_dir: str | None, exclusive_output: bool = False,
-               price_usd_per_hour: float | None = None, price_source: str | None = None) -> Job:
+               price_usd_per_hour: float | None = None, price_source: str | None = None,
+               sweep_id: str | None = None) -> Job:
         """Record a new queued job. With ``exclusive_output``, raise :class:`OutputDirInUse` if an
         active job writes to the same directory (compared by :func:`output_key`); the check and
         the insert are one transaction, so concurrent submits cannot both pass it."""
@@ -129,10 +130,10 @@ class Registry:
                     break
             conn.execute(
                 "INSERT INTO jobs (id, name, kind, backend, status, spec_path, spec_json, output_dir,"
-                " price_usd_per_hour, price_source, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                " price_usd_per_hour, price_source, sweep_id, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, name, kind, backend, spec_path, json.dumps(spec), output_dir, price_usd_per_hour,
-                 price_source, now, now),
+                 price_source, sweep_id, now, now),
             )
             conn.execute("INSERT INTO transitions (job_id, status, at) VALUES (?, 'queued', ?)", (job_id, now))
         return self.get(job_id)
@@ -197,7 +198,43 @@ class Registry:
         with self._write() as conn:
             conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
 
+    def add_history(self, job_id: str, points: list[dict[str, Any]], *, replace: bool = False) -> None:
+        """Record metric history points (:func:`gpujob.history.point`); a point already recorded (same
+        kind, step and time) is not added twice. ``replace``: these are the whole history (from a
+        complete log), instead of what was recorded. Each series is then thinned to its cap."""
+        if not points and not replace:
+            return
+        with self._write() as conn:
+            if replace:
+                conn.execute("DELETE FROM history WHERE job_id = ?", (job_id,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO history (job_id, kind, step, t, data_json) VALUES (?, ?, ?, ?, ?)",
+                [(job_id, p["event"], p["step"], p.get("t"),
+                  json.dumps({k: v for k, v in p.items() if k not in ("event", "step", "t")})) for p in points])
+            for kind, cap in hist.CAPS.items():
+                rows = conn.execute("SELECT seq, step, t FROM history WHERE job_id = ? AND kind = ? ORDER BY seq",
+                                    (job_id, kind)).fetchall()
+                drop = hist.thin([tuple(r) for r in rows], cap)
+                if drop:
+                    conn.executemany("DELETE FROM history WHERE seq = ?", [(seq,) for seq in drop])
+
     # ------------------------------------------------------------------ reads
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's metric history points, in the order they were recorded (empty on a registry too
+        old to have them, opened read-only)."""
+        try:
+            rows = self._conn.execute("SELECT kind, step, t, data_json FROM history WHERE job_id = ? ORDER BY seq",
+                                      (job_id,)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        out = []
+        for r in rows:
+            p = {"event": r["kind"], "step": r["step"], **({"t": r["t"]} if r["t"] is not None else {})}
+            data = json.loads(r["data_json"])
+            p.update({k: v for k, v in data.items() if k not in p})
+            out.append(p)
+        return out
 
     def get(self, job_id: str) -> Job:
         row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -232,9 +269,12 @@ class Registry:
         return self.get(rows[0]["id"])
 
     def list(self, *, limit: int | None = None, active_only: bool = False,
-             backend: str | None = None) -> list[Job]:
+             backend: str | None = None, sweep: str | None = None) -> list[Job]:
         sql, args = "SELECT * FROM jobs", []
         where = []
+        if sweep:
+            where.append("sweep_id = ?")
+            args.append(sweep)
         if active_only:
             where.append(f"status IN ({', '.join('?' * len(ACTIVE))})")
             args.extend(ACTIVE)
@@ -247,7 +287,12 @@ class Registry:
         if limit:
             sql += " LIMIT ?"
             args.append(limit)
-        return [Job._from_row(r) for r in self._conn.execute(sql, args)]
+        try:
+            return [Job._from_row(r) for r in self._conn.execute(sql, args)]
+        except sqlite3.OperationalError:
+            if sweep:  # an older registry, opened read-only: it has no sweeps
+                return []
+            raise
 
     # ------------------------------------------------------------------ hosts
 

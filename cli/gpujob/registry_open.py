@@ -34,7 +34,7 @@ DAMAGED_MARK = "registry.db.damaged"  # left by a command that hit a damaged pag
 JOB_ID = re.compile(r"^[a-z][a-z0-9]{5}$")
 CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
-SCHEMA_VERSION = 3   # 2: the hosts table; 3: jobs.price_usd_per_hour and price_source
+SCHEMA_VERSION = 4   # 2: the hosts table; 3: jobs.price_usd_per_hour and price_source; 4: history, jobs.sweep_id
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id            TEXT PRIMARY KEY,
@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cost_usd      REAL NOT NULL DEFAULT 0,
     price_usd_per_hour REAL,
     price_source  TEXT,
+    sweep_id      TEXT,
     created_at    REAL NOT NULL,
     started_at    REAL,
     finished_at   REAL,
@@ -68,6 +69,15 @@ CREATE TABLE IF NOT EXISTS transitions (
     at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
+CREATE TABLE IF NOT EXISTS history (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  TEXT NOT NULL REFERENCES jobs(id),
+    kind    TEXT NOT NULL,
+    step    INTEGER NOT NULL,
+    t       REAL,
+    data_json TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS history_point ON history(job_id, kind, step, IFNULL(t, -1));
 CREATE TABLE IF NOT EXISTS hosts (
     name            TEXT PRIMARY KEY,
     provider        TEXT NOT NULL,
@@ -96,7 +106,7 @@ CREATE TABLE IF NOT EXISTS hosts (
 """
 STATEMENTS = [s for s in _SCHEMA.split(";") if s.strip()]
 # Columns added after a table was first made: (table, column, its definition), added to older files.
-ADDED_COLUMNS = [("jobs", "price_usd_per_hour", "REAL"), ("jobs", "price_source", "TEXT")]
+ADDED_COLUMNS = [("jobs", "price_usd_per_hour", "REAL"), ("jobs", "price_source", "TEXT"), ("jobs", "sweep_id", "TEXT")]
 
 READ_ONLY_HINT = ("to record changes, make it writable by you (or run gpujob as its owner), "
                   "or set GPUJOB_HOME to a folder of your own")

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from gpujob import procs
+from gpujob import history, procs
 from gpujob.backends.base import LOG_NAME
 from gpujob.progress import PREFIX
 from gpujob.progress_state import ProgressState
@@ -79,12 +79,16 @@ def rebuild(home: Path, path: Path) -> list[dict[str, Any]]:
         for statement in STATEMENTS:
             conn.execute(statement)
         for job in jobs:
-            transitions = job.pop("transitions")
+            transitions, points = job.pop("transitions"), job.pop("points")
             cols = ", ".join(job)
             conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(job))})", tuple(job.values()))
             for status, at, reason in transitions:
                 conn.execute("INSERT INTO transitions (job_id, status, reason, at) VALUES (?, ?, ?, ?)",
                              (job["id"], status, reason, at))
+            conn.executemany(
+                "INSERT OR IGNORE INTO history (job_id, kind, step, t, data_json) VALUES (?, ?, ?, ?, ?)",
+                [(job["id"], p["event"], p["step"], p.get("t"),
+                  json.dumps({k: v for k, v in p.items() if k not in ("event", "step", "t")})) for p in points])
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     finally:
@@ -101,7 +105,7 @@ def job_from_folder(folder: Path) -> dict[str, Any]:
                               _mtime(folder), time.time()) if t)
     last = max([created, *(t for t in (_mtime(p) for p in _files(folder)) if t)])  # its last sign of life
     started = _mtime(folder / "handle.json") if handle.get("pid") else None
-    progress, end_status, message = _replay(folder / LOG_NAME)
+    progress, end_status, message, points = _replay(folder / LOG_NAME)
     if result.get("status") in ("succeeded", "failed", "cancelled"):
         status, reason, finished = result["status"], result.get("reason"), result.get("finished_at")
     elif _alive(handle.get("supervisor_pid"), handle.get("supervisor_start")):
@@ -129,7 +133,7 @@ def job_from_folder(folder: Path) -> dict[str, Any]:
         "metrics_json": json.dumps(progress.get("metrics") or {}), "cost_usd": 0.0,
         "price_usd_per_hour": _price(launch), "price_source": launch.get("price_source") if _price(launch) else None,
         "created_at": created, "started_at": started, "finished_at": finished,
-        "updated_at": time.time(), "transitions": transitions,
+        "updated_at": time.time(), "transitions": transitions, "points": points,
     }
 
 
@@ -201,15 +205,17 @@ def _output_dir(spec: dict[str, Any], launch: dict[str, Any], name: Any) -> str 
     return os.path.normpath(os.path.join(base or "/", os.path.expanduser(str(target))))
 
 
-def _replay(log: Path) -> tuple[dict[str, Any], str | None, str | None]:
-    """The progress snapshot folded from the events in a job's log."""
+def _replay(log: Path) -> tuple[dict[str, Any], str | None, str | None, list[dict[str, Any]]]:
+    """The progress snapshot folded from the events in a job's log, and its metric history."""
     try:
         state = ProgressState()
         with open(log, "r", encoding="utf-8", errors="replace") as fh:
             state.feed_lines(line for line in fh if PREFIX in line)
-        return state.to_dict(), state.end_status, state.message
+        with open(log, "r", encoding="utf-8", errors="replace") as fh:
+            points = history.from_log(fh)
+        return state.to_dict(), state.end_status, state.message, points
     except Exception:  # a log we cannot replay costs the snapshot, never the rebuild
-        return {}, None, None
+        return {}, None, None, []
 
 
 def _alive(pid: Any, start: Any) -> bool:

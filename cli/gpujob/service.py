@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from gpujob import notify
+from gpujob import history, notify
 from gpujob.backends import Backend, JobRequest, get_backend
-from gpujob.backends.base import RUNNER_MODULE
+from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
 from gpujob.fleet.jobs import RegistryHosts
@@ -193,6 +193,8 @@ def refresh(registry: Registry, job: Job) -> Job:
     if registry.read_only:
         return _as_seen(job, seen)
     if seen is not None:
+        if seen.points:
+            registry.add_history(job.id, seen.points)
         if seen.progress:
             registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
         if seen.queue is not None and seen.queue != job.handle.get("queue"):
@@ -200,8 +202,22 @@ def refresh(registry: Registry, job: Job) -> Job:
         if seen.status != job.status or (seen.reason or None) != (job.reason or None):
             if registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,
                                    started_at=seen.started_at) and seen.status in TERMINAL:
+                _history_from_saved_log(registry, job)
                 notify.send_in_background(registry.get(job.id))  # the end, seen here first: notify.on
     return registry.get(job.id)
+
+
+def _history_from_saved_log(registry: Registry, job: Job) -> None:
+    """A job whose log was read from afar while it ran (only its tail, at each look) leaves its whole
+    log in its folder at the end: its metric history is taken from there, complete. (The local
+    supervisor records every event as it comes.)"""
+    saved = job.job_dir / LOG_NAME
+    if job.backend == "local" or not saved.is_file():
+        return
+    with open(saved, encoding="utf-8", errors="replace") as fh:
+        points = history.from_log(fh)
+    if points:
+        registry.add_history(job.id, points, replace=True)
 
 
 def _as_seen(job: Job, seen) -> Job:
@@ -229,7 +245,8 @@ def cancel(registry: Registry, job: Job, *, grace_s: float = 10.0) -> Job:
     impl = _backend(job.backend, registry)
     impl.cancel(registry.get(job.id), grace_s=grace_s)
     # The backend's own record (the supervisor's) wins; if nothing recorded the end, we do.
-    registry.transition(job.id, "cancelled", reason="cancelled by the user")
+    if registry.transition(job.id, "cancelled", reason="cancelled by the user"):
+        _history_from_saved_log(registry, job)
     job = registry.get(job.id)
     notify.send_in_background(job)  # sent once, whoever recorded the end (a supervisor may have, too)
     return job

@@ -37,7 +37,7 @@ import time
 import traceback
 from typing import Callable
 
-from gpujob import notify, procs
+from gpujob import history, notify, procs
 from gpujob.backends import gpuqueue, reaper
 from gpujob.backends.base import JobStore, budget_reason, failure_reason
 from gpujob.backends.gpus import VISIBLE
@@ -70,6 +70,7 @@ class Supervisor:
         self.tail: list[str] = []
         self.last_event: float | None = None  # monotonic time of the last event, once progress began
         self._important = False  # an event since the last snapshot that should be shown at once
+        self._points: list = []  # metric history points not yet recorded
         self.queue: gpuqueue.GpuQueue | None = None  # this machine's GPU queue, once the job joined it
         self.log = open(self.dir / LOG_NAME, "ab")
 
@@ -187,6 +188,7 @@ class Supervisor:
                     break
             since = time.monotonic() - last_snapshot
             if dirty and (since >= SNAPSHOT_EVERY_S or (self._important and since >= IMPORTANT_EVERY_S)):
+                self._record_points()
                 self.store.update(self.job.id, progress=self.state.to_dict())
                 last_snapshot, dirty, self._important = time.monotonic(), False, False
         self._take(self.output.flush())
@@ -227,10 +229,17 @@ class Supervisor:
                                      "it is in the log as text")
                     continue
                 folded = True
+                if (p := history.point(event)) is not None:
+                    self._points.append(p)
                 self._important |= event.get("event") in IMPORTANT
                 if event.get("event") == "progress" or self.last_event is not None:
                     self.last_event = time.monotonic()  # armed by the first progress event
         return folded
+
+    def _record_points(self) -> None:
+        points, self._points = self._points, []
+        if points:
+            self.store.add_history(self.job.id, points)
 
     def _write_line(self, line: str) -> None:
         self.log.write(line.encode("utf-8", "replace") + b"\n")
@@ -268,6 +277,7 @@ class Supervisor:
         # Also beside the log, so a registry rebuilt from the job folders knows how the job ended.
         _write_private(self.dir / "result.json", json.dumps(
             {"status": status, "exit_code": code, "reason": reason, "finished_at": time.time()}))
+        self._record_points()
         self.store.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
         self.store.transition(self.job.id, status, reason=reason, exit_code=code)
         notify.send_in_background(self.store.get(self.job.id), secrets=self.secrets.values())  # once, detached

@@ -87,6 +87,7 @@ class Observed:
     exit_code: int | None = None
     reason: str | None = None
     progress: dict | None = None   # a ProgressState snapshot, for backends without a supervisor of their own
+    points: list | None = None     # metric history points newer than the recorded snapshot (same backends)
     started_at: float | None = None  # when the job's process really started (epoch seconds), if known
     queue: dict | None = None   # a queued job's place in a GPU queue run elsewhere (a rented host's agent):
                                 # position and words, recorded in its handle as a local supervisor records it
@@ -177,6 +178,9 @@ class JobStore(Protocol):
     def update(self, job_id: str, *, handle: dict[str, Any] | None = None,
                progress: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> None:
         """Record the job's handle, progress snapshot or final metrics."""
+
+    def add_history(self, job_id: str, points: list[dict[str, Any]]) -> None:
+        """Record metric history points (:func:`gpujob.history.point`)."""
 
     def transition(self, job_id: str, status: str, *, reason: str | None = None,
                    exit_code: int | None = None, only_from: tuple[str, ...] = ...) -> bool:

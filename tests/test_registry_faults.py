@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -210,6 +211,26 @@ def test_a_read_only_registry_file_is_read_and_never_written(template, place):
     text = clear(submit)
     assert submit.returncode == 1 and "cannot submit a job" in text and str(db) in text
     assert db.read_bytes() == before and not (home / "registry.db-wal").exists()
+
+
+@needs_other_user
+def test_a_read_only_registry_older_than_the_metric_history_is_read_without_it(template, place):
+    home, job_id = home_from(template, place)
+    conn = sqlite3.connect(home / "registry.db")
+    conn.execute("DROP TABLE history")
+    conn.execute("ALTER TABLE jobs DROP COLUMN sweep_id")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    give_to(home, NOBODY)
+    os.chmod(home / "registry.db", 0o444)
+    before = (home / "registry.db").read_bytes()
+    shown = gpujob(home, "metrics", job_id, "--json", other_user=True)
+    clear(shown)
+    assert shown.returncode == 0 and json.loads(shown.stdout) == []
+    listed = gpujob(home, "status", job_id, other_user=True)
+    assert listed.returncode == 0 and "succeeded" in clear(listed)
+    assert (home / "registry.db").read_bytes() == before
 
 
 @needs_other_user

@@ -70,6 +70,11 @@ def describe_event(event: dict[str, Any]) -> str:
                 parts.append(f"{key.upper()} {event[key] * 100:.2f}%")
         if "eval_loss" in event:
             parts.append(f"eval_loss {event['eval_loss']:.4f}")
+        for key, value in event.items():  # per eval source: "fleurs: WER 12.30% CER 4.10%"
+            if key.startswith("wer/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                cer = event.get("cer/" + key[4:])
+                parts.append(f"{key[4:]}: WER {value * 100:.2f}%" + (
+                    f" CER {cer * 100:.2f}%" if isinstance(cer, (int, float)) and not isinstance(cer, bool) else ""))
     elif kind == "heartbeat":
         done = f" {event['done']}/{event.get('total') or '?'}" if "done" in event else ""
         parts.append(f"{event.get('phase', '')}{done}".strip())

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from gpujob.backends.local_data import PODS_SEE_THIS_MACHINE
+from gpujob import history
 from gpujob.events import parse_line
 from gpujob_cli import GPUJOB, GpujobCli
 from k8s_emulator import CONFIGMAPS, JOBS, FakeCluster
@@ -113,11 +114,12 @@ def test_submit_status_logs_follow_and_cancel_end_to_end(k8s):
                               what="running with progress")
     assert running["total_steps"] == 4000 and running["steps_per_s"] and running["eta_s"] > 0
 
-    follower = subprocess.Popen([*GPUJOB, "logs", "-f", job_id], env=k8s.env, cwd=k8s.tmp,
+    # --raw: every progress line (without a terminal, -f prints one a minute)
+    follower = subprocess.Popen([*GPUJOB, "logs", "-f", "--raw", job_id], env=k8s.env, cwd=k8s.tmp,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     progress_lines = 0
     for line in follower.stdout:  # the live log, from the start of the job
-        progress_lines += line.startswith("[progress] step")
+        progress_lines += any(e["event"] == "progress" for e in parse_line(line))
         if progress_lines == 3:
             break
     assert progress_lines == 3
@@ -161,6 +163,24 @@ def test_a_job_that_succeeds_reports_progress_metrics_and_keeps_its_log(k8s):
         k8s.fake.wait_for(lambda: not k8s.pods(job_id), what="pods removed")
         later = k8s.gpujob("logs", job_id)
         assert later.returncode == 0 and "[end] succeeded" in later.stdout
+
+
+def test_the_metric_history_is_whole_and_outlives_the_pods(k8s):
+    """Each look at a running job records the points of its log's tail; at the end the whole saved
+    log is the history, kept in the registry after the Job and its pods are gone."""
+    job_id = k8s.submit(k8s.spec("curves", demo("--steps", "80", "--step-time", "0.05", "--eval-every", "20")))
+    k8s.wait_status(job_id, lambda s: (s.get("step") or 0) >= 10, what="step 10")
+    running = json.loads(k8s.gpujob("metrics", job_id, "--json").stdout)
+    assert running and {p["event"] for p in running} <= {"progress", "eval"}
+    k8s.wait_status(job_id, lambda s: s["status"] == "succeeded", what="succeeded", timeout=120)
+    raw = k8s.gpujob("logs", "--raw", job_id).stdout
+    expected = history.points(e for line in raw.splitlines() for e in parse_line(line))
+    assert len([p for p in expected if p["event"] == "progress"]) == 80
+    if k8s.emulated:
+        k8s.batch.delete_namespaced_job(k8s.k8s_jobs(job_id)[0]["metadata"]["name"], k8s.namespace,
+                                        propagation_policy="Background")
+        k8s.fake.wait_for(lambda: not k8s.pods(job_id), what="pods removed")
+    assert json.loads(k8s.gpujob("metrics", job_id, "--json").stdout) == expected
 
 
 # ----------------------------------------------------------------------------- why is it not running?

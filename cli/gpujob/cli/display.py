@@ -232,19 +232,31 @@ def final_line(job: Job) -> str:
 # ----------------------------------------------------------------------------- logs
 
 
+QUIET_EVERY_S = 60.0  # followed with no terminal: one progress line a minute (of the job's time)
+QUIET_NOTE = ("gpujob: not a terminal, so progress is printed once a minute, with every eval, checkpoint "
+              "and the end; --raw prints every line")
+
+
 class LogPrinter:
     """Prints log lines. raw: as written. Otherwise event lines become words, and on a
-    terminal (live=None → auto) progress events drive a live bar instead of lines."""
+    terminal (live=None → auto) progress events drive a live bar instead of lines. ``quiet``
+    (a followed log with no terminal, where nobody watches a bar): progress and heartbeat lines at
+    most one per :data:`QUIET_EVERY_S` of the job's time, the last one before every eval,
+    checkpoint and end, and every other event."""
 
     def __init__(self, *, raw: bool = False, live: bool | None = None, state: ProgressState | None = None,
-                 job: Job | None = None):
+                 job: Job | None = None, quiet: bool = False):
         """``job``: the job followed, for its cost in the bar (its price and when it started)."""
         self.job = job
         self.raw = raw
         self.live = (sys.stdout.isatty() and not raw) if live is None else live
+        self.quiet = quiet and not raw and not self.live
         self.state = state or ProgressState()
         self._live = None
         self._console = None
+        self._shown_at: float | None = None   # the time of the last progress line printed (quiet)
+        self._held: str | None = None         # the last progress line not printed (quiet)
+        self._noted = False
 
     def __enter__(self) -> "LogPrinter":
         if self.live:
@@ -258,6 +270,9 @@ class LogPrinter:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._held is not None and exc[0] is None:  # quiet: where it stood at the end
+            self._print(self._held)
+            self._held = None
         if self._live is not None:
             self._live.__exit__(*exc)
             self._live = None
@@ -287,9 +302,30 @@ class LogPrinter:
         if not is_event_line(line):  # an event behind other text (a tqdm bar): keep the text
             self._print(line[: line.find("@gpujob/")].rstrip())
         for event in events:
-            if self._live is not None and event.get("event") in ("progress", "heartbeat"):
+            kind = event.get("event")
+            if self._live is not None and kind in ("progress", "heartbeat"):
+                continue
+            if self.quiet and not self._due(event):
                 continue
             self._print(describe_event(event))
+
+    def _due(self, event: dict) -> bool:
+        """Quiet: whether to print ``event`` now (holding back a progress line that is not due)."""
+        kind = event.get("event")
+        if kind not in ("progress", "heartbeat"):
+            if self._held is not None and kind in ("eval", "checkpoint", "end"):
+                self._print(self._held)  # where it stood when it happened
+            self._held = None
+            return True
+        t = event.get("t") if isinstance(event.get("t"), (int, float)) else time.time()
+        if self._shown_at is not None and 0 <= t - self._shown_at < QUIET_EVERY_S:
+            self._held = describe_event(event)
+            if not self._noted:
+                self._noted = True
+                typer.echo(QUIET_NOTE, err=True)
+            return False
+        self._shown_at, self._held = t, None
+        return True
 
     def _print(self, text: str) -> None:
         if not text:

@@ -155,7 +155,7 @@ def _follow(registry, job_id: str, *, tail: int | None, raw: bool, all_workers: 
     from gpujob.cli import display
 
     job = service.refresh(registry, registry.get(job_id))
-    printer = display.LogPrinter(raw=raw, live=None, state=None, job=job)
+    printer = display.LogPrinter(raw=raw, live=None, state=None, job=job, quiet=True)
     try:
         with printer:
             for line in service.logs(registry, job, follow=True, tail=tail, all_workers=all_workers):

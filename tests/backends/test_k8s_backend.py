@@ -310,7 +310,10 @@ def test_retried_attempt_is_followed_and_the_job_succeeds(k8s):
     job_id = k8s.submit(k8s.spec("flaky", code))
     r = k8s.gpujob("logs", "-f", job_id)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "RuntimeError: flaky node" in r.stdout and "second attempt fine" in r.stdout
+    assert "second attempt fine" in r.stdout
+    # followed from its start, attempt 1's output; joined once attempt 2 ran, the words on its failure
+    assert "RuntimeError: flaky node" in r.stdout or (
+        "attempt 1 failed" in r.stderr and "RuntimeError: flaky node" in r.stderr), r.stdout + r.stderr
     assert "attempt 2" in r.stderr
     assert k8s.status(job_id)["status"] == "succeeded"
 
@@ -321,11 +324,20 @@ def test_retried_attempt_is_followed_and_the_job_succeeds(k8s):
 def test_dropped_log_streams_lose_and_repeat_no_line(emulated):
     fake = emulated.fake
     fake.drop_streams_after, fake.drops_left, fake.drop_mid_line = 7, 4, True
-    job_id = emulated.submit(emulated.spec("numbers", numbered(120, pause=0.04)))
-    r = emulated.gpujob("logs", "-f", job_id, "--raw")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [f"line {i:03d}" for i in range(120)]
-    assert fake.drops == 4  # every stream broke off inside a line, while the job was writing
+    release = emulated.tmp / "release"  # the job writes half, then waits for it: still running at every drop
+    code = (f"import os, time\nfor i in range(120):\n    print(f'line {{i:03d}}', flush=True)\n"
+            f"    time.sleep(0.01)\n    while i == 59 and not os.path.exists({str(release)!r}): time.sleep(0.05)")
+    job_id = emulated.submit(emulated.spec("numbers", code))
+    follower = subprocess.Popen([*GPUJOB, "logs", "-f", job_id, "--raw"], env=emulated.env, cwd=emulated.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        fake.wait_for(lambda: fake.drops == 4, what="four dropped streams", timeout=60)
+    finally:
+        release.touch()
+    out, err = follower.communicate(timeout=120)
+    assert follower.returncode == 0, err
+    assert out.splitlines() == [f"line {i:03d}" for i in range(120)]
+    assert fake.drops == 4  # every stream broke off inside a line, while the job ran
 
 
 def test_a_quiet_stretch_longer_than_the_read_timeout_is_followed(emulated):

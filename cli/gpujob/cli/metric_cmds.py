@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from gpujob import history
 from gpujob.cli.common import OptionalJobRef, find_job, friendly, open_registry
 from gpujob.errors import UserError
 
@@ -24,7 +25,7 @@ def metrics(
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV: event, step, t, then one column per metric.")] = False,
 ) -> None:
     """A job's metric history: loss, learning rate, samples/s and WER/CER (per eval source) by step."""
-    from gpujob import history, service
+    from gpujob import service
 
     if as_json and as_csv:
         raise UserError("--json and --csv are two formats; give one of them")

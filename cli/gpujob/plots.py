@@ -137,12 +137,19 @@ def figure(runs: Sequence[Run], title: str):
         for line in panel.lines:
             ax.plot(line.steps, line.values, linestyle=line.style, marker=line.marker, markersize=3,
                     linewidth=1.4, color=colour(line.run), label=line.label, gid=f"{panel.key}/{line.label}")
+        if panel.key == "lr" and _spans_decades(panel):
+            ax.set_yscale("log")  # runs whose learning rates differ 100-fold: both readable
         ax.set_title(panel.title)
         ax.set_xlabel(X_LABEL)
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return fig
+
+
+def _spans_decades(panel: Panel) -> bool:
+    values = [v for line in panel.lines for v in line.values]
+    return min(values) > 0 and max(values) >= 100 * min(values)
 
 
 def save(fig, path: Path) -> None:

@@ -135,7 +135,10 @@ def test_per_source_wer_and_cer_are_drawn_dashed_beside_the_overall_score(cli):
 
 def test_several_jobs_overlaid_each_in_one_colour(cli):
     a, b = run_hello(cli, "a", seed=1), run_printer(cli, known_events(), "b")
-    lines = lines_by_label(the_figure({a: f"{a} a", b: f"{b} b"}))
+    fig = the_figure({a: f"{a} a", b: f"{b} b"})
+    lines = lines_by_label(fig)
+    scales = {ax.get_ylabel(): ax.get_yscale() for ax in fig.axes}
+    assert scales["learning rate"] == "log" and scales["loss"] == "linear"  # 0.1 beside 1e-6..1e-5: decades apart
     colours = {job: {c for (_, label), (_, _, c, _) in lines.items() if label.startswith(job)} for job in (a, b)}
     assert len(colours[a]) == 1 and len(colours[b]) == 1 and colours[a] != colours[b]
     panels = {unit for unit, label in lines if label.startswith(a)} & {unit for unit, label in lines if label.startswith(b)}

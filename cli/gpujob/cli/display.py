@@ -13,6 +13,7 @@ import typer
 from gpujob.defaults import HF_CACHE
 from gpujob.events import clean_metrics, clean_text, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
+from gpujob.sparkline import status_rows as sparkline_rows
 from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate
 from gpujob.backends.base import Notice
 from gpujob.backends.gpuqueue import ordinal
@@ -163,7 +164,8 @@ def job_summary(job: Job) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- status
 
 
-def job_details(job: Job) -> str:
+def job_details(job: Job, history: list[dict[str, Any]] | None = None) -> str:
+    """status's rows; ``history`` (the job's metric points) adds a sparkline of WER and of loss."""
     state = _state(job)
     rows: list[tuple[str, str]] = [
         ("job", f"{job.id}  {_safe(job.name, 200)}  (kind {job.kind}, backend {job.backend})")]
@@ -197,6 +199,7 @@ def job_details(job: Job) -> str:
     metrics = _metrics(job, state)
     if metrics:
         rows.append(("metrics", "  ".join(_metric(k, v) for k, v in metrics.items())))
+    rows += sparkline_rows(history or [])
     if state.checkpoint:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
     outputs = _safe(job.output_dir or "-")

@@ -122,7 +122,7 @@ def status(
     if as_json:
         typer.echo(json.dumps(display.job_summary(job), indent=2))
         return
-    typer.echo(display.job_details(job))
+    typer.echo(display.job_details(job, registry.history(job.id)))
 
 
 def logs(

@@ -1,0 +1,105 @@
+"""plot: jobs' curves (loss, learning rate, WER/CER, samples/s by step) as a picture or in the terminal."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from gpujob.cli.common import err, find_job, friendly, open_registry
+from gpujob.errors import UserError
+from gpujob.plots import SUFFIXES, Run, figure, save
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plot")(friendly(plot))
+
+
+def plot(
+    refs: Annotated[Optional[List[str]], typer.Argument(
+        metavar="JOB...", help="Job ids, unique id prefixes or job names (default: the newest job).")] = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", metavar="ID",
+                                                 help="Every job of this sweep, labelled by its swept values.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", metavar="FILE", help="Write the picture here: .png, .svg or .pdf.")] = None,
+) -> None:
+    """Loss, learning rate, WER/CER (%) and samples/s against step; several jobs overlaid.
+
+    Without -o, on a terminal: loss and WER drawn in the terminal.
+    """
+    from gpujob import service
+
+    if output is not None and output.suffix.lower() not in SUFFIXES:
+        raise UserError(f"-o {output}: unknown picture format {output.suffix or '(no suffix)'!r}",
+                        hint=f"name the file with one of {', '.join(SUFFIXES)}, e.g. -o curves.png")
+    if output is None and not sys.stdout.isatty():
+        raise UserError("not a terminal: there is nowhere to draw the plot",
+                        hint="write it to a file: gpujob plot JOB -o curves.png (or .svg, .pdf); "
+                             "gpujob metrics JOB --csv gives the numbers")
+    registry = open_registry()
+    jobs = _jobs(registry, refs or [], sweep)
+    jobs = [service.refresh(registry, job) for job in jobs]
+    labels = swept_labels(jobs) if sweep else {job.id: f"{job.id} {job.name}" for job in jobs}
+    runs, empty = [], []
+    for job in jobs:
+        points = registry.history(job.id)
+        if points:
+            runs.append(Run(labels[job.id], points))
+        else:
+            empty.append(job)
+    for job in empty:
+        err(f"note: job {job.id} ({job.name}) has no metric history: it has reported no progress or eval "
+            "event with a step" + ("; it is left out" if runs else ""))
+    if not runs:
+        raise UserError("nothing to plot: " + ("that job has" if len(jobs) == 1 else "none of those jobs has")
+                        + " reported a progress or eval event with a step",
+                        hint="a job reports them with gpujob's progress protocol (see gpujob.progress); "
+                             "gpujob logs JOB shows what it printed")
+    title = f"sweep {sweep}" if sweep else ", ".join(r.label for r in runs)
+    if output is None:
+        from gpujob.plots_term import render
+
+        typer.echo(render(runs, title=title, size=tuple(shutil.get_terminal_size((100, 40)))))
+        return
+    save(figure(runs, title=f"gpujob: {title}"), output)
+    typer.echo(f"wrote {output} ({len(runs)} job{'s' * (len(runs) != 1)}: {title})")
+
+
+def _jobs(registry, refs: list[str], sweep: str | None) -> list:
+    if sweep and refs:
+        raise UserError("give jobs or --sweep ID, not both")
+    if sweep:
+        jobs = registry.list(sweep=sweep)
+        if not jobs:
+            raise UserError(f"no sweep {sweep!r}: no job was submitted in it", hint="gpujob list shows the jobs")
+        return sorted(jobs, key=lambda j: j.created_at)
+    seen: dict[str, object] = {}
+    for ref in refs or [None]:
+        job = find_job(registry, ref)
+        seen.setdefault(job.id, job)
+    return list(seen.values())
+
+
+def _leaves(value, path: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, sub in value.items():
+            out.update(_leaves(sub, f"{path}.{key}" if path else str(key)))
+        return out
+    return {path: value}
+
+
+def swept_labels(jobs: list) -> dict[str, str]:
+    """``<id> learning_rate=1e-05 freeze=encoder``: each job of a sweep by the spec keys whose values
+    differ between the jobs (its name and output directory left out: each job has its own)."""
+    leaves = [_leaves(job.spec or {}) for job in jobs]
+    keys = sorted({k for leaf in leaves for k in leaf})
+    differ = [k for k in keys if k not in ("name", "output.dir") and len({repr(leaf.get(k)) for leaf in leaves}) > 1]
+    labels = {}
+    for job, leaf in zip(jobs, leaves):
+        words = " ".join(f"{k.rsplit('.', 1)[-1]}={leaf.get(k)}" for k in differ)
+        labels[job.id] = f"{job.id} {words or job.name}"
+    return labels

@@ -1,0 +1,158 @@
+"""Jobs' curves as a picture: loss, learning rate, WER/CER and samples/s against step.
+
+:func:`panels` turns runs (a label and a metric history, :mod:`gpujob.history`) into what to draw:
+one panel per quantity that has data, each with its lines in the units shown (WER and CER in %:
+100 × the events' fractions; every other value as recorded). Stdlib only, so the terminal plot
+(:mod:`gpujob.plots_term`) draws the same lines. :func:`figure` draws them with matplotlib (imported
+only there, drawn with Agg: no window, no display needed), the runs overlaid, each run one colour in
+every panel; :func:`save` writes it as PNG, SVG or PDF.
+
+What a panel holds:
+
+============ ============== ===============================================================
+panel        y axis         lines (per run)
+============ ============== ===============================================================
+loss         loss           training loss (progress), eval loss (eval, dashed)
+lr           learning rate  learning rate (progress)
+wer          WER (%)        overall WER (eval, solid); per eval source ``wer/<name>`` (dashed)
+cer          CER (%)        the same for CER
+speed        samples/s      samples/s (progress)
+============ ============== ===============================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from gpujob import history as hist
+from gpujob.errors import UserError
+
+SUFFIXES = (".png", ".svg", ".pdf")
+X_LABEL = "step"
+# Line styles of the per-source lines, in the order the sources are first seen.
+SOURCE_STYLES = ("--", ":", "-.")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One job's curves to draw: its legend label and its history points."""
+
+    label: str
+    history: Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Line:
+    run: int  # which run (its colour)
+    label: str  # the legend's words: the run's label, and which series when it is not the main one
+    steps: tuple[int, ...]
+    values: tuple[float, ...]  # in the panel's unit
+    style: str = "-"
+    marker: str | None = None  # eval lines mark their (few) points
+
+
+@dataclass(frozen=True)
+class Panel:
+    key: str
+    title: str
+    ylabel: str  # with the unit
+    lines: tuple[Line, ...]
+
+
+# (panel key, title, y label, [(kind, field, series name or None for the main one, scale, style)])
+_MAIN = None
+_LAYOUT = (
+    ("loss", "loss", hist.UNITS["loss"], [("progress", "loss", "train loss", 1.0, "-"),
+                                          ("eval", "eval_loss", "eval loss", 1.0, "--")]),
+    ("lr", "learning rate", hist.UNITS["learning_rate"], [("progress", "learning_rate", _MAIN, 1.0, "-")]),
+    ("wer", "word error rate", hist.UNITS["wer"], [("eval", "wer", _MAIN, 100.0, "-")]),
+    ("cer", "character error rate", hist.UNITS["cer"], [("eval", "cer", _MAIN, 100.0, "-")]),
+    ("speed", "throughput", hist.UNITS["samples_per_s"], [("progress", "samples_per_s", _MAIN, 1.0, "-")]),
+)
+
+
+def _series(key: str, base: list, history: Sequence[dict[str, Any]]) -> list[tuple]:
+    """The panel's series for one run: its fixed ones, and for WER/CER one per eval source."""
+    if key not in ("wer", "cer"):
+        return base
+    extra = [("eval", f"{key}/{name}", name, 100.0, SOURCE_STYLES[i % len(SOURCE_STYLES)])
+             for i, name in enumerate(hist.sources(history))]
+    return base + extra
+
+
+def panels(runs: Sequence[Run], only: Sequence[str] | None = None) -> list[Panel]:
+    """The panels that have data (``only``: these panel keys), in the table's order."""
+    out = []
+    for key, title, ylabel, base in _LAYOUT:
+        if only is not None and key not in only:
+            continue
+        lines = []
+        for i, run in enumerate(runs):
+            for kind, field, name, scale, style in _series(key, base, run.history):
+                steps, values = hist.series(run.history, kind, field)
+                if not steps:
+                    continue
+                marker = "o" if kind == "eval" or len(steps) == 1 else None
+                lines.append(Line(run=i, label=run.label if name is None else f"{run.label} · {name}",
+                                  steps=tuple(steps), values=tuple(v * scale for v in values),
+                                  style=style, marker=marker))
+        if lines:
+            out.append(Panel(key=key, title=title, ylabel=ylabel, lines=tuple(lines)))
+    return out
+
+
+def missing(library: str, exc: ImportError) -> UserError:
+    """The error for a plotting library that is not installed (both come with ``gpujob[plot]``)."""
+    return UserError(f"gpujob plot needs {library}, which is not installed here ({exc})",
+                     hint="pip install 'gpujob[plot]' (matplotlib for -o, plotext for the terminal)")
+
+
+def colour(run: int) -> str:
+    """A run's colour in every panel: matplotlib's default cycle (10 colours, then again)."""
+    return f"C{run % 10}"
+
+
+def figure(runs: Sequence[Run], title: str):
+    """The matplotlib Figure of ``runs`` (a :class:`matplotlib.figure.Figure` on an Agg canvas).
+    Raises ValueError when no run has anything to draw: never an empty picture."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise missing("matplotlib", exc) from None
+
+    drawn = panels(runs)
+    if not drawn:
+        raise ValueError("no run has a metric history to draw")
+    cols = 1 if len(drawn) == 1 else 2
+    rows = math.ceil(len(drawn) / cols)
+    fig = Figure(figsize=(6.4 * cols, 3.4 * rows + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(title)
+    for i, panel in enumerate(drawn):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for line in panel.lines:
+            ax.plot(line.steps, line.values, linestyle=line.style, marker=line.marker, markersize=3,
+                    linewidth=1.4, color=colour(line.run), label=line.label, gid=f"{panel.key}/{line.label}")
+        if panel.key == "lr" and _spans_decades(panel):
+            ax.set_yscale("log")  # runs whose learning rates differ 100-fold: both readable
+        ax.set_title(panel.title)
+        ax.set_xlabel(X_LABEL)
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def _spans_decades(panel: Panel) -> bool:
+    values = [v for line in panel.lines for v in line.values]
+    return min(values) > 0 and max(values) >= 100 * min(values)
+
+
+def save(fig, path: Path) -> None:
+    """Write ``fig`` to ``path``; its suffix (one of :data:`SUFFIXES`) chooses the format."""
+    fmt = path.suffix.lower().lstrip(".")
+    fig.savefig(path, format=fmt, dpi=120)

@@ -156,3 +156,16 @@ def test_compare_utterances_shows_the_most_different_transcripts_of_two_runs():
     assert lines[1].startswith("cv-3  WER A 100.00%  B 0.00%")
     assert lines[2:5] == [f"  ref: {ref}", "  A:   καλή μέρα", f"  B:   {ref}"]
     assert "cv-2" not in result.output  # -n 1
+
+
+def test_resume_submits_only_the_combinations_not_in_the_sweep_yet():
+    sweep_id = sweep("--grid", "priority=1,2")
+    ended(sweep_id)
+    resumed = gpujob("sweep", HELLO, "--set", QUICK, "--grid", "priority=1,2,3", "--resume", sweep_id)
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.output.count("submitted job ") == 1 and "(hello-3) [priority=3]" in resumed.output
+    jobs = ended(sweep_id)
+    assert sorted((j["name"], j["sweep_id"]) for j in jobs) == [(f"hello-{n}", sweep_id) for n in (1, 2, 3)]
+    other = gpujob("sweep", HELLO, "--set", QUICK, "--grid", "priority=2,1,3", "--resume", sweep_id)
+    assert other.exit_code == 2 and "is not what job" in other.output and "priority: 1 then, 2 now" in other.output
+    assert len(Registry().list(sweep=sweep_id)) == 3

@@ -69,6 +69,9 @@ def sweep(
             err(line)
         raise typer.Exit(2)
     skipped = {m.combo.n: done[m.loaded.spec.name] for m in members if m.loaded.spec.name in done}
+    for m in members:
+        if m.combo.n in skipped:
+            _same_as_submitted(m, registry.get(skipped[m.combo.n]))
     todo = [m for m in members if m.combo.n not in skipped]
     typer.echo(f"sweep {sweep_id}: {len(combos)} job{'s' if len(combos) != 1 else ''} of {file} on "
                f"{base.spec.runtime.backend}, each in {base.spec.resolved_output_dir()}/{sweep_id}-<#>")
@@ -83,6 +86,17 @@ def sweep(
     resume_cmd = sweep_plan.resume_command(file, grid or [], overrides or [], backend, max_parallel, sweep_id)
     _submit(registry, todo, sweep_id, max_parallel, resume_cmd)
     typer.echo(f"next: gpujob list --sweep {sweep_id}   |   gpujob compare --sweep {sweep_id}")
+
+
+def _same_as_submitted(member, job) -> None:
+    """--resume: the combination's spec must be the one its job was submitted with (the same spec, --set
+    and --grid as the sweep), else its number names another job."""
+    diffs = cmp.spec_differences([cmp.flatten(job.spec), cmp.flatten(member.loaded.data)])
+    if diffs:
+        shown = "; ".join(f"{k}: {cmp.show(a)} then, {cmp.show(b)} now" for k, (a, b) in list(diffs.items())[:3])
+        raise UserError(f"--resume: combination {member.combo.n} ({member.combo.words}) is not what job {job.id} "
+                        f"({job.name}) of the sweep was submitted with: {shown}",
+                        hint="resume with the same spec, --set and --grid options as the sweep")
 
 
 def _submit(registry, todo, sweep_id: str, max_parallel: int | None, resume_cmd: str) -> None:

@@ -123,11 +123,13 @@ def _preview_request(loaded: "LoadedSpec", price: Price | None = None) -> JobReq
     return build_request(loaded, job_id=preview_id, job_dir=gpujob_home() / "jobs" / preview_id, price=price)
 
 
-def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,
-           environ: Mapping[str, str] | None = None, price: Price | None = None) -> Job:
-    """Record and start the job. ``price``: what :func:`estimate` found (looked up again when None)."""
+def check(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,
+          environ: Mapping[str, str] | None = None, price: Price | None = None) -> Price | None:
+    """Everything submit checks before it records the job (the runner's libraries, the secrets, the
+    backend's preflight, a budget without a price); a UserError for the first problem. Returns the
+    job's price (``price``, or looked up when None). ``gpujob sweep`` runs it on every combination
+    before it submits any."""
     environ = os.environ if environ is None else environ
-    registry.check_writable("submit a job")
     spec = loaded.spec
     name = backend or spec.runtime.backend
     impl = _backend(name, registry)
@@ -138,8 +140,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
                 f"{loaded.path}: kind: {spec.kind} runs the Whisper runner ({RUNNER_MODULE}), which needs "
                 f"{', '.join(missing_libs)} in gpujob's environment",
                 hint="install them: pip install 'gpujob[runner]'")
-    from_env = impl.secrets_from_environment
-    missing = [n for n in spec.runtime.secrets if not environ.get(n)] if from_env else []
+    missing = [n for n in spec.runtime.secrets if not environ.get(n)] if impl.secrets_from_environment else []
     if missing:
         raise MissingSecret(missing, loaded.path)
     impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
@@ -147,12 +148,27 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     unpriced = unpriced_budget(spec, price, name)
     if unpriced:
         raise UserError(f"{loaded.path}: {unpriced}", hint="or remove limits.max_cost (README.md: Money)")
+    return price
+
+
+def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,
+           environ: Mapping[str, str] | None = None, price: Price | None = None,
+           sweep_id: str | None = None) -> Job:
+    """Record and start the job. ``price``: what :func:`estimate` found (looked up again when None);
+    ``sweep_id``: the sweep it belongs to (``gpujob sweep``)."""
+    environ = os.environ if environ is None else environ
+    registry.check_writable("submit a job")
+    spec = loaded.spec
+    name = backend or spec.runtime.backend
+    impl = _backend(name, registry)
+    from_env = impl.secrets_from_environment
+    price = check(loaded, registry, backend=name, environ=environ, price=price)
     out = impl.output_dir(spec) or output_dir(loaded)
     # One transaction checks that no active job writes to `out` and records this one (OutputDirInUse).
     job = registry.create(name=spec.name, kind=spec.kind, backend=name, spec=loaded.data,
                           spec_path=loaded.path, output_dir=out, exclusive_output=True,
                           price_usd_per_hour=price.usd_per_hour if price else None,
-                          price_source=price.source if price else None)
+                          price_source=price.source if price else None, sweep_id=sweep_id)
     request = build_request(loaded, job_id=job.id, job_dir=job.job_dir, price=price)
     try:
         handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets if from_env})

@@ -157,7 +157,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "cost_usd": job.cost, "price_usd_per_hour": job.price_usd_per_hour, "price_source": job.price_source,
         "projected_cost_usd": _projected(job, state),
         "max_cost_usd": job.max_cost, "created_at": job.created_at, "started_at": job.started_at,
-        "finished_at": job.finished_at,
+        "finished_at": job.finished_at, "sweep_id": job.sweep_id,
     }
 
 

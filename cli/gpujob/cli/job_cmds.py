@@ -42,7 +42,7 @@ def submit(
     est = service.estimate(loaded, registry)
     if est.problem:
         raise UserError(f"{file}: {est.problem}", hint="or remove limits.max_cost")
-    _confirm_cost(est.to_confirm, yes)
+    confirm_cost(est.to_confirm, yes)
     job = service.submit(loaded, registry, price=est.price)
     typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {display.status_words(job)}")
     if est.price is not None or est.warnings:  # an unknown price is said by status and list
@@ -64,8 +64,9 @@ def submit(
 CONFIRM_ENV = "GPUJOB_CONFIRM_ABOVE"
 
 
-def _confirm_cost(amount: float | None, yes: bool) -> None:
-    """Ask before a job that can cost more than $GPUJOB_CONFIRM_ABOVE; refuse without a terminal to ask on."""
+def confirm_cost(amount: float | None, yes: bool, what: str = "this job") -> None:
+    """Ask before a job (``what``: or a sweep's jobs) that can cost more than $GPUJOB_CONFIRM_ABOVE; refuse
+    without a terminal to ask on."""
     raw = os.environ.get(CONFIRM_ENV, "").strip()
     if yes or not raw or amount is None:
         return
@@ -75,11 +76,11 @@ def _confirm_cost(amount: float | None, yes: bool) -> None:
         raise UserError(f"{CONFIRM_ENV}={raw[:40]!r} is not an amount in USD", hint=f"e.g. export {CONFIRM_ENV}=20") from None
     if amount <= threshold:
         return
-    what = "has no upper bound" if math.isinf(amount) else f"can cost up to ${amount:,.2f}"
+    what += " has no upper bound" if math.isinf(amount) else f" can cost up to ${amount:,.2f}"
     if not sys.stdin.isatty():
-        raise UserError(f"this job {what}, above {CONFIRM_ENV}=${threshold:g}, and there is no terminal to ask on",
+        raise UserError(f"{what}, above {CONFIRM_ENV}=${threshold:g}, and there is no terminal to ask on",
                         hint="pass --yes to submit it anyway, or lower limits.max_runtime / limits.max_cost")
-    if not typer.confirm(f"this job {what} (above {CONFIRM_ENV}=${threshold:g}); submit it?", default=False):
+    if not typer.confirm(f"{what} (above {CONFIRM_ENV}=${threshold:g}); submit it?", default=False):
         err("not submitted")
         raise typer.Exit(1)
 
@@ -87,6 +88,7 @@ def _confirm_cost(amount: float | None, yes: bool) -> None:
 def list_jobs(
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show every job, not only the last 20.")] = False,
     active: Annotated[bool, typer.Option("--active", help="Only queued or running jobs.")] = False,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", metavar="SWEEP", help="Only the jobs of this sweep (all of them).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Jobs, newest first: id, name, backend, status, progress, last WER, runtime, cost."""
@@ -95,7 +97,10 @@ def list_jobs(
 
     registry = open_registry()
     reap_due_hosts(registry)
-    jobs = service.refresh_all(registry, registry.list(limit=None if all_ else 20, active_only=active))
+    if sweep and not registry.list(sweep=sweep, limit=1):
+        raise UserError(f"there is no sweep {sweep!r}", hint="gpujob sweep printed its id (sweep <id>: ...)")
+    limit = None if all_ or sweep else 20
+    jobs = service.refresh_all(registry, registry.list(limit=limit, active_only=active, sweep=sweep))
     if as_json:
         typer.echo(json.dumps([display.job_summary(j) for j in jobs], indent=2))
         return

@@ -121,6 +121,8 @@ def figure(runs: Sequence[Run], title: str):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:
         raise missing("matplotlib", exc) from None
 
@@ -141,10 +143,33 @@ def figure(runs: Sequence[Run], title: str):
             ax.set_yscale("log")  # runs whose learning rates differ 100-fold: both readable
         ax.set_title(panel.title)
         ax.set_xlabel(X_LABEL)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        kinds = _kinds(panel)
+        if len(kinds) > 1:  # which line is which series (train/eval loss, each eval source), in grey
+            ax.legend(handles=[Line2D([], [], color="0.35", linestyle=style, marker=marker, markersize=3)
+                               for style, marker in kinds.values()], labels=list(kinds), fontsize="small")
+    # which colour is which run: once, below the panels
+    ax = fig.axes[0]
+    fig.legend(handles=[Line2D([], [], color=colour(i), linewidth=2) for i in range(len(runs))],
+               labels=[_short(run.label) for run in runs], loc="outside lower center",
+               ncols=1 if len(runs) < 3 else 2, fontsize="small", frameon=False)
     return fig
+
+
+def _kinds(panel: Panel) -> dict[str, tuple[str, str | None]]:
+    """{series name: (line style, marker)} of a panel's lines ("train loss", "eval loss", "fleurs";
+    "overall" for the main line when there are others)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for line in panel.lines:
+        name = line.label.rsplit(" · ", 1)[1] if " · " in line.label else "overall"
+        out.setdefault(name, (line.style, line.marker))
+    return out
+
+
+def _short(label: str, limit: int = 90) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def _spans_decades(panel: Panel) -> bool:

@@ -190,8 +190,8 @@ def test_a_sweep_is_labelled_by_its_swept_values(cli):
 
     registry = Registry()
     points = [{"event": "eval", "step": 5, "wer": 0.3}, {"event": "eval", "step": 10, "wer": 0.2}]
-    spec = {"name": "s", "training": {"learning_rate": 1e-5, "freeze": "none"}, "output": {"dir": "o/1"}}
-    for lr, out in ((1e-5, "o/1"), (3e-5, "o/2")):
+    spec = {"name": "s", "training": {"learning_rate": 1e-5, "freeze": "none"}, "output": {"dir": "o/sw1-1"}}
+    for lr, out in ((1e-5, "o/sw1-1"), (3e-5, "o/sw1-2")):  # each job's own folder, as `gpujob sweep` names it
         job = registry.create(name="s", kind="train", backend="local", spec_path=None, output_dir=out, sweep_id="sw1",
                               spec={**spec, "training": {**spec["training"], "learning_rate": lr}, "output": {"dir": out}})
         registry.add_history(job.id, points)

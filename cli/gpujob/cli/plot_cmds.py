@@ -83,23 +83,20 @@ def _jobs(registry, refs: list[str], sweep: str | None) -> list:
     return list(seen.values())
 
 
-def _leaves(value, path: str = "") -> dict[str, object]:
-    if isinstance(value, dict):
-        out: dict[str, object] = {}
-        for key, sub in value.items():
-            out.update(_leaves(sub, f"{path}.{key}" if path else str(key)))
-        return out
-    return {path: value}
-
-
 def swept_labels(jobs: list) -> dict[str, str]:
     """``<id> learning_rate=1e-05 freeze=encoder``: each job of a sweep by the spec keys whose values
-    differ between the jobs (its name and output directory left out: each job has its own)."""
-    leaves = [_leaves(job.spec or {}) for job in jobs]
-    keys = sorted({k for leaf in leaves for k in leaf})
-    differ = [k for k in keys if k not in ("name", "output.dir") and len({repr(leaf.get(k)) for leaf in leaves}) > 1]
+    differ between the jobs, as `compare` finds them (its name and output folder left out: each job of
+    a sweep has its own); a list item is named with its list (``command.4=40``)."""
+    from gpujob.compare import comparable_spec, show, spec_differences
+
+    differ = spec_differences([comparable_spec(job) for job in jobs])
     labels = {}
-    for job, leaf in zip(jobs, leaves):
-        words = " ".join(f"{k.rsplit('.', 1)[-1]}={leaf.get(k)}" for k in differ)
+    for i, job in enumerate(jobs):
+        words = " ".join(f"{_short_key(key)}={show(values[i])}" for key, values in differ.items())
         labels[job.id] = f"{job.id} {words or job.name}"
     return labels
+
+
+def _short_key(key: str) -> str:
+    parts = key.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from typer.testing import CliRunner
 
 from gpujob import __version__
 from gpujob.cli.app import app
+from terminal import run_on_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "jobs" / "hello.yaml"
@@ -143,26 +141,8 @@ def test_follow_on_a_terminal_draws_a_live_bar(tmp_path):
     env = {**os.environ, "GPUJOB_HOME": str(tmp_path / "home"), "COLUMNS": "120", "TERM": "xterm"}
     cmd = [sys.executable, "-m", "gpujob", "submit", str(HELLO), "--follow",
            "--set", f"output.dir={tmp_path}/o", "--set", "command=[python, -m, gpujob.demo, --steps, '40']"]
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    proc.wait(10)
-    os.close(master)
-    screen = b"".join(chunks).decode("utf-8", "replace")
-    assert proc.returncode == 0, screen
+    code, screen = run_on_terminal(cmd, env)
+    assert code == 0, screen
     assert "step 40/40" in screen and "it/s" in screen and "ETA" in screen and "loss" in screen
     assert "WER" in screen and "━" in screen
     assert "@gpujob/v1" not in screen and "[progress]" not in screen

@@ -8,12 +8,9 @@ figure the CLI draws is compared with them.
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from gpujob.plots_term import render
 from gpujob.registry import Registry
 from gpujob.sparkline import BLOCKS, sparkline, thin
 from gpujob_cli import GpujobCli
+from terminal import run_on_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "jobs" / "hello.yaml"
@@ -264,27 +262,9 @@ def test_the_terminal_plot_spans_the_values_of_loss_and_wer():
 def test_plot_on_a_terminal_draws_there(cli):
     job = run_hello(cli)
     env = {**cli.env, "COLUMNS": "100", "LINES": "40", "TERM": "xterm"}
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "gpujob", "plot", job], stdin=slave, stdout=slave, stderr=slave,
-                            env=env, cwd=cli.tmp, close_fds=True)
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    proc.wait(10)
-    os.close(master)
-    screen = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode("utf-8", "replace"))
-    assert proc.returncode == 0, screen
+    code, screen = run_on_terminal([sys.executable, "-m", "gpujob", "plot", job], env, cwd=cli.tmp)
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", screen)
+    assert code == 0, screen
     assert "word error rate" in screen and "WER (%)" in screen and "step" in screen and f"{job} hello" in screen
 
 

@@ -6,7 +6,8 @@ written as before, and the trackers get the same numbers from it:
 - ``start``: each tracker is opened, with the spec (a plain dict; it never holds a secret value, and
   ``runtime.env`` and ``notify`` are left out) as its config;
 - ``progress``: ``loss``, ``learning_rate``, ``samples_per_s``, ``epoch`` at ``step``;
-- ``eval``: ``wer``, ``cer``, ``eval_loss`` and the per-source ``wer/<name>``, ``cer/<name>`` at ``step``;
+- ``eval``: ``wer``, ``cer``, ``eval_loss`` and the per-source ``wer/<name>``, ``cer/<name>`` at ``step``
+  (in MLflow ``wer.<name>``: its file store takes ``/`` for a folder);
 - :meth:`TrackedWriter.worst_utterances`: the worst utterances of the final evaluation as a table;
 - ``end``: each tracker is closed (finished or failed).
 
@@ -164,7 +165,8 @@ class Wandb:
 
 class Mlflow:
     """MLflow through its client (no global state); metrics go in batches (at most every 10 s, and at
-    each evaluation and the end), so that a remote server is not asked once per step."""
+    each evaluation and the end), so that a remote server is not asked once per step. Per-source
+    scores are named ``wer.<name>`` there (:func:`mlflow_key`)."""
 
     name = "mlflow"
     FLUSH_S = 10.0
@@ -193,7 +195,7 @@ class Mlflow:
 
     def scalars(self, step, values):
         now = int(time.time() * 1000)
-        self.pending += [self.Metric(k, v, now, step) for k, v in values.items()]
+        self.pending += [self.Metric(mlflow_key(k), v, now, step) for k, v in values.items()]
         if any(k.startswith(("wer", "cer", "eval_loss")) for k in values) or \
                 time.monotonic() - self.flushed >= self.FLUSH_S or len(self.pending) >= 900:
             self.flush()
@@ -210,6 +212,12 @@ class Mlflow:
         if self.run_id is not None:
             self.flush()
             self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+def mlflow_key(key: str) -> str:
+    """MLflow's name for a scalar: ``wer/fleurs`` -> ``wer.fleurs`` (its file store makes ``/`` a folder,
+    and ``wer`` is already a file)."""
+    return key.replace("/", ".")
 
 
 def trackers_for(spec: JobSpec, out_dir: Path) -> list[Tracker]:

@@ -44,6 +44,18 @@ def test_a_password_inside_the_tracking_uri_is_refused():
     assert "tracking_uri" in message and "runtime.secrets" in message and "hunter2" not in message
 
 
+def test_wandb_online_without_the_key_in_runtime_secrets_gives_a_warning():
+    from gpujob.spec import load_spec_text
+
+    def warnings(text):
+        return [str(w) for w in load_spec_text(EVAL + text, "jobs/test-job.yaml").warnings]
+
+    [warning] = warnings("tracking: {wandb: {project: el}}\n")
+    assert "tracking.wandb" in warning and "WANDB_API_KEY" in warning and "runtime.secrets" in warning
+    assert warnings("tracking: {wandb: {project: el}}\nruntime: {secrets: [WANDB_API_KEY]}\n") == []
+    assert warnings("tracking: {wandb: {mode: offline}}\n") == []
+
+
 def test_wandb_mode_is_online_or_offline():
     assert "offline" in refusal(EVAL + "tracking: {wandb: {mode: local}}\n")
 

@@ -22,7 +22,7 @@ Events and their fields (all optional but ``event``):
 start      total_steps, epochs, name, kind
 progress   step, total_steps, epoch, loss, learning_rate, samples_per_s
 eval       step, wer, cer, eval_loss (wer/cer are fractions: 0.231 = 23.1 %),
-           and any other name: value (per-dataset scores, e.g. ``wer_fleurs``)
+           and any other name: value (per-source scores: ``wer/<name>``, ``cer/<name>``)
 checkpoint step, path
 artifact   path, name
 end        status ("succeeded" | "failed"), metrics {name: value}, message

@@ -149,7 +149,7 @@ def test_an_evaluation_batch_that_runs_out_of_memory_is_halved_and_keeps_every_t
     monkeypatch.setattr(ev, "transcribe", transcribe)
     examples = [{"audio": np.zeros(1000 + i * 37, np.float32), "text": f"clip of {1000 + i * 37} samples",
                  "id": f"u{i}", "source": "s"} for i in range(11)]
-    spec = SimpleNamespace(evaluation=SimpleNamespace(batch_size=8, normalizer="none"),
+    spec = SimpleNamespace(data=SimpleNamespace(eval=[]), evaluation=SimpleNamespace(batch_size=8, normalizer="none"),
                            training=SimpleNamespace(generation_max_length=40))
     scores = ev.evaluate(None, None, examples, spec=spec, device=torch.device("cpu"),
                          precision=Precision("fp32", None, False), batch_size=8)

@@ -128,8 +128,10 @@ def test_mix_yields_every_example_of_every_source_once(corpus):
     by_source = Counter(e["source"] for e in out)
     assert by_source == {str(corpus["cv"]): N_TRAIN + N_DEV, str(corpus["folder"]): N_FOLDER,
                          str(corpus["parquet"]): N_PARQUET}
+    names = {str(corpus[k]): Path(corpus[k]).name for k in ("cv", "folder", "parquet")}  # source_names()
+    assert {(e["source"], e["source_name"]) for e in out} == set(names.items())
     for e in out:
-        assert set(e) == {"audio", "text", "source", "id", "n"}
+        assert set(e) == {"audio", "text", "source", "id", "n", "source_name"}
         assert e["audio"].dtype == np.float32 and e["audio"].ndim == 1
         expected = corpus["expected"][e["source"]][e["text"]]  # the exact transcript, 16 kHz length
         assert abs(len(e["audio"]) - expected) <= 0.01 * expected + 16

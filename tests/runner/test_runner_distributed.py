@@ -323,3 +323,25 @@ def test_an_evaluate_job_on_two_processes_scores_like_one(tmp_path, tiny_model, 
     for key in ("wer", "cer", "utterances"):
         assert two.kinds("end")[0]["metrics"][key] == one.kinds("end")[0]["metrics"][key]
     assert len(two.kinds("eval")) == 1 and len(two.kinds("end")) == 1
+
+
+def test_per_source_scores_and_trackers_come_once_from_rank_0_like_one_process(tmp_path, tiny_model, speech):
+    """Two eval sources on two processes: the same per-source scores and predictions as one process, and one
+    TensorBoard run (rank 0 alone logs to trackers)."""
+    runs = []
+    for folder, processes in (("one", 1), ("two", 2)):
+        path = write_spec(tmp_path / folder / "spec.json", tiny_model, speech, batch=2, kind="evaluate")
+        spec = json.loads(path.read_text())
+        spec["data"]["eval"] = [{"dataset": str(speech), "split": "heldout", "name": "a"},
+                                {"dataset": str(speech), "split": "heldout", "name": "b", "weight": 2}]
+        spec["tracking"] = {"tensorboard": True}
+        path.write_text(json.dumps(spec))
+        runs.append(run(path, processes, launcher=processes > 1))
+    one, two = runs
+    assert one.code == 0 and two.code == 0, two.output[-3000:]
+    assert (two.out / "predictions.jsonl").read_text() == (one.out / "predictions.jsonl").read_text()
+    [eval_one], [eval_two] = one.kinds("eval"), two.kinds("eval")
+    assert {k: v for k, v in eval_two.items() if k != "t"} == {k: v for k, v in eval_one.items() if k != "t"}
+    assert {"wer/a", "wer/b", "cer/a", "cer/b"} <= set(eval_two)
+    assert len(list((two.out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert "tracking." not in two.output  # no tracker warned

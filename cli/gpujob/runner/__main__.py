@@ -91,9 +91,12 @@ def main(argv: list[str]) -> int:
     from gpujob.runner import data as data_mod
     from gpujob.runner import distributed
 
+    from gpujob.runner import tracking
+
     group = distributed.start(spec.distributed.timeout_seconds)
-    writer = ProgressWriter() if group.is_writer else _Silent()
     out_dir = _output_dir(spec)
+    # the writer process alone writes events and feeds the trackers (spec tracking:)
+    writer = tracking.wrap(ProgressWriter(), spec, out_dir) if group.is_writer else _Silent()
     try:
         report = _preflight(spec, group)
         if not report["ok"]:
@@ -122,6 +125,7 @@ def main(argv: list[str]) -> int:
         writer.end(status="failed", message="another process of the job failed, hung or was stopped")
         return 1
     finally:
+        getattr(writer, "close", lambda: None)()
         group.close()
 
 

@@ -7,36 +7,46 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpujob.runner.model import language_name
+from gpujob.spec.tracking import source_names
 
 if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
 
 
+def _result(spec: JobSpec, source, scores: dict[str, Any]) -> list[str]:
+    """One model-index result: the task, the dataset it was scored on, and its WER/CER in percent."""
+    lines = ["  - task:", "      type: automatic-speech-recognition", "      name: Automatic Speech Recognition"]
+    if source is not None:
+        lines += ["    dataset:", f"      name: {source.dataset}", f"      type: {source.dataset}"]
+        if source.config:
+            lines.append(f"      config: {source.config}")
+        lines.append(f"      split: {source.split}")
+    metrics = [f"          - type: {key}\n            value: {scores[key] * 100:.2f}\n            name: {name}"
+               for key, name in (("wer", "Wer"), ("cer", "Cer")) if scores.get(key) is not None]
+    if metrics:
+        lines += ["    metrics:", *metrics]
+    return lines
+
+
 def model_card(spec: JobSpec, metrics: dict[str, Any]) -> str:
+    """The card's text. With several eval sources, model-index holds one result per dataset, scored
+    on that source alone (``metrics["sources"]``); with one, the overall scores."""
     datasets = sorted({s.dataset for s in [*spec.data.train, *spec.data.eval] if "/" in s.dataset
                        and not s.dataset.startswith((".", "/"))})
-    eval_src = spec.data.eval[0] if spec.data.eval else None
     lang = spec.model.language or ""
-    results = []
-    for key, name in (("wer", "Wer"), ("cer", "Cer")):
-        if metrics.get(key) is not None:
-            results.append(f"          - type: {key}\n            value: {metrics[key] * 100:.2f}\n"
-                           f"            name: {name}")
+    per_source = metrics.get("sources") or {}
+    if per_source:
+        results = [line for name, source in zip(source_names(spec.data.eval), spec.data.eval)
+                   if name in per_source for line in _result(spec, source, per_source[name])]
+    else:
+        results = _result(spec, spec.data.eval[0] if spec.data.eval else None, metrics)
     lines = ["---", f"base_model: {spec.model.checkpoint}", "library_name: transformers", "license: apache-2.0"]
     if lang:
         lines.append(f"language:\n- {lang}")
     if datasets:
         lines.append("datasets:\n" + "\n".join(f"- {d}" for d in datasets))
     lines += ["tags:\n- whisper\n- automatic-speech-recognition\n- gpujob", "model-index:",
-              f"- name: {spec.name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
-              "      name: Automatic Speech Recognition"]
-    if eval_src is not None:
-        lines += ["    dataset:", f"      name: {eval_src.dataset}", f"      type: {eval_src.dataset}"]
-        if eval_src.config:
-            lines.append(f"      config: {eval_src.config}")
-        lines.append(f"      split: {eval_src.split}")
-    if results:
-        lines += ["    metrics:", *results]
+              f"- name: {spec.name}", "  results:", *results]
     lines.append("---")
     body = [
         "", f"# {spec.name}", "",
@@ -46,6 +56,9 @@ def model_card(spec: JobSpec, metrics: dict[str, Any]) -> str:
     for key in ("wer", "cer", "baseline_wer", "baseline_cer"):
         if metrics.get(key) is not None:
             body.append(f"- {key}: {metrics[key] * 100:.2f}%")
+    for name, scores in per_source.items():
+        body.append(f"- {name}: " + ", ".join(f"{k} {scores[k] * 100:.2f}%" for k in ("wer", "cer")
+                                              if scores.get(k) is not None) + f" ({scores.get('utterances')} utterances)")
     t = spec.training
     body += ["", "## Training", "",
              f"- steps: {metrics.get('steps')}; learning rate: {t.learning_rate} ({t.lr_schedule}, "

@@ -13,7 +13,7 @@ Opening a source (its kind, splits and columns) is :mod:`.sources`. Here:
 - :func:`decoded` decodes clips (ahead, on loader threads) into mono float32 at 16 kHz, drops
   clips over 30 s and undecodable ones, and counts all of it in :class:`Stats`. The results, their
   order and every count are the same for any number of threads.
-- :func:`iter_examples` is both: ``{"audio", "text", "source", "id", "n"}`` for every clip kept
+- :func:`iter_examples` is both: ``{"audio", "text", "source", "id", "n", "source_name"}`` for every clip kept
   (``n``: its place in the stream), or only for every ``world``-th clip when sharded across processes.
 
 Training takes clips, forms each step's global batch from them before any audio is decoded, and
@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from gpujob.spec.tracking import source_names
 
 from .audio import TARGET_SR, AudioError
 from .sources import TEXT_COLUMNS, DataError, OpenedSource, _short, load_audio, open_source
@@ -131,6 +133,7 @@ class Clip:
     label: str          # the source's name in Stats and messages
     key: str            # the source's spec key, e.g. data.train[1]
     n: int = 0          # its place in the mixed stream (iter_clips)
+    name: str = ""      # the source's short name in per-source scores (spec.tracking.source_names)
 
     @property
     def example_key(self) -> str:
@@ -187,6 +190,7 @@ def iter_clips(sources: Iterable[Source], *, streaming: bool, seed: int, stats: 
     opened = [open_source(s, streaming=streaming, key=f"{key}[{i}]", label=lab)
               for i, (s, lab) in enumerate(zip(sources, source_labels(sources)))]
     weights = [float(s.weight) for s in sources]
+    names = source_names(sources)
     rng = random.Random(seed)
     streams = [source_clips(o, stats, shuffle=shuffle, seed=seed + 7919 * i) for i, o in enumerate(opened)]
     active = list(range(len(streams)))
@@ -201,7 +205,7 @@ def iter_clips(sources: Iterable[Source], *, streaming: bool, seed: int, stats: 
                 if stop == "first_exhausted":
                     return
                 continue
-            clip.n, n = n, n + 1
+            clip.n, clip.name, n = n, names[i], n + 1
             yield clip
     finally:
         for s in streams:
@@ -297,7 +301,7 @@ def iter_examples(sources: Iterable[Source], *, streaming: bool, seed: int, max_
                   stats: Stats | None = None, stop: Literal["all_exhausted", "first_exhausted"] = "all_exhausted",
                   shuffle: bool = False, key: str = "data.train", workers: int = 0, prefetch: int = 0,
                   shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]:
-    """Examples ``{"audio", "text", "source", "id"}`` from ``sources``: :func:`iter_clips`, then
+    """Examples ``{"audio", "text", "source", "id", "n", "source_name"}`` from ``sources``: :func:`iter_clips`, then
     :func:`decoded`, keeping what is kept.
 
     ``workers`` threads decode the audio ahead of the consumer, up to ``prefetch`` clips (at least 4
@@ -314,7 +318,8 @@ def iter_examples(sources: Iterable[Source], *, streaming: bool, seed: int, max_
         for clip, audio in decoded(mine, stats, pool=pool, window=max(prefetch, 4 * workers),
                                    max_bad_share=max_bad_share):
             if audio is not None:
-                yield {"audio": audio, "text": clip.text, "source": clip.source, "id": clip.id, "n": clip.n}
+                yield {"audio": audio, "text": clip.text, "source": clip.source, "id": clip.id, "n": clip.n,
+                       "source_name": clip.name}
 
 
 # ------------------------------------------------------------------------------------ loader threads

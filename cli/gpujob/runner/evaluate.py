@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from gpujob.runner.batches import example_key, features
-from gpujob.runner.metrics import Scores, score, worst
+from gpujob.runner.metrics import Scores, score_sources, worst
+from gpujob.spec.tracking import source_names
 from gpujob.runner.model import Precision, encode, encoder_frozen, language_name
+from gpujob.runner.tracking import log_worst
 
 if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
@@ -154,23 +156,25 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: JobSpec, devic
     With a ``group`` of several processes, each has transcribed its own share of the examples
     (each example's ``n`` is its place in the whole set); every process gets all transcripts back
     in that order, so the scores, the per-utterance list and every decision taken from them are
-    the ones a single process gets."""
+    the ones a single process gets. With several ``data.eval`` sources each is also scored on its own
+    (``scores.sources``)."""
     rows = transcripts(model, processor, examples, spec=spec, device=device, precision=precision, cache=cache,
                        writer=writer, batch_size=batch_size)
     if group is not None and group.many:
         rows = sorted((row for share in group.gather(rows) for row in share), key=lambda row: row[0])
-    return score([r[1] for r in rows], [r[2] for r in rows], normalize=spec.evaluation.normalizer,
-                 ids=[r[3] for r in rows])
+    return score_sources([r[1] for r in rows], [r[2] for r in rows], [r[4] for r in rows],
+                         names=source_names(spec.data.eval), normalize=spec.evaluation.normalizer,
+                         ids=[r[3] for r in rows])
 
 
 def transcripts(model, processor, examples: Iterable[dict], *, spec: JobSpec, device: torch.device,
                 precision: Precision, cache: EncoderCache | None = None, writer=None,
-                batch_size: int | None = None) -> list[tuple[int, str, str, str]]:
-    """``(n, reference, transcript, id)`` for each example, in the order given (see :func:`evaluate`)."""
+                batch_size: int | None = None) -> list[tuple[int, str, str, str, str]]:
+    """``(n, reference, transcript, id, source name)`` for each example, in the order given (see :func:`evaluate`)."""
     size = batch_size or eval_batch_size(spec.evaluation.batch_size, model, device, precision,
                                          max_length=min(spec.training.generation_max_length, 448))
-    rows: list[tuple[int, str, str, str]] = []
-    window: list[tuple[Any, str, int, str, str]] = []  # (audio, key, n, reference, id) not yet transcribed
+    rows: list[tuple[int, str, str, str, str]] = []
+    window: list[tuple[Any, str, int, str, str, str]] = []  # (audio, key, n, reference, id, source) not yet transcribed
     total = len(examples) if isinstance(examples, list) else None
 
     def run(chunk: list[int]) -> list[str]:
@@ -202,12 +206,12 @@ def transcripts(model, processor, examples: Iterable[dict], *, spec: JobSpec, de
             start += len(chunk)
             if writer is not None:  # alive while evaluating: no step events come in the meantime
                 writer.heartbeat(phase="eval", done=len(rows) + start, total=total)
-        rows.extend((n, ref, text, id_) for (_, _, n, ref, id_), text in zip(window, texts))
+        rows.extend((n, ref, text, id_, src) for (_, _, n, ref, id_, src), text in zip(window, texts))
         window.clear()
 
     for position, example in enumerate(examples):
         window.append((example["audio"], example_key(example), example.get("n", position), example["text"],
-                       str(example.get("id", position))))
+                       str(example.get("id", position)), example.get("source_name", "")))
         if len(window) >= size * SORT_WINDOW_BATCHES:
             flush()
     if window:
@@ -224,8 +228,11 @@ def write_predictions(path: Path, scores: Scores) -> None:
 def summary_lines(scores: Scores, label: str = "") -> list[str]:
     head = f"{label}WER {scores.wer * 100:.2f}%  CER {scores.cer * 100:.2f}%" if scores.wer is not None \
         else f"{label}no scorable utterances"
+    parts = [f"{name} " + (f"WER {part.wer * 100:.2f}%" if part.wer is not None else "not scored")
+             for name, part in scores.sources.items()]
     lines = [f"{head}  ({scores.utterances} utterances, {scores.words} words"
-             + (f", {scores.skipped_empty} with empty references left out" if scores.skipped_empty else "") + ")"]
+             + (f", {scores.skipped_empty} with empty references left out" if scores.skipped_empty else "") + ")"
+             + (f"; {', '.join(parts)}" if parts else "")]
     bad = worst(scores, 5)
     if bad:
         lines.append("worst utterances:")
@@ -269,10 +276,13 @@ def run(spec: JobSpec, out_dir: Path, writer, group=None) -> int:
     write_predictions(out_dir / "predictions.jsonl", scores)
     metrics = scores.as_metrics(spec.evaluation.metrics)
     metrics.update({"utterances": scores.utterances, "utterances_per_s": round(scores.utterances / elapsed, 3)})
+    if scores.sources:
+        metrics["sources"] = scores.sources_metrics(spec.evaluation.metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for line in summary_lines(scores):
         print(line, flush=True)
-    writer.eval(step=0, **scores.as_metrics(spec.evaluation.metrics))
+    writer.eval(step=0, **scores.event_metrics(spec.evaluation.metrics))
     writer.artifact(path=str(out_dir / "predictions.jsonl"), name="predictions")
-    writer.end(status="succeeded", metrics=metrics)
+    log_worst(writer, worst(scores, 20))
+    writer.end(status="succeeded", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return 0

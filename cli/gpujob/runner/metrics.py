@@ -6,6 +6,9 @@ and symbols removed, whitespace collapsed; accents kept) unless the spec says
 edits over total reference words (or characters), not a mean of per-utterance
 rates. Utterances whose reference is empty after normalisation are left out of
 the corpus rates (jiwer cannot score them) and counted.
+
+With several eval sources, each source is scored on its own utterances the same way
+(:func:`score_sources`), beside the overall score of all of them: ``wer/<name>`` and ``cer/<name>``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Scores:
     utterances: int
     skipped_empty: int
     per_utterance: list[dict] = field(default_factory=list)
+    sources: dict[str, Scores] = field(default_factory=dict)  # by source name; only with 2+ sources
 
     def as_metrics(self, metrics: Sequence[str]) -> dict[str, float]:
         out = {}
@@ -39,6 +43,18 @@ class Scores:
         if "cer" in metrics and self.cer is not None:
             out["cer"] = round(self.cer, 6)
         return out
+
+    def event_metrics(self, metrics: Sequence[str]) -> dict[str, float]:
+        """The eval event's scores: ``wer``, ``cer`` overall, and ``wer/<name>``, ``cer/<name>`` per source."""
+        out = self.as_metrics(metrics)
+        for name, part in self.sources.items():
+            out.update({f"{key}/{name}": value for key, value in part.as_metrics(metrics).items()})
+        return out
+
+    def sources_metrics(self, metrics: Sequence[str]) -> dict[str, dict]:
+        """metrics.json's ``sources``: ``{name: {wer, cer, utterances}}`` (empty with one source)."""
+        return {name: {**part.as_metrics(metrics), "utterances": part.utterances}
+                for name, part in self.sources.items()}
 
 
 def score(references: Sequence[str], predictions: Sequence[str], *, normalize: str = "basic",
@@ -64,6 +80,22 @@ def score(references: Sequence[str], predictions: Sequence[str], *, normalize: s
     chars = jiwer.process_characters(r, h)
     n_words = words.hits + words.substitutions + words.deletions
     return Scores(words.wer, chars.cer, n_words, len(references), len(references) - len(keep), per)
+
+
+def score_sources(references: Sequence[str], predictions: Sequence[str], sources: Sequence[str], *,
+                  names: Sequence[str], normalize: str = "basic", ids: Sequence[str] | None = None) -> Scores:
+    """:func:`score` of everything, with ``sources`` (each utterance's source name) scored apart when
+    ``names`` (every source of the spec, in order) has two or more; each per-utterance record gains
+    ``source``. A source with no utterances scores None."""
+    whole = score(references, predictions, normalize=normalize, ids=ids)
+    for utterance, source in zip(whole.per_utterance, sources):
+        utterance["source"] = source
+    if len(names) > 1:
+        for name in names:
+            mine = [i for i, s in enumerate(sources) if s == name]
+            whole.sources[name] = score([references[i] for i in mine], [predictions[i] for i in mine],
+                                        normalize=normalize, ids=[whole.per_utterance[i]["id"] for i in mine])
+    return whole
 
 
 def worst(scores: Scores, n: int = 10) -> list[dict]:

@@ -20,7 +20,8 @@ Output layout (``output.dir``)::
 
     checkpoints/checkpoint-<step>/   model + optimiser + state (last save_total_limit kept)
     model/                           the best model (lowest WER), or the last one without eval data
-    metrics.json                     final metrics (and baseline_* with evaluation.before_training)
+    metrics.json                     final metrics (and baseline_* with evaluation.before_training;
+                                     ``sources``: {name: {wer, cer, utterances}} with several eval sources)
     predictions.jsonl                per-utterance results of the final evaluation
 
 A job restarted with the same output resumes from the newest complete checkpoint, on any number
@@ -48,6 +49,8 @@ from gpujob.runner import update
 from gpujob.runner.batches import pad_audio, prefetched
 from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
+from gpujob.runner.metrics import worst
+from gpujob.runner.tracking import log_worst
 from gpujob.runner.model import freeze, load, pick_precision, set_gradient_checkpointing
 from gpujob.runner.steps import OUTCOMES, micro_steps_for, steps
 
@@ -175,7 +178,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                   + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else ""), flush=True)
         scores = evaluate(model, processor, eval_examples, spec=spec, device=device, precision=precision,
                           cache=cache, writer=writer, batch_size=size, group=group)
-        writer.eval(step=step, **scores.as_metrics(spec.evaluation.metrics))
+        writer.eval(step=step, **scores.event_metrics(spec.evaluation.metrics))
         for line in summary_lines(scores, label)[:1]:
             print(line, flush=True)
         return scores
@@ -277,6 +280,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         write_predictions(out_dir / "predictions.jsonl", scores)
         metrics.update(scores.as_metrics(spec.evaluation.metrics))
         metrics.update({"best_wer": state["best_wer"], "best_step": state["best_step"]})
+        if scores.sources:
+            metrics["sources"] = scores.sources_metrics(spec.evaluation.metrics)
         for line in summary_lines(scores, "after training: ")[1:]:
             print(line, flush=True)
     else:
@@ -299,6 +304,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
 
         url = push_to_hub(out_dir / "model", spec.output.hub_repo, private=spec.output.private)
         writer.artifact(path=url, name="hub")
+    if scores is not None:
+        log_worst(writer, worst(scores, 20))
     writer.end(status="succeeded", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return 0
 

@@ -39,6 +39,10 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
         if section("data").get(key) in (None, []):
             what = "datasets to fine-tune on" if kind == "train" else "datasets to evaluate on"
             out.append((("data", key), f"is required for kind: {kind} (a list of {what})"))
+    tracking = section("tracking")
+    if kind == "command" and any(v not in (None, False) for v in tracking.values()):
+        out.append((("tracking",), "is for train and evaluate jobs (the Whisper runner logs to the trackers); "
+                                   "a command job logs to its tracker itself"))
     if kind == "train":
         training = section("training")
         steps, epochs = training.get("max_steps"), training.get("epochs")

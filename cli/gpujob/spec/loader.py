@@ -288,6 +288,10 @@ def _warnings(spec: JobSpec, data: dict, file: str, positions: dict[Path_, tuple
     if spec.data.streaming and spec.training.epochs is not None:
         out.append((("training", "epochs"), "with data.streaming: true the dataset size is unknown, so epochs "
                                             "can't be turned into steps; prefer training.max_steps"))
+    wandb = spec.tracking.wandb
+    if wandb is not None and wandb.mode == "online" and "WANDB_API_KEY" not in spec.runtime.secrets:
+        out.append((("tracking", "wandb"), "W&B online needs a key inside the job: add WANDB_API_KEY to "
+                                           "runtime.secrets (or set mode: offline); without it W&B is skipped"))
     if spec.kind == "command":
         ignored = [k for k in ("model", "data", "training", "evaluation") if data.get(k)]
         if ignored:

@@ -23,6 +23,7 @@ from .fields import (
     no_duplicates, none_to_empty, whole_or_auto,
 )
 from .runtime import LocalRuntime, Runtime, RuntimeBase
+from .tracking import SOURCE_NAME_PATTERN, TrackingSection
 from .units import MAX_CPU, parse_duration, parse_quantity, shown
 
 API_VERSION = "gpujob/v1"
@@ -72,6 +73,10 @@ class Source(Section):
     audio_column: NonEmptyStr = Field("audio", description="Column holding the audio.")
     weight: float = Field(1.0, gt=0, le=MAX_WEIGHT, description=(
         "Relative sampling weight when several sources are mixed (2 = sampled twice as often as 1)."))
+    name: str | None = Field(None, pattern=SOURCE_NAME_PATTERN, description=(
+        "Short name of the source in per-source scores (`wer/<name>` in events, metrics.json, trackers). "
+        "Default: the last part of `dataset` (`common_voice_17_0`), with `-<config>`, then `-<split>`, "
+        "then `-<i>` added where two sources would read the same."))
 
     @field_validator("split")
     @classmethod
@@ -97,6 +102,15 @@ class DataSection(Section):
 
     _workers = field_validator("loader_workers", mode="before")(
         classmethod(lambda cls, value: whole_or_auto(value, 0, 64)))
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _unique_names(cls, value: list[Source]) -> list[Source]:
+        names = [s.name for s in value if s.name]
+        if len(set(names)) != len(names):
+            raise fail(f"two sources are named {next(n for n in names if names.count(n) > 1)}; "
+                       "give each source its own name")
+        return value
 
 
 class FreezeLayers(Section):
@@ -330,7 +344,7 @@ SECTIONS: dict[str, type[Section]] = {
     "model": ModelSection, "data": DataSection, "training": TrainingSection,
     "evaluation": EvaluationSection, "output": OutputSection, "resources": ResourcesSection,
     "runtime": RuntimeBase, "limits": LimitsSection, "distributed": DistributedSection,
-    "notify": NotifySection,
+    "notify": NotifySection, "tracking": TrackingSection,
 }
 
 
@@ -361,6 +375,8 @@ class JobSpec(BaseModel):
         "among equals."))
     notify: NotifySection = Field(default_factory=NotifySection, description=(
         "Notifications when the job ends, fails, hangs or reaches its budget."))
+    tracking: TrackingSection = Field(default_factory=TrackingSection, description=(
+        "Experiment trackers the runner logs to (train/evaluate jobs): TensorBoard, trackio, W&B, MLflow."))
     command: list[NonEmptyStr] | None = Field(None, description=(
         "The program and its arguments, for `kind: command` only (required there), e.g. `[python, train.py]`."))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic_core import PydanticUndefined
 from .limits import MAX_BYTES, MAX_DEPTH, MAX_LINES, MAX_NODES
 from .models import SECTIONS, FreezeLayers, JobSpec, Source
 from .runtime import RUNTIMES, RuntimeBase
+from .tracking import TRACKER_MODELS
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -152,7 +154,7 @@ def reference_markdown() -> str:
     schema = json_schema()
     out = [_intro(), "## Top-level keys", "", JobSpec.__doc__ or "", "", *_table(JobSpec, "", schema), ""]
     for section, model in SECTIONS.items():
-        out += [f"## {section}", "", (model.__doc__ or "").strip(), "", *_table(model, f"{section}.", schema), ""]
+        out += [f"## {section}", "", inspect.cleandoc(model.__doc__ or ""), "", *_table(model, f"{section}.", schema), ""]
         if section == "data":
             out += ["### Sources (entries of `data.train` and `data.eval`)", "", (Source.__doc__ or "").strip(), "",
                     *_table(Source, "", schema), ""]
@@ -161,6 +163,10 @@ def reference_markdown() -> str:
                     *_table(FreezeLayers, "training.freeze.", schema), ""]
         if section == "runtime":
             out += _backend_tables(schema)
+        if section == "tracking":
+            for key, sub in TRACKER_MODELS.items():
+                out += [f"### tracking.{key}", "", inspect.cleandoc(sub.__doc__ or ""), "",
+                        *_table(sub, f"tracking.{key}.", schema), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

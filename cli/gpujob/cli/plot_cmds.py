@@ -9,6 +9,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from gpujob.compare import comparable_spec, show, spec_differences
 from gpujob.cli.common import err, find_job, friendly, open_registry
 from gpujob.errors import UserError
 from gpujob.plots import SUFFIXES, Run, figure, save
@@ -87,8 +88,6 @@ def swept_labels(jobs: list) -> dict[str, str]:
     """``<id> learning_rate=1e-05 freeze=encoder``: each job of a sweep by the spec keys whose values
     differ between the jobs, as `compare` finds them (its name and output folder left out: each job of
     a sweep has its own); a list item is named with its list (``command.4=40``)."""
-    from gpujob.compare import comparable_spec, show, spec_differences
-
     differ = spec_differences([comparable_spec(job) for job in jobs])
     labels = {}
     for i, job in enumerate(jobs):

@@ -2,7 +2,7 @@
 #   make demo   fine-tune Whisper base on Greek speech on this CPU: WER before and after
 #   make demo-hello  the progress-protocol example job (seconds)
 #   make test   the full test suite (what CI runs); as root it apt-installs the Debian packages the tests
-#               need (ffmpeg, docker.io, debootstrap, openssh), otherwise it names them
+#               need (ffmpeg, docker.io, debootstrap, openssh, chromium), otherwise it names them
 #   make test-fast  the fast tier: no daemons the tests start, no real Whisper model, nothing slow; 4 workers (pytest-xdist)
 #   make bench  benchmarks: CLI start-up time, then the runner's data loading (CPU) and its training and
 #               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json"

@@ -18,11 +18,13 @@ test)
     # debootstrap: the Debian base image they build from (no image registry is reachable).
     # openssh-server: the real sshd that stands in for a rented GPU host (tests/support/ssh_server.py);
     # openssh-client: ssh, which `gpujob host ssh` runs.
+    # chromium: the headless browser the dashboard's tests drive with Playwright (tests/support/browser.py).
     command -v ffmpeg >/dev/null || need+=(ffmpeg)
     command -v dockerd >/dev/null || need+=(docker.io)
     command -v debootstrap >/dev/null || need+=(debootstrap)
     [ -x /usr/sbin/sshd ] || need+=(openssh-server)
     command -v ssh >/dev/null || need+=(openssh-client)
+    command -v chromium >/dev/null || need+=(chromium)
     ;;
 *)
     echo "$usage" >&2

@@ -1,0 +1,117 @@
+"""The job page of a finished Whisper train job in headless chromium: a tiny random Whisper trained for a
+few steps on synthesized Greek speech by the local backend (the model tier: tiny_model, small_greek),
+then `gpujob ui` over its registry. The page's chart is the job's metric history (`gpujob metrics
+--json`), its curves PNG loads, and the worst utterances are those of the job's predictions.jsonl.
+The screenshot test-artifacts/ui/job-page.png is the issue's must-show."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from browser import ARTIFACTS, LAPTOP, UiServer, browser, save, start_ui  # noqa: F401
+from gpujob_cli import GpujobCli
+
+pytest.importorskip("torch")
+CHART_SERIES = """() => (window.gpujobChart && window.gpujobChart.series && window.gpujobChart.series.length
+    ? window.gpujobChart.series
+    : (document.querySelector('#chart') && document.querySelector('#chart').dataset.series
+       ? JSON.parse(document.querySelector('#chart').dataset.series) : null))"""
+
+
+@dataclass
+class TrainedJob:
+    cli: GpujobCli
+    ui: UiServer
+    job_id: str
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, browser, tiny_model, small_greek):  # noqa: F811 (the browser first: no chromium, no training)
+    tmp = tmp_path_factory.mktemp("trained")
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "GPUJOB_HOME": str(tmp / "home"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    cli = GpujobCli(tmp, env)
+    out = tmp / "out"
+    spec = tmp / "tiny-el.yaml"
+    spec.write_text(json.dumps({
+        "apiVersion": "gpujob/v1", "kind": "train", "name": "tiny-el",
+        "model": {"checkpoint": str(tiny_model), "language": "el"},
+        "data": {"train": [{"dataset": str(small_greek), "split": "train"}],
+                 "eval": [{"dataset": str(small_greek), "split": "heldout"}], "loader_workers": 1},
+        "training": {"max_steps": 6, "per_device_batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 1,
+                     "eval_steps": 2, "save_steps": 1000, "precision": "fp32", "generation_max_length": 20},
+        "evaluation": {"batch_size": 4}, "output": {"dir": str(out)}, "resources": {"gpus": 0}}))
+    r = cli.gpujob("submit", str(spec), "--follow", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job_id = r.stdout.split()[2]
+    ui = start_ui(env, tmp)
+    try:
+        yield TrainedJob(cli, ui, job_id, out)
+    finally:
+        ui.stop()
+
+
+def same(values: list, expected: list, scale: float) -> bool:
+    return len(values) == len(expected) and all(
+        math.isclose(v, e * scale, rel_tol=1e-9, abs_tol=1e-12) for v, e in zip(values, expected))
+
+
+def test_the_job_page_shows_the_loss_and_wer_curves_and_the_worst_utterances(trained, browser):  # noqa: F811
+    from playwright.sync_api import expect
+
+    points = json.loads(trained.cli.gpujob("metrics", trained.job_id, "--json").stdout)
+    ctx = browser.new_context(viewport=LAPTOP)
+    try:
+        page = ctx.new_page()
+        page.goto(trained.ui.page_url(f"/jobs/{trained.job_id}"))
+
+        # the chart: each curve is the job's own history, point for point
+        series = page.wait_for_function(CHART_SERIES, timeout=20_000).json_value()
+        keys = ["loss"] + sorted({k for p in points if p["event"] == "eval" for k in p if k.startswith("wer")})
+        assert "wer" in keys, points
+        for key in keys:
+            history = [p for p in points if key in p]
+            steps, values = [p["step"] for p in history], [p[key] for p in history]
+            scale = 100.0 if key.startswith("wer") else 1.0  # WER may be drawn in % (as `gpujob plot` does)
+            drawn = [s for s in series if s["steps"] == steps
+                     and (same(s["values"], values, 1.0) or same(s["values"], values, scale))]
+            assert drawn, f"no curve on the page is the job's {key}: {steps} {values}; the chart has {series}"
+            assert any(key.split("/")[0] in s["label"].lower() for s in drawn), (key, drawn)
+
+        # the static picture (what shows without JavaScript) loaded
+        page.wait_for_function("() => { const i = document.querySelector('#curves-png');"
+                               " return i && i.complete && i.naturalWidth > 0; }", timeout=20_000)
+
+        # the worst utterances: the job's own predictions, the worst first
+        predictions = [json.loads(line) for line in (trained.out / "predictions.jsonl").read_text().splitlines()]
+        by_reference = {p["reference"].strip(): p for p in predictions}
+        worst = page.locator("#worst")
+        expect(worst).to_be_visible()
+        headers = [h.strip().lower() for h in worst.locator("thead th").all_text_contents()]
+        ref_col = next(i for i, h in enumerate(headers) if "reference" in h)
+        hyp_col = next(i for i, h in enumerate(headers) if "hypothesis" in h or "prediction" in h)
+        rows = worst.locator("tbody tr")
+        assert rows.count() >= 1
+        shown = []
+        for i in range(rows.count()):
+            cells = rows.nth(i).locator("td, th").all_text_contents()
+            reference, hypothesis = cells[ref_col].strip(), cells[hyp_col].strip()
+            assert reference in by_reference, f"{reference!r} is none of the job's references"
+            assert hypothesis == by_reference[reference]["prediction"].strip()
+            shown.append(by_reference[reference]["wer"])
+        assert shown[0] == max(p["wer"] for p in predictions)
+        assert shown == sorted(shown, reverse=True)
+
+        page.locator("#worst").scroll_into_view_if_needed()
+        save(page, ARTIFACTS / "job-page.png")
+    finally:
+        ctx.close()

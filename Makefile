@@ -25,7 +25,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml dev/pyproject.toml
 	bash dev/system-packages.sh venv $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,trackers,kubernetes,docker,host,plot,test]' -e ./dev
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,trackers,kubernetes,docker,host,plot,ui,test]' -e ./dev
 	touch $@
 
 install: $(STAMP)

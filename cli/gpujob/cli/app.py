@@ -4,7 +4,8 @@ Subcommands live in :mod:`gpujob.cli.spec_cmds` (validate, render, schema),
 :mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel) and
 :mod:`gpujob.cli.image_cmds` (image build), :mod:`gpujob.cli.host_cmds` (host types, up, list,
 down, ssh, reap), :mod:`gpujob.cli.metric_cmds` (metrics), :mod:`gpujob.cli.plot_cmds` (plot) and
-:mod:`gpujob.cli.sweep_cmds` (sweep, compare).
+:mod:`gpujob.cli.sweep_cmds` (sweep, compare) and
+:mod:`gpujob.cli.ui_cmds` (ui: the dashboard).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 import typer.core
 
 from gpujob import __version__
-from gpujob.cli import host_cmds, image_cmds, job_cmds, metric_cmds, plot_cmds, spec_cmds, sweep_cmds
+from gpujob.cli import host_cmds, image_cmds, job_cmds, metric_cmds, plot_cmds, spec_cmds, sweep_cmds, ui_cmds
 
 # typer prints a positional argument's Python type beside its name ("FILE <list[str]>", "JOB <str>");
 # ours are named for what they hold, and the type only adds noise.
@@ -55,6 +56,7 @@ host_cmds.register(app)
 metric_cmds.register(app)
 plot_cmds.register(app)
 sweep_cmds.register(app)
+ui_cmds.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,124 @@
+// gpujob ui, one job (and compare): the log followed over server-sent events, progress, the uPlot chart, cancel.
+// Everything a job wrote is inserted with textContent, never as HTML.
+(function () {
+  "use strict";
+  var $ = function (id) { return document.getElementById(id); };
+  var PANELS = [["loss", "loss"], ["lr", "learning rate"], ["wer", "WER (%)"], ["cer", "CER (%)"], ["speed", "samples/s"]];
+
+  // ---- the series the chart draws, from the metric history (as gpujob.plots.panels makes them)
+  function seriesFrom(points, prefix) {
+    var out = {}, order = [];
+    function add(panel, label, step, value) {
+      if (typeof value !== "number" || !isFinite(value)) return;
+      var key = panel + "\u0000" + label;
+      if (!out[key]) { out[key] = { panel: panel, label: (prefix ? prefix + " " : "") + label, steps: [], values: [] }; order.push(key); }
+      out[key].steps.push(step); out[key].values.push(value);
+    }
+    points.forEach(function (p) {
+      if (p.event === "progress") {
+        add("loss", "train loss", p.step, p.loss); add("lr", "lr", p.step, p.learning_rate);
+        add("speed", "speed", p.step, p.samples_per_s);
+      } else if (p.event === "eval") {
+        add("loss", "eval loss", p.step, p.eval_loss);
+        add("wer", "wer", p.step, p.wer * 100); add("cer", "cer", p.step, p.cer * 100);
+        Object.keys(p).forEach(function (k) {
+          if (k.indexOf("wer/") === 0) add("wer", k.slice(4), p.step, p[k] * 100);
+          if (k.indexOf("cer/") === 0) add("cer", k.slice(4), p.step, p[k] * 100);
+        });
+      }
+    });
+    var panelOrder = PANELS.map(function (x) { return x[0]; });
+    return order.map(function (k) { return out[k]; })
+      .sort(function (a, b) { return panelOrder.indexOf(a.panel) - panelOrder.indexOf(b.panel); });
+  }
+
+  var COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+  var plots = {};
+  function draw(chart, series) {
+    window.gpujobChart = { series: series.map(function (s) { return { panel: s.panel, label: s.label, steps: s.steps, values: s.values }; }) };
+    chart.setAttribute("data-series", JSON.stringify(window.gpujobChart.series));
+    if (!window.uPlot) return;
+    PANELS.forEach(function (pt) {
+      var lines = series.filter(function (s) { return s.panel === pt[0]; });
+      if (!lines.length) return;
+      var stepSet = {};
+      lines.forEach(function (s) { s.steps.forEach(function (x) { stepSet[x] = true; }); });
+      var xs = Object.keys(stepSet).map(Number).sort(function (a, b) { return a - b; });
+      var data = [xs].concat(lines.map(function (s) {
+        var at = {}; s.steps.forEach(function (x, i) { at[x] = s.values[i]; });
+        return xs.map(function (x) { return x in at ? at[x] : null; });
+      }));
+      var div = plots[pt[0]] && plots[pt[0]].div;
+      var width = Math.max(260, Math.min(640, (chart.clientWidth || 640) - 16));
+      if (plots[pt[0]] && plots[pt[0]].n === lines.length) { plots[pt[0]].u.setData(data); return; }
+      if (!div) {
+        div = document.createElement("div"); div.className = "panel";
+        var h = document.createElement("h3"); h.textContent = pt[1]; div.appendChild(h); chart.appendChild(div);
+      } else { plots[pt[0]].u.destroy(); }
+      var u = new window.uPlot({
+        width: width, height: 220, scales: { x: { time: false } },
+        axes: [{ label: "step" }, { label: pt[1] }],
+        series: [{ label: "step" }].concat(lines.map(function (s, i) {
+          return { label: s.label, stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: true,
+                   points: { show: pt[0] === "wer" || pt[0] === "cer" || s.steps.length < 3 } };
+        }))
+      }, data, div);
+      plots[pt[0]] = { u: u, n: lines.length, div: div };
+    });
+  }
+
+  var chart = $("chart");
+  function loadMetrics() {
+    var url = chart && chart.getAttribute("data-metrics");
+    if (!url) return Promise.resolve();
+    return fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (d) { if (d) draw(chart, seriesFrom(d.points, "")); }).catch(function () {});
+  }
+  if (chart) {
+    var initial = [];
+    try { initial = JSON.parse(chart.getAttribute("data-series") || "[]"); } catch (e) { initial = []; }
+    if (chart.getAttribute("data-metrics")) loadMetrics(); else draw(chart, initial);
+  }
+
+  // ---- progress and log (job page)
+  var section = $("progress");
+  var log = $("log");
+  function setText(id, value) { var el = $(id); if (el && el.textContent !== value) el.textContent = value; }
+  function progress(r) {
+    var bar = $("bar"); if (bar) bar.value = r.progress || 0;
+    setText("step", r.progress_text); setText("eta", r.eta_text); setText("loss", r.loss_text);
+    setText("wer", r.wer_text); setText("runtime", r.runtime_text); setText("cost", r.cost_text);
+    var st = $("status"); if (st) { st.textContent = r.status; st.className = "badge s-" + r.status; }
+  }
+  function append(lines, reset) {
+    var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
+    if (reset) log.textContent = "";
+    log.appendChild(document.createTextNode(lines.map(function (l) { return l + "\n"; }).join("")));
+    if (atEnd || reset) log.scrollTop = log.scrollHeight;
+  }
+  if (section && log && window.EventSource && section.getAttribute("data-active") === "true") {
+    var es = new EventSource(log.getAttribute("data-stream"));
+    var lastMetrics = 0;
+    es.addEventListener("log", function (e) { var d = JSON.parse(e.data); append(d.lines, d.reset); });
+    es.addEventListener("progress", function (e) {
+      progress(JSON.parse(e.data));
+      var now = Date.now(); if (now - lastMetrics > 2000) { lastMetrics = now; loadMetrics(); }
+    });
+    es.addEventListener("end", function (e) {
+      var d = JSON.parse(e.data); es.close(); setText("log-state", "(ended: " + d.status + ")"); loadMetrics();
+      var form = $("cancel"); if (form) form.hidden = true;
+      var img = $("curves-png"); if (img) img.src = img.src.split("?")[0] + "?t=" + Date.now();
+    });
+  }
+
+  // ---- cancel: ask first (without JavaScript the button leads to a confirmation page)
+  var form = $("cancel");
+  if (form && form.elements.confirm && form.elements.confirm.value !== "yes") {
+    form.addEventListener("submit", function (e) {
+      if (!window.confirm("Cancel job " + (section ? section.getAttribute("data-job") : "") + "? It gets SIGTERM, then SIGKILL after 10 s.")) {
+        e.preventDefault(); return;
+      }
+      form.elements.confirm.value = "yes";
+    });
+  }
+})();

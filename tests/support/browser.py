@@ -111,6 +111,16 @@ def start_ui(env: dict[str, str], cwd: Path, *extra: str) -> UiServer:
     return UiServer(proc, url[0], output)
 
 
+SETTLED = """() => [...document.images].every(i => i.complete || i.loading === 'lazy') && (!document.querySelector('#chart')
+    || (window.gpujobChart && (!window.gpujobChart.series.length || document.querySelector('#chart canvas'))))"""
+
+
+def settle(page, timeout_ms: float = 20_000) -> None:
+    """Wait until the page is what a person looks at: its images loaded (lazy ones load when scrolled to)
+    and its chart drawn."""
+    page.wait_for_function(SETTLED, timeout=timeout_ms)
+
+
 def screenshot(page, request, suffix: str = "", *, full_page: bool = True) -> Path:
     """Save the page under test-artifacts/ui/, named after the test (and ``suffix``)."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import ARTIFACTS, LAPTOP, PHONE, UiServer, browser, save, screenshot, start_ui  # noqa: F401
+from browser import ARTIFACTS, LAPTOP, PHONE, UiServer, browser, save, screenshot, settle, start_ui  # noqa: F401
 from gpujob_cli import GpujobCli
 from polling import wait_for
 
@@ -24,7 +24,14 @@ XSS = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(2)>"
 LONG_HELLO = 'command=[python, -m, gpujob.demo, --steps, "100000", --step-time, "0.05"]'
 HELLO = Path(__file__).resolve().parents[2] / "jobs" / "hello.yaml"
-WAIT_MS = 20_000  # what a person would wait for a live page to move
+WAIT_MS = 20_000
+# the innermost elements reaching past the screen's right edge (outside a scrolling container): the culprits
+TOO_WIDE = """() => { const w = document.documentElement.clientWidth;
+    const scrolls = e => e.closest('.table-wrap, pre') !== null;
+    const wide = [...document.body.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > w + 0.5 && !scrolls(e));
+    return wide.filter(e => !wide.some(o => o !== e && e.contains(o))).slice(0, 5)
+               .map(e => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.className ? '.' + e.className : ''}`
+                         + ` (right edge ${Math.round(e.getBoundingClientRect().right)})`); }"""  # what a person would wait for a live page to move
 
 
 @dataclass
@@ -95,6 +102,7 @@ def test_the_jobs_page_lists_every_job_with_its_status(dashboard, page):
     from playwright.sync_api import expect
 
     page.goto(dashboard.url("/"))
+    settle(page)
     for job_id in (dashboard.finished, dashboard.xss, dashboard.running):
         expected = dashboard.cli.status(job_id)["status"]
         expect(page.locator(f'#jobs tr[data-job="{job_id}"] .status')).to_contain_text(expected)
@@ -202,9 +210,10 @@ def test_every_page_fits_the_screen_width(dashboard, browser, viewport, request)
                  "hosts": "/hosts", "compare": f"/compare?jobs={dashboard.finished},{dashboard.xss}"}
         for name, path in paths.items():
             page.goto(dashboard.url(path))
+            settle(page)
             width, inner = page.evaluate("[document.scrollingElement.scrollWidth, window.innerWidth]")
             if inner != viewport["width"] or width > inner:  # a page without a viewport meta is 980 wide
-                overflow[name] = {"scrollWidth": width, "innerWidth": inner}
+                overflow[name] = {"scrollWidth": width, "innerWidth": inner, "too wide": page.evaluate(TOO_WIDE)}
             screenshot(page, request, name)
         assert not overflow, f"wider than the {viewport['width']} px screen: {overflow}"
     finally:

@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 4 -m "not slow and not daemon and not model"
+	$(PY) -m pytest -q -n 4 --dist loadgroup -m "not slow and not daemon and not model"
 
 assets: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.convert_ct2 --out .assets/whisper-base

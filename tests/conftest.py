@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# tests/support/browser.py: the `browser` fixture (one headless chromium per session, whichever modules use it)
+pytest_plugins = ["browser"]
+
 # Tiers (issue 16): `make test` runs everything (CI); `make test-fast` leaves out what needs a daemon the
 # tests start, a real Whisper model or synthesized speech, and what is marked slow. The marks follow
 # from the fixtures a test uses, so a new test lands in the right tier without anyone marking it.

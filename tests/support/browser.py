@@ -6,7 +6,8 @@ Playwright the browser tests skip with the reason, except in CI (``CI`` set), wh
 
 ``gpujob ui --port 0`` runs as a subprocess over a test registry (:func:`start_ui`); it prints the URL
 it listens on. Screenshots go to ``test-artifacts/ui/`` at the repository root (gitignored), named
-after the test (:func:`screenshot`)."""
+after the test (:func:`screenshot`). tests/conftest.py loads this module as a plugin, so the session's one
+``browser`` fixture serves every module."""
 
 from __future__ import annotations
 
@@ -111,8 +112,9 @@ def start_ui(env: dict[str, str], cwd: Path, *extra: str) -> UiServer:
     return UiServer(proc, url[0], output)
 
 
-SETTLED = """() => [...document.images].every(i => i.complete || i.loading === 'lazy') && (!document.querySelector('#chart')
-    || (window.gpujobChart && (!window.gpujobChart.series.length || document.querySelector('#chart canvas'))))"""
+SETTLED = """() => [...document.images].every(i => i.complete || i.loading === 'lazy')
+    && (!document.querySelector('#chart')
+        || (window.gpujobChart && (!window.gpujobChart.series.length || document.querySelector('#chart canvas'))))"""
 
 
 def settle(page, timeout_ms: float = 20_000) -> None:

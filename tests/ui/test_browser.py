@@ -15,23 +15,26 @@ from pathlib import Path
 
 import pytest
 
-from browser import ARTIFACTS, LAPTOP, PHONE, UiServer, browser, save, screenshot, settle, start_ui  # noqa: F401
+from browser import ARTIFACTS, LAPTOP, PHONE, UiServer, save, screenshot, settle, start_ui
 from gpujob_cli import GpujobCli
 from polling import wait_for
 
+# one registry, server and browser: `make test-fast` (--dist loadgroup) keeps the module on one worker
+pytestmark = pytest.mark.xdist_group("dashboard")
 SECRET = "hf_dashboardSecret0c4a9e71b25d4f"
 XSS = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(2)>"
 LONG_HELLO = 'command=[python, -m, gpujob.demo, --steps, "100000", --step-time, "0.05"]'
 HELLO = Path(__file__).resolve().parents[2] / "jobs" / "hello.yaml"
-WAIT_MS = 20_000
+WAIT_MS = 20_000  # what a person would wait for a live page to move
 # the innermost elements reaching past the screen's right edge (outside a scrolling container): the culprits
 TOO_WIDE = """() => { const w = document.documentElement.clientWidth;
     const scrolls = e => e.closest('.table-wrap, pre') !== null;
-    const wide = [...document.body.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > w + 0.5 && !scrolls(e));
+    const wide = [...document.body.querySelectorAll('*')]
+        .filter(e => e.getBoundingClientRect().right > w + 0.5 && !scrolls(e));
     return wide.filter(e => !wide.some(o => o !== e && e.contains(o))).slice(0, 5)
                .map(e => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.className ? '.' + e.className : ''}`
-                         + ` (right edge ${Math.round(e.getBoundingClientRect().right)})`); }"""  # what a person would wait for a live page to move
+                         + ` (right edge ${Math.round(e.getBoundingClientRect().right)})`); }"""
 
 
 @dataclass
@@ -59,7 +62,7 @@ def submit_long_hello(cli: GpujobCli, out: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory, browser):  # noqa: F811 (the browser first: no chromium, no jobs started)
+def dashboard(tmp_path_factory, browser):  # the browser first: no chromium, no jobs started
     tmp = tmp_path_factory.mktemp("dashboard")
     cli = GpujobCli(tmp, job_env(tmp / "home"))
     ui = None
@@ -83,7 +86,7 @@ def dashboard(tmp_path_factory, browser):  # noqa: F811 (the browser first: no c
 
 
 @pytest.fixture
-def context(browser):  # noqa: F811
+def context(browser):
     ctx = browser.new_context(viewport=LAPTOP)
     yield ctx
     ctx.close()
@@ -188,7 +191,8 @@ def test_the_keyboard_reaches_the_links_and_the_cancel_button_with_a_visible_foc
         page.keyboard.press("Tab")
         focused = page.evaluate("""() => { const e = document.activeElement, s = getComputedStyle(e);
             return {tag: e.tagName.toLowerCase(), id: e.id, href: e.getAttribute('href'),
-                    ring: (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none'}; }""")
+                    ring: (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0)
+                          || s.boxShadow !== 'none'}; }""")
         seen.append(focused)
         if focused["id"] == "cancel-button":
             break
@@ -200,7 +204,7 @@ def test_the_keyboard_reaches_the_links_and_the_cancel_button_with_a_visible_foc
 
 
 @pytest.mark.parametrize("viewport", [PHONE, LAPTOP], ids=["phone", "laptop"])
-def test_every_page_fits_the_screen_width(dashboard, browser, viewport, request):  # noqa: F811
+def test_every_page_fits_the_screen_width(dashboard, browser, viewport, request):
     phone = viewport is PHONE
     ctx = browser.new_context(viewport=viewport, is_mobile=phone, has_touch=phone)
     try:
@@ -220,7 +224,7 @@ def test_every_page_fits_the_screen_width(dashboard, browser, viewport, request)
         ctx.close()
 
 
-def test_without_javascript_the_tables_log_and_curves_are_there(dashboard, browser, request):  # noqa: F811
+def test_without_javascript_the_tables_log_and_curves_are_there(dashboard, browser, request):
     from playwright.sync_api import expect
 
     ctx = browser.new_context(viewport=LAPTOP, java_script_enabled=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import ARTIFACTS, LAPTOP, UiServer, browser, save, start_ui  # noqa: F401
+from browser import ARTIFACTS, LAPTOP, UiServer, save, start_ui
 from gpujob_cli import GpujobCli
 
 pytest.importorskip("torch")
@@ -34,7 +34,7 @@ class TrainedJob:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, browser, tiny_model, small_greek):  # noqa: F811 (the browser first: no chromium, no training)
+def trained(tmp_path_factory, browser, tiny_model, small_greek):  # the browser first: no chromium, no training
     tmp = tmp_path_factory.mktemp("trained")
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "GPUJOB_HOME": str(tmp / "home"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -65,7 +65,7 @@ def same(values: list, expected: list, scale: float) -> bool:
         math.isclose(v, e * scale, rel_tol=1e-9, abs_tol=1e-12) for v, e in zip(values, expected))
 
 
-def test_the_job_page_shows_the_loss_and_wer_curves_and_the_worst_utterances(trained, browser):  # noqa: F811
+def test_the_job_page_shows_the_loss_and_wer_curves_and_the_worst_utterances(trained, browser):
     from playwright.sync_api import expect
 
     points = json.loads(trained.cli.gpujob("metrics", trained.job_id, "--json").stdout)

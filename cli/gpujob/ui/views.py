@@ -8,6 +8,7 @@ pages poll (:class:`Refresher`), so open tabs do not hammer the backends.
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
@@ -33,6 +34,13 @@ MAX_OUTPUTS = 200
 def text(value: Any, limit: int = 4000) -> str:
     """A job's text (its name, a reason quoting its output) without control characters; the templates escape it."""
     return clean_text(value if isinstance(value, str) else str(value), limit) or ""
+
+
+def dumps(data: Any) -> str:
+    """JSON for the API and the log stream, with ``<``, ``>`` and ``&`` escaped (as Jinja's ``tojson``
+    does): a job's text can never read as markup, whatever a client does with the body."""
+    return (json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 def money(usd: float | None) -> str:
@@ -143,8 +151,6 @@ def spec_yaml(job: Job) -> str:
 
 def worst_utterances(job: Job, n: int = WORST) -> tuple[list[dict[str, Any]], str | None]:
     """The job's ``n`` worst-transcribed utterances from its predictions.jsonl, or why there are none."""
-    if job.kind == "command":
-        return [], "a command job writes no predictions"
     try:
         records = read_predictions(predictions_path(job))
     except UserError as exc:

@@ -49,14 +49,13 @@
         return xs.map(function (x) { return x in at ? at[x] : null; });
       }));
       var div = plots[pt[0]] && plots[pt[0]].div;
-      var width = Math.max(260, Math.min(640, (chart.clientWidth || 640) - 16));
       if (plots[pt[0]] && plots[pt[0]].n === lines.length) { plots[pt[0]].u.setData(data); return; }
       if (!div) {
         div = document.createElement("div"); div.className = "panel";
         var h = document.createElement("h3"); h.textContent = pt[1]; div.appendChild(h); chart.appendChild(div);
       } else { plots[pt[0]].u.destroy(); }
       var u = new window.uPlot({
-        width: width, height: 220, scales: { x: { time: false } },
+        width: panelWidth(div), height: 220, scales: { x: { time: false } },
         axes: [{ label: "step" }, { label: pt[1] }],
         series: [{ label: "step" }].concat(lines.map(function (s, i) {
           return { label: s.label, stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: true,
@@ -66,6 +65,11 @@
       plots[pt[0]] = { u: u, n: lines.length, div: div };
     });
   }
+
+  function panelWidth(div) { return Math.max(240, Math.floor(div.clientWidth || 400) - 4); }
+  window.addEventListener("resize", function () {
+    Object.keys(plots).forEach(function (k) { plots[k].u.setSize({ width: panelWidth(plots[k].div), height: 220 }); });
+  });
 
   var chart = $("chart");
   function loadMetrics() {
@@ -96,6 +100,7 @@
     log.appendChild(document.createTextNode(lines.map(function (l) { return l + "\n"; }).join("")));
     if (atEnd || reset) log.scrollTop = log.scrollHeight;
   }
+  if (log) log.scrollTop = log.scrollHeight;  // the tail's end in view, as `logs --tail` shows it
   if (section && log && window.EventSource && section.getAttribute("data-active") === "true") {
     var es = new EventSource(log.getAttribute("data-stream"));
     var lastMetrics = 0;

@@ -393,3 +393,23 @@ def test_pages_have_landmarks_a_skip_link_labels_and_fit_a_phone(cli, client):
         assert r.text.count('<div class="table-wrap">') == r.text.count("<table"), path
     css = client.get("/static/app.css").text
     assert ":focus-visible" in css and "overflow-x: auto" in css and "@media (max-width" in css
+
+
+# ----------------------------------------------------------------------------- not hammering the backends
+
+
+def test_pages_polling_refresh_an_active_job_at_most_once_per_interval(monkeypatch, client):
+    from gpujob.ui import views
+
+    reg = Registry()
+    running = reg.create(name="r", kind="command", backend="local", spec={}, spec_path=None, output_dir=None)
+    reg.transition(running.id, "running", started_at=time.time())
+    finished = reg.create(name="f", kind="command", backend="local", spec={}, spec_path=None, output_dir=None)
+    reg.transition(finished.id, "succeeded")
+    asked: list[str] = []
+    monkeypatch.setattr(views.service, "refresh", lambda registry, job: asked.append(job.id) or job)
+    refresher = views.Refresher(every_s=3600)
+    for _ in range(5):  # five tabs polling at once
+        refresher.jobs(reg, reg.list())
+    assert asked == [running.id]
+    assert views.REFRESH_EVERY_S <= 2.0 and views.Refresher().every_s == views.REFRESH_EVERY_S

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from gpujob import service
+from gpujob import service, words
 from gpujob.compare import comparable_spec, predictions_path, read_predictions, result, score_keys, show, spec_differences
 from gpujob.errors import UserError
 from gpujob.events import clean_text, is_event_line, parse_line
@@ -44,9 +44,8 @@ def dumps(data: Any) -> str:
 
 
 def money(usd: float | None) -> str:
-    if usd is None:
-        return "unknown"
-    return "<$0.01" if 0 < usd < 0.005 else f"${usd:.2f}"
+    """As every view words it (:func:`gpujob.words.money`); ``unknown`` without a price, never $0.00."""
+    return "unknown" if usd is None else words.money(usd)
 
 
 class Refresher:
@@ -188,6 +187,8 @@ def outputs(job: Job) -> dict[str, Any]:
                 files.append({"path": text(str(path.relative_to(out))), "size": size})
                 if len(files) >= MAX_OUTPUTS:
                     break
+            if len(files) >= MAX_OUTPUTS:
+                break
     checkpoint = state.checkpoint or {}
     return {"dir": text(out or "-"), "readable": readable, "files": files,
             "checkpoint": {k: text(v) if isinstance(v, str) else v for k, v in checkpoint.items()},

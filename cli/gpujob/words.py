@@ -1,4 +1,4 @@
-"""Progress in words for people: durations, rates, percentages and one event as a line.
+"""Progress in words for people: durations, rates, percentages, money and one event as a line.
 
 Stdlib-only; an event is checked by :func:`gpujob.events.normalize_event` before it is described.
 """
@@ -36,6 +36,12 @@ def fmt_rate(steps_per_s: float | None) -> str:
 
 def fmt_pct(fraction: float | None) -> str:
     return "-" if fraction is None else f"{fraction * 100:.0f}%"
+
+
+def money(usd: float | None) -> str:
+    """$1.23; a cost that is not zero but under a cent shows as <$0.01, not as nothing."""
+    usd = usd or 0.0
+    return "<$0.01" if 0 < usd < 0.005 else f"${usd:.2f}"
 
 
 def describe_event(event: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from gpujob.defaults import HF_CACHE
 from gpujob.events import clean_metrics, clean_text, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.sparkline import status_rows as sparkline_rows
-from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate
+from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money  # noqa: F401 (money: re-exported)
 from gpujob.backends.base import Notice
 from gpujob.backends.gpuqueue import ordinal
 from gpujob.registry import Job
@@ -46,12 +46,6 @@ def _metric(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{key} {value:.4g}"
     return f"{key} {value}"
-
-
-def money(usd: float | None) -> str:
-    """$1.23; a cost that is not zero but under a cent shows as <$0.01, not as nothing."""
-    usd = usd or 0.0
-    return "<$0.01" if 0 < usd < 0.005 else f"${usd:.2f}"
 
 
 def _cost(job: Job, state: ProgressState | None = None) -> str:

@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse as _JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -32,6 +32,11 @@ from gpujob.ui.security import Access
 
 HERE = Path(__file__).parent
 CANCEL_GRACE_S = 10.0
+
+
+class JSONResponse(_JSONResponse):
+    def render(self, content) -> bytes:
+        return views.dumps(content).encode("utf-8")
 
 
 @contextmanager

@@ -13,7 +13,6 @@ at its next line.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from typing import AsyncIterator
 
@@ -28,7 +27,7 @@ _DONE = object()
 
 
 def sse(event: str, data: object) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"event: {event}\ndata: {views.dumps(data)}\n\n"
 
 
 def _follow(job_id: str, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop: threading.Event) -> None:

@@ -8,13 +8,14 @@ pages poll (:class:`Refresher`), so open tabs do not hammer the backends.
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from gpujob import service
+from gpujob import service, words
 from gpujob.compare import comparable_spec, predictions_path, read_predictions, result, score_keys, show, spec_differences
 from gpujob.errors import UserError
 from gpujob.events import clean_text, is_event_line, parse_line
@@ -35,10 +36,16 @@ def text(value: Any, limit: int = 4000) -> str:
     return clean_text(value if isinstance(value, str) else str(value), limit) or ""
 
 
+def dumps(data: Any) -> str:
+    """JSON for the API and the log stream, with ``<``, ``>`` and ``&`` escaped (as Jinja's ``tojson``
+    does): a job's text can never read as markup, whatever a client does with the body."""
+    return (json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
 def money(usd: float | None) -> str:
-    if usd is None:
-        return "unknown"
-    return "<$0.01" if 0 < usd < 0.005 else f"${usd:.2f}"
+    """As every view words it (:func:`gpujob.words.money`); ``unknown`` without a price, never $0.00."""
+    return "unknown" if usd is None else words.money(usd)
 
 
 class Refresher:
@@ -143,8 +150,6 @@ def spec_yaml(job: Job) -> str:
 
 def worst_utterances(job: Job, n: int = WORST) -> tuple[list[dict[str, Any]], str | None]:
     """The job's ``n`` worst-transcribed utterances from its predictions.jsonl, or why there are none."""
-    if job.kind == "command":
-        return [], "a command job writes no predictions"
     try:
         records = read_predictions(predictions_path(job))
     except UserError as exc:
@@ -182,6 +187,8 @@ def outputs(job: Job) -> dict[str, Any]:
                 files.append({"path": text(str(path.relative_to(out))), "size": size})
                 if len(files) >= MAX_OUTPUTS:
                     break
+            if len(files) >= MAX_OUTPUTS:
+                break
     checkpoint = state.checkpoint or {}
     return {"dir": text(out or "-"), "readable": readable, "files": files,
             "checkpoint": {k: text(v) if isinstance(v, str) else v for k, v in checkpoint.items()},

@@ -38,16 +38,9 @@
     window.gpujobChart = { series: series.map(function (s) { return { panel: s.panel, label: s.label, steps: s.steps, values: s.values }; }) };
     chart.setAttribute("data-series", JSON.stringify(window.gpujobChart.series));
     if (!window.uPlot) return;
-    var drawn = PANELS.filter(function (pt) { return series.some(function (s) { return s.panel === pt[0]; }); });
-    // every panel's box first, so each chart is as wide as its own panel (several share a row on a wide screen)
-    drawn.forEach(function (pt) {
-      if (plots[pt[0]]) return;
-      var div = document.createElement("div"); div.className = "panel";
-      var h = document.createElement("h3"); h.textContent = pt[1]; div.appendChild(h); chart.appendChild(div);
-      plots[pt[0]] = { div: div };
-    });
-    drawn.forEach(function (pt) {
+    PANELS.forEach(function (pt) {
       var lines = series.filter(function (s) { return s.panel === pt[0]; });
+      if (!lines.length) return;
       var stepSet = {};
       lines.forEach(function (s) { s.steps.forEach(function (x) { stepSet[x] = true; }); });
       var xs = Object.keys(stepSet).map(Number).sort(function (a, b) { return a - b; });
@@ -55,21 +48,28 @@
         var at = {}; s.steps.forEach(function (x, i) { at[x] = s.values[i]; });
         return xs.map(function (x) { return x in at ? at[x] : null; });
       }));
-      var plot = plots[pt[0]];
-      if (plot.u && plot.n === lines.length) { plot.u.setData(data); return; }
-      if (plot.u) plot.u.destroy();
-      var width = Math.max(260, Math.min(640, (plot.div.clientWidth || chart.clientWidth || 640) - 16));
-      plot.u = new window.uPlot({
-        width: width, height: 220, scales: { x: { time: false } },
+      var div = plots[pt[0]] && plots[pt[0]].div;
+      if (plots[pt[0]] && plots[pt[0]].n === lines.length) { plots[pt[0]].u.setData(data); return; }
+      if (!div) {
+        div = document.createElement("div"); div.className = "panel";
+        var h = document.createElement("h3"); h.textContent = pt[1]; div.appendChild(h); chart.appendChild(div);
+      } else { plots[pt[0]].u.destroy(); }
+      var u = new window.uPlot({
+        width: panelWidth(div), height: 220, scales: { x: { time: false } },
         axes: [{ label: "step" }, { label: pt[1] }],
         series: [{ label: "step" }].concat(lines.map(function (s, i) {
           return { label: s.label, stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: true,
                    points: { show: pt[0] === "wer" || pt[0] === "cer" || s.steps.length < 3 } };
         }))
-      }, data, plot.div);
-      plot.n = lines.length;
+      }, data, div);
+      plots[pt[0]] = { u: u, n: lines.length, div: div };
     });
   }
+
+  function panelWidth(div) { return Math.max(240, Math.floor(div.clientWidth || 400) - 4); }
+  window.addEventListener("resize", function () {
+    Object.keys(plots).forEach(function (k) { plots[k].u.setSize({ width: panelWidth(plots[k].div), height: 220 }); });
+  });
 
   var chart = $("chart");
   function loadMetrics() {
@@ -100,6 +100,7 @@
     log.appendChild(document.createTextNode(lines.map(function (l) { return l + "\n"; }).join("")));
     if (atEnd || reset) log.scrollTop = log.scrollHeight;
   }
+  if (log) log.scrollTop = log.scrollHeight;  // the tail's end in view, as `logs --tail` shows it
   if (section && log && window.EventSource && section.getAttribute("data-active") === "true") {
     var es = new EventSource(log.getAttribute("data-stream"));
     var lastMetrics = 0;

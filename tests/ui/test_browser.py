@@ -36,6 +36,12 @@ TOO_WIDE = """() => { const w = document.documentElement.clientWidth;
                .map(e => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.className ? '.' + e.className : ''}`
                          + ` (right edge ${Math.round(e.getBoundingClientRect().right)})`); }"""
 
+# each chart within its own panel: one wider than its box shows cut off (or widens the page)
+CUT_CHARTS = """() => [...document.querySelectorAll('#chart .panel')].map(p => {
+        const c = p.querySelector('canvas'); return c && c.getBoundingClientRect().right > p.getBoundingClientRect().right + 0.5
+            ? `${p.querySelector('h3') ? p.querySelector('h3').textContent : '?'}: canvas ${Math.round(c.getBoundingClientRect().width)} px`
+              + ` in a panel of ${Math.round(p.getBoundingClientRect().width)} px` : null; }).filter(Boolean)"""
+
 
 @dataclass
 class Dashboard:
@@ -218,6 +224,8 @@ def test_every_page_fits_the_screen_width(dashboard, browser, viewport, request)
             width, inner = page.evaluate("[document.scrollingElement.scrollWidth, window.innerWidth]")
             if inner != viewport["width"] or width > inner:  # a page without a viewport meta is 980 wide
                 overflow[name] = {"scrollWidth": width, "innerWidth": inner, "too wide": page.evaluate(TOO_WIDE)}
+            if cut := page.evaluate(CUT_CHARTS):
+                overflow[name] = {"charts wider than their panel (cut off)": cut}
             screenshot(page, request, name)
         assert not overflow, f"wider than the {viewport['width']} px screen: {overflow}"
     finally:

@@ -141,9 +141,11 @@ def test_a_running_jobs_log_and_step_update_without_a_reload(dashboard, page, re
     page.goto(dashboard.url(f"/jobs/{dashboard.running}"))
     page.evaluate("window.gpujobTestMarker = 'not reloaded'")
     step_before = page.locator("#step").text_content()
+    bar_before = page.locator("#bar").evaluate("bar => bar.value")
     lines_before = set(lines_of(page))
     page.wait_for_function("s => document.querySelector('#step').textContent !== s", arg=step_before,
                            timeout=WAIT_MS)
+    page.wait_for_function("v => document.querySelector('#bar').value > v", arg=bar_before, timeout=WAIT_MS)
     new_lines = wait_for(lambda: [line for line in lines_of(page) if line.strip() and line not in lines_before],
                          timeout=WAIT_MS / 1000, what="new lines in the page's log")
     assert page.evaluate("window.gpujobTestMarker") == "not reloaded"

@@ -64,12 +64,14 @@
       }, data, div);
       plots[pt[0]] = { u: u, n: lines.length, div: div };
     });
+    fitPanels();  // a panel drawn before its row-mates existed was sized to the whole row
   }
 
   function panelWidth(div) { return Math.max(240, Math.floor(div.clientWidth || 400) - 4); }
-  window.addEventListener("resize", function () {
+  function fitPanels() {
     Object.keys(plots).forEach(function (k) { plots[k].u.setSize({ width: panelWidth(plots[k].div), height: 220 }); });
-  });
+  }
+  window.addEventListener("resize", fitPanels);
 
   var chart = $("chart");
   function loadMetrics() {

@@ -65,6 +65,8 @@
       plots[pt[0]] = { u: u, n: lines.length, div: div };
     });
     fitPanels();  // a panel drawn before its row-mates existed was sized to the whole row
+    var png = document.getElementById("curves-png");  // the picture for readers without JavaScript
+    if (png && Object.keys(plots).length) png.hidden = true;
   }
 
   function panelWidth(div) { return Math.max(240, Math.floor(div.clientWidth || 400) - 4); }

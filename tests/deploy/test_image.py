@@ -376,7 +376,7 @@ def test_the_runner_trains_a_tiny_whisper_in_the_image_as_any_uid(cpu_image, tmp
     """A real train job in the image, offline, as a uid the image does not know (as a backend may run
     it): the Hugging Face cache must be writable for it, the job folder is its own."""
     pytest.importorskip("torch")
-    from test_runner_train import write_greek_folder, write_spec
+    from tiny_runs import write_greek_folder, write_spec
 
     from gpujob.events import parse_line
     from gpujob_dev.convert_ct2 import ensure_whisper_base
@@ -445,7 +445,7 @@ def test_a_train_job_submitted_to_docker_runs_the_runner_in_the_image(cpu_image,
     The spec's paths are relative: the working directory is mounted at its own path."""
     pytest.importorskip("torch")
     from gpujob_cli import GpujobCli
-    from test_runner_train import write_greek_folder, write_spec
+    from tiny_runs import write_greek_folder, write_spec
 
     from gpujob_dev.convert_ct2 import ensure_whisper_base
     from gpujob_dev.tiny_whisper import tiny_whisper

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from test_runner_train import write_greek_folder  # noqa: E402
+from tiny_runs import write_greek_folder  # noqa: E402
 
 from gpujob.events import parse_line  # noqa: E402
 from gpujob.progress import ProgressWriter  # noqa: E402

@@ -14,55 +14,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gpujob_dev.espeak import write_wav  # noqa: E402  (libespeak-ng from espeakng-loader: what espeak-ng -w writes)
+from gpujob_dev.espeak import write_wav  # noqa: E402
+from tiny_runs import SENTENCES, write_greek_folder, write_spec  # noqa: E402
 
 from gpujob.events import parse_line  # noqa: E402
 from gpujob.runner.train import lr_lambda  # noqa: E402
 
-SENTENCES = [
-    "Καλημέρα σε όλους.", "Ο καιρός είναι ωραίος σήμερα.", "Πού είναι ο σταθμός;", "Θέλω ένα ποτήρι νερό.",
-    "Η θάλασσα είναι ήσυχη.", "Τα παιδιά παίζουν στο πάρκο.", "Διαβάζω ένα βιβλίο.", "Το τρένο φεύγει στις οκτώ.",
-    "Η γιαγιά μαγειρεύει φασολάδα.", "Ανοίξτε το παράθυρο, παρακαλώ.",
-]
-
-
 @pytest.fixture(scope="session")
 def greek_folder(tmp_path_factory) -> Path:
     return write_greek_folder(tmp_path_factory.mktemp("greek"))
-
-
-def write_greek_folder(root: Path) -> Path:
-    """An audio folder (metadata.csv + wav) of real synthesized Greek speech: train/ and heldout/."""
-    for split, sentences in (("train", SENTENCES[:8]), ("heldout", SENTENCES[8:])):
-        folder = root / split
-        folder.mkdir()
-        rows = ["file_name,transcription"]
-        for i, text in enumerate(sentences):
-            wav = folder / f"{split}-{i}.wav"
-            write_wav(wav, text, speed=170)
-            rows.append(f'{wav.name},"{text}"')
-        (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return root
-
-
-def write_spec(tmp_path: Path, model: Path, data: Path, *, kind="train", out=None, **training) -> Path:
-    settings = {"max_steps": 12, "per_device_batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 2,
-                "eval_steps": 1000, "save_steps": 3, "save_total_limit": 10, "precision": "fp32",
-                "generation_max_length": 40, **training}
-    spec = {
-        "apiVersion": "gpujob/v1", "kind": kind, "name": "tiny-el",
-        "model": {"checkpoint": str(model), "language": "el"},
-        "data": {"eval": [{"dataset": str(data), "split": "heldout"}]},
-        "evaluation": {"batch_size": 4},
-        "output": {"dir": str(out or tmp_path / "out")},
-        "resources": {"gpus": 0},
-    }
-    if kind == "train":
-        spec["data"]["train"] = [{"dataset": str(data), "split": "train"}]
-        spec["training"] = settings
-    path = tmp_path / "spec.yaml"
-    path.write_text(json.dumps(spec))  # JSON is YAML
-    return path
 
 
 def run_runner(spec: Path, *, stop_at_step: int | None = None, sig=signal.SIGKILL) -> tuple[int, list[dict], str]:

@@ -56,7 +56,7 @@
       } else { plots[pt[0]].u.destroy(); }
       var u = new window.uPlot({
         width: panelWidth(div), height: 220, scales: { x: { time: false } },
-        axes: [{ label: "step" }, { label: pt[1] }],
+        axes: [{ label: "step" }, { label: pt[1], size: 60, values: function (u, vals) { return vals.map(tick); } }],
         series: [{ label: "step" }].concat(lines.map(function (s, i) {
           return { label: s.label, stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: true,
                    points: { show: pt[0] === "wer" || pt[0] === "cer" || s.steps.length < 3 } };
@@ -69,6 +69,8 @@
     if (png && Object.keys(plots).length) png.hidden = true;
   }
 
+  // a learning rate of 1e-5 is not "0": small values in exponent form
+  function tick(v) { return v == null ? "" : (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : String(+v.toPrecision(6))); }
   function panelWidth(div) { return Math.max(240, Math.floor(div.clientWidth || 400) - 4); }
   function fitPanels() {
     Object.keys(plots).forEach(function (k) { plots[k].u.setSize({ width: panelWidth(plots[k].div), height: 220 }); });

@@ -155,9 +155,11 @@ class ProgressState:
                 if self.total_steps:
                     self.eta_s = _speed(max(self.total_steps - s1, 0) / rate)
 
-    def feed_lines(self, lines: Iterable[str], *, newer_than: float | None = None) -> int:
+    def feed_lines(self, lines: Iterable[str], *, newer_than: float | None = None,
+                   folded_events: list | None = None) -> int:
         """Fold the events in ``lines``; with ``newer_than``, skip events stamped at or before it
-        (lines read again). Returns how many events were folded."""
+        (lines read again); ``folded_events``: a list the folded events are appended to. Returns how
+        many events were folded."""
         folded = 0
         newer_than = _real(newer_than, -math.inf, math.inf) if newer_than is not None else None
         for line in lines:
@@ -167,6 +169,8 @@ class ProgressState:
                     continue
                 self.apply(event)
                 folded += 1
+                if folded_events is not None:
+                    folded_events.append(event)
         return folded
 
     # ---- views
@@ -213,8 +217,11 @@ class ProgressState:
         return state
 
     @classmethod
-    def advance(cls, snapshot: dict[str, Any] | None, lines: Iterable[str]) -> dict[str, Any] | None:
+    def advance(cls, snapshot: dict[str, Any] | None, lines: Iterable[str], *,
+                folded_events: list | None = None) -> dict[str, Any] | None:
         """``snapshot`` advanced by the events in ``lines`` newer than it, or None when no event is
-        newer: for backends that read progress back from the end of a job's log."""
+        newer: for backends that read progress back from the end of a job's log (``folded_events``:
+        as :meth:`feed_lines`)."""
         state = cls.from_dict(snapshot)
-        return state.to_dict() if state.feed_lines(lines, newer_than=state.updated_at) else None
+        folded = state.feed_lines(lines, newer_than=state.updated_at, folded_events=folded_events)
+        return state.to_dict() if folded else None

@@ -207,10 +207,7 @@ class Registry:
         with self._write() as conn:
             if replace:
                 conn.execute("DELETE FROM history WHERE job_id = ?", (job_id,))
-            conn.executemany(
-                "INSERT OR IGNORE INTO history (job_id, kind, step, t, data_json) VALUES (?, ?, ?, ?, ?)",
-                [(job_id, p["event"], p["step"], p.get("t"),
-                  json.dumps({k: v for k, v in p.items() if k not in ("event", "step", "t")})) for p in points])
+            registry_open.insert_history(conn, job_id, points)
             for kind, cap in hist.CAPS.items():
                 rows = conn.execute("SELECT seq, step, t FROM history WHERE job_id = ? AND kind = ? ORDER BY seq",
                                     (job_id, kind)).fetchall()

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import sqlite3
@@ -107,6 +108,15 @@ CREATE TABLE IF NOT EXISTS hosts (
 STATEMENTS = [s for s in _SCHEMA.split(";") if s.strip()]
 # Columns added after a table was first made: (table, column, its definition), added to older files.
 ADDED_COLUMNS = [("jobs", "price_usd_per_hour", "REAL"), ("jobs", "price_source", "TEXT"), ("jobs", "sweep_id", "TEXT")]
+
+def insert_history(conn: sqlite3.Connection, job_id: str, points: list[dict]) -> None:
+    """Add metric history points (:func:`gpujob.history.point`) in the open transaction; a point
+    already there (same kind, step and time) is not added twice."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO history (job_id, kind, step, t, data_json) VALUES (?, ?, ?, ?, ?)",
+        [(job_id, p["event"], p["step"], p.get("t"),
+          json.dumps({k: v for k, v in p.items() if k not in ("event", "step", "t")})) for p in points])
+
 
 READ_ONLY_HINT = ("to record changes, make it writable by you (or run gpujob as its owner), "
                   "or set GPUJOB_HOME to a folder of your own")

@@ -34,7 +34,7 @@ from gpujob import history, procs
 from gpujob.backends.base import LOG_NAME
 from gpujob.progress import PREFIX
 from gpujob.progress_state import ProgressState
-from gpujob.registry_open import SCHEMA_VERSION, STATEMENTS, connect, diagnose, job_folders
+from gpujob.registry_open import SCHEMA_VERSION, STATEMENTS, connect, diagnose, insert_history, job_folders
 
 LOCK_NAME = "registry.lock"
 
@@ -85,10 +85,7 @@ def rebuild(home: Path, path: Path) -> list[dict[str, Any]]:
             for status, at, reason in transitions:
                 conn.execute("INSERT INTO transitions (job_id, status, reason, at) VALUES (?, ?, ?, ?)",
                              (job["id"], status, reason, at))
-            conn.executemany(
-                "INSERT OR IGNORE INTO history (job_id, kind, step, t, data_json) VALUES (?, ?, ?, ?, ?)",
-                [(job["id"], p["event"], p["step"], p.get("t"),
-                  json.dumps({k: v for k, v in p.items() if k not in ("event", "step", "t")})) for p in points])
+            insert_history(conn, job["id"], points)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     finally:

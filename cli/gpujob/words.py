@@ -8,7 +8,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gpujob.events import normalize_event
+from gpujob.events import clean_text, normalize_event
+
+
+def printable(value: Any, limit: int = 4000) -> str:
+    """Text from a job's record (its name, a reason quoting the job's output) that is safe to show:
+    no terminal escape sequences or other control characters, at most ``limit`` characters."""
+    return clean_text(value if isinstance(value, str) else str(value), limit) or ""
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol, TypeVar
 
+from gpujob import history
 from gpujob.errors import UserError
 from gpujob.exits import explain_exit  # noqa: F401 - re-exported: backends explain exits with it
 from gpujob.progress_state import ProgressState
@@ -235,6 +236,14 @@ def failure_reason(code: int | None, lines: list[str], fallback: str | None = No
     the rank that failed first when several processes ran, else :func:`explain_exit` with the last
     error line (or ``fallback``, e.g. the container's termination message)."""
     return rank_failure(lines) or explain_exit(code, last_error_line(lines) or fallback)
+
+
+def read_tail(job: "Job", lines: list[str]) -> tuple[dict | None, list[dict]]:
+    """For a backend that reads a job's log from afar: the job's progress snapshot advanced by the
+    events in ``lines`` (the log's tail) newer than it (None when none is), and those events' metric
+    history points; the lines are parsed once."""
+    events: list[dict] = []
+    return ProgressState.advance(job.progress, lines, folded_events=events), history.points(events)
 
 
 def read_saved_log(path: Path, tail: int | None) -> list[str]:

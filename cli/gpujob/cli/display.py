@@ -11,10 +11,10 @@ from typing import Any
 import typer
 
 from gpujob.defaults import HF_CACHE
-from gpujob.events import clean_metrics, clean_text, is_event_line, parse_line
+from gpujob.events import clean_metrics, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.sparkline import status_rows as sparkline_rows
-from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money  # noqa: F401 (money: re-exported)
+from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, printable  # noqa: F401 (money: re-exported)
 from gpujob.backends.base import Notice
 from gpujob.backends.gpuqueue import ordinal
 from gpujob.registry import Job
@@ -24,10 +24,7 @@ def _state(job: Job) -> ProgressState:
     return ProgressState.from_dict(job.progress)
 
 
-def _safe(value: Any, limit: int = 4000) -> str:
-    """Text from a job's record (its name, a reason quoting the job's output) that is safe to print:
-    no terminal escape sequences or other control characters."""
-    return clean_text(value if isinstance(value, str) else str(value), limit) or ""
+_safe = printable  # (the name the views here use)
 
 
 def _metrics(job: Job, state: ProgressState) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from gpujob import service, words
 from gpujob.compare import comparable_spec, predictions_path, read_predictions, result, score_keys, show, spec_differences
 from gpujob.errors import UserError
-from gpujob.events import clean_text, is_event_line, parse_line
+from gpujob.events import is_event_line, parse_line
 from gpujob.plots import Run, panels
 from gpujob.progress_state import ProgressState
 from gpujob.records import STATUSES, Job
@@ -31,9 +31,7 @@ WORST = 10
 MAX_OUTPUTS = 200
 
 
-def text(value: Any, limit: int = 4000) -> str:
-    """A job's text (its name, a reason quoting its output) without control characters; the templates escape it."""
-    return clean_text(value if isinstance(value, str) else str(value), limit) or ""
+text = words.printable  # a job's text for the pages, which escape it
 
 
 def dumps(data: Any) -> str:

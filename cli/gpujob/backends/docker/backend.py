@@ -24,13 +24,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends import local_data
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_stop, failure_reason,
-                                  last_error_line, read_saved_log, recorded_max_runtime_s, runtime_of)
+                                  last_error_line, read_saved_log, read_tail, recorded_max_runtime_s, runtime_of)
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
 from gpujob.errors import UserError
-from gpujob import history
-from gpujob.progress_state import ProgressState
 from gpujob.records import TERMINAL
 from gpujob.wire import ID_LABEL, MANAGED_LABEL, MANAGED_VALUE, docker_time, rfc3339_ns
 
@@ -159,8 +157,7 @@ class DockerBackend(Backend):
         seen = observe(state, max_runtime_s=recorded_max_runtime_s(job), memory=_memory(job),
                        log_tail=tail[-ERROR_TAIL_LINES:] if tail else None)
         if tail:
-            seen.progress = ProgressState.advance(job.progress, tail)
-            seen.points = history.points_from_lines(tail, newer_than=ProgressState.from_dict(job.progress).updated_at)
+            seen.progress, seen.points = read_tail(job, tail)
         if seen.exit_code == TIMEOUT_EXIT:  # timeout(1): max_runtime, or the budget if that came first
             seen.reason = budget_stop(job, seen) or seen.reason
         seen.started_at = docker_time(state.get("StartedAt"))

@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends import local_data
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_stop, read_saved_log,
-                                  runtime_of)
+                                  read_tail, runtime_of)
 from gpujob.backends.kubernetes import explain, manifests, prices
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.errors import GpujobError, UserError
-from gpujob import history
-from gpujob.progress_state import ProgressState
 from gpujob.records import TERMINAL
 
 if TYPE_CHECKING:
@@ -141,8 +139,7 @@ class KubernetesBackend(Backend):
             error_tail = self._tail(cluster, blamed, ERROR_TAIL_LINES)
         seen = explain.observe(kjob, pods, log_tail=error_tail, name=name, namespace=cluster.namespace)
         if lead_tail:
-            seen.progress = ProgressState.advance(job.progress, lead_tail)
-            seen.points = history.points_from_lines(lead_tail, newer_than=ProgressState.from_dict(job.progress).updated_at)
+            seen.progress, seen.points = read_tail(job, lead_tail)
         if seen.status == "failed" and (seen.reason or "").startswith(explain.DEADLINE_WORDS):  # or the budget's
             seen.reason = budget_stop(job, seen) or seen.reason
         seen.started_at = _started_at(lead)

@@ -22,15 +22,14 @@ MAX_MASK_TIME_LENGTH = 3000  # Whisper's 30 s of log-mel frames
 MAX_MASK_FEATURE_LENGTH = 128  # Whisper large-v3 has 128 mel bins
 
 
-def _range(value: list[float], lo: float, hi: float, unit: str) -> list[float]:
-    if value[0] > value[1]:
+def _ordered(value: list[float] | None) -> list[float] | None:
+    if value is not None and value[0] > value[1]:
         raise fail(f"give [low, high] with low <= high (got [{shown(value[0])}, {shown(value[1])}])")
-    if value[0] < lo or value[1] > hi:
-        raise fail(f"must lie within [{shown(lo)}, {shown(hi)}] {unit}")
     return value
 
 
-Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
+SnrRange = Annotated[list[Annotated[float, Field(ge=MIN_SNR_DB, le=MAX_SNR_DB)]], Field(min_length=2, max_length=2)]
+GainRange = Annotated[list[Annotated[float, Field(ge=-MAX_GAIN_DB, le=MAX_GAIN_DB)]], Field(min_length=2, max_length=2)]
 
 
 class SpecAugmentSection(Section):
@@ -49,7 +48,7 @@ class SpecAugmentSection(Section):
 class NoiseSection(Section):
     """Additive noise at a random signal-to-noise ratio."""
 
-    snr_db: Pair = Field(description=(
+    snr_db: SnrRange = Field(description=(
         "[low, high]: each clip gets noise at an SNR drawn uniformly from this range, in dB, e.g. [5, 30]."))
     kind: Literal["white", "pink"] = Field("white", description=(
         "Generated noise: `white` (flat spectrum) or `pink` (1/f, more like room and street noise). "
@@ -59,7 +58,7 @@ class NoiseSection(Section):
         "of generated noise; a clip shorter than the speech is repeated. It must be readable where the job runs."))
     probability: float = Field(1.0, ge=0, le=1, description="Share of training clips that get noise.")
 
-    _snr = field_validator("snr_db")(classmethod(lambda cls, v: _range(v, MIN_SNR_DB, MAX_SNR_DB, "dB")))
+    _snr = field_validator("snr_db")(classmethod(lambda cls, v: _ordered(v)))
 
 
 class AugmentSection(Section):
@@ -72,11 +71,10 @@ class AugmentSection(Section):
         "Speed factors to draw from uniformly, e.g. [0.9, 1.0, 1.1]: a clip at 1.1 is resampled to 1/1.1 of its "
         "length (pitch shifts with it). A factor that would take a clip past 30 s is not applied to it."))
     noise: NoiseSection | None = Field(None, description="Add noise at a random SNR.")
-    gain_db: Pair | None = Field(None, description=(
+    gain_db: GainRange | None = Field(None, description=(
         "[low, high]: scale each clip by a gain drawn uniformly from this range, in dB, e.g. [-6, 6]."))
 
-    _gain = field_validator("gain_db")(classmethod(
-        lambda cls, v: v if v is None else _range(v, -MAX_GAIN_DB, MAX_GAIN_DB, "dB")))
+    _gain = field_validator("gain_db")(classmethod(lambda cls, v: _ordered(v)))
 
     @property
     def waveform(self) -> bool:

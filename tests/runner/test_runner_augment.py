@@ -200,3 +200,27 @@ def test_early_stopping_stops_after_patience_evals_without_improvement_and_keeps
     assert metrics["best_wer"] == pytest.approx(min(w for _, w in evals), abs=1e-4)
     assert (tmp_path / "out" / "model" / "config.json").exists()
     assert "augmentation: speed 0.9/1.1, gain -3..3 dB" in output
+
+
+def test_a_frozen_encoder_runs_on_augmented_clips_instead_of_caching_them(tmp_path, tiny_model, monkeypatch):
+    """The cache assumes the same input every epoch: with waveform augmentation, training clips bypass it
+    (evaluation clips, never augmented, still fill it)."""
+    from types import SimpleNamespace as NS
+
+    from gpujob.runner import update
+    from gpujob.runner.batches import collate
+    from gpujob.runner.evaluate import EncoderCache
+    from gpujob.runner.model import freeze, load, pick_precision
+    from gpujob.runner.train import train_cache_for
+
+    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe"),
+              training=NS(dropout=0.0, augment=AugmentSection(speed=[0.9, 1.1])))
+    model, processor = load(spec, torch.device("cpu"), for_training=True)
+    freeze(model, "encoder")
+    cache = EncoderCache()
+    batch = collate([("train::0", "", np.zeros(16000, np.float32) + 0.01, [processor.tokenizer.eos_token_id])])
+    precision = pick_precision("fp32", torch.device("cpu"))
+    for augmenting, expected in ((True, 0), (False, 1)):
+        used = train_cache_for(cache, Augmenter(spec.training.augment) if augmenting else None)
+        update.mean_loss(model, processor, batch, torch.device("cpu"), precision, used)
+        assert len(cache.states) == expected

@@ -98,6 +98,12 @@ def count_train_examples(spec: JobSpec) -> int:
     return total
 
 
+def train_cache_for(cache: EncoderCache, augmenter) -> EncoderCache | None:
+    """The encoder cache training may use. It assumes the same input every epoch, so augmented training
+    clips bypass it (a frozen encoder runs on them every step); evaluation clips, never augmented, still use it."""
+    return None if augmenter is not None and augmenter.active else cache
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -167,9 +173,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
 
     cache = EncoderCache()
     augmenter = Augmenter(t.augment) if t.augment.waveform else None
-    # The frozen encoder's cache assumes the same input every epoch: augmented training clips bypass it
-    # (their encoder states are computed each step); evaluation clips, never augmented, still use it.
-    train_cache = None if augmenter is not None else cache
+    train_cache = train_cache_for(cache, augmenter)
     if augmenter is not None or t.augment.spec_augment is not None:
         print("augmentation: " + augment_summary(t.augment)
               + ("; frozen encoder run on every augmented clip (not cached)" if t.freeze == "encoder" and augmenter

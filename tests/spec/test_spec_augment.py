@@ -66,3 +66,10 @@ def test_spec_augment_with_a_frozen_encoder_is_refused_through_the_cli(tmp_path)
 
 def test_waveform_augmentation_with_a_frozen_encoder_is_allowed():
     assert load("freeze: encoder\naugment: {speed: [0.9, 1.1]}").training.augment.waveform
+
+
+def test_early_stopping_without_eval_data_warns_and_with_it_does_not():
+    text = TRAIN + "  early_stopping_patience: 2\n"
+    assert any("watches the eval WER" in w.message for w in load_spec_text(text, "jobs/aug.yaml").warnings)
+    with_eval = text.replace("training:", "  eval: [{dataset: google/fleurs, split: test}]\ntraining:")
+    assert not load_spec_text(with_eval, "jobs/aug.yaml").warnings

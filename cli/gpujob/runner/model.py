@@ -75,6 +75,11 @@ def load(spec: JobSpec, device: torch.device, *, for_training: bool):
     if for_training:
         kwargs["dropout"] = spec.training.dropout
     model = WhisperForConditionalGeneration.from_pretrained(checkpoint, **kwargs)
+    if for_training:
+        from gpujob.runner.augment import configure_spec_augment
+
+        augment = getattr(spec.training, "augment", None)
+        configure_spec_augment(model.config, augment.spec_augment if augment is not None else None)
     processor = WhisperProcessor.from_pretrained(checkpoint)
     language = language_name(spec.model.language)
     gen = model.generation_config

@@ -15,7 +15,7 @@ and the training loop sums them over processes before the backward passes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +67,12 @@ def micro_steps_for(global_batch: int, per_device: int, world: int) -> int:
 
 def steps(clips: Iterable[Clip], tokenizer, *, global_batch: int, micro_steps: int, rank: int, world: int,
           seed: int, group_by_length: bool, labels: list[str], skipped: dict[str, int] | None = None,
-          start: int = 0, pool: Any = None, window: int = 1) -> Iterator[Step]:
+          start: int = 0, pool: Any = None, window: int = 1,
+          augment: Callable[[np.ndarray, str, int], np.ndarray] | None = None) -> Iterator[Step]:
     """The steps of one epoch for process ``rank`` of ``world``, from global batch ``start`` on (the
     ones before are skipped without decoding anything). ``labels`` are the sources' labels, in
-    the order their counts appear in :attr:`Step.counts`."""
+    the order their counts appear in :attr:`Step.counts`. ``augment(audio, key, seed)`` changes each
+    kept clip on the loader thread that decoded it (:class:`.augment.Augmenter`); labels stay as they are."""
     where = {label: i for i, label in enumerate(labels)}
     groups = labelled(clips, tokenizer, size=global_batch, seed=seed, group_by_length=group_by_length,
                       text=lambda clip: clip.text, skipped=skipped)
@@ -86,7 +88,12 @@ def steps(clips: Iterable[Clip], tokenizer, *, global_batch: int, micro_steps: i
             yield index, None, None, None
 
     def decode(item):
-        return decode_clip(item[2]) if item[2] is not None else None
+        if item[2] is None:
+            return None
+        audio = decode_clip(item[2])
+        if augment is not None and judge(audio) == "kept":
+            audio = augment(audio, item[2].example_key, seed)
+        return audio
 
     rows: list[list[tuple[str, str, np.ndarray, list[int]]]] = [[] for _ in range(micro_steps)]
     counts = [0] * (2 + len(OUTCOMES) * len(labels))

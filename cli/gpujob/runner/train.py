@@ -46,6 +46,7 @@ import torch
 from gpujob.runner import checkpoint as ckpt
 from gpujob.runner import data as data_mod
 from gpujob.runner import update
+from gpujob.runner.augment import Augmenter, augment_summary
 from gpujob.runner.batches import pad_audio, prefetched
 from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
@@ -97,6 +98,12 @@ def count_train_examples(spec: JobSpec) -> int:
     return total
 
 
+def train_cache_for(cache: EncoderCache, augmenter) -> EncoderCache | None:
+    """The encoder cache training may use. It assumes the same input every epoch, so augmented training
+    clips bypass it (a frozen encoder runs on them every step); evaluation clips, never augmented, still use it."""
+    return None if augmenter is not None and augmenter.active else cache
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -127,10 +134,11 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
 
     # 3. optimiser and schedule; resume
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None, "baseline": None,
+             "evals_since_best": 0,
              "global_batch": t.per_device_batch_size * t.gradient_accumulation_steps * group.world}
     lr = learning_rate(spec, model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
     workers = data_mod.loader_threads(spec.data.loader_workers)
     n_train = group.share(count_train_examples(spec) if group.is_writer else None) if t.epochs is not None else None
@@ -164,6 +172,12 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
           + (f"; {n_train} training examples" if n_train else ""), flush=True)
 
     cache = EncoderCache()
+    augmenter = Augmenter(t.augment) if t.augment.waveform else None
+    train_cache = train_cache_for(cache, augmenter)
+    if augmenter is not None or t.augment.spec_augment is not None:
+        print("augmentation: " + augment_summary(t.augment)
+              + ("; frozen encoder run on every augmented clip (not cached)" if t.freeze == "encoder" and augmenter
+                 else ""), flush=True)
     eval_batch = 0
 
     def run_eval(step: int, label: str = ""):
@@ -215,7 +229,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         saved_at = step
 
     try:
-        while step < total_steps and (t.epochs is None or state["epoch"] < math.ceil(t.epochs)):
+        while step < total_steps and not state.get("stopped_early") and (t.epochs is None or state["epoch"] < math.ceil(t.epochs)):
             epoch = state["epoch"]
             whole_epoch, stepped = state["batch_in_epoch"] == 0, False
             clips = data_mod.iter_clips(spec.data.train, streaming=spec.data.streaming, seed=t.seed + epoch)
@@ -223,7 +237,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     clips, processor.tokenizer, global_batch=global_batch, micro_steps=micro, rank=group.rank,
                     world=group.world, seed=t.seed + epoch, group_by_length=t.group_by_length, labels=labels,
                     skipped=skipped if group.is_writer else None, start=state["batch_in_epoch"], pool=pool,
-                    window=max(2 * per_process * micro, 4 * workers))) as made, \
+                    window=max(2 * per_process * micro, 4 * workers), augment=augmenter)) as made, \
                     contextlib.closing(prefetched(made, prepare=pad) if workers else made) as stream:
                 for item in stream:
                     counts = group.sum_ints([*item.counts, int(stop["asked"])])
@@ -237,7 +251,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     if not tokens:
                         continue  # every clip of this global batch dropped out
                     total = update.backward(ddp, model, processor, item.micro, tokens, group, device, precision,
-                                            cache, filler, scaler)
+                                            train_cache, filler, scaler)
                     update.optimizer_step(optimizer, params, scaler)
                     scheduler.step()
                     step, stepped = step + 1, True
@@ -252,11 +266,16 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     t_step = now
                     if n_eval and step % t.eval_steps == 0 and step < total_steps:
                         _after_eval(run_eval(step), state, step, out_dir, model, processor, group)
+                        if t.early_stopping_patience and state["evals_since_best"] >= t.early_stopping_patience:
+                            print(f"early stopping at step {step}: {state['evals_since_best']} evaluations without "
+                                  f"a lower WER than {state['best_wer']:.4f} (step {state['best_step']})", flush=True)
+                            state["stopped_early"] = step
+                            break
                     if step % t.save_steps == 0:
                         save()
                     if step >= total_steps:
                         break
-            if step >= total_steps:
+            if step >= total_steps or state.get("stopped_early"):
                 break
             if whole_epoch and not stepped:
                 raise data_mod.DataError("data.train: no training examples left after filtering "
@@ -280,6 +299,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         write_predictions(out_dir / "predictions.jsonl", scores)
         metrics.update(scores.as_metrics(spec.evaluation.metrics))
         metrics.update({"best_wer": state["best_wer"], "best_step": state["best_step"]})
+        if state.get("stopped_early"):
+            metrics["stopped_early_at"] = state["stopped_early"]
         if scores.sources:
             metrics["sources"] = scores.sources_metrics(spec.evaluation.metrics)
         for line in summary_lines(scores, "after training: ")[1:]:
@@ -346,6 +367,8 @@ def _account(seen: data_mod.Stats, labels: list[str], counts: list[int] | None, 
 def _after_eval(scores, state: dict, step: int, out_dir: Path, model, processor, group: Group) -> None:
     wer = scores.wer
     if wer is not None and (state["best_wer"] is None or wer < state["best_wer"]):
-        state["best_wer"], state["best_step"] = wer, step
+        state["best_wer"], state["best_step"], state["evals_since_best"] = wer, step, 0
         if group.is_writer:
             ckpt.save_model(out_dir, model, processor)
+    elif wer is not None:
+        state["evals_since_best"] = state.get("evals_since_best", 0) + 1

@@ -285,6 +285,9 @@ def _warnings(spec: JobSpec, data: dict, file: str, positions: dict[Path_, tuple
     if spec.training.dropout > 0.1:
         out.append((("training", "dropout"), "dropout above 0.1 tends to hurt Whisper fine-tuning "
                                              "(it was pre-trained without dropout)"))
+    if spec.training.early_stopping_patience and spec.kind == "train" and not spec.data.eval:
+        out.append((("training", "early_stopping_patience"), "has no effect without data.eval: early stopping "
+                                                             "watches the eval WER"))
     if spec.data.streaming and spec.training.epochs is not None:
         out.append((("training", "epochs"), "with data.streaming: true the dataset size is unknown, so epochs "
                                             "can't be turned into steps; prefer training.max_steps"))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from gpujob.defaults import SHM
 
+from .augment import AugmentSection
 from .cross_field import CrossFieldError, cross_field_problems
 from .fields import (
     CPU_SCHEMA, DURATION_SCHEMA, HUB_REPO_PATTERN, MAX_BATCH, MAX_CHECKPOINTS, MAX_COST, MAX_ENCODER_LAYERS,
@@ -153,6 +154,13 @@ class TrainingSection(Section):
         "Trade compute for memory; `auto` turns it on when the batch would not fit otherwise."))
     dropout: float = Field(0.0, ge=0, lt=1, description=(
         "Dropout probability. Above 0.1 gives a warning: Whisper was pre-trained without dropout."))
+    weight_decay: float = Field(0.0, ge=0, le=1, description=(
+        "AdamW weight decay (decoupled), e.g. 0.01; 0 turns it off."))
+    early_stopping_patience: int | None = Field(None, ge=1, le=MAX_STEPS, description=(
+        "Stop training after this many evaluations in a row without a lower eval WER than the best so far; "
+        "the best model (`model/`) is kept. Unset: train to the end."))
+    augment: AugmentSection = Field(default_factory=AugmentSection, description=(
+        "Augmentation of the training clips (SpecAugment, speed, noise, gain); all off by default."))
     freeze: Annotated[Literal["none", "encoder"] | FreezeLayers, BeforeValidator(_check_freeze)] = Field(
         "none", description="What to keep frozen: `none`, `encoder` (the whole encoder), or `{encoder_layers: N}`.")
     eval_steps: int = Field(1000, gt=0, le=MAX_STEPS, description="Evaluate on `data.eval` every this many steps.")
@@ -175,6 +183,14 @@ class TrainingSection(Section):
         if value > MAX_LEARNING_RATE:
             raise fail(f"must be at most {MAX_LEARNING_RATE:g} (got {shown(value)}); typical values are 1e-5 to 1e-4")
         return value
+
+    @model_validator(mode="after")
+    def _spec_augment_reaches_encoder(self) -> "TrainingSection":
+        if self.augment.spec_augment is not None and self.freeze == "encoder":
+            raise fail("training.augment.spec_augment masks the encoder's input, which training.freeze: encoder "
+                       "never trains (its outputs are cached); remove spec_augment, or freeze only "
+                       "{encoder_layers: N} (the masks then reach the layers that train)")
+        return self
 
 
 class EvaluationSection(Section):

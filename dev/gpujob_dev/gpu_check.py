@@ -191,9 +191,10 @@ def figures(bench: list[dict[str, Any]], gpu: bool) -> list[dict[str, Any]]:
     evals = [row for b in bench for row in b["eval"]]
     out = []
     for what, model, recipe, target, unit in TARGETS:
-        row: dict[str, Any] = {"target": what, "model": model if gpu else "tiny", "unit": unit, "goal": target,
-                               "measured": None}
-        if not gpu and model != "small":
+        skipped = not gpu and model != "small"
+        row: dict[str, Any] = {"target": what, "model": model if gpu or skipped else "tiny", "unit": unit,
+                               "goal": target, "measured": None}
+        if skipped:
             row["note"] = f"skipped: whisper-{model} runs on a GPU only"
             out.append(row)
             continue
@@ -216,12 +217,12 @@ def figures(bench: list[dict[str, Any]], gpu: bool) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'target':30} {'model':7} {'goal':>12} {'measured':>12}  verdict", "-" * 80]
+    lines = [f"{'target':30} {'model':7} {'goal':>16} {'measured':>10}  verdict", "-" * 80]
     for r in rows:
         verdict = {True: "meets", False: "below"}.get(r.get("meets"), r.get("note", ""))
         measured = f"{r['measured']:.1f}" if r["measured"] is not None else "-"
-        lines.append(f"{r['target']:30} {r['model']:7} {'≥ ' + str(r['goal']) + ' ' + r['unit']:>12} "
-                     f"{measured:>12}  {verdict}")
+        lines.append(f"{r['target']:30} {r['model']:7} {'≥ ' + str(r['goal']) + ' ' + r['unit']:>16} "
+                     f"{measured:>10}  {verdict}")
     return "\n".join(lines)
 
 

@@ -59,7 +59,7 @@ def driver_version() -> str | None:
     except (OSError, subprocess.SubprocessError):
         pass
     try:
-        found = re.search(r"Kernel Module\s+(\d+(?:\.\d+)+)", PROC_VERSION.read_text())
+        found = re.search(r"NVRM version:.*?\s(\d{3,}\.\d+(?:\.\d+)?)\s", PROC_VERSION.read_text())
         return found.group(1) if found else None
     except OSError:
         return None

@@ -6,6 +6,9 @@
 #   make test-fast  the fast tier: no daemons the tests start, no real Whisper model, nothing slow; 4 workers (pytest-xdist)
 #   make bench  benchmarks: CLI start-up time, then the runner's data loading (CPU) and its training and
 #               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json"
+#   make gpu-check  on a GPU machine: the runner's train/evaluate (tiny model, bf16), whisper-small for a few
+#               steps, the benchmark against the targets; writes docs/bench/<gpu>.json. Offline: run
+#               GPU_CHECK_ARGS=--prepare-only here first and copy .assets/gpu-check over (docs/performance.md)
 #   make image  the job image (CUDA) on the Docker engine at DOCKER_HOST; make image-cpu its cpu variant
 #   make lock   re-resolve images/requirements.lock from images/requirements.in (needs PyPI)
 
@@ -14,11 +17,12 @@ PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast assets demo demo-hello bench docs image image-cpu lock clean
+.PHONY: install test test-fast assets demo demo-hello bench gpu-check docs image image-cpu lock clean
 
 # gpujob (editable) and, beside it, the development package dev/ (gpujob_dev: the demo and test assets,
 # the benchmark; not part of gpujob's wheel)
@@ -56,6 +60,9 @@ demo-hello: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_startup.py
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.bench $(BENCH_ARGS)
+
+gpu-check: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.gpu_check $(GPU_CHECK_ARGS)
 
 docs: $(STAMP)
 	$(PY) scripts/gen_spec_docs.py

@@ -19,8 +19,8 @@ from gpujob.errors import UserError
 REPOSITORY = "ghcr.io/gpujob/gpujob"
 VARIANTS = ("cuda", "cpu")
 DOCKERFILE = "images/Dockerfile"   # relative to the build context, the repository root
-# The cpu variant needs no CUDA libraries: a plain Ubuntu of the same release (same Python 3.12,
-# same apt packages) is 3 GB smaller than the CUDA base.
+# Both variants build on a plain Ubuntu (Python 3.12): the cuda variant's CUDA libraries come with
+# torch's PyPI wheels (images/Dockerfile), so a CUDA base would only add 3 GB that nothing loads.
 CPU_BASE_IMAGE = "ubuntu:24.04"
 CLIENT_TIMEOUT_S = 300              # pushes of multi-GB layers go quiet for a while
 

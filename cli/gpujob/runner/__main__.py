@@ -1,7 +1,8 @@
 """``python -m gpujob.runner SPEC``: the program inside every train/evaluate job.
 
 SPEC is the job's validated spec (the backend's spec.json, or a YAML file).
-Exit codes: 0 done; 2 the spec or the data is wrong (retrying will not help);
+Exit codes: 0 done; 2 the spec or the data is wrong, or the GPUs it asks for are unusable here (no
+CUDA, or an NVIDIA driver too old for this torch: runner/cuda_check.py), so retrying will not help;
 1 anything else; 143 stopped by SIGTERM after saving a checkpoint.
 It writes progress events on stdout (gpujob.progress) and knows nothing of backends.
 """
@@ -87,6 +88,8 @@ def main(argv: list[str]) -> int:
         print(f"gpujob runner: kind {spec.kind!r} is not run by the runner", file=sys.stderr)
         return 2
 
+    if (stop := _cuda_problem(spec)) is not None:
+        return stop
     _quiet_libraries()
     from gpujob.runner import data as data_mod
     from gpujob.runner import distributed
@@ -127,6 +130,21 @@ def main(argv: list[str]) -> int:
     finally:
         getattr(writer, "close", lambda: None)()
         group.close()
+
+
+def _cuda_problem(spec: JobSpec) -> int | None:
+    """Exit 2 with one plain line when the spec asks for GPUs that this torch cannot use (runner/cuda_check.py)."""
+    from gpujob.runner import cuda_check
+
+    gpus = spec.resources.gpus or 0
+    if (warning := cuda_check.cpu_torch_warning(gpus)) is not None:
+        print(f"gpujob runner: warning: {warning}", file=sys.stderr, flush=True)
+    if (problem := cuda_check.problem(gpus)) is None:
+        return None
+    print(f"gpujob runner: {problem}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        ProgressWriter().end(status="failed", message=problem[:400])
+    return 2
 
 
 def _preflight(spec: JobSpec, group) -> dict:

@@ -50,6 +50,8 @@ def _library():
     lib.espeak_Initialize.restype = ctypes.c_int
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed.restype = None
     lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                  ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
     data = espeakng_loader.get_data_path()
@@ -116,6 +118,9 @@ def _speak_here(text: str, *, voice: str, speed: int, pitch: int) -> tuple[np.nd
         for parameter, value in ((_RATE, speed), (_VOLUME, 100), (_PITCH, pitch)):
             lib.espeak_SetParameter(parameter, value, 0)
         chunks.clear()
+        # variants with breath or roughness (f2, f3, ...) draw noise from a generator that
+        # espeak_Initialize seeds with the time: seed it again, so a clip never depends on when it was spoken
+        lib.espeak_ng_SetRandSeed(0)
         encoded = text.encode("utf-8") + b"\0"
         status = lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
@@ -131,3 +136,13 @@ def write_wav(path: str | os.PathLike[str], text: str, *, voice: str = "el", spe
     audio, rate = speak(text, voice=voice, speed=speed, pitch=pitch)
     sf.write(path, audio, rate, subtype="PCM_16", format="WAV")
     return Path(path)
+
+
+def variant_names() -> set[str]:
+    """The voice variants the voice data holds (``el+m3`` speaks Greek with variant ``m3``)."""
+    try:
+        import espeakng_loader
+    except ImportError:
+        raise EspeakError(f"espeakng-loader is not installed ({INSTALL_HINT})") from None
+    folder = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    return {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()

@@ -5,13 +5,22 @@
 
 writes an audio-folder dataset (``file_name,transcription`` in ``metadata.csv``)::
 
-    OUT_DIR/train/metadata.csv + OUT_DIR/train/*.wav      16 kHz mono PCM-16
-    OUT_DIR/heldout/metadata.csv + OUT_DIR/heldout/*.wav
-    OUT_DIR/.complete                                      marker with the parameters
+    OUT_DIR/train/metadata.csv + OUT_DIR/train/*.wav      16 kHz mono PCM-16, the training voices
+    OUT_DIR/heldout/metadata.csv + OUT_DIR/heldout/*.wav  held-out sentences, the training voices
+    OUT_DIR/unseen/metadata.csv + OUT_DIR/unseen/*.*      the same held-out sentences in voices, speeds,
+                                                          pitches and formats training never has
+    OUT_DIR/.complete                                     marker with the parameters
 
 Train and held-out sentences are disjoint: the sentence list is shuffled with ``--seed`` and the
-first ``--heldout`` go to held-out. Each sentence gets its own speed (``-s 150..190``) and pitch
-(``-p 35..65``), also drawn from the seed, so output is deterministic. A second run with the same
+first ``--heldout`` go to held-out. Each train and held-out sentence gets its own voice (one of
+:data:`TRAIN_VOICES`: libespeak-ng's Greek voice with a variant: male, female and Klatt-synthesizer
+voices), speed (``-s 150..190``) and pitch (``-p 35..65``), all drawn from the seed, so output is
+deterministic.
+
+The ``unseen`` split measures generalisation rather than memorisation of a voice: its sentences are
+the held-out ones, spoken by :data:`UNSEEN_VOICES` (disjoint from the training voices), at speeds and
+pitches outside the training ranges (``-s 125..145`` or ``195..225``, ``-p 15..30`` or ``70..90``),
+and stored as FLAC, MP3, Ogg Vorbis or WAV at 16, 22.05, 44.1 or 48 kHz. A second run with the same
 parameters finds the marker and does nothing.
 
 ``--common-voice DIR`` also writes a Mozilla Common Voice-style copy: ``DIR/clips/*.mp3``
@@ -50,12 +59,24 @@ SAMPLE_RATE = 16000
 CV_SAMPLE_RATE = 48000
 SPEED_RANGE = (150, 190)
 PITCH_RANGE = (35, 65)
+# libespeak-ng's Greek voice with one of its variants (espeak-ng-data/voices/!v): each sentence of
+# train and heldout is spoken by one of these; unseen only by the others, which no training clip uses.
+TRAIN_VOICES = ("el", "el+m1", "el+m2", "el+m3", "el+m6", "el+f1", "el+f2", "el+f4", "el+klatt", "el+klatt3",
+                "el+Alex", "el+Michael", "el+linda", "el+steph")
+UNSEEN_VOICES = ("el+m4", "el+m7", "el+f3", "el+f5", "el+klatt2", "el+klatt4", "el+Andy", "el+Annie",
+                 "el+grandpa", "el+croak")
+UNSEEN_SPEEDS = ((125, 145), (195, 225))     # slower or faster than any training clip
+UNSEEN_PITCHES = ((15, 30), (70, 90))        # lower or higher than any training clip
+UNSEEN_FORMATS = ("flac", "mp3", "ogg", "wav")
+UNSEEN_RATES = (16000, 22050, 44100, 48000)
+_SOUNDFILE = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"),
+              "wav": ("WAV", "PCM_16")}
 CV_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents",
               "locale", "segment")
 DEFAULT_HELDOUT = 50
 
-__all__ = ["CV_COLUMNS", "BuildResult", "SpeechError", "build", "load_sentences", "main", "synthesize",
-           "write_common_voice"]
+__all__ = ["CV_COLUMNS", "TRAIN_VOICES", "UNSEEN_VOICES", "BuildResult", "SpeechError", "build", "load_sentences",
+           "main", "synthesize", "write_common_voice"]
 
 
 class SpeechError(RuntimeError):
@@ -66,7 +87,7 @@ class SpeechError(RuntimeError):
 class BuildResult:
     out_dir: Path
     train: int
-    heldout: int
+    heldout: int            # held-out sentences (each in the heldout split and, in other voices, in unseen)
     seconds: float          # wall time spent (0 when skipped)
     skipped: bool           # True when the marker said it was already complete
     common_voice: Path | None = None
@@ -94,20 +115,56 @@ def synthesize(text: str, *, speed: int = 170, pitch: int = 50, voice: str = "el
     return to_mono_16k(data.astype(np.float32) / 32768.0, sr, target_sr=sample_rate)
 
 
-def _voice_params(seed: int, text: str) -> tuple[int, int]:
-    digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
-    rng = random.Random(digest)
-    return rng.randint(*SPEED_RANGE), rng.randint(*PITCH_RANGE)
+@dataclass(frozen=True)
+class Voice:
+    """How one clip is spoken and stored."""
+
+    voice: str
+    speed: int
+    pitch: int
+    fmt: str = "wav"
+    rate: int = SAMPLE_RATE
 
 
-def _render(job: tuple[str, str, int, int]) -> float:
-    """Worker: synthesize one sentence into a 16 kHz PCM-16 wav; returns its duration."""
-    path, text, speed, pitch = job
-    audio = synthesize(text, speed=speed, pitch=pitch)
+def _rng(seed: int, text: str, salt: str = "") -> random.Random:
+    return random.Random(hashlib.sha256(f"{seed}\0{salt}{text}".encode()).digest())
+
+
+def training_voice(seed: int, text: str) -> Voice:
+    """The voice, speed and pitch of a train or heldout sentence (16 kHz WAV)."""
+    rng = _rng(seed, text)
+    speed, pitch = rng.randint(*SPEED_RANGE), rng.randint(*PITCH_RANGE)
+    return Voice(rng.choice(TRAIN_VOICES), speed, pitch)
+
+
+def unseen_voice(seed: int, text: str, index: int) -> Voice:
+    """The voice, speed, pitch and format of an unseen-split clip: none of them used in training.
+    Formats and rates cycle with ``index``, so every pairing appears in 16 clips."""
+    rng = _rng(seed, text, "unseen\0")
+    speed, pitch = rng.randint(*rng.choice(UNSEEN_SPEEDS)), rng.randint(*rng.choice(UNSEEN_PITCHES))
+    return Voice(rng.choice(UNSEEN_VOICES), speed, pitch, UNSEEN_FORMATS[index % 4], UNSEEN_RATES[index // 4 % 4])
+
+
+def _render(job: tuple[str, str, Voice]) -> float:
+    """Worker: synthesize one sentence into one clip as ``voice`` says; returns its duration."""
+    path, text, voice = job
+    audio = synthesize(text, speed=voice.speed, pitch=voice.pitch, voice=voice.voice, sample_rate=voice.rate)
     tmp = path + ".part"
-    sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    container, subtype = _SOUNDFILE[voice.fmt]
+    sf.write(tmp, audio, voice.rate, subtype=subtype, format=container)
     os.replace(tmp, path)
-    return len(audio) / SAMPLE_RATE
+    return len(audio) / voice.rate
+
+
+def check_voices(voices=TRAIN_VOICES + UNSEEN_VOICES) -> None:
+    """Every variant named exists in the voice data (libespeak-ng silently falls back to the plain
+    voice for an unknown one, which would quietly put a training voice in the unseen split)."""
+    from .espeak import variant_names
+
+    known = variant_names()
+    missing = [v for v in voices if "+" in v and v.split("+", 1)[1] not in known]
+    if missing:
+        raise SpeechError(f"libespeak-ng's voice data has no variant for {', '.join(missing)}")
 
 
 def _split(sentences: list[str], train: int | None, heldout: int, seed: int) -> tuple[list[str], list[str]]:
@@ -141,25 +198,28 @@ def build(out_dir: str | os.PathLike[str], *, train: int | None = None, heldout:
     out = Path(out_dir)
     sentences = load_sentences() if sentences is None else sentences
     train_set, held_set = _split(sentences, train, heldout, seed)
-    params = {"train": len(train_set), "heldout": len(held_set), "seed": seed,
+    params = {"train": len(train_set), "heldout": len(held_set), "seed": seed, "unseen": True,
+              "voices": [TRAIN_VOICES, UNSEEN_VOICES],
               "sentences": hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:16]}
     start = time.perf_counter()
     skipped = _read_marker(out) == params
     if skipped:
         say(f"{out} is already complete ({len(train_set)} train, {len(held_set)} held-out); nothing to do")
     else:
+        check_voices()
         (out / MARKER).unlink(missing_ok=True)
-        jobs: list[tuple[str, str, int, int]] = []
-        for split, texts in (("train", train_set), ("heldout", held_set)):
+        jobs: list[tuple[str, str, Voice]] = []
+        for split, texts in (("train", train_set), ("heldout", held_set), ("unseen", held_set)):
             folder = out / split
             if folder.exists():
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             rows = []
             for i, text in enumerate(texts):
-                name = f"{split}_{i:04d}.wav"
+                voice = unseen_voice(seed, text, i) if split == "unseen" else training_voice(seed, text)
+                name = f"{split}_{i:04d}.{voice.fmt}"
                 rows.append((name, text))
-                jobs.append((str(folder / name), text, *_voice_params(seed, text)))
+                jobs.append((str(folder / name), text, voice))
             with open(folder / "metadata.csv", "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(["file_name", "transcription"])
@@ -170,7 +230,8 @@ def build(out_dir: str | os.PathLike[str], *, train: int | None = None, heldout:
         else:
             durations = [_render(job) for job in jobs]
         (out / MARKER).write_text(json.dumps(params), encoding="utf-8")
-        say(f"wrote {len(train_set)} train + {len(held_set)} held-out clips ({sum(durations) / 60:.1f} min of "
+        say(f"wrote {len(train_set)} train + {len(held_set)} held-out clips, and the held-out sentences again in "
+            f"unseen voices ({sum(durations) / 60:.1f} min of "
             f"speech) to {out} in {time.perf_counter() - start:.1f}s")
     cv = None
     if common_voice is not None:

@@ -40,6 +40,8 @@ def test_the_gpu_check_runs_on_the_cpu_on_the_tiny_model(tmp_path, tiny_model):
     assert list(steps) == ["train-tiny", "evaluate-tiny", "train-small", "bench tiny"]
     assert steps["train-tiny"]["status"] == "ok" and steps["train-tiny"]["precision"] == "fp32"
     assert steps["evaluate-tiny"]["status"] == "ok" and steps["evaluate-tiny"]["wer"] >= 0
+    # the evaluate run scores the trained model as the train run's last evaluation did
+    assert steps["evaluate-tiny"]["wer"] == pytest.approx(steps["train-tiny"]["wer"], abs=1e-6)
     assert steps["train-small"]["status"] == "skipped" and "GPU only" in steps["train-small"]["message"]
     assert steps["bench tiny"]["status"] == "ok"
     assert result["device"]["type"] == "cpu" and "name" not in result["device"]

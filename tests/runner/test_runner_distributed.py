@@ -154,6 +154,22 @@ def test_every_layout_takes_the_same_steps(layouts, group_by_length):
         assert "[rank" not in got.output, got.output[-3000:]  # no warnings or errors from the other ranks
 
 
+def test_a_cached_frozen_encoder_prefix_takes_the_same_steps_on_two_processes(tmp_path, tiny_model, speech):
+    """freeze: {encoder_layers: 1}: the frozen prefix is cached per clip and the encoder layer that trains
+    runs outside the DDP wrapper's forward; its gradients are still averaged over the processes."""
+    runs = {}
+    for processes, batch in ((1, 8), (2, 4)):
+        spec = write_spec(tmp_path / f"p{processes}" / "spec.json", tiny_model, speech, batch=batch,
+                          freeze={"encoder_layers": 1})
+        runs[processes] = run(spec, processes)
+        assert runs[processes].code == 0, runs[processes].output[-4000:]
+    assert_same_steps(runs[2], runs[1])
+    assert runs[2].kinds("end")[0]["metrics"] == runs[1].kinds("end")[0]["metrics"]
+    trained = [k for k in runs[1].weights() if k.startswith("model.encoder.layers.1.")]
+    before = load_file(tiny_model / "model.safetensors")
+    assert trained and any(not torch.equal(runs[2].weights()[k], before[k]) for k in trained)
+
+
 def test_two_nodes_on_loopback_write_once_from_node_0(tmp_path, layouts, tiny_model, speech):
     """2 nodes x 1 process, c10d rendezvous on 127.0.0.1. torchrun numbers nodes in the order of their
     addresses (on Kubernetes: <job>-0, <job>-1, ...); here node 0 says 127.0.0.1 and node 1 localhost,

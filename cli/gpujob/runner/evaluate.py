@@ -3,7 +3,8 @@
 Greedy batched generation (no ``forced_decoder_ids``: language and task are
 passed to ``generate``). When the encoder is frozen its outputs do not change,
 so they are computed once per clip and kept (within a memory budget) for every
-later evaluation and epoch.
+later evaluation and epoch; when only its first layers are frozen, their output
+is kept the same way and the layers that train run on it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from gpujob.runner.batches import example_key, features
 from gpujob.runner.metrics import Scores, score_sources, worst
 from gpujob.spec.tracking import source_names
-from gpujob.runner.model import Precision, encode, encoder_frozen, language_name
+from gpujob.runner.model import (Precision, encode, encode_prefix, encode_rest, encoder_frozen, frozen_prefix,
+                                 language_name)
 from gpujob.runner.tracking import log_worst
 
 if TYPE_CHECKING:
@@ -29,7 +31,8 @@ CACHE_BUDGET_MB = int(os.environ.get("GPUJOB_ENCODER_CACHE_MB", "4096"))
 
 
 class EncoderCache:
-    """Encoder states by example key, on the CPU, up to a budget; only used while the encoder is frozen."""
+    """Encoder states by example key, on the CPU, up to a budget; only used while the encoder, or a prefix of
+    its layers, is frozen (then it holds that prefix's output)."""
 
     def __init__(self, budget_mb: int = CACHE_BUDGET_MB) -> None:
         self.budget = budget_mb * 2**20
@@ -54,9 +57,23 @@ class EncoderCache:
 
 def encoder_states(model, feature_extractor, audio, keys, device: torch.device, precision: Precision,
                    cache: EncoderCache | None) -> torch.Tensor | None:
-    """Encoder outputs for a batch when the encoder is frozen (from the cache where possible); else None."""
+    """Encoder outputs for a batch when the encoder is frozen (from the cache where possible); else None.
+
+    With only a prefix of the encoder frozen (``freeze: {encoder_layers: N}``) and a cache, the cache
+    keeps the prefix's output per clip and the layers that train run on it here, with their graph."""
     if not encoder_frozen(model):
-        return None
+        n = frozen_prefix(model) if cache is not None else 0
+        if not n:
+            return None
+        hit = cache.get(keys)
+        if hit is not None:
+            hidden = torch.stack(hit).to(device)
+        else:
+            with autocast(device, precision):
+                hidden = encode_prefix(model, features(feature_extractor, audio, device), n)
+            cache.put(keys, hidden)
+        with autocast(device, precision):
+            return encode_rest(model, hidden, n)
     if cache is not None:
         hit = cache.get(keys)
         if hit is not None:

@@ -145,3 +145,47 @@ def encode(model, features: torch.Tensor) -> torch.Tensor:
         encoder.train(was_training)
         return out
     return encoder(features).last_hidden_state
+
+
+def frozen_prefix(model) -> int:
+    """How many leading encoder layers are frozen, with the conv stem and the positions, while a later
+    one trains (``freeze: {encoder_layers: N}``): their output is the same every epoch, so it can be
+    computed once per clip (:func:`encode_prefix`) and only the rest run each step (:func:`encode_rest`).
+    0 when the stem trains, or when the whole encoder is frozen (then :func:`encode` is cached whole)."""
+    encoder = model.model.encoder
+    if any(p.requires_grad for m in (encoder.conv1, encoder.conv2, encoder.embed_positions) for p in m.parameters()):
+        return 0
+    n = 0
+    for layer in encoder.layers:
+        if any(p.requires_grad for p in layer.parameters()):
+            return n
+        n += 1
+    return 0
+
+
+def encode_prefix(model, features: torch.Tensor, n: int) -> torch.Tensor:
+    """The hidden states after the conv stem, the positions and the first ``n`` encoder layers, computed
+    as :meth:`WhisperEncoder.forward` does, in eval mode and without a graph (those parts are frozen)."""
+    encoder = model.model.encoder
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        hidden = torch.nn.functional.gelu(encoder.conv1(features))
+        hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        for layer in encoder.layers[:n]:
+            hidden = _layer_out(layer(hidden, None))
+    encoder.train(was_training)
+    return hidden
+
+
+def encode_rest(model, hidden: torch.Tensor, n: int) -> torch.Tensor:
+    """The encoder's output from :func:`encode_prefix`'s states: layers ``n`` on, then the final norm."""
+    encoder = model.model.encoder
+    for layer in encoder.layers[n:]:
+        hidden = _layer_out(layer(hidden, None))
+    return encoder.layer_norm(hidden)
+
+
+def _layer_out(out):
+    return out[0] if isinstance(out, tuple) else out

@@ -98,10 +98,11 @@ def count_train_examples(spec: JobSpec) -> int:
     return total
 
 
-def train_cache_for(cache: EncoderCache, augmenter) -> EncoderCache | None:
+def train_cache_for(cache: EncoderCache, augmenter, spec_augment: bool = False) -> EncoderCache | None:
     """The encoder cache training may use. It assumes the same input every epoch, so augmented training
-    clips bypass it (a frozen encoder runs on them every step); evaluation clips, never augmented, still use it."""
-    return None if augmenter is not None and augmenter.active else cache
+    clips bypass it (a frozen encoder, or frozen prefix, runs on them every step), and so does SpecAugment's
+    masking of the features; evaluation clips, never augmented, still use it."""
+    return None if spec_augment or augmenter is not None and augmenter.active else cache
 
 
 def seed_all(seed: int) -> None:
@@ -173,7 +174,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
 
     cache = EncoderCache()
     augmenter = Augmenter(t.augment) if t.augment.waveform else None
-    train_cache = train_cache_for(cache, augmenter)
+    train_cache = train_cache_for(cache, augmenter, t.augment.spec_augment is not None)
     if augmenter is not None or t.augment.spec_augment is not None:
         print("augmentation: " + augment_summary(t.augment)
               + ("; frozen encoder run on every augmented clip (not cached)" if t.freeze == "encoder" and augmenter

@@ -43,7 +43,7 @@ test-fast: $(STAMP)
 
 assets: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.convert_ct2 --out .assets/whisper-base
-	$(PY) -m gpujob_dev.greek_speech .assets/greek-speech --train 200 --heldout 50
+	$(PY) -m gpujob_dev.greek_speech .assets/greek-speech --heldout 40
 
 demo: assets
 	$(GPUJOB) submit jobs/quickstart.yaml --follow

@@ -192,15 +192,27 @@ def _read_marker(directory: Path) -> dict | None:
 
 def build(out_dir: str | os.PathLike[str], *, train: int | None = None, heldout: int = DEFAULT_HELDOUT,
           seed: int = 0, common_voice: str | os.PathLike[str] | None = None, workers: int = 2,
-          sentences: list[str] | None = None, log=None) -> BuildResult:
-    """Write the audio-folder dataset (and optionally the Common Voice copy); skip if already complete."""
+          sentences: list[str] | None = None, extra: list[str] | None = None, per_clip: int = 1,
+          log=None) -> BuildResult:
+    """Write the audio-folder dataset (and optionally the Common Voice copy); skip if already complete.
+
+    ``extra`` sentences are for training only (never held out; any that is a held-out sentence is
+    dropped). ``per_clip`` > 1 speaks that many training sentences, one after the other, in each training
+    clip: Whisper's encoder reads 30 s whatever the clip's length, so a clip of three sentences costs
+    the same to encode as a clip of one and teaches three times the words."""
     say = log or (lambda _msg: None)
     out = Path(out_dir)
     sentences = load_sentences() if sentences is None else sentences
     train_set, held_set = _split(sentences, train, heldout, seed)
+    if extra:
+        known = set(train_set) | set(held_set)
+        train_set = train_set + [t for t in dict.fromkeys(extra) if t not in known]
+    if per_clip < 1:
+        raise SpeechError("--per-clip must be at least 1")
+    train_clips = [" ".join(train_set[i:i + per_clip]) for i in range(0, len(train_set), per_clip)]
     params = {"train": len(train_set), "heldout": len(held_set), "seed": seed, "unseen": True,
-              "voices": [TRAIN_VOICES, UNSEEN_VOICES],
-              "sentences": hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:16]}
+              "voices": [TRAIN_VOICES, UNSEEN_VOICES], "per_clip": per_clip,
+              "sentences": hashlib.sha256("\n".join(sentences + ["--"] + (extra or [])).encode()).hexdigest()[:16]}
     start = time.perf_counter()
     skipped = _read_marker(out) == params
     if skipped:
@@ -209,7 +221,7 @@ def build(out_dir: str | os.PathLike[str], *, train: int | None = None, heldout:
         check_voices()
         (out / MARKER).unlink(missing_ok=True)
         jobs: list[tuple[str, str, Voice]] = []
-        for split, texts in (("train", train_set), ("heldout", held_set), ("unseen", held_set)):
+        for split, texts in (("train", train_clips), ("heldout", held_set), ("unseen", held_set)):
             folder = out / split
             if folder.exists():
                 shutil.rmtree(folder)
@@ -230,7 +242,8 @@ def build(out_dir: str | os.PathLike[str], *, train: int | None = None, heldout:
         else:
             durations = [_render(job) for job in jobs]
         (out / MARKER).write_text(json.dumps(params), encoding="utf-8")
-        say(f"wrote {len(train_set)} train + {len(held_set)} held-out clips, and the held-out sentences again in "
+        say(f"wrote {len(train_set)} train sentences in {len(train_clips)} clips + {len(held_set)} held-out clips, "
+            f"and the held-out sentences again in "
             f"unseen voices ({sum(durations) / 60:.1f} min of "
             f"speech) to {out} in {time.perf_counter() - start:.1f}s")
     cv = None
@@ -315,9 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--common-voice", metavar="DIR", default=None,
                         help="also write a Common Voice-style copy (clips/*.mp3 + train/dev/test/validated.tsv)")
     parser.add_argument("--workers", type=int, default=2, help="parallel synthesis processes (default 2)")
+    parser.add_argument("--extra-sentences", metavar="FILE", default=None,
+                        help="more sentences, one per line, for training only (never held out)")
+    parser.add_argument("--per-clip", type=int, default=1, metavar="K",
+                        help="training sentences spoken in each training clip (default 1)")
     args = parser.parse_args(argv)
     try:
-        build(args.out_dir, train=args.train, heldout=args.heldout, seed=args.seed,
+        build(args.out_dir, train=args.train, heldout=args.heldout, seed=args.seed, per_clip=args.per_clip,
+              extra=load_sentences(args.extra_sentences) if args.extra_sentences else None,
               common_voice=args.common_voice, workers=max(1, args.workers),
               log=lambda msg: print(msg, file=sys.stderr))
     except SpeechError as exc:

@@ -56,3 +56,15 @@ def test_every_voice_variant_named_exists_and_an_unknown_one_is_refused(monkeypa
     gs.check_voices()
     with pytest.raises(gs.SpeechError, match=r"el\+nosuchvoice"):
         gs.check_voices(("el+m1", "el+nosuchvoice"))
+
+
+def test_extra_sentences_only_train_and_several_can_share_a_clip(tmp_path):
+    main = gs.load_sentences()[:10]
+    extra = ["Το τρένο έφυγε νωρίς σήμερα.", main[0], "Ο σκύλος κοιμάται στον κήπο."]
+    out = gs.build(tmp_path / "gs", train=4, heldout=4, seed=1, sentences=main, extra=extra, per_clip=3).out_dir
+    held = [t for _, t in rows(out / "heldout")]
+    train = [t for _, t in rows(out / "train")]
+    spoken = " ".join(train)
+    assert not any(h in spoken for h in held)                     # an extra that is held out is dropped
+    assert len(train) == 2                                        # 4 + 2 new extras (one was known), 3 a clip
+    assert "Ο σκύλος κοιμάται στον κήπο." in spoken and "Το τρένο έφυγε νωρίς σήμερα." in spoken

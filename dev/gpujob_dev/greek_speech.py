@@ -211,7 +211,7 @@ def build(out_dir: str | os.PathLike[str], *, train: int | None = None, heldout:
         raise SpeechError("--per-clip must be at least 1")
     train_clips = [" ".join(train_set[i:i + per_clip]) for i in range(0, len(train_set), per_clip)]
     params = {"train": len(train_set), "heldout": len(held_set), "seed": seed, "unseen": True,
-              "voices": [TRAIN_VOICES, UNSEEN_VOICES], "per_clip": per_clip,
+              "voices": [list(TRAIN_VOICES), list(UNSEEN_VOICES)], "per_clip": per_clip,
               "sentences": hashlib.sha256("\n".join(sentences + ["--"] + (extra or [])).encode()).hexdigest()[:16]}
     start = time.perf_counter()
     skipped = _read_marker(out) == params

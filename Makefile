@@ -43,7 +43,8 @@ test-fast: $(STAMP)
 
 assets: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.convert_ct2 --out .assets/whisper-base
-	$(PY) -m gpujob_dev.greek_speech .assets/greek-speech --heldout 40
+	$(PY) -m gpujob_dev.greek_speech .assets/greek-speech --heldout 40 \
+		--extra-sentences dev/gpujob_dev/greek_sentences_train.txt
 
 demo: assets
 	$(GPUJOB) submit jobs/quickstart.yaml --follow

@@ -118,7 +118,7 @@ def _speak_here(text: str, *, voice: str, speed: int, pitch: int) -> tuple[np.nd
         for parameter, value in ((_RATE, speed), (_VOLUME, 100), (_PITCH, pitch)):
             lib.espeak_SetParameter(parameter, value, 0)
         chunks.clear()
-        # variants with breath or roughness (f2, f3, ...) draw noise from a generator that
+        # the variants with breath (f2, f3, f5) draw noise from a generator that
         # espeak_Initialize seeds with the time: seed it again, so a clip never depends on when it was spoken
         lib.espeak_ng_SetRandSeed(0)
         encoded = text.encode("utf-8") + b"\0"

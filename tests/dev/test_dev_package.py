@@ -48,7 +48,7 @@ def test_the_synthesized_speech_is_the_same_every_time(tmp_path):
     """The demo and the tests train on this speech: the same seed must give the same audio, sample for
     sample, whichever worker process speaks which sentence and whenever it does (libespeak-ng carries
     state between utterances in one process, so two builds differed in every clip before each was spoken
-    alone; and it seeds the noise of breathy variants such as f2 and f3 with the time)."""
+    alone; and it seeds the noise of the variants with breath, f2, f3 and f5, with the time)."""
     pytest.importorskip("espeakng_loader")
     import time
 

@@ -106,3 +106,17 @@ def test_the_runner_exits_2_with_one_plain_line_and_a_failed_end(monkeypatch, tm
     ends = [e for line in out.splitlines() for e in parse_line(line) if e["event"] == "end"]
     assert [e["status"] for e in ends] == ["failed"] and "570.86.15" in ends[0]["message"]
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from gpujob.runner.model import cpu_bf16_note, pick_precision
+
+    cpu = torch.device("cpu")
+    bf16, fp32 = pick_precision("bf16", cpu), pick_precision("fp32", cpu)
+    assert bf16.name == "bf16" and fp32.name == "fp32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert "no bf16 instructions" in cpu_bf16_note(bf16, cpu) and "precision: fp32" in cpu_bf16_note(bf16, cpu)
+    assert cpu_bf16_note(fp32, cpu) == ""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert cpu_bf16_note(bf16, cpu) == ""

@@ -127,6 +127,27 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_steps(tmp_p
         assert step == ref_step and loss == pytest.approx(ref_loss, rel=1e-4, abs=1e-5)
 
 
+def test_another_run_in_the_same_output_dir_is_refused_and_a_longer_one_resumes(tmp_path, tiny_model, greek_folder):
+    """A spec whose model, training data or freezing changed must not silently continue the old run's
+    checkpoints (the quickstart's new recipe resumed the old one's); one that only trains longer must."""
+    code, _, output = run_runner(write_spec(tmp_path, tiny_model, greek_folder, max_steps=3))
+    assert code == 0, output[-3000:]
+    spec = json.loads((tmp_path / "spec.yaml").read_text())
+    other = {**spec, "data": {**spec["data"], "train": [{"dataset": str(greek_folder), "split": "heldout"}]},
+             "training": {**spec["training"], "freeze": "encoder"}}
+    (tmp_path / "spec.yaml").write_text(json.dumps(other))
+    code, events, output = run_runner(tmp_path / "spec.yaml")
+    assert code == 2, output[-3000:]
+    end = events[-1]
+    assert end["event"] == "end" and end["status"] == "failed"
+    assert "output.dir" in output and "data.train, training.freeze differ" in output and "Traceback" not in output
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["checkpoint-3"]  # untouched
+
+    code, events, output = run_runner(write_spec(tmp_path, tiny_model, greek_folder, max_steps=5))
+    assert code == 0, output[-3000:]
+    assert [s for s, _ in steps_and_losses(events)] == [4, 5]
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_model, greek_folder):
     spec = write_spec(tmp_path, tiny_model, greek_folder, save_steps=1000)
     code, events, output = run_runner(spec, stop_at_step=4, sig=signal.SIGTERM)

@@ -52,7 +52,7 @@ from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
 from gpujob.runner.metrics import worst
 from gpujob.runner.tracking import log_worst
-from gpujob.runner.model import freeze, load, pick_precision, set_gradient_checkpointing
+from gpujob.runner.model import cpu_bf16_note, freeze, load, pick_precision, set_gradient_checkpointing
 from gpujob.runner.steps import OUTCOMES, micro_steps_for, steps
 
 if TYPE_CHECKING:
@@ -105,6 +105,18 @@ def train_cache_for(cache: EncoderCache, augmenter, spec_augment: bool = False) 
     return None if spec_augment or augmenter is not None and augmenter.active else cache
 
 
+def run_identity(spec: JobSpec) -> dict:
+    """What a checkpoint must share with a job for the job to resume from it: the model, the training data
+    and what is frozen. Steps, rates and evaluation may change between attempts (to train longer, say)."""
+    return {"model.checkpoint": spec.model.checkpoint, "model.language": spec.model.language,
+            "data.train": [s.model_dump(mode="json", exclude={"name"}) for s in spec.data.train],
+            "training.freeze": spec.training.model_dump(mode="json")["freeze"]}
+
+
+def different(saved: dict, now: dict) -> str:
+    return ", ".join(k for k in now if saved.get(k) != now[k]) or "their settings"
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -131,11 +143,11 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     ckpt_on = set_gradient_checkpointing(model, t.gradient_checkpointing, device=device)
     print(f"model {spec.model.checkpoint}: {frozen['trainable'] / 1e6:.1f}M trainable, "
           f"{frozen['frozen'] / 1e6:.1f}M frozen; precision {precision.name}; device {device.type}; "
-          f"gradient checkpointing {'on' if ckpt_on else 'off'}", flush=True)
+          f"gradient checkpointing {'on' if ckpt_on else 'off'}" + cpu_bf16_note(precision, device), flush=True)
 
     # 3. optimiser and schedule; resume
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None, "baseline": None,
-             "evals_since_best": 0,
+             "evals_since_best": 0, "run": run_identity(spec),
              "global_batch": t.per_device_batch_size * t.gradient_accumulation_steps * group.world}
     lr = learning_rate(spec, model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -144,6 +156,11 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     workers = data_mod.loader_threads(spec.data.loader_workers)
     n_train = group.share(count_train_examples(spec) if group.is_writer else None) if t.epochs is not None else None
     saved = json.loads((resume_from / "state.json").read_text()) if resume_from is not None else None
+    if saved is not None and saved.get("run", state["run"]) != state["run"]:
+        raise data_mod.DataError(
+            f"{out_dir} holds checkpoints of another run ({different(saved['run'], state['run'])} differ), so this "
+            "job cannot resume from them: give it an output.dir of its own, or delete "
+            f"{out_dir / 'checkpoints'} to start over", key="output.dir")
     if saved is not None and "global_batch" not in saved:  # saved before the global batch was: one process
         saved["global_batch"] = t.per_device_batch_size * t.gradient_accumulation_steps
         saved["batch_in_epoch"] //= t.gradient_accumulation_steps

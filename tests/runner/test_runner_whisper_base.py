@@ -25,7 +25,7 @@ def test_fine_tuning_whisper_base_lowers_held_out_wer(tmp_path):
 
     model = ensure_whisper_base(tmp_path / "whisper-base")
     data = tmp_path / "greek"
-    build(data, train=96, heldout=24, seed=1)
+    build(data, train=200, heldout=24, seed=1)  # 14 voices: fewer sentences teach too few words (docs/recipe.md)
     train_text = (data / "train" / "metadata.csv").read_text(encoding="utf-8").splitlines()[1:]
     held_text = (data / "heldout" / "metadata.csv").read_text(encoding="utf-8").splitlines()[1:]
     strip = lambda rows: {row.split(",", 1)[1] for row in rows}  # noqa: E731
@@ -36,7 +36,7 @@ def test_fine_tuning_whisper_base_lowers_held_out_wer(tmp_path):
         "model": {"checkpoint": str(model), "language": "el"},
         "data": {"train": [{"dataset": str(data), "split": "train"}],
                  "eval": [{"dataset": str(data), "split": "heldout"}]},
-        "training": {"freeze": "encoder", "learning_rate": 1e-4, "warmup_steps": 4, "max_steps": 24,
+        "training": {"freeze": "encoder", "learning_rate": 2e-4, "warmup_steps": 4, "max_steps": 32,
                      "per_device_batch_size": 16, "precision": "fp32", "eval_steps": 1000, "save_steps": 1000,
                      "generation_max_length": 96},
         "evaluation": {"before_training": True, "batch_size": 12},
@@ -53,4 +53,4 @@ def test_fine_tuning_whisper_base_lowers_held_out_wer(tmp_path):
     assert metrics["wer"] < metrics["baseline_wer"] - 0.10, metrics
     assert metrics["cer"] < metrics["baseline_cer"], metrics
     evals = [e for line in out.stdout.splitlines() for e in parse_line(line) if e["event"] == "eval"]
-    assert [e["step"] for e in evals] == [0, 24]
+    assert [e["step"] for e in evals] == [0, 32]

@@ -1,7 +1,7 @@
 """The real thing, offline: OpenAI Whisper base (converted from the packaged CTranslate2 model),
 fine-tuned on synthesized Greek speech, must transcribe held-out sentences better than before.
 
-Slow (about 3-4 minutes on 2 cores); CI runs it. Skip locally with -m 'not slow'.
+Slow (about 5 minutes on 2 cores); CI runs it. Skip locally with -m 'not slow'.
 """
 
 from __future__ import annotations

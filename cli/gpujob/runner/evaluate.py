@@ -61,28 +61,24 @@ def encoder_states(model, feature_extractor, audio, keys, device: torch.device, 
 
     With only a prefix of the encoder frozen (``freeze: {encoder_layers: N}``) and a cache, the cache
     keeps the prefix's output per clip and the layers that train run on it here, with their graph."""
-    if not encoder_frozen(model):
-        n = frozen_prefix(model) if cache is not None else 0
-        if not n:
-            return None
-        hit = cache.get(keys)
-        if hit is not None:
-            hidden = torch.stack(hit).to(device)
-        else:
-            with autocast(device, precision):
-                hidden = encode_prefix(model, features(feature_extractor, audio, device), n)
-            cache.put(keys, hidden)
-        with autocast(device, precision):
-            return encode_rest(model, hidden, n)
-    if cache is not None:
-        hit = cache.get(keys)
+    def cached(compute) -> torch.Tensor:
+        hit = cache.get(keys) if cache is not None else None
         if hit is not None:
             return torch.stack(hit).to(device)
+        with autocast(device, precision):
+            states = compute(features(feature_extractor, audio, device))
+        if cache is not None:
+            cache.put(keys, states)
+        return states
+
+    if encoder_frozen(model):
+        return cached(lambda feats: encode(model, feats))
+    n = frozen_prefix(model) if cache is not None else 0
+    if not n:
+        return None
+    hidden = cached(lambda feats: encode_prefix(model, feats, n))
     with autocast(device, precision):
-        states = encode(model, features(feature_extractor, audio, device))
-    if cache is not None:
-        cache.put(keys, states)
-    return states
+        return encode_rest(model, hidden, n)
 
 
 def autocast(device: torch.device, precision: Precision):

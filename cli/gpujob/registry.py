@@ -55,8 +55,14 @@ def new_job_id() -> str:
     return secrets.choice(_ID_FIRST) + "".join(secrets.choice(_ID_REST) for _ in range(5))
 
 
-def open_db(home: Path) -> registry_open.Opened:
-    """The registry in ``home``: created, read-only (and why), or set aside and rebuilt when broken."""
+def open_db(home: Path, create: bool = True) -> registry_open.Opened:
+    """The registry in ``home``: created, read-only (and why), or set aside and rebuilt when broken.
+    ``create=False`` (commands that only read): a home that does not exist is not made; the registry
+    is then an empty one in memory."""
+    if not create and not home.exists():
+        conn = registry_open.connect(":memory:")
+        registry_open.setup(conn)
+        return registry_open.Opened(conn, None)
     registry_open.ensure_home(home)
     path = home / DB_NAME
     why = registry_open.read_only_reason(home, path)
@@ -79,10 +85,10 @@ HOST_COLUMNS = tuple(f for f in Host.__dataclass_fields__ if f not in ("created_
 
 
 class Registry:
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(self, home: Path | None = None, *, create: bool = True) -> None:
         self.home = Path(home) if home else gpujob_home()
         self.path = self.home / DB_NAME
-        self._conn, self.read_only = open_db(self.home)
+        self._conn, self.read_only = open_db(self.home, create)
 
     def close(self) -> None:
         self._conn.close()
@@ -178,6 +184,19 @@ class Registry:
             conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
             conn.execute("INSERT INTO transitions (job_id, status, reason, at) VALUES (?, ?, ?, ?)",
                          (job_id, status, reason, now))
+        return True
+
+    def delete(self, job_id: str, *, only_from: tuple[str, ...] = TERMINAL) -> bool:
+        """Forget a job (its record, transitions and metric history) if it is in ``only_from``;
+        True if it was. The check and the delete are one transaction, so a job that a racing writer
+        moved out of ``only_from`` is kept. Its folder and outputs are the caller's to remove."""
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] not in only_from:
+                return False
+            for table in ("history", "transitions"):
+                conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return True
 
     def update(self, job_id: str, *, handle: dict[str, Any] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
@@ -172,8 +173,10 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     request = build_request(loaded, job_id=job.id, job_dir=job.job_dir, price=price)
     try:
         handle = impl.submit(request, {n: environ[n] for n in spec.runtime.secrets if from_env})
-    except Exception as exc:
-        registry.transition(job.id, "failed", reason=f"the {name} backend could not start the job: {exc}")
+    except Exception:
+        # Refused before it started (no engine, no such host...): it never ran, so it leaves no record.
+        registry.delete(job.id, only_from=("queued",))
+        shutil.rmtree(job.job_dir, ignore_errors=True)
         raise
     registry.update(job.id, handle=handle)
     if spec.resources.price_per_hour is None and handle.get("price_cents_per_hour") is not None:  # the host's, now

@@ -110,6 +110,9 @@ class Backend(Protocol):
     # True: the backend's own supervisor records the job's state (through a JobStore) as it runs,
     # and submit waits a moment for it to start; False: the service asks ``status`` and records it.
     self_reporting: ClassVar[bool] = False
+    # True: a job's output.dir is a folder on this machine (local, docker's bind mount); False: on
+    # the cluster's volume or the rented host (`gpujob rm --outputs` leaves those alone).
+    outputs_on_this_machine: ClassVar[bool] = True
 
     def preflight(self, request: JobRequest) -> None:
         """Check what can be checked before the job is recorded (this machine has the GPUs asked

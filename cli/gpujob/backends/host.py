@@ -144,6 +144,7 @@ def _close_all() -> None:
 
 class HostBackend(Backend):
     name = "host"
+    outputs_on_this_machine = False  # on the rented host, until pulled
 
     def __init__(self, hosts: HostSource | None = None) -> None:
         """``hosts``: where hosts come from; a backend without it can only render."""

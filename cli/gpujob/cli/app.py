@@ -1,7 +1,7 @@
 """The `gpujob` command: registers the subcommands, nothing else.
 
 Subcommands live in :mod:`gpujob.cli.spec_cmds` (validate, render, schema),
-:mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel) and
+:mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel), :mod:`gpujob.cli.clean_cmds` (rm, prune) and
 :mod:`gpujob.cli.image_cmds` (image build), :mod:`gpujob.cli.host_cmds` (host types, up, list,
 down, ssh, reap), :mod:`gpujob.cli.metric_cmds` (metrics), :mod:`gpujob.cli.plot_cmds` (plot) and
 :mod:`gpujob.cli.sweep_cmds` (sweep, compare) and
@@ -14,7 +14,7 @@ import typer
 import typer.core
 
 from gpujob import __version__
-from gpujob.cli import host_cmds, image_cmds, job_cmds, metric_cmds, plot_cmds, spec_cmds, sweep_cmds, ui_cmds
+from gpujob.cli import clean_cmds, host_cmds, image_cmds, job_cmds, metric_cmds, plot_cmds, spec_cmds, sweep_cmds, ui_cmds
 
 # typer prints a positional argument's Python type beside its name ("FILE <list[str]>", "JOB <str>");
 # ours are named for what they hold, and the type only adds noise.
@@ -45,12 +45,13 @@ def _root(
 ) -> None:
     """gpujob: one YAML job spec in, a running GPU job and live progress out.
 
-    Start with `gpujob validate jobs/hello.yaml`, then `gpujob submit jobs/hello.yaml --follow`.
+    Start with `gpujob init` (writes the example specs to jobs/), then `gpujob submit jobs/hello.yaml --follow`.
     """
 
 
 spec_cmds.register(app)
 job_cmds.register(app)
+clean_cmds.register(app)
 image_cmds.register(app)
 host_cmds.register(app)
 metric_cmds.register(app)

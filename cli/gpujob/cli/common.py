@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, List, Optional
 import typer
 
 from gpujob.backends import NAMES
+from gpujob.cli import completion
 from gpujob.errors import GpujobError, UserError
 
 if TYPE_CHECKING:
@@ -23,13 +24,21 @@ SetOpt = Annotated[
 ]
 BackendOpt = Annotated[
     Optional[str],
-    typer.Option("--backend", "-b", metavar="NAME", help="local | docker | kubernetes | host: sets runtime.backend (default: the spec's)."),
+    typer.Option("--backend", "-b", metavar="NAME", autocompletion=completion.backend_names,
+                 help="local | docker | kubernetes | host: sets runtime.backend (default: the spec's, or "
+                      "backend in $GPUJOB_HOME/config.yaml)."),
 ]
-JobRef = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name.")]
+JobRef = Annotated[str, typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name.",
+                                       autocompletion=completion.job_ids)]
 OptionalJobRef = Annotated[
     Optional[str],
-    typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name (default: the newest job)."),
+    typer.Argument(metavar="JOB", help="Job id, unique id prefix, or job name (default: the newest job).",
+                   autocompletion=completion.job_ids),
 ]
+# The first job to run, from a clone (jobs/ is there) or a wheel (`gpujob init` writes jobs/).
+FIRST_JOB_HINT = "gpujob submit jobs/hello.yaml --follow (no jobs/ folder here? `gpujob init` writes it)"
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
+complete_job = completion.job_ids
 
 
 def err(message: str) -> None:
@@ -98,12 +107,13 @@ def _environment_error(exc: Exception):
 _said_read_only = False
 
 
-def open_registry() -> "Registry":
-    """The registry. A read-only registry is said so, once."""
+def open_registry(*, create: bool = True) -> "Registry":
+    """The registry. A read-only registry is said so, once. ``create=False``: a command that only
+    reads, which makes no $GPUJOB_HOME where there is none (it sees an empty registry)."""
     from gpujob.registry import Registry
 
     global _said_read_only
-    registry = Registry()
+    registry = Registry(create=create)
     if registry.read_only and not _said_read_only:
         err(f"note: {registry.read_only}: showing what it records; state changes (a job's end, "
             "a host's deadline) are not recorded, and submit and cancel are refused")
@@ -128,7 +138,7 @@ def find_job(registry, ref: str | None):
         return registry.resolve(ref)
     newest = registry.list(limit=1)
     if not newest:
-        raise UserError("there are no jobs yet", hint="submit one: gpujob submit jobs/hello.yaml --follow")
+        raise UserError("there are no jobs yet", hint=f"submit one: {FIRST_JOB_HINT}")
     return newest[0]
 
 

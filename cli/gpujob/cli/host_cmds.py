@@ -92,7 +92,7 @@ def list_hosts(
     """Hosts: state, IP, $/h, uptime, cost so far, idle timer."""
     from gpujob.fleet import watch
 
-    registry = open_registry()
+    registry = open_registry(create=False)
     reap_due_hosts(registry)
     views = watch.list_hosts(registry, all_=all_)
     if as_json:
@@ -138,7 +138,7 @@ def ssh(ctx: typer.Context, name: NameArg) -> None:
     """Log in to a host (OpenSSH, with the host key gpujob pinned); words after NAME run there."""
     from gpujob.fleet import access
 
-    registry = open_registry()
+    registry = open_registry(create=False)
     reap_due_hosts(registry)
     argv = access.ssh_argv(registry, name, list(ctx.args))
     try:

@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpujob.cli.common import (BackendOpt, JobRef, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry,
+from gpujob.cli.common import (FIRST_JOB_HINT, BackendOpt, JobRef, JsonOpt, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry,
                                reap_due_hosts)
-from gpujob.errors import UserError
+from gpujob.errors import JobStateError, UserError
 
 
 def register(app: typer.Typer) -> None:
@@ -31,11 +31,16 @@ def submit(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the job's logs until it ends.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help=(
         "Do not ask before a job that can cost more than $GPUJOB_CONFIRM_ABOVE (USD).")) ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON (id, name, backend, status...).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the job id.")] = False,
 ) -> None:
     """Validate a spec and start the job. Returns at once unless --follow."""
     from gpujob import service
     from gpujob.cli import display
 
+    if follow and (as_json or quiet):
+        raise UserError("--follow prints the job's log; it does not go with --json or -q",
+                        hint=f"follow it afterwards: gpujob logs -f $(gpujob submit {file} -q)")
     loaded = load(file, overrides, backend)
     registry = open_registry()
     reap_due_hosts(registry)
@@ -44,7 +49,10 @@ def submit(
         raise UserError(f"{file}: {est.problem}", hint="or remove limits.max_cost")
     confirm_cost(est.to_confirm, yes)
     job = service.submit(loaded, registry, price=est.price)
-    typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {display.status_words(job)}")
+    if as_json or quiet:  # for scripts: the id (or the job) on stdout, the rest on stderr
+        typer.echo(job.id if quiet else json.dumps(display.job_summary(job), indent=2))
+    else:
+        typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {display.status_words(job)}")
     if est.price is not None or est.warnings:  # an unknown price is said by status and list
         for line in display.estimate_lines(est, job.backend):
             err(line)
@@ -53,10 +61,11 @@ def submit(
 
         err(f"withheld: {withheld_words(job.handle['withheld'])}")
     if job.status == "failed":
-        typer.echo(f"reason: {job.reason}")
+        typer.echo(f"reason: {job.reason}", err=as_json or quiet)
         raise typer.Exit(1)
     if not follow:
-        typer.echo(f"next: gpujob logs -f {job.id}   |   gpujob status {job.id}   |   gpujob cancel {job.id}")
+        if not (as_json or quiet):
+            typer.echo(f"next: gpujob logs -f {job.id}   |   gpujob status {job.id}   |   gpujob cancel {job.id}")
         return
     _follow(registry, job.id, tail=None, raw=False)
 
@@ -95,7 +104,7 @@ def list_jobs(
     from gpujob import service
     from gpujob.cli import display
 
-    registry = open_registry()
+    registry = open_registry(create=False)
     reap_due_hosts(registry)
     if sweep and not registry.list(sweep=sweep, limit=1):
         raise UserError(f"there is no sweep {sweep!r}", hint="gpujob sweep printed its id (sweep <id>: ...)")
@@ -105,7 +114,10 @@ def list_jobs(
         typer.echo(json.dumps([display.job_summary(j) for j in jobs], indent=2))
         return
     if not jobs:
-        typer.echo("no jobs yet; try: gpujob submit jobs/hello.yaml --follow")
+        if active and registry.list(limit=1):
+            typer.echo("no active jobs; `gpujob list` shows the ended ones")
+        else:
+            typer.echo(f"no jobs yet; try: {FIRST_JOB_HINT}")
         return
     typer.echo(display.job_table(jobs))
 
@@ -118,10 +130,10 @@ def status(
     from gpujob import service
     from gpujob.cli import display
 
-    registry = open_registry()
+    registry = open_registry(create=False)
     reap_due_hosts(registry)
     if ref is None and not registry.list(limit=1):  # nothing to show is an answer, as for `list`
-        typer.echo("null" if as_json else "no jobs yet; try: gpujob submit jobs/hello.yaml --follow")
+        typer.echo("null" if as_json else f"no jobs yet; try: {FIRST_JOB_HINT}")
         return
     job = service.refresh(registry, find_job(registry, ref))
     if as_json:
@@ -140,7 +152,7 @@ def logs(
         help="Multi-node jobs: every worker's lines, prefixed by its index (default: worker 0).")] = False,
 ) -> None:
     """A job's output. On a terminal, -f adds a live bar: step/total, it/s, ETA, loss, WER."""
-    registry = open_registry()
+    registry = open_registry(create=False)
     reap_due_hosts(registry)
     job = find_job(registry, ref)
     if follow:
@@ -189,12 +201,27 @@ def _settled(registry, job_id: str, timeout: float = 5.0):
 def cancel(
     ref: JobRef,
     grace: Annotated[float, typer.Option("--grace", min=0, metavar="SECONDS", help="Seconds between SIGTERM and SIGKILL.")] = 10.0,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Stop a job: SIGTERM (so it can save a checkpoint), then SIGKILL after --grace seconds."""
+    """Stop a job: SIGTERM (so it can save a checkpoint), then SIGKILL after --grace seconds.
+    A job that has already ended is left as it is (exit 0, saying so)."""
     from gpujob import service
 
-    registry = open_registry()
+    registry = open_registry(create=False)
     reap_due_hosts(registry)
-    job = service.cancel(registry, registry.resolve(ref), grace_s=grace)
+    job = service.refresh(registry, registry.resolve(ref))
+    was_over = not job.active
+    if not was_over:
+        try:
+            job = service.cancel(registry, job, grace_s=grace)
+        except JobStateError:  # it ended between the look and the cancel
+            job, was_over = registry.get(job.id), True
+    if as_json:
+        typer.echo(json.dumps({"id": job.id, "name": job.name, "status": job.status, "already_ended": was_over}))
+        return
+    if was_over:
+        typer.echo(f"job {job.id} ({job.name}) already {job.status}; nothing to cancel")
+        typer.echo(f"next: gpujob status {job.id}")
+        return
     typer.echo(f"job {job.id} ({job.name}): {job.status}")
     typer.echo(f"next: gpujob logs {job.id} --tail 20")

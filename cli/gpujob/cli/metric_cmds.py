@@ -29,7 +29,7 @@ def metrics(
 
     if as_json and as_csv:
         raise UserError("--json and --csv are two formats; give one of them")
-    registry = open_registry()
+    registry = open_registry(create=False)
     job = service.refresh(registry, find_job(registry, ref))
     points = registry.history(job.id)
     if as_json:

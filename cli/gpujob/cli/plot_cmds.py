@@ -40,7 +40,7 @@ def plot(
         raise UserError("not a terminal: there is nowhere to draw the plot",
                         hint="write it to a file: gpujob plot JOB -o curves.png (or .svg, .pdf); "
                              "gpujob metrics JOB --csv gives the numbers")
-    registry = open_registry()
+    registry = open_registry(create=False)
     jobs = _jobs(registry, refs or [], sweep)
     jobs = [service.refresh(registry, job) for job in jobs]
     labels = swept_labels(jobs) if sweep else {job.id: f"{job.id} {job.name}" for job in jobs}

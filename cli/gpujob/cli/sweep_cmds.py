@@ -142,7 +142,7 @@ def compare(
     """Runs side by side: the spec keys that differ, final and best WER/CER, steps, runtime, cost."""
     from gpujob import service
 
-    registry = open_registry()
+    registry = open_registry(create=False)
     if bool(refs) == bool(sweep_id):
         raise UserError("name the jobs to compare, or give --sweep ID (not both)",
                         hint="gpujob compare JOB JOB   |   gpujob compare --sweep ID")

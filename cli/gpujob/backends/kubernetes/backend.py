@@ -42,6 +42,7 @@ _CREATE_ORDER = {"ConfigMap": 0, "Service": 1, "Job": 2}
 class KubernetesBackend(Backend):
     name = "kubernetes"
     secrets_from_environment = False  # the pod reads them from a Kubernetes Secret (secretKeyRef)
+    outputs_on_this_machine = False  # on the cluster's volume (or a URI)
     watch_timeout_s = 10               # how long one pod watch lasts before the Job is read again
     poll_s = 0.5
 

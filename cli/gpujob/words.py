@@ -17,6 +17,17 @@ def printable(value: Any, limit: int = 4000) -> str:
     return clean_text(value if isinstance(value, str) else str(value), limit) or ""
 
 
+def cut_words(text: str, limit: int) -> str:
+    """``text`` of at most ``limit`` characters, cut after a whole word (an ellipsis where cut), so a
+    reason never ends mid-word ("HF_HUB_O")."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    return (head[:space] if space > limit // 2 else head).rstrip(" ,;:") + "…"
+
+
 def fmt_duration(seconds: float | None) -> str:
     """3725 -> '1h02m', 95 -> '1m35s', None -> '-'."""
     if seconds is None or not math.isfinite(seconds):

@@ -142,3 +142,29 @@ def test_kubernetes_without_a_policy_message_blames_the_last_failed_pod():
         {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "backoff"}]}}
     seen = explain.observe(job, workers, log_tail=tail("after"))
     assert seen.reason == f"failed 3 time(s), past the retry limit (backoffLimit 2); last attempt {WHY}"
+
+
+# ----------------------------------------------------------------------------- one complete reason
+
+HUB = ("We could not connect to the Hub to fetch mozilla-foundation/common_voice_17_0 and it is not in the cache; "
+       + "you are offline or the Hub is down; " * 8 + "set HF_HUB_OFFLINE=1 to use the cache only")
+
+
+def test_the_runner_error_and_its_end_message_make_one_complete_reason():
+    """The runner prints ``DataError: <why>`` and reports the same words (cut at 480) in its end event:
+    the reason says them once, whole (status and the dashboard showed them twice, each cut: "HF_HUB_O")."""
+    reason = failure_reason(2, [f"DataError: {HUB}"], message=HUB[:479] + "…")
+    assert reason.count("could not connect") == 1
+    assert reason.endswith("set HF_HUB_OFFLINE=1 to use the cache only")
+
+
+def test_a_different_end_message_is_kept_beside_the_error():
+    reason = failure_reason(1, ["RuntimeError: CUDA out of memory"], message="training stopped at step 40")
+    assert "CUDA out of memory" in reason and "(training stopped at step 40)" in reason
+
+
+def test_a_very_long_error_line_is_cut_after_a_whole_word():
+    words = " ".join(f"w{i:04d}" for i in range(400))
+    line = last_error_line([f"ValueError: {words}"])
+    assert line.endswith("…") and len(line) <= 1000
+    assert line[:-1].split()[-1] in words.split()  # a whole word before the ellipsis

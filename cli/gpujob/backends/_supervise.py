@@ -284,10 +284,8 @@ class Supervisor:
         return 0
 
     def _reason(self, code: int | None) -> str:
-        reason = failure_reason(code, self.tail)
-        if self.state.message and self.state.end_status == "failed":
-            reason += f" ({self.state.message})"
-        return reason
+        said = self.state.message if self.state.end_status == "failed" else None
+        return failure_reason(code, self.tail, message=said)
 
 
 def main(argv: list[str], open_store: Callable[[], JobStore]) -> int:

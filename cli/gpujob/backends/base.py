@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Protocol, Ty
 
 from gpujob import history
 from gpujob.errors import UserError
+from gpujob.words import cut_words
 from gpujob.exits import explain_exit  # noqa: F401 - re-exported: backends explain exits with it
 from gpujob.progress_state import ProgressState
 from gpujob.records import BUDGET_WORDS, budget_comes_first, budget_seconds
@@ -220,7 +221,7 @@ def last_error_line(lines: list[str]) -> str | None:
     """The last line that looks like an error message ("RuntimeError: CUDA out of memory")."""
     for line in reversed(lines):
         if _ERROR_LINE.match(line) and _CHILD_FAILED not in line:
-            return line.strip()[:300]
+            return cut_words(line, REASON_CHARS)
     return None
 
 
@@ -234,11 +235,34 @@ def rank_failure(lines: list[str]) -> str | None:
     return None
 
 
-def failure_reason(code: int | None, lines: list[str], fallback: str | None = None) -> str:
+REASON_CHARS = 1000  # of a job's error line quoted in its failure reason (cut after a whole word)
+
+
+def failure_reason(code: int | None, lines: list[str], fallback: str | None = None,
+                   message: str | None = None) -> str:
     """Why a job's process exited with ``code``, from the end of its log: the launcher's line naming
     the rank that failed first when several processes ran, else :func:`explain_exit` with the last
-    error line (or ``fallback``, e.g. the container's termination message)."""
-    return rank_failure(lines) or explain_exit(code, last_error_line(lines) or fallback)
+    error line (or ``fallback``, e.g. the container's termination message). ``message``: what the job
+    said in its failed ``end`` event, added in brackets unless the error line already says it (the
+    runner prints its error and reports it: one complete copy, not two cut ones)."""
+    found = rank_failure(lines)
+    if found:
+        return found
+    error = last_error_line(lines) or fallback
+    if message and _says_same(error, message):
+        return explain_exit(code, max(error or "", message, key=len))
+    return explain_exit(code, error) + (f" ({message})" if message else "")
+
+
+def _says_same(error: str | None, message: str) -> bool:
+    """True when an error line ("DataError: no such column") and an end message ("no such column")
+    are the same words, either one possibly cut short."""
+    if not error:
+        return False
+    core = re.sub(r"^\s*[A-Za-z_][\w.]*(?:Error|Exception):\s*", "", error).rstrip("…").strip()
+    said = message.rstrip("…").strip()
+    n = min(len(core), len(said))
+    return n > 0 and core[:n] == said[:n]
 
 
 def read_tail(job: "Job", lines: list[str]) -> tuple[dict | None, list[dict]]:

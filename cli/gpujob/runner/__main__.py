@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
 
 from gpujob.progress import ProgressWriter
+from gpujob.words import cut_words
 
 
 def _load(path: str) -> JobSpec:
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> int:
     try:
         report = _preflight(spec, group)
         if not report["ok"]:
-            writer.end(status="failed", message="preflight: " + "; ".join(report["errors"])[:400])
+            writer.end(status="failed", message=cut_words("preflight: " + "; ".join(report["errors"]), 480))
             return 2
         if spec.kind == "train":
             from gpujob.runner import train
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> int:
         return evaluate.run(spec, out_dir, writer, group)
     except data_mod.DataError as exc:
         print(f"DataError: {exc}", file=sys.stderr, flush=True)
-        writer.end(status="failed", message=str(exc)[:400])
+        writer.end(status="failed", message=cut_words(str(exc), 480))
         return 2
     except Exception as exc:
         if not (group.many and distributed.peer_lost(exc)):

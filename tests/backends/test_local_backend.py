@@ -109,7 +109,7 @@ def test_cancel_sends_sigterm_first_so_the_job_can_checkpoint(tmp_path):
     log = gpujob("logs", job.id).output
     assert "SIGTERM received" in log and "[checkpoint]" in log
     again = gpujob("cancel", job.id)
-    assert again.exit_code == 2 and "already cancelled" in again.output
+    assert again.exit_code == 0 and "already cancelled" in again.output
 
 
 def test_cancel_kills_a_job_that_ignores_sigterm_after_the_grace_period(tmp_path):

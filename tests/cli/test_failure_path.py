@@ -223,3 +223,48 @@ def test_read_only_commands_create_no_gpujob_home(args, gpujob_home):
 def test_list_active_with_none_says_so():
     ended_job()
     assert "no active jobs" in gpujob("list", "--active").output
+
+
+# ----------------------------------------------------------------------------- offline: one line, at once
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening, closed: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint", ["closed-port", "https://hub.nonexistent.invalid"])
+def test_check_of_a_hub_dataset_offline_fails_within_10_s_in_one_line(endpoint, tmp_path):
+    """The network denied (the Hub's address a closed local port, or a name that does not resolve):
+    `gpujob check` of a Hub dataset says so at once; none of huggingface_hub's retry lines."""
+    import os
+    import subprocess
+
+    url = f"http://127.0.0.1:{_closed_port()}" if endpoint == "closed-port" else endpoint
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE") and "PROXY" not in k.upper()}
+    env.update(HF_ENDPOINT=url, GPUJOB_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"))
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "gpujob", "check", str(ROOT / "jobs" / "eval-el.yaml"), "--sample", "2"],
+                         capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    took = time.monotonic() - started
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert took < 10, f"took {took:.1f}s"
+    assert "the Hugging Face Hub cannot be reached from this machine" in text
+    assert "Retrying" not in text and "Traceback" not in text
+    assert sum("cannot be reached" in line for line in text.splitlines()) == 1
+
+
+def test_provider_api_whose_name_does_not_resolve_fails_within_10_s():
+    from gpujob.hosts.lambda_api import LambdaError
+    from gpujob.hosts.lambda_api.transport import Transport
+
+    transport = Transport(api_key="k", base_url="https://api.nonexistent.invalid/api/v1")
+    started = time.monotonic()
+    with pytest.raises(LambdaError) as caught:
+        transport.request("GET", "/instance-types", what="list instance types")
+    assert time.monotonic() - started < 10
+    assert "cannot resolve the host name" in caught.value.message and "tried 2 times" in caught.value.message

@@ -14,9 +14,12 @@ Load failures become :class:`DataError` messages that name the spec key and say 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gpujob.reach import unreachable
 
 from .source_parts import SPLIT_ALIASES, DataError, _Part, _Record, _short
 
@@ -91,10 +94,6 @@ def _cast_audio(ds: Any, column: str) -> Any:
 
 def _hf_load(source: Source, path: str, split: str, *, streaming: bool, key: str, local: bool) -> tuple[Any, str]:
     """The dataset for ``split`` (or its alias: dev <-> validation) and the split name it was found under."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("reading this dataset needs the `datasets` package (pip install datasets)", key=key) from None
     kwargs: dict[str, Any] = {"streaming": streaming}
     where = path
     if local:
@@ -111,6 +110,11 @@ def _hf_load(source: Source, path: str, split: str, *, streaming: bool, key: str
             kwargs["revision"] = source.revision
         where = f"{path}" + (f" ({source.config})" if source.config else "") + \
                 (f" at revision {source.revision}" if source.revision else "")
+        _check_hub_reachable(where, key)
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading this dataset needs the `datasets` package (pip install datasets)", key=key) from None
     errors: list[BaseException] = []
     for name in (split, *SPLIT_ALIASES.get(split, ())):
         try:
@@ -122,6 +126,25 @@ def _hf_load(source: Source, path: str, split: str, *, streaming: bool, key: str
             raise _hub_error(exc, where, split, key, local) from None
         return ds, name
     raise _hub_error(errors[0], where, split, key, local) from None
+
+
+def _hub_offline_set() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _check_hub_reachable(where: str, key: str) -> None:
+    """Offline or without DNS, say so in one line at once: the Hub's client would retry for most of a
+    minute, printing each try. (With HF_HUB_OFFLINE set, the cache alone is read: no probe.)"""
+    if _hub_offline_set():
+        return
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    why = unreachable(endpoint)
+    if why:
+        raise DataError(f"dataset {where}: the Hugging Face Hub cannot be reached from this machine ({why}). "
+                        "To fix: check the network (or HF_ENDPOINT / HTTPS_PROXY); if the dataset is in the local "
+                        "cache, set HF_HUB_OFFLINE=1 to read it from there; or download a local copy and point "
+                        "`dataset:` at that directory", key=f"{key}.dataset")
 
 
 def _from_disk(path: str, split: str, streaming: bool, key: str) -> tuple[Any, str]:

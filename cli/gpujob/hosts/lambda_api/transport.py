@@ -30,6 +30,7 @@ BASE_URL_ENV = "GPUJOB_LAMBDA_API_URL"
 INITIAL_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 MAX_ATTEMPTS = 6                         # attempts in all, the first included: waits 1+2+4+8+16 s
+UNRESOLVED_ATTEMPTS = 2                   # a host name that does not resolve: offline or no DNS, tried twice
 RETRY_AFTER_CAP_S = 60.0                 # a Retry-After longer than this is cut to it
 LAUNCH_INTERVAL_S = 12.0                 # documented: one launch request per 12 s
 LAUNCH_SPACING_S = LAUNCH_INTERVAL_S + 0.5   # what the client keeps between its launches (jitter margin)
@@ -59,10 +60,11 @@ def _is_loopback(host: str | None) -> bool:
 
 
 class _NetworkError(Exception):
-    def __init__(self, reason: str, *, sent: bool) -> None:
+    def __init__(self, reason: str, *, sent: bool, unresolved: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sent = sent        # False: the request surely never reached the server
+        self.unresolved = unresolved  # the host name did not resolve: offline, or no DNS
 
 
 class Transport:
@@ -131,6 +133,7 @@ class Transport:
         started = self._clock()
         last: LambdaError | None = None
         attempt = 0
+        unresolved = False
         while attempt < self.max_attempts:
             attempt += 1
             if launch:
@@ -143,7 +146,7 @@ class Transport:
                     f"could not reach the Lambda Cloud API at {self.base_url} ({what}): {e.reason}"),
                     hint=f"check your network connection, or {BASE_URL_ENV} if you set it "
                          f"(the API is at {DEFAULT_BASE_URL})")
-                ambiguous = e.sent
+                ambiguous, unresolved = e.sent, e.unresolved
             else:
                 if 200 <= status < 300:
                     return self._parse_ok(method, path, status, raw)
@@ -168,8 +171,8 @@ class Transport:
                                       status=last.status) from None
                 if found is not None:
                     return found
-            if attempt >= self.max_attempts:
-                break
+            if attempt >= self.max_attempts or (unresolved and attempt >= UNRESOLVED_ATTEMPTS):
+                break  # a name that does not resolve twice, a second apart, is offline: say so now
             wait = min(retry_after, RETRY_AFTER_CAP_S) if retry_after is not None else delay
             log.warning("Lambda API %s %s: %s; retrying in %.1fs (attempt %d of %d)", method, path,
                         last.message, wait, attempt + 1, self.max_attempts)
@@ -211,7 +214,7 @@ class Transport:
                                   hint="check the system clock and CA certificates, or a proxy that "
                                        "intercepts TLS") from None
             sent = not isinstance(reason, (ConnectionRefusedError, socket.gaierror))
-            raise _NetworkError(_describe(reason), sent=sent) from None
+            raise _NetworkError(_describe(reason), sent=sent, unresolved=isinstance(reason, socket.gaierror)) from None
         except (TimeoutError, OSError, ValueError) as e:      # timeouts, resets, truncated answers
             raise _NetworkError(_describe(e), sent=True) from None
         except Exception as e:  # http.client.HTTPException and friends

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -95,6 +96,16 @@ def render(loaded: "LoadedSpec", backend: str | None = None) -> tuple[str, Estim
             registry.close()
     request = _preview_request(loaded, price)
     return impl.render(request), estimate_cost(loaded.spec, price, jobs, name)
+
+
+_PROBLEM = re.compile(r"^\s*#?\s*(?:[\w.-]+:\s+)?PROBLEM:\s*(.+)$")  # "# PROBLEM: x", "gpus:    PROBLEM: x"
+
+
+def render_problems(*texts: str | list[str]) -> list[str]:
+    """The PROBLEM lines in what render shows (a backend's dry run, the estimate's lines): what submit
+    would refuse, each in words."""
+    lines = [ln for t in texts for part in ([t] if isinstance(t, str) else t) for ln in part.splitlines()]
+    return [m.group(1).strip() for m in map(_PROBLEM.match, lines) if m]
 
 
 def estimate(loaded: "LoadedSpec", registry: Registry, backend: str | None = None) -> Estimate:

@@ -84,15 +84,16 @@ def test_docker_is_checked_only_for_a_remote_engine(tmp_path):
 
 
 def test_render_shows_the_problem_and_still_renders(tmp_path):
+    """It renders, names the PROBLEM and exits 2 (submit would refuse it)."""
     spec = str(write_spec(tmp_path, "kubernetes"))
     result = gpujob("render", spec)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output
     assert ("# PROBLEM: data.train[0].dataset: data/cv-corpus-el/ is a path on this machine; it will not "
             "exist in the Kubernetes pod; submit refuses it") in result.output
     assert "# hint: copy the data onto the PVC" in result.output and "kind: Job" in result.output
 
     result = gpujob("render", spec, "--backend", "docker", env={"DOCKER_HOST": REMOTE_ENGINE})
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output
     assert f"PROBLEM: data.train[0].dataset: data/cv-corpus-el/ is a path on this machine; it will not exist " \
            f"in a container on the Docker engine at {REMOTE_ENGINE}; submit refuses it" in result.output
     local = gpujob("render", spec, "--backend", "docker", env={"DOCKER_HOST": "unix:///var/run/docker.sock"})

@@ -167,7 +167,7 @@ def test_render_shows_the_problem_where_the_gpus_are_missing(tmp_path, monkeypat
     path = tmp_path / "train.yaml"
     path.write_text(TRAIN.format(gpus=2, out=tmp_path / "out"))
     result = gpujob("render", str(path))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # rendered, and refused as submit would
     assert ("gpus:    PROBLEM: resources.gpus: the job asks for 2 GPUs, but this machine has 1: "
             f"GPU 0 NVIDIA A10 ({UUID0}); submit refuses it") in result.output
 

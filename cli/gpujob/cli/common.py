@@ -39,6 +39,7 @@ OptionalJobRef = Annotated[
 FIRST_JOB_HINT = "gpujob submit jobs/hello.yaml --follow (no jobs/ folder here? `gpujob init` writes it)"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
 complete_job = completion.job_ids
+complete_sweep = completion.sweep_ids
 
 
 def err(message: str) -> None:

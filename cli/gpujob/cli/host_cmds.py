@@ -9,7 +9,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from gpujob.cli.common import friendly, open_registry, reap_due_hosts
+from gpujob.cli import completion
+from gpujob.cli.common import JsonOpt, friendly, open_registry, reap_due_hosts
 from gpujob.defaults import HOST_IDLE, HOST_MAX_LIFETIME
 from gpujob.errors import UserError
 from gpujob.words import fmt_duration
@@ -17,7 +18,8 @@ from gpujob.words import fmt_duration
 host_app = typer.Typer(help="Rented GPU hosts (Lambda Cloud) that terminate themselves when idle.",
                        no_args_is_help=True)
 
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The host's name (see `gpujob host list`).")]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The host's name (see `gpujob host list`).",
+                                        autocompletion=completion.host_names)]
 
 
 def register(app: typer.Typer) -> None:
@@ -42,14 +44,20 @@ def _seconds(text: str, flag: str) -> float:
 
 def types(
     available: Annotated[bool, typer.Option("--available", help="Only types with capacity somewhere now.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Instance types with their price and the regions that have capacity now."""
     from gpujob.fleet import access
 
+    found = [t for t in sorted(access.api().instance_types().values(), key=lambda t: (t.price_cents_per_hour, t.name))
+             if t.regions_with_capacity or not available]
+    if as_json:
+        typer.echo(json.dumps([{"name": t.name, "gpus": t.gpus, "price_per_hour": t.price_per_hour,
+                                "regions_with_capacity": list(t.regions_with_capacity),
+                                "description": t.gpu_description or t.description} for t in found], indent=2))
+        return
     rows = [("TYPE", "GPUS", "$/H", "REGIONS WITH CAPACITY", "DESCRIPTION")]
-    for t in sorted(access.api().instance_types().values(), key=lambda t: (t.price_cents_per_hour, t.name)):
-        if available and not t.regions_with_capacity:
-            continue
+    for t in found:
         rows.append((t.name, str(t.gpus), f"{t.price_per_hour:.2f}", ", ".join(t.regions_with_capacity) or "none now",
                      t.gpu_description or t.description))
     typer.echo(_table(rows))

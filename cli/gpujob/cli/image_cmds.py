@@ -14,7 +14,7 @@ image_app = typer.Typer(help="The job image every job runs in: build it, push it
 
 VariantOpt = Annotated[
     Literal["cuda", "cpu"],
-    typer.Option("--variant", metavar="cuda|cpu", help="cuda: the CUDA 12 base and CUDA torch. cpu: CPU torch (tests, CPU-only jobs)."),
+    typer.Option("--variant", metavar="cuda|cpu", help="cuda: ubuntu:24.04 with torch's CUDA 13 wheels (they bring the CUDA libraries). cpu: CPU torch (tests, CPU-only jobs)."),
 ]
 TagOpt = Annotated[
     Optional[str],

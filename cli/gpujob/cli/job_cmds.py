@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gpujob.cli.common import (FIRST_JOB_HINT, BackendOpt, JobRef, JsonOpt, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry,
+from gpujob.cli.common import (FIRST_JOB_HINT, BackendOpt, complete_sweep, JobRef, JsonOpt, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry,
                                reap_due_hosts)
 from gpujob.errors import JobStateError, UserError
 
@@ -97,7 +97,8 @@ def confirm_cost(amount: float | None, yes: bool, what: str = "this job") -> Non
 def list_jobs(
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show every job, not only the last 20.")] = False,
     active: Annotated[bool, typer.Option("--active", help="Only queued or running jobs.")] = False,
-    sweep: Annotated[Optional[str], typer.Option("--sweep", metavar="SWEEP", help="Only the jobs of this sweep (all of them).")] = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", metavar="SWEEP", help="Only the jobs of this sweep (all of them).",
+                                                 autocompletion=complete_sweep)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Jobs, newest first: id, name, backend, status, progress, last WER, runtime, cost."""

@@ -8,7 +8,7 @@ from typing import Annotated, List
 import typer
 
 from gpujob.backends import local_data
-from gpujob.cli.common import BackendOpt, SetOpt, err, friendly, load
+from gpujob.cli.common import BackendOpt, JsonOpt, SetOpt, err, friendly, load
 from gpujob.errors import UserError
 
 
@@ -22,34 +22,46 @@ def register(app: typer.Typer) -> None:
 def validate(
     files: Annotated[List[str], typer.Argument(metavar="FILE", help="Job spec files to check.")],
     overrides: SetOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check job specs: every problem at once, each with file, line and key. Exit 2 if any is invalid."""
     from gpujob.spec import SpecError
 
     bad = 0
+    results = []
     for path in files:
         try:
             loaded = load(path, overrides)
         except SpecError as exc:
             bad += 1
-            n = len(exc.problems)
-            err(f"✗ {path}: {n} problem{'s' if n != 1 else ''}")
-            for problem in exc.problems:
-                err(f"  {problem}")
+            results.append({"file": path, "valid": False, "problems": [str(p) for p in exc.problems]})
+            if not as_json:
+                n = len(exc.problems)
+                err(f"✗ {path}: {n} problem{'s' if n != 1 else ''}")
+                for problem in exc.problems:
+                    err(f"  {problem}")
             continue
         spec = loaded.spec
         unreachable = local_data.problems(spec, spec.runtime.backend)
         if unreachable:  # a valid spec, but its job would not find its data where it runs
             bad += 1
-            err(f"✗ {path}: the job would not find its data on the {spec.runtime.backend} backend")
-            for problem in unreachable:
-                err(f"  {path}: {problem}")
-            err(f"  hint: {local_data.hint(spec.runtime.backend)}")
+            results.append({"file": path, "valid": False, "problems": [f"{path}: {p}" for p in unreachable],
+                            "hint": local_data.hint(spec.runtime.backend)})
+            if not as_json:
+                err(f"✗ {path}: the job would not find its data on the {spec.runtime.backend} backend")
+                for problem in unreachable:
+                    err(f"  {path}: {problem}")
+                err(f"  hint: {local_data.hint(spec.runtime.backend)}")
             continue
-        typer.echo(f"✓ {path}: valid ({spec.kind} job {spec.name!r}, backend {spec.runtime.backend})")
+        results.append({"file": path, "valid": True, "kind": spec.kind, "name": spec.name,
+                        "backend": spec.runtime.backend, "problems": []})
+        if not as_json:
+            typer.echo(f"✓ {path}: valid ({spec.kind} job {spec.name!r}, backend {spec.runtime.backend})")
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
     if bad:
         raise typer.Exit(2)
-    if len(files) == 1:
+    if len(files) == 1 and not as_json:
         typer.echo(f"next: gpujob render {files[0]}   (what would run)   or   gpujob submit {files[0]}")
 
 
@@ -78,19 +90,30 @@ def render(
     file: Annotated[str, typer.Argument(metavar="FILE", help="Job spec to render.")],
     backend: BackendOpt = None,
     overrides: SetOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Dry run: print what the backend would run for this spec, and start nothing."""
+    """Dry run: print what the backend would run for this spec, and start nothing. Exit 2 when it
+    names a PROBLEM that submit would refuse."""
     from gpujob import service
 
     from gpujob.cli import display
 
     loaded = load(file, overrides, backend)
     text, est = service.render(loaded)
-    typer.echo(text)
-    comment = "# " if loaded.spec.runtime.backend == "kubernetes" else ""  # its manifests stay YAML
-    for line in display.estimate_lines(est, loaded.spec.runtime.backend):
-        typer.echo(comment + line)
-    err(f"note: {service.PREVIEW_ID} stands for the job id that `gpujob submit {file}` assigns")
+    name = loaded.spec.runtime.backend
+    estimate = display.estimate_lines(est, name)
+    problems = service.render_problems(text, estimate)
+    if as_json:
+        typer.echo(json.dumps({"backend": name, "rendered": text, "estimate": estimate, "problems": problems,
+                               "job_id_placeholder": service.PREVIEW_ID}, indent=2))
+    else:
+        typer.echo(text)
+        comment = "# " if name == "kubernetes" else ""  # its manifests stay YAML
+        for line in estimate:
+            typer.echo(comment + line)
+        err(f"note: {service.PREVIEW_ID} stands for the job id that `gpujob submit {file}` assigns")
+    if problems:
+        raise typer.Exit(2)
 
 
 def schema(

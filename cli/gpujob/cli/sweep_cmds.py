@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from gpujob import compare as cmp, sweeps
-from gpujob.cli import compare_view, sweep_plan
+from gpujob.cli import compare_view, completion, sweep_plan
 from gpujob.cli.common import BackendOpt, SetOpt, err, friendly, load, open_registry, reap_due_hosts
 from gpujob.cli.job_cmds import confirm_cost
 from gpujob.errors import GpujobError, UserError
@@ -37,11 +37,15 @@ def sweep(
         "--max-parallel", "-p", min=1, metavar="N",
         help="At most N of the sweep's jobs at once: stays in the foreground and submits the next when one ends.")] = None,
     resume: Annotated[Optional[str], typer.Option(
-        "--resume", metavar="SWEEP", help="Submit the combinations of this sweep that were not submitted yet.")] = None,
+        "--resume", metavar="SWEEP", help="Submit the combinations of this sweep that were not submitted yet.",
+        autocompletion=completion.sweep_ids)] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help=(
         "Do not ask before a sweep that can cost more than $GPUJOB_CONFIRM_ABOVE (USD) in all.")) ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=(
+        "Print the sweep as JSON on stdout (its id, and each job's id, name and combination); the plan on stderr."))] = False,
 ) -> None:
     """One job per combination of the --grid values, all checked before any starts, under one sweep id."""
+    say = err if as_json else typer.echo  # with --json, stdout is the JSON alone
     axes = sweeps.parse_grid(grid or [], overrides or [])
     base = load(file, overrides, backend)  # the spec as --set leaves it: its problems and warnings, once
     registry = open_registry()
@@ -73,9 +77,9 @@ def sweep(
         if m.combo.n in skipped:
             _same_as_submitted(m, registry.get(skipped[m.combo.n]))
     todo = [m for m in members if m.combo.n not in skipped]
-    typer.echo(f"sweep {sweep_id}: {len(combos)} job{'s' if len(combos) != 1 else ''} of {file} on "
-               f"{base.spec.runtime.backend}, each in {base.spec.resolved_output_dir()}/{sweep_id}-<#>")
-    typer.echo(sweep_plan.plan_table(members, axes, skipped))
+    say(f"sweep {sweep_id}: {len(combos)} job{'s' if len(combos) != 1 else ''} of {file} on "
+        f"{base.spec.runtime.backend}, each in {base.spec.resolved_output_dir()}/{sweep_id}-<#>")
+    say(sweep_plan.plan_table(members, axes, skipped))
     total, lines = sweep_plan.total_cost(todo)
     for line in lines:
         err(line)
@@ -84,7 +88,12 @@ def sweep(
         err(f"--max-parallel {max_parallel}: this command stays in the foreground and submits the next combination "
             "when one of the sweep's jobs ends; Ctrl-C stops submitting (running jobs keep running)")
     resume_cmd = sweep_plan.resume_command(file, grid or [], overrides or [], backend, max_parallel, sweep_id)
-    _submit(registry, todo, sweep_id, max_parallel, resume_cmd)
+    submitted = _submit(registry, todo, sweep_id, max_parallel, resume_cmd, say)
+    if as_json:
+        typer.echo(json.dumps({"sweep_id": sweep_id, "jobs": [
+            {"id": job.id, "name": job.name, "combination": m.combo.words, "status": job.status}
+            for m, job in submitted], "already_submitted": sorted(skipped.values())}, indent=2))
+        return
     typer.echo(f"next: gpujob list --sweep {sweep_id}   |   gpujob compare --sweep {sweep_id}")
 
 
@@ -99,12 +108,13 @@ def _same_as_submitted(member, job) -> None:
                         hint="resume with the same spec, --set and --grid options as the sweep")
 
 
-def _submit(registry, todo, sweep_id: str, max_parallel: int | None, resume_cmd: str) -> None:
-    """Submit each member in order; with ``max_parallel``, wait while that many of them are active."""
+def _submit(registry, todo, sweep_id: str, max_parallel: int | None, resume_cmd: str, say=typer.echo) -> list:
+    """Submit each member in order; with ``max_parallel``, wait while that many of them are active.
+    Returns (member, job) for each job submitted."""
     from gpujob import service
     from gpujob.cli import display
 
-    pending, active = deque(todo), []
+    pending, active, submitted = deque(todo), [], []
     try:
         while pending:
             while max_parallel and len(active) >= max_parallel:
@@ -113,12 +123,13 @@ def _submit(registry, todo, sweep_id: str, max_parallel: int | None, resume_cmd:
                     job = service.refresh(registry, registry.get(job_id))
                     if not job.active:
                         active.remove(job_id)
-                        typer.echo(f"job {job.id} ({job.name}) {job.status}")
+                        say(f"job {job.id} ({job.name}) {job.status}")
             member = pending[0]
             job = service.submit(member.loaded, registry, price=member.est.price, sweep_id=sweep_id)
             pending.popleft()
-            typer.echo(f"submitted job {job.id} ({job.name}) [{member.combo.words}] on {job.backend}: "
-                       f"{display.status_words(job)}")
+            submitted.append((member, job))
+            say(f"submitted job {job.id} ({job.name}) [{member.combo.words}] on {job.backend}: "
+                f"{display.status_words(job)}")
             if job.active:
                 active.append(job.id)
             elif job.status == "failed":
@@ -129,11 +140,14 @@ def _submit(registry, todo, sweep_id: str, max_parallel: int | None, resume_cmd:
             err(f"not submitted: {', '.join(f'#{m.combo.n} ({m.combo.words})' for m in pending)}")
             err(f"the submitted jobs keep running; to submit the rest: {resume_cmd}")
         raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else exc.exit_code) from None
+    return submitted
 
 
 def compare(
-    refs: Annotated[Optional[List[str]], typer.Argument(metavar="JOB...", help="Two or more jobs (ids, prefixes, names).")] = None,
-    sweep_id: Annotated[Optional[str], typer.Option("--sweep", metavar="SWEEP", help="Every job of a sweep, best WER first.")] = None,
+    refs: Annotated[Optional[List[str]], typer.Argument(metavar="JOB...", help="Two or more jobs (ids, prefixes, names).",
+                                                        autocompletion=completion.job_ids)] = None,
+    sweep_id: Annotated[Optional[str], typer.Option("--sweep", metavar="SWEEP", help="Every job of a sweep, best WER first.",
+                                                    autocompletion=completion.sweep_ids)] = None,
     utterances: Annotated[bool, typer.Option("--utterances", "-u", help=(
         "Two jobs: the held-out utterances whose transcripts differ most (from their predictions.jsonl).")) ] = False,
     n: Annotated[int, typer.Option("-n", min=1, metavar="N", help="How many utterances --utterances shows.")] = 10,

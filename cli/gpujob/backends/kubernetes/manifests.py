@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from gpujob import __version__
 from gpujob.backends.base import JobRequest, runtime_of
 from gpujob.backends.launch import GROUP_RESTART_EXIT, SPEC, Rendezvous, runner_command
-from gpujob.image import default_tag
+from gpujob.image import default_image, default_tag
 
 if TYPE_CHECKING:
     from gpujob.spec.models import DistributedSection, JobSpec, ResourcesSection
@@ -170,7 +170,7 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
     }
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": rt.image or DEFAULT_IMAGE,
+        "image": rt.image or default_image(gpus),  # a CPU-only job (gpus: 0) runs the CPU image
         "command": _command(request, gpus, nodes),
         "env": _env(request, rt.secret_store, out),
         "resources": _resources(res, gpus),

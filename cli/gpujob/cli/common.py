@@ -160,13 +160,15 @@ def load(path: str, overrides: list[str] | None, backend: str | None = None):
     runtime.backend to B before validation, so the spec is checked for the backend it will run on (a
     ``resources.nodes: 2`` spec needs kubernetes); the settings of the spec's own backend that B does not
     have are dropped, with a note."""
+    from gpujob import user_config
     from gpujob.spec import load_spec
 
     if backend is not None:
         if backend not in NAMES:
             raise UserError(f"unknown backend {backend!r}; one of: {', '.join(NAMES)}",
                             hint=_did_you_mean(backend, NAMES))
-    loaded = load_spec(path, overrides or (), backend=backend)
+    defaults = user_config.load().spec_defaults()  # $GPUJOB_HOME/config.yaml, GPUJOB_BACKEND...
+    loaded = load_spec(path, overrides or (), backend=backend, defaults=defaults)
     for note in loaded.notes:
         err(f"note: {note}")
     for warning in loaded.warnings:

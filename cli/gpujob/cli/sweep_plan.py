@@ -34,15 +34,16 @@ def check_all(file: str, overrides: Sequence[str], backend: str | None, combos: 
     backend's render and preflight, local paths the job would not see, the runner's libraries, secrets,
     a budget without a price). Returns the valid members, the invalid combinations with their
     problems, and the warnings that only some combinations have."""
-    from gpujob import service
+    from gpujob import service, user_config
     from gpujob.spec import SpecError, load_spec
 
+    defaults = user_config.load().spec_defaults()
     grid_keys = {canonical_key(a.key) for a in axes}
     members, invalid, warnings = [], [], []
     for combo in combos:
         sets = [*overrides, *member_overrides(combo, name=name, output_dir=output_dir, sweep_id=sweep_id)]
         try:
-            loaded = load_spec(file, sets, backend=backend)
+            loaded = load_spec(file, sets, backend=backend, defaults=defaults)
         except SpecError as exc:
             invalid.append(Invalid(combo, [_problem_words(p, grid_keys) for p in exc.problems]))
             continue

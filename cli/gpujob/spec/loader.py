@@ -25,7 +25,7 @@ from .interpolate import interpolate
 from .limits import MAX_BYTES, MAX_DEPTH, MAX_FLOW_DEPTH, MAX_LINES
 from .models import JobSpec
 from .plain import SET, SURROGATE_MSG, Converter, huge_message, problem_at, replace_at, unusable_values
-from .runtime import backend_of, dropped_notice, foreign_keys
+from .runtime import backend_of, dropped_notice, fill_defaults, foreign_keys
 from .yaml_bounded import Huge, YamlProblems, new_yaml, parse_yaml
 
 __all__ = ["Problem", "SpecError", "LoadedSpec", "load_spec", "load_spec_text"]
@@ -48,9 +48,11 @@ class LoadedSpec:
 
 
 def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = (),
-              env: Mapping[str, str] | None = None, backend: str | None = None) -> LoadedSpec:
+              env: Mapping[str, str] | None = None, backend: str | None = None,
+              defaults: Mapping[str, str] | None = None) -> LoadedSpec:
     """Read and validate the job spec at ``path``; raise :class:`SpecError` on any problem.
-    ``backend`` (``--backend``) runs the spec on another backend: see :func:`load_spec_text`."""
+    ``backend`` (``--backend``) runs the spec on another backend: see :func:`load_spec_text`.
+    ``defaults``: the user's (config.yaml): runtime keys filled in where the spec is silent."""
     file = os.fspath(path)
     try:
         with open(file, "rb") as fh:
@@ -72,18 +74,19 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = (),
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise SpecError([Problem(file, line, col, "", f"is not valid UTF-8 (byte offset {exc.start}: "
                                  f"0x{raw[exc.start]:02x}); is this a text YAML file? Save it as UTF-8")]) from None
-    return load_spec_text(text, file, overrides, env, backend)
+    return load_spec_text(text, file, overrides, env, backend, defaults)
 
 
 def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[str] = (),
-                   env: Mapping[str, str] | None = None, backend: str | None = None) -> LoadedSpec:
+                   env: Mapping[str, str] | None = None, backend: str | None = None,
+                   defaults: Mapping[str, str] | None = None) -> LoadedSpec:
     """Validate a job spec given as text; ``filename`` is used in messages and for the default name.
 
     ``backend`` sets ``runtime.backend`` after the ``overrides``. When it differs from the spec's own
     backend, the runtime settings of other backends that it does not have are dropped, and
     ``notes`` names them: a spec written for one backend can be tried on another unchanged."""
     try:
-        return _load(text, filename, overrides, os.environ if env is None else env, backend)
+        return _load(text, filename, overrides, os.environ if env is None else env, backend, defaults or {})
     except Fatal as exc:
         raise SpecError([exc.problem]) from None
     except RecursionError:
@@ -96,7 +99,7 @@ def _too_large(file: str, size: int) -> Problem:
 
 
 def _load(text: str, file: str, overrides: Sequence[str], env: Mapping[str, str],
-          backend: str | None) -> LoadedSpec:
+          backend: str | None, defaults: Mapping[str, str] | None = None) -> LoadedSpec:
     if len(text) > MAX_BYTES // 4 and len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise Fatal(_too_large(file, len(text.encode("utf-8", "replace"))))
     if "\x00" in text:
@@ -126,6 +129,8 @@ def _load(text: str, file: str, overrides: Sequence[str], env: Mapping[str, str]
     flagged: set[Path_] = set()
     data = interpolate(data, (), env, secret_names, conv.plain, problems, positions, file, flagged, [MAX_BYTES])
     override_paths = _apply_overrides(data, overrides, problems)
+    if defaults:
+        fill_defaults(data, defaults, backend)
     notes = _switch_backend(data, backend, problems, override_paths) if backend is not None else []
     for path, value in unusable_values(data, ()):
         flagged.add(path)

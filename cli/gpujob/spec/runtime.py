@@ -8,6 +8,7 @@ the job spec uses; :data:`RUNTIMES` maps each backend name to its model.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
+from collections.abc import Mapping
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator
 
@@ -170,3 +171,25 @@ def backend_names(names: list[str]) -> str:
     if len(names) == 1:
         return f"{names[0]} backend"
     return f"{', '.join(names[:-1])} and {names[-1]} backends"
+
+
+# The user's defaults (``$GPUJOB_HOME/config.yaml``) that apply to a runtime key, by backend.
+DEFAULT_APPLIES_TO = {"context": ("kubernetes",), "namespace": ("kubernetes",),
+                      "image": ("docker", "kubernetes", "host")}
+
+
+def fill_defaults(data: dict, defaults: Mapping[str, str], backend: str | None) -> None:
+    """Fill the user's defaults into a spec's raw ``data`` where it is silent: ``backend`` where the spec
+    names none (and no --backend is given), then the runtime keys of the backend the job runs on."""
+    runtime = data.get("runtime", {})
+    if not isinstance(runtime, dict):
+        return  # the spec's own problem, said by validation
+    filled = dict(runtime)
+    if backend is None and "backend" not in filled and defaults.get("backend"):
+        filled["backend"] = defaults["backend"]
+    runs_on = backend or filled.get("backend") or "local"
+    for key, backends in DEFAULT_APPLIES_TO.items():
+        if defaults.get(key) and runs_on in backends and key not in filled:
+            filled[key] = defaults[key]
+    if filled != runtime:
+        data["runtime"] = filled

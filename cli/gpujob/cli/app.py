@@ -1,7 +1,7 @@
 """The `gpujob` command: registers the subcommands, nothing else.
 
 Subcommands live in :mod:`gpujob.cli.spec_cmds` (validate, render, schema),
-:mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel), :mod:`gpujob.cli.clean_cmds` (rm, prune), :mod:`gpujob.cli.config_cmds` (config) and
+:mod:`gpujob.cli.job_cmds` (submit, list, status, logs, cancel), :mod:`gpujob.cli.clean_cmds` (rm, prune), :mod:`gpujob.cli.config_cmds` (config), :mod:`gpujob.cli.init_cmds` (init) and
 :mod:`gpujob.cli.image_cmds` (image build), :mod:`gpujob.cli.host_cmds` (host types, up, list,
 down, ssh, reap), :mod:`gpujob.cli.metric_cmds` (metrics), :mod:`gpujob.cli.plot_cmds` (plot) and
 :mod:`gpujob.cli.sweep_cmds` (sweep, compare) and
@@ -14,7 +14,7 @@ import typer
 import typer.core
 
 from gpujob import __version__
-from gpujob.cli import clean_cmds, config_cmds, host_cmds, image_cmds, job_cmds, metric_cmds, plot_cmds, spec_cmds, sweep_cmds, ui_cmds
+from gpujob.cli import clean_cmds, config_cmds, host_cmds, init_cmds, image_cmds, job_cmds, metric_cmds, plot_cmds, spec_cmds, sweep_cmds, ui_cmds
 
 # typer prints a positional argument's Python type beside its name ("FILE <list[str]>", "JOB <str>");
 # ours are named for what they hold, and the type only adds noise.
@@ -49,6 +49,7 @@ def _root(
     """
 
 
+init_cmds.register(app)
 spec_cmds.register(app)
 job_cmds.register(app)
 clean_cmds.register(app)

@@ -81,16 +81,17 @@ def test_the_wheel_alone_in_a_clean_venv_runs_hello(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True, clear=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
-                   check=True, timeout=600)
-    work = tmp_path / "work"
-    work.mkdir()
+    # nothing of the checkout on the path: pip would take it for gpujob installed already
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(GPUJOB_HOME=str(tmp_path / "home"), PATH=f"{env_dir / 'bin'}:{env.get('PATH', '')}")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+                   check=True, timeout=600, env=env)
+    work = tmp_path / "work"
+    work.mkdir()
     gpujob = str(env_dir / "bin" / "gpujob")
     where = subprocess.run([str(python), "-c", "import gpujob; print(gpujob.__file__)"], env=env, cwd=work,
-                           capture_output=True, text=True, check=True).stdout
-    assert str(env_dir) in where  # the wheel's gpujob, not the checkout's
+                           capture_output=True, text=True)
+    assert str(env_dir) in where.stdout, where.stdout + where.stderr  # the wheel's gpujob, not the checkout's
     init = subprocess.run([gpujob, "init"], env=env, cwd=work, capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stdout + init.stderr
     hint = re.search(r"next: (gpujob submit \S+ --follow)", init.stdout).group(1)

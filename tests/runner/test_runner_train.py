@@ -211,6 +211,18 @@ def test_epochs_set_the_number_of_steps_from_the_data(tmp_path, tiny_model, gree
     assert progress[-1]["epoch"] == pytest.approx(2.0)
 
 
+def test_a_max_steps_run_reports_a_fractional_epoch_like_the_trainer(tmp_path, tiny_model, greek_folder):
+    """8 clips, batch 4, 3 steps by max_steps: epochs 0.5, 1.0, 1.5 (it read 0, 0, 1: the epoch's index)."""
+    path = write_spec(tmp_path, tiny_model, greek_folder)
+    spec = json.loads(path.read_text())
+    spec["training"]["max_steps"] = 3
+    path.write_text(json.dumps(spec))
+    code, events, output = run_runner(path)
+    assert code == 0, output[-3000:]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["epoch"] for e in progress] == pytest.approx([0.5, 1.0, 1.5])
+
+
 def test_gpujob_check_reports_counts_and_refuses_a_missing_column(tmp_path, tiny_model, greek_folder):
     from typer.testing import CliRunner
 

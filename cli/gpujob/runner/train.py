@@ -98,6 +98,20 @@ def count_train_examples(spec: JobSpec) -> int:
     return total
 
 
+def known_train_rows(spec: JobSpec) -> int | None:
+    """Rows in the training sources where their metadata says (no counting pass, nothing streamed);
+    None when any is unknown. What a max_steps run reports its fractional epoch by."""
+    if spec.data.streaming:
+        return None
+    total = 0
+    for i, source in enumerate(spec.data.train):
+        rows = data_mod.open_source(source, streaming=False, key=f"data.train[{i}]").num_rows
+        if rows is None:
+            return None
+        total += rows
+    return total
+
+
 def train_cache_for(cache: EncoderCache, augmenter, spec_augment: bool = False) -> EncoderCache | None:
     """The encoder cache training may use. It assumes the same input every epoch, so augmented training
     clips bypass it (a frozen encoder, or frozen prefix, runs on them every step), and so does SpecAugment's
@@ -155,6 +169,9 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
     workers = data_mod.loader_threads(spec.data.loader_workers)
     n_train = group.share(count_train_examples(spec) if group.is_writer else None) if t.epochs is not None else None
+    # the epoch reported as a fraction, as Hugging Face's Trainer does (0.37 through the first), also
+    # under max_steps where the size is known without a counting pass
+    n_rows = n_train if t.epochs is not None else group.share(known_train_rows(spec) if group.is_writer else None)
     saved = json.loads((resume_from / "state.json").read_text()) if resume_from is not None else None
     if saved is not None and saved.get("run", state["run"]) != state["run"]:
         raise data_mod.DataError(
@@ -278,7 +295,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     now = time.perf_counter()
                     if group.is_writer:
                         writer.progress(step=step, total_steps=total_steps,
-                                        epoch=round(step * global_batch / n_train, 4) if n_train else epoch,
+                                        epoch=round(step * global_batch / n_rows, 4) if n_rows else epoch,
                                         loss=float(f"{loss.item() / tokens:.7g}"), learning_rate=scheduler.get_last_lr()[0],
                                         samples_per_s=round(examples / max(now - t_step, 1e-9), 2))
                     t_step = now

@@ -5,6 +5,7 @@ deadline, TTL, restricted security context, Kueue, multi-node)."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -191,7 +192,8 @@ def test_cli_backend_flag_validates_the_spec_for_that_backend(tmp_path):
 def test_cli_renders_kubernetes_yaml_without_secret_values(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "unused")
     result = CliRunner().invoke(app, ["render", str(ROOT / "jobs" / "train-el-medium.yaml"), "--backend", "kubernetes"])
-    assert result.exit_code == 0, result.output
+    # its data is a folder on this machine: rendered, with the PROBLEM named and exit 2 (submit refuses it)
+    assert result.exit_code == 2 and "# PROBLEM: data.train[0].dataset" in result.output, result.output
     docs = list(YAML(typ="safe").load_all(result.output))
     assert [d["kind"] for d in docs] == ["ConfigMap", "Job"]
     assert "unused" not in result.output
@@ -204,3 +206,20 @@ def test_submit_without_a_cluster_configured_says_what_to_do(monkeypatch, tmp_pa
     assert submit.exit_code == 2, submit.output
     assert "no Kubernetes cluster configured" in submit.output and "KUBECONFIG" in submit.output
     assert "Traceback" not in submit.output
+
+
+def test_a_cpu_only_job_renders_with_the_cpu_image():
+    """gpus: 0 on kubernetes runs the -cpu image (it named the CUDA one); with GPUs, the CUDA one."""
+    from gpujob.image import default_image
+
+    for gpus in (0, 1):
+        result = CliRunner().invoke(app, ["render", str(ROOT / "jobs" / "hello.yaml"), "--backend", "kubernetes",
+                                          "--set", f"resources.gpus={gpus}", "--json"])
+        rendered = json.loads(result.stdout)["rendered"]
+        assert f"image: {default_image(gpus)}" in rendered
+    assert default_image(0).endswith("-cpu") and not default_image(1).endswith("-cpu")
+
+
+def test_image_build_help_names_the_base_it_uses():
+    text = CliRunner().invoke(app, ["image", "build", "--help"]).output
+    assert "CUDA 12" not in text and "ubuntu:24.04" in text and "CUDA 13" in text

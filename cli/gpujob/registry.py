@@ -59,7 +59,7 @@ def open_db(home: Path, create: bool = True) -> registry_open.Opened:
     """The registry in ``home``: created, read-only (and why), or set aside and rebuilt when broken.
     ``create=False`` (commands that only read): a home that does not exist is not made; the registry
     is then an empty one in memory."""
-    if not create and not home.exists():
+    if not create and not home.exists() and _first_existing(home).is_dir():
         conn = registry_open.connect(":memory:")
         registry_open.setup(conn)
         return registry_open.Opened(conn, None)
@@ -79,6 +79,14 @@ def open_db(home: Path, create: bool = True) -> registry_open.Opened:
     conn = conn or registry_open.connect(path)
     registry_open.setup(conn)
     return registry_open.Opened(conn, None)
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (a file there means no home can be made: said as
+    for a command that makes one)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 HOST_COLUMNS = tuple(f for f in Host.__dataclass_fields__ if f not in ("created_at", "updated_at"))

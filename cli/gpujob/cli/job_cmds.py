@@ -210,7 +210,9 @@ def cancel(
 
     registry = open_registry(create=False)
     reap_due_hosts(registry)
-    job = service.refresh(registry, registry.resolve(ref))
+    job = registry.resolve(ref)
+    registry.check_writable(f"cancel job {job.id}")
+    job = service.refresh(registry, job)
     was_over = not job.active
     if not was_over:
         try:

@@ -159,7 +159,8 @@ def check(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = Non
     price = price or price_of(loaded, name, impl, _preview_request(loaded))
     unpriced = unpriced_budget(spec, price, name)
     if unpriced:
-        raise UserError(f"{loaded.path}: {unpriced}", hint="or remove limits.max_cost (README.md: Money)")
+        raise UserError(f"{loaded.path}: {unpriced}",
+                        hint="or remove limits.max_cost (the README's \"Money\" section, also on gpujob's PyPI page)")
     return price
 
 

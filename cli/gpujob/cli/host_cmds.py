@@ -74,6 +74,7 @@ def up(
     ssh_keeps_alive: Annotated[bool, typer.Option(
         "--ssh-keeps-alive/--ssh-does-not-keep-alive",
         help="Whether an interactive SSH session on the host counts as activity.")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Launch a GPU host and set it up (Docker, NVIDIA toolkit, the job image, the idle agent)."""
     from gpujob.fleet import launch
@@ -87,6 +88,10 @@ def up(
     registry = open_registry()
     reap_due_hosts(registry)
     host = launch.up(registry, req)
+    if as_json:
+        typer.echo(json.dumps({"name": host.name, "instance_type": host.instance_type, "ip": host.ip,
+                               "price_per_hour": host.price_per_hour, "state": host.state}))
+        return
     typer.echo(f"host {host.name} is ready: {host.instance_type} at {host.ip} (${host.price_per_hour:.2f}/h); "
                f"terminates itself after {idle} idle, at most {max_lifetime} after launch")
     typer.echo(f"next: set runtime.backend: host and runtime.host: {host.name} in a spec, then gpujob submit SPEC"
@@ -132,6 +137,7 @@ def list_hosts(
 def down(
     name: NameArg,
     force: Annotated[bool, typer.Option("--force", help="Cancel jobs still running there first.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Terminate a host (its finished jobs' logs and outputs are collected first)."""
     from gpujob import teardown
@@ -139,6 +145,10 @@ def down(
     registry = open_registry()
     reap_due_hosts(registry)
     host = teardown.down(registry, name, force=force)
+    if as_json:
+        typer.echo(json.dumps({"name": host.name, "state": host.state, "uptime_s": host.uptime_s(),
+                               "cost_usd": host.cost_usd()}))
+        return
     typer.echo(f"host {host.name}: {host.state} after {fmt_duration(host.uptime_s())}, cost {money(host.cost_usd())}")
 
 

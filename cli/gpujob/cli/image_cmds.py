@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, List, Literal, Optional
 
 import typer
 
 from gpujob import image
-from gpujob.cli.common import friendly
+from gpujob.cli.common import JsonOpt, err, friendly
 from gpujob.errors import UserError
 
 image_app = typer.Typer(help="The job image every job runs in: build it, push it.", no_args_is_help=True)
@@ -38,10 +39,14 @@ def register(app: typer.Typer) -> None:
 
 
 def build(variant: VariantOpt = "cuda", tag: TagOpt = None, base_image: BaseOpt = None,
-          build_arg: BuildArgOpt = None, network: NetworkOpt = None, push: PushOpt = None) -> None:
+          build_arg: BuildArgOpt = None, network: NetworkOpt = None, push: PushOpt = None,
+          as_json: JsonOpt = False) -> None:
     """Build the job image (images/Dockerfile, the repository as context) on the engine at DOCKER_HOST."""
     built = image.build(variant, tag, base_image=base_image, build_args=_key_values(build_arg or []),
-                        network_mode=network, push=push, on_line=typer.echo)
+                        network_mode=network, push=push, on_line=err if as_json else typer.echo)
+    if as_json:  # the build's lines went to stderr
+        typer.echo(json.dumps({"tag": built.tag, "image_id": built.image_id, "pushed": built.pushed}))
+        return
     typer.echo(f"built {built.tag} ({built.image_id.removeprefix('sha256:')[:12]})")
     if built.pushed:
         typer.echo(f"pushed {built.pushed}")

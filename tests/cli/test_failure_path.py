@@ -269,3 +269,25 @@ def test_provider_api_whose_name_does_not_resolve_fails_within_10_s():
         transport.request("GET", "/instance-types", what="list instance types")
     assert time.monotonic() - started < 10
     assert "cannot resolve the host name" in caught.value.message and "tried 2 times" in caught.value.message
+
+
+def test_status_shows_one_complete_failure_reason(tmp_path):
+    """A job that prints its error and reports the same words in its failed end event (as the runner
+    does): status says them once, whole; before, twice, each cut mid-word ("HF_HUB_O")."""
+    words = ("we could not reach the Hub for google/fleurs and it is not in the cache; "
+             + "you are offline; " * 25 + "set HF_HUB_OFFLINE=1 to use the cache only")
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "import json, sys\n"
+        f"words = {words!r}\n"
+        "print('DataError: ' + words, file=sys.stderr)\n"
+        "print('@gpujob/v1 ' + json.dumps({'event': 'end', 'status': 'failed', 'message': words[:479] + '…'}))\n"
+        "sys.exit(2)\n")
+    spec = tmp_path / "fail.yaml"
+    spec.write_text(f"apiVersion: gpujob/v1\nkind: command\nname: fail\ncommand: [python, {script}]\n"
+                    f"output: {{dir: {tmp_path / 'out'}}}\n")
+    assert gpujob("submit", str(spec), "--follow").exit_code == 1
+    shown = gpujob("status").output
+    reason = next(line for line in shown.splitlines() if line.startswith("reason"))
+    assert reason.count("could not reach the Hub") == 1
+    assert reason.endswith("set HF_HUB_OFFLINE=1 to use the cache only")

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from gpujob.backends.base import Observed, failure_reason
-from gpujob.words import fmt_duration
+from gpujob.words import cut_words, fmt_duration
 
 CONTAINER = "job"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -78,7 +78,7 @@ def pod_words(pod: dict[str, Any], log_tail: list[str] | None = None) -> tuple[s
         where = f", memory limit {limit}" if limit else ""
         return (f"killed: out of memory (OOMKilled{where}); raise resources.memory or lower the batch size",
                 code if code is not None else 137)
-    return failure_reason(code, log_tail or [], (term.get("message") or "").strip()[:300] or None), code
+    return failure_reason(code, log_tail or [], cut_words(term.get("message") or "", 1000) or None), code
 
 
 def _memory_limit(pod: dict[str, Any]) -> str | None:

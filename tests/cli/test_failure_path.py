@@ -291,3 +291,18 @@ def test_status_shows_one_complete_failure_reason(tmp_path):
     reason = next(line for line in shown.splitlines() if line.startswith("reason"))
     assert reason.count("could not reach the Hub") == 1
     assert reason.endswith("set HF_HUB_OFFLINE=1 to use the cache only")
+
+
+def test_host_types_offline_says_so_in_one_line_within_10_s(tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "GPUJOB_HOME": str(tmp_path / "home"), "LAMBDA_API_KEY": "k-test-offline",
+           "GPUJOB_LAMBDA_API_URL": "https://api.nonexistent.invalid/api/v1"}
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "gpujob", "host", "types"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert time.monotonic() - started < 10
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 2, out.stderr  # the error and its hint; no retry lines
+    assert lines[0].startswith("error: could not reach the Lambda Cloud API") and "cannot resolve" in lines[0]

@@ -174,8 +174,9 @@ class Transport:
             if attempt >= self.max_attempts or (unresolved and attempt >= UNRESOLVED_ATTEMPTS):
                 break  # a name that does not resolve twice, a second apart, is offline: say so now
             wait = min(retry_after, RETRY_AFTER_CAP_S) if retry_after is not None else delay
-            log.warning("Lambda API %s %s: %s; retrying in %.1fs (attempt %d of %d)", method, path,
-                        last.message, wait, attempt + 1, self.max_attempts)
+            if not unresolved:  # a name that did not resolve is tried once more, quietly: one line in all
+                log.warning("Lambda API %s %s: %s; retrying in %.1fs (attempt %d of %d)", method, path,
+                            last.message, wait, attempt + 1, self.max_attempts)
             self._sleep(wait)
             delay = min(delay * 2, MAX_BACKOFF_S)
         assert last is not None

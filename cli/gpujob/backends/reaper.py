@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from gpujob import procs
+from gpujob import procs, untrusted
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -124,7 +124,7 @@ def kill_recorded(job_dir: Path) -> int:
     """SIGKILL the processes recorded for a job whose supervisor is gone, and everything now below
     them; a pid reused by another process (a different start time) is left alone."""
     try:
-        recorded = json.loads((job_dir / PIDS_NAME).read_text())
+        recorded = untrusted.read_json(job_dir / PIDS_NAME, 1 << 22)
         wanted = {int(pid): int(start) for pid, start in recorded}
     except (OSError, ValueError, TypeError):
         return 0
@@ -153,7 +153,7 @@ def job_processes(job_id: str, job_dir: Path, sid: int, sid_start: int | None) -
     table, me = _table(), os.getpid()
     found: dict[int, int] = {}
     try:
-        recorded = {int(pid): int(start) for pid, start in json.loads((job_dir / PIDS_NAME).read_text())}
+        recorded = {int(pid): int(start) for pid, start in untrusted.read_json(job_dir / PIDS_NAME, 1 << 22)}
     except (OSError, ValueError, TypeError):
         recorded = {}
     needle = f"GPUJOB_JOB_ID={job_id}".encode()

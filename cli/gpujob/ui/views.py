@@ -93,6 +93,7 @@ def job_row(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "name": text(job.name, 200), "kind": job.kind, "backend": job.backend, "status": job.status,
         "reason": text(job.reason) if job.reason else None, "sweep_id": job.sweep_id,
+        "damage": text(job.damage) if job.damage else None,
         "progress": state.fraction, "progress_text": progress_text, "step": state.step,
         "total_steps": state.total_steps, "eta_s": eta, "eta_text": fmt_duration(eta) if job.active else "-",
         "loss": state.loss, "loss_text": "-" if state.loss is None else f"{state.loss:.4f}",

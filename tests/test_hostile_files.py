@@ -160,6 +160,11 @@ def test_one_hostile_file_in_a_job_folder_breaks_no_command(template, monkeypatc
         assert status[0] in (0, 1) and world.victim in status[1]
         if name != "output.log":
             assert "damaged" in status[1], status[1]  # shown as damaged, and which file
+        from gpujob.cli.app import app
+
+        r = CliRunner().invoke(app, ["submit", str(HELLO), "--set", "name=after", "--set", "command=[python, -c, pass]",
+                                     "--set", f"output.dir={world.tmp / 'out-after'}", "--follow"])
+        assert r.exit_code == 0 and "succeeded" in r.output, r.output  # submit works beside the damaged job
     finally:
         world.close()
 
@@ -182,9 +187,15 @@ def test_a_registry_row_whose_spec_is_not_json_is_listed_as_damaged(template, mo
         with sqlite3.connect(world.home / "registry.db") as conn:
             conn.execute("UPDATE jobs SET spec_json = ?, progress_json = ?, exit_code = ? WHERE id = ?",
                          ("{not json", "[" * 5000, "x", world.victim))
+            conn.execute("UPDATE jobs SET sweep_id = 'sw1' WHERE id = ?", (world.victim,))
         seen = run_all(world, monkeypatch)
         assert world.victim in seen["list"][1]
         assert "damaged" in seen["status victim"][1]
+        from gpujob.cli.app import app
+
+        r = CliRunner().invoke(app, ["sweep", str(HELLO), "--grid", "priority=0,1", "--resume", "sw1"], input="n\n")
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.output
+        assert r.exit_code in (0, 1, 2) and "Traceback" not in r.output and "internal error" not in r.output, r.output
     finally:
         world.close()
 

@@ -188,6 +188,9 @@ def test_a_registry_row_whose_spec_is_not_json_is_listed_as_damaged(template, mo
             conn.execute("UPDATE jobs SET spec_json = ?, progress_json = ?, exit_code = ? WHERE id = ?",
                          ("{not json", "[" * 5000, "x", world.victim))
             conn.execute("UPDATE jobs SET sweep_id = 'sw1' WHERE id = ?", (world.victim,))
+            conn.executemany("INSERT INTO history (job_id, kind, step, t, data_json) VALUES (?, ?, ?, ?, ?)",
+                             [(world.victim, "eval", 900, None, "[" * 5000), (world.victim, "train", 901, "x", "{}"),
+                              (world.victim, "eval", 902, None, '["a list"]')])
         seen = run_all(world, monkeypatch)
         assert world.victim in seen["list"][1]
         assert "damaged" in seen["status victim"][1]
@@ -222,7 +225,7 @@ special = st.tuples(st.sampled_from(sorted(KEYS) + ["output.log", "pids.json"]),
                                      ("symlink", "/etc/passwd"), ("symlink", "loop")]))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(st.lists(st.one_of(typed_object, raw_bytes, special), min_size=1, max_size=3))
 def test_hostile_contents_in_any_stored_file_break_no_read_path(template, monkeypatch, plants):

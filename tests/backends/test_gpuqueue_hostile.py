@@ -99,6 +99,36 @@ def test_a_killed_supervisors_gpu_is_not_given_on_while_a_rank_of_its_job_still_
     assert "GPUJOB_HOME" not in told and "GPUJOB_JOB_ID" in told  # the job is not told where the queue is
 
 
+def test_a_process_left_in_a_killed_supervisors_session_holds_its_gpu_until_it_ends(tmp_path):
+    """A process with no marker and not recorded (it scrubbed its environment, started within the
+    second) still counts as the job's while it is in the killed supervisor's session: not killed (its
+    session id could be a reused pid), but the GPU waits for it."""
+    (tmp_path / "jobs" / "gone").mkdir(parents=True)
+    leader = subprocess.Popen([sys.executable, "-c", "import os, subprocess, sys, time\n"
+                               "p = subprocess.Popen(['sleep', '60'], env={})\n"
+                               "print(p.pid, flush=True)\ntime.sleep(60)"],
+                              start_new_session=True, stdout=subprocess.PIPE, text=True)
+    child = int(leader.stdout.readline())
+    from gpujob import procs
+
+    queue = GpuQueue(tmp_path)
+    holder = Entry("gone", 1, ["GPU-0"], 0, 1.0, False, leader.pid, procs.start_time(leader.pid))
+    queue.join(holder)
+    assert queue.take(holder) == ["GPU-0"]
+    os.kill(leader.pid, signal.SIGKILL)
+    leader.wait()
+    try:
+        queue.join(_waiter())
+        for _ in range(3):
+            assert isinstance(queue.take(_waiter()), Wait)  # its session's process still runs
+            assert pid_alive(child)                          # and was not killed
+            time.sleep(0.2)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(child), what="the session's process to end")
+    assert queue.take(_waiter()) == ["GPU-0"]
+
+
 # ----------------------------------------------------------------------------- the file, attacked
 
 

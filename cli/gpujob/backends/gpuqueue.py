@@ -7,10 +7,11 @@ under an exclusive ``flock`` of ``gpu-queue.lock``, so two supervisors never dec
 
 A GPU is free only when no process of the job that held it is left. Every reader drops a waiting
 entry whose supervisor no longer runs (pid and start time, :mod:`gpujob.procs`); a holding entry
-whose supervisor was killed stays until the job's other processes (its session, its recorded pids,
-those carrying its id: :func:`gpujob.backends.reaper.job_processes`) are gone too, and a supervisor
-that finds one kills them, so a killed supervisor's GPUs are neither held for ever nor handed on
-while its ranks still run.
+whose supervisor was killed stays until the job's other processes are gone too
+(:func:`gpujob.backends.reaper.job_processes`): a supervisor that finds one kills those known to be
+the job's (its recorded pids, those carrying its id) and waits for any other left in the killed
+supervisor's session, so a killed supervisor's GPUs are neither held for ever nor handed on while
+its ranks still run.
 
 The file is untrusted: the job is not told where it is (``GPUJOB_HOME`` is not in its environment),
 but it runs as you and could write it. Each read checks every entry's types and bounds
@@ -130,10 +131,10 @@ class GpuQueue:
             return True
         if not entry.held:
             return False
-        left = reaper.job_processes(entry.job_id, self.jobs / entry.job_id, entry.pid, entry.start)
-        if left and reap:
-            reaper.kill_job(left)
-        return bool(left)
+        known, session = reaper.job_processes(entry.job_id, self.jobs / entry.job_id, entry.pid, entry.start)
+        if known and reap:
+            reaper.kill_job(known)
+        return bool(known or session)
 
     def _in_use(self, entries: list[Entry], me: str) -> list[Entry]:
         """Holders the file does not name: the GPUs the processes of this home's other jobs run with."""

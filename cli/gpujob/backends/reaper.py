@@ -144,14 +144,18 @@ def kill_recorded(job_dir: Path) -> int:
     return killed
 
 
-def job_processes(job_id: str, job_dir: Path, sid: int, sid_start: int | None) -> dict[int, int]:
-    """pid -> start time of every live process of a job whose supervisor (``sid``, started at
-    ``sid_start``) is gone: those in the supervisor's session (a session id is not given to a new
-    process while any process still has it), those recorded in ``pids.json`` (pid and start time),
-    those carrying the job's id in their environment (``GPUJOB_JOB_ID``: a rank in a session of its
-    own), and everything below them. Used by the GPU queue: a job's GPUs are free only when this is empty."""
+def job_processes(job_id: str, job_dir: Path, sid: int, sid_start: int | None) -> tuple[dict[int, int], set[int]]:
+    """The live processes of a job whose supervisor (``sid``, started at ``sid_start``) is gone:
+    pid -> start time of those known to be the job's (recorded in ``pids.json`` with their start
+    time, or carrying the job's id in their environment, ``GPUJOB_JOB_ID``: a rank in a session of
+    its own; and everything below them), which may be killed; and the pids of the others left in the
+    supervisor's session (started after it, while no new process holds its pid), which count as the
+    job's but are not killed (a pid reused as a new session's id must not cost someone else's
+    processes). Used by the GPU queue: a job's GPUs are free only when both are empty."""
     table, me = _table(), os.getpid()
     found: dict[int, int] = {}
+    session: set[int] = set()
+    new_session = sid in table and table[sid][2] != sid_start  # its pid now names another process
     try:
         recorded = {int(pid): int(start) for pid, start in untrusted.read_json(job_dir / PIDS_NAME, 1 << 22)}
     except (OSError, ValueError, TypeError):
@@ -160,10 +164,11 @@ def job_processes(job_id: str, job_dir: Path, sid: int, sid_start: int | None) -
     for pid, (_ppid, state, start) in table.items():
         if pid == me or state in ("Z", "X"):
             continue
-        if recorded.get(pid) == start or (sid and pid != sid and _session(pid) == sid
-                                          and (sid_start is None or start >= sid_start)):
+        if recorded.get(pid) == start:
             found[pid] = start
             continue
+        if sid and not new_session and _session(pid) == sid and (sid_start is None or start >= sid_start):
+            session.add(pid)
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
                 if needle in fh.read(1 << 20).split(b"\0"):
@@ -172,7 +177,7 @@ def job_processes(job_id: str, job_dir: Path, sid: int, sid_start: int | None) -
             continue
     for pid in list(found):
         found.update(descendants(pid, table))
-    return found
+    return found, session - set(found)
 
 
 def _session(pid: int) -> int | None:

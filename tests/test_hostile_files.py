@@ -237,3 +237,31 @@ def test_hostile_contents_in_any_stored_file_break_no_read_path(template, monkey
         run_all(world, monkeypatch)
     finally:
         world.close()
+
+
+column_value = st.one_of(st.none(), st.integers(-10**18, 10**18), st.floats(allow_nan=False), st.text(max_size=12),
+                         st.just("[" * 3000), st.just("{bad"), json_value.map(json.dumps))
+ROW_COLUMNS = ["spec_json", "handle_json", "progress_json", "metrics_json", "status", "exit_code", "reason",
+               "created_at", "started_at", "finished_at", "name", "kind", "backend", "output_dir", "cost_usd",
+               "price_usd_per_hour", "sweep_id"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(ROW_COLUMNS), column_value, min_size=1, max_size=4))
+def test_hostile_values_in_a_registry_row_break_no_read_path(template, monkeypatch, values):
+    world = World(template)
+    try:
+        monkeypatch.setenv("GPUJOB_HOME", str(world.home))
+        from gpujob.registry import Registry
+
+        Registry().close()  # the registry, rebuilt from the folders
+        with sqlite3.connect(world.home / "registry.db") as conn:
+            for column, value in values.items():
+                try:
+                    conn.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, world.victim))
+                except sqlite3.IntegrityError:  # NOT NULL: SQLite itself keeps that one
+                    pass
+        run_all(world, monkeypatch)
+    finally:
+        world.close()

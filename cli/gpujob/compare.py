@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,12 +173,17 @@ def predictions_path(job: Job) -> Path:
         raise UserError(f"{who} wrote its outputs to {out}, which is not a folder on this machine",
                         hint=f"download {out}/{PREDICTIONS} and compare the files yourself")
     path = Path(out) / PREDICTIONS
-    if path.is_file():
+    try:
+        path.lstat()
         return path
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # a name too long, a folder we may not read
+            raise UserError(f"{who}: its predictions at {str(path)[:300]} cannot be read: {exc.strerror}",
+                            hint="the job's output directory on record may be damaged; see `gpujob status`") from None
     if job.backend == "kubernetes":
         raise UserError(f"{who} ran on kubernetes: its outputs are at {out} on the cluster's volume, not on this "
                         "machine", hint=f"copy {PREDICTIONS} out of the volume (kubectl cp from a pod that mounts it)")
-    if not Path(out).is_dir():
+    if not _is_dir(out):
         raise UserError(f"{who}: its output directory {out} is not on this machine (or cannot be read here)",
                         hint="a job on a remote engine or host has its outputs copied back when it ends")
     raise UserError(f"{who}: {path} does not exist: the job ({job.status}) has not written predictions",
@@ -186,6 +193,13 @@ def predictions_path(job: Job) -> Path:
 MAX_PREDICTIONS_BYTES = 256 << 20  # the most of a predictions.jsonl read
 TEXT_CHARS = 10_000                # a longer reference or prediction is cut
 DISTANCE_WORDS = 500               # word distances are measured on at most this many words of each
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return os.path.isdir(path)
+    except (OSError, ValueError):
+        return False
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:

@@ -188,7 +188,10 @@ def outputs(job: Job) -> dict[str, Any]:
     state = ProgressState.from_dict(job.progress)
     files: list[dict[str, Any]] = []
     out = job.output_dir
-    readable = bool(out) and "://" not in out and Path(out).is_dir()
+    try:
+        readable = bool(out) and "://" not in out and Path(out).is_dir()
+    except (OSError, ValueError):  # a damaged record's path: a name too long, a NUL
+        readable = False
     if readable:
         for root, dirs, names in os.walk(out):
             dirs.sort()

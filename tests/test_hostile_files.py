@@ -131,6 +131,11 @@ def _pages(world: World) -> None:
             r = c.get(path)
             assert r.status_code in (200, 400, 404), (path, r.status_code, r.text[:500])
         assert world.good in c.get("/").text
+        done: list = []  # the ended job's log stream: it ends, whatever its log is
+        t = threading.Thread(target=lambda: done.append(c.get(f"/jobs/{world.victim}/stream")), daemon=True)
+        t.start()
+        t.join(30)
+        assert done and done[0].status_code == 200 and "event: end" in done[0].text, "the stream did not end"
 
 
 # ----------------------------------------------------------------------------- the examples of the issue

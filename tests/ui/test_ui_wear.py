@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "jobs" / "hello.yaml"
 
 QUIET = "import time; print('hello', flush=True); time.sleep({secs})"
-# About 8 MB a second, in 1 KB lines, for ``secs`` seconds.
-CHATTY = ("import sys, time\nblock = ('x' * 999 + '\\n') * 40\nend = time.monotonic() + {secs}\n"
+# About ``lines`` / 5 MB a second (8 MB for 40), in 1 KB lines, for ``secs`` seconds.
+CHATTY = ("import sys, time\nblock = ('x' * 999 + '\\n') * {lines}\nend = time.monotonic() + {secs}\n"
           "while time.monotonic() < end:\n    sys.stdout.write(block)\n    sys.stdout.flush()\n"
           "    time.sleep(0.005)\n")
 
@@ -134,7 +134,7 @@ def test_streams_abandoned_on_a_quiet_job_leave_no_thread_and_no_descriptor(worl
 
 def test_a_client_that_never_reads_a_chatty_jobs_stream_does_not_grow_the_server(world, tmp_path):
     cli, env, jobs = world
-    chatty = _submit(cli, "chatty", CHATTY.format(secs=40))
+    chatty = _submit(cli, "chatty", CHATTY.format(secs=40, lines=40))
     jobs.append(chatty)
     with UiServer(tmp_path, env) as server:
         pid, port = server.proc.pid, int(server.url.rsplit(":", 1)[1].rstrip("/"))
@@ -183,7 +183,7 @@ def test_a_job_page_reads_a_bounded_tail_of_a_log_of_huge_lines(tmp_path, gpujob
 def test_soak_1000_abandoned_and_50_stalled_streams_leave_descriptors_and_memory_flat(world, tmp_path):
     cli, env, jobs = world
     quiet = _submit(cli, "quiet", QUIET.format(secs=300))
-    chatty = _submit(cli, "chatty", CHATTY.format(secs=300))
+    chatty = _submit(cli, "chatty", CHATTY.format(secs=300, lines=5))
     jobs += [quiet, chatty]
     with UiServer(tmp_path, env) as server:
         pid, port = server.proc.pid, int(server.url.rsplit(":", 1)[1].rstrip("/"))

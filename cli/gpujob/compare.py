@@ -14,14 +14,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from gpujob import untrusted
 from gpujob.errors import UserError
+from gpujob.linesplit import LineSplitter
 from gpujob.records import Job
 
 MISSING = object()  # a key one spec does not have
@@ -169,36 +173,92 @@ def predictions_path(job: Job) -> Path:
         raise UserError(f"{who} wrote its outputs to {out}, which is not a folder on this machine",
                         hint=f"download {out}/{PREDICTIONS} and compare the files yourself")
     path = Path(out) / PREDICTIONS
-    if path.is_file():
+    try:
+        path.lstat()
         return path
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # a name too long, a folder we may not read
+            raise UserError(f"{who}: its predictions at {str(path)[:300]} cannot be read: {exc.strerror}",
+                            hint="the job's output directory on record may be damaged; see `gpujob status`") from None
     if job.backend == "kubernetes":
         raise UserError(f"{who} ran on kubernetes: its outputs are at {out} on the cluster's volume, not on this "
                         "machine", hint=f"copy {PREDICTIONS} out of the volume (kubectl cp from a pod that mounts it)")
-    if not Path(out).is_dir():
+    if not _is_dir(out):
         raise UserError(f"{who}: its output directory {out} is not on this machine (or cannot be read here)",
                         hint="a job on a remote engine or host has its outputs copied back when it ends")
     raise UserError(f"{who}: {path} does not exist: the job ({job.status}) has not written predictions",
                     hint="train and evaluate jobs write it after their final evaluation")
 
 
+MAX_PREDICTIONS_BYTES = 256 << 20  # the most of a predictions.jsonl read
+TEXT_CHARS = 10_000                # a longer reference or prediction is cut
+DISTANCE_WORDS = 500               # word distances are measured on at most this many words of each
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return os.path.isdir(path)
+    except (OSError, ValueError):
+        return False
+
+
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     """``predictions.jsonl`` as ``{utterance key: record}``: keyed by eval source and id when the runner
-    wrote them, else by line number. Lines that are not JSON objects are skipped."""
+    wrote them, else by line number. The file is untrusted: a regular file only (a FIFO or a device is
+    a UserError naming it), at most :data:`MAX_PREDICTIONS_BYTES`, lines over 1 MiB or nested deeper than
+    JSON needs are skipped as lines that are not JSON objects are, and each record keeps only
+    ``id``, ``source``, ``reference``, ``prediction``, ``prediction_normalized`` (text, cut at
+    :data:`TEXT_CHARS`) and ``wer`` (a finite number), whatever types the file gave them."""
+    try:
+        fh = untrusted.open_regular(path)
+    except untrusted.Refused as exc:
+        raise UserError(str(exc), hint="predictions.jsonl is written by train and evaluate jobs; move this one away") from None
     out: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, start=1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(record, dict):
-                continue
-            uid = record.get("id")
-            key = f"#{n}" if uid is None else str(uid)
-            if record.get("source"):
-                key = f"{record['source']}/{key}"
-            out[key] = record
+    with fh:
+        splitter, n, read = LineSplitter(), 0, 0
+        while read < MAX_PREDICTIONS_BYTES:
+            chunk = fh.read(1 << 20)
+            read += len(chunk)
+            pieces = splitter.feed_pieces(chunk) if chunk else splitter.flush_pieces()
+            for piece, continues in pieces:
+                if continues:  # the rest of a line over 1 MiB: not a record
+                    continue
+                n += 1
+                if len(piece) >= splitter.max_line:
+                    continue
+                record = _record(piece)
+                if record is None:
+                    continue
+                uid = record.get("id")
+                key = f"#{n}" if uid is None else uid
+                if record.get("source"):
+                    key = f"{record['source']}/{key}"
+                out[key] = record
+            if not chunk:
+                break
     return out
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    try:
+        data = untrusted.loads(line, what="a predictions line")
+    except untrusted.Refused:
+        return None
+    if not isinstance(data, dict):
+        return None
+    record: dict[str, Any] = {}
+    for key in ("id", "source", "reference", "prediction", "prediction_normalized"):
+        value = data.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int) and key in ("id",) and abs(value) < 10**18:
+            value = str(value)
+        if isinstance(value, str):
+            record[key] = value[:TEXT_CHARS]
+    wer = data.get("wer")
+    if _number(wer) and abs(wer) < 1e12:
+        record["wer"] = float(wer)
+    return record
 
 
 def _hypothesis(record: dict[str, Any]) -> str:
@@ -207,8 +267,8 @@ def _hypothesis(record: dict[str, Any]) -> str:
 
 
 def word_distance(a: str, b: str) -> int:
-    """Levenshtein distance between the words of ``a`` and ``b``."""
-    x, y = a.split(), b.split()
+    """Levenshtein distance between the words of ``a`` and ``b`` (their first :data:`DISTANCE_WORDS`)."""
+    x, y = a.split()[:DISTANCE_WORDS], b.split()[:DISTANCE_WORDS]
     row = list(range(len(y) + 1))
     for i, wx in enumerate(x, start=1):
         prev, row[0] = row[0], i

@@ -15,6 +15,7 @@ its agent, which ships this file).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 SHOWN_IDS = 5  # job ids named in a waiting job's words
@@ -45,6 +46,38 @@ class Entry:
     @classmethod
     def from_dict(cls, data: dict) -> "Entry":
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    @classmethod
+    def parse(cls, data: object) -> "Entry | None":
+        """An entry read back from a file anyone may have written: every field of its exact type and
+        in bounds, or None (the caller treats the state as damaged)."""
+        if not isinstance(data, dict) or set(data) - set(cls.__dataclass_fields__):
+            return None
+        job_id, gpus, cands = data.get("job_id"), data.get("gpus"), data.get("candidates")
+        priority, submitted = data.get("priority", 0), data.get("submitted", 0.0)
+        pid, start, held = data.get("pid", 0), data.get("start"), data.get("held", [])
+        if not (_text(job_id) and _int(gpus, 0, MAX_GPUS) and _uuids(cands) and _uuids(held)
+                and _int(priority, -10**6, 10**6) and _int(pid, 0, 2**31) and isinstance(data.get("share", False), bool)
+                and (start is None or _int(start, 0, 2**63)) and type(submitted) in (int, float)
+                and math.isfinite(submitted) and len(held) <= len(cands)):
+            return None
+        return cls(job_id, gpus, list(cands), priority, float(submitted), data.get("share", False), pid, start,
+                   list(held))
+
+
+MAX_GPUS = 4096  # more than any machine has: a bound on what a file may claim
+
+
+def _int(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _text(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= 200
+
+
+def _uuids(value: object) -> bool:
+    return type(value) is list and len(value) <= MAX_GPUS and all(_text(v) for v in value)
 
 
 @dataclass(frozen=True)

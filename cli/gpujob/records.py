@@ -4,12 +4,14 @@ folder. Every layer may read these; only :mod:`gpujob.registry` stores them."""
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from gpujob import untrusted
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -31,6 +33,52 @@ def budget_seconds(max_cost: float | None, price_per_hour: float | None) -> floa
 def budget_comes_first(budget_s: float | None, max_runtime_s: float | None) -> bool:
     """True when a budget of ``budget_s`` runs out before ``limits.max_runtime``: the deadline is the budget."""
     return budget_s is not None and (max_runtime_s is None or budget_s < max_runtime_s)
+
+
+_BAD = object()
+MAX_TEXT = 100_000  # a longer text in a record is cut
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value[:MAX_TEXT] if isinstance(value, str) else _BAD
+
+
+def _number(value: Any) -> Any:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) < 1e15
+    return float(value) if ok else _BAD
+
+
+def _exit_code(value: Any) -> Any:
+    return value if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**32 else _BAD
+
+
+# The spec's sections (JobSpec's fields that are mappings) and its other top-level keys' types: a stored
+# spec of another shape has the wrong parts left out (and its job marked damaged), so nothing that reads
+# `job.spec` meets a list where a mapping belongs.
+SPEC_SECTIONS = ("model", "data", "training", "evaluation", "output", "resources", "runtime", "limits",
+                 "distributed", "notify", "tracking")
+SPEC_TEXT = ("apiVersion", "kind", "name", "description")
+
+
+def _spec_shape(spec: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    wrong = [k for k in SPEC_SECTIONS if k in spec and not isinstance(spec[k], dict)]
+    wrong += [k for k in SPEC_TEXT if k in spec and spec[k] is not None and not isinstance(spec[k], str)]
+    if "command" in spec and not (isinstance(spec["command"], list) and all(isinstance(a, str) for a in spec["command"])):
+        wrong.append("command")
+    if "priority" in spec and not (type(spec["priority"]) is int and abs(spec["priority"]) < 10**9):
+        wrong.append("priority")
+    return ({k: v for k, v in spec.items() if k not in wrong}, wrong) if wrong else (spec, [])
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """A JSON object stored in a row, or {} when it is not one."""
+    try:
+        data = untrusted.loads(value) if isinstance(value, (str, bytes)) else None
+    except untrusted.Refused:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def gpujob_home() -> Path:
@@ -101,21 +149,57 @@ class Job:
     def job_dir(self) -> Path:
         return gpujob_home() / "jobs" / self.id
 
+    damage: str | None = None  # what in its record could not be read (a row changed by hand, a disk fault)
+
     @classmethod
     def _from_row(cls, row: Mapping[str, Any]) -> "Job":
-        return cls(
-            id=row["id"], name=row["name"], kind=row["kind"], backend=row["backend"],
-            status=row["status"], reason=row["reason"], exit_code=row["exit_code"],
-            spec_path=row["spec_path"], spec=json.loads(row["spec_json"]),
-            output_dir=row["output_dir"], handle=json.loads(row["handle_json"]),
-            progress=json.loads(row["progress_json"]), metrics=json.loads(row["metrics_json"]),
-            cost_usd=row["cost_usd"], created_at=row["created_at"], started_at=row["started_at"],
-            finished_at=row["finished_at"], updated_at=row["updated_at"],
-            # a registry opened read-only may be older than these columns
-            price_usd_per_hour=row["price_usd_per_hour"] if "price_usd_per_hour" in row.keys() else None,
-            price_source=row["price_source"] if "price_source" in row.keys() else None,
-            sweep_id=row["sweep_id"] if "sweep_id" in row.keys() else None,
+        """The job a registry row records; a row is untrusted (anyone can edit the file): every value is
+        checked, and one that is wrong is replaced by "unknown" and named in ``damage``."""
+        keys, bad = row.keys(), []
+
+        def get(col: str, check, default=None, *, optional: bool = True):
+            value = row[col] if col in keys else None  # a registry opened read-only may be older
+            if value is None and optional:
+                return default
+            checked = check(value)
+            if checked is _BAD:
+                bad.append(col)
+                return default
+            return checked
+
+        def obj(col: str) -> dict[str, Any]:
+            value = row[col] if col in keys else None
+            try:
+                data = untrusted.loads(value, what=col) if isinstance(value, (str, bytes)) else None
+            except untrusted.Refused:
+                data = None
+            if not isinstance(data, dict):
+                bad.append(col.removesuffix("_json"))
+                return {}
+            return data
+
+        status = get("status", lambda v: v if v in STATUSES else _BAD, "failed", optional=False)
+        job = cls(
+            id=get("id", _text, "?", optional=False), name=get("name", _text, "?", optional=False),
+            kind=get("kind", _text, "unknown", optional=False), backend=get("backend", _text, "unknown", optional=False),
+            status=status, reason=get("reason", _text), exit_code=get("exit_code", _exit_code),
+            spec_path=get("spec_path", _text), spec=obj("spec_json"), output_dir=get("output_dir", _text),
+            handle=obj("handle_json"), progress=obj("progress_json"), metrics=obj("metrics_json"),
+            cost_usd=get("cost_usd", _number, 0.0) or 0.0, created_at=get("created_at", _number, 0.0, optional=False),
+            started_at=get("started_at", _number), finished_at=get("finished_at", _number),
+            updated_at=get("updated_at", _number, 0.0, optional=False),
+            price_usd_per_hour=get("price_usd_per_hour", _number), price_source=get("price_source", _text),
+            sweep_id=get("sweep_id", _text),
         )
+        job.spec, wrong = _spec_shape(job.spec)
+        if wrong:
+            bad.append(f"spec: {', '.join(wrong)}")
+        said = job.handle.get("damaged")  # what a rebuild from its folder could not read
+        if bad:
+            job.damage = f"its record in the registry is damaged ({', '.join(bad)} unreadable)"
+        elif isinstance(said, str):
+            job.damage = said[:500]
+        return job
 
 
 @dataclass
@@ -167,6 +251,6 @@ class Host:
     @classmethod
     def _from_row(cls, row: Mapping[str, Any]) -> "Host":
         data = dict(row)
-        data["settings"] = json.loads(data.pop("settings_json"))
-        data["heartbeat"] = json.loads(data.pop("heartbeat_json"))
+        data["settings"] = _obj(data.pop("settings_json"))
+        data["heartbeat"] = _obj(data.pop("heartbeat_json"))
         return cls(**data)

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 from gpujob.errors import AmbiguousJob, JobNotFound, OutputDirInUse, RegistryError, UserError
 from gpujob.records import ACTIVE, HOST_ACTIVE, STATUSES, TERMINAL, Host, Job, gpujob_home  # noqa: F401 (re-exported)
-from gpujob import history as hist, registry_open
+from gpujob import history as hist, registry_open, untrusted
 from gpujob.registry_open import DB_NAME, READ_ONLY_HINT, SCHEMA_VERSION  # noqa: F401 (re-exported)
 from gpujob.registry_repair import repair
 
@@ -253,9 +253,18 @@ class Registry:
         except sqlite3.OperationalError:
             return []
         out = []
-        for r in rows:
-            p = {"event": r["kind"], "step": r["step"], **({"t": r["t"]} if r["t"] is not None else {})}
-            data = json.loads(r["data_json"])
+        for r in rows:  # a row is untrusted (the file can be edited): one that is not a point is left out
+            step, t = r["step"], r["t"]
+            if not isinstance(r["kind"], str) or (step is not None and type(step) is not int) \
+                    or (t is not None and not isinstance(t, (int, float))):
+                continue
+            try:
+                data = untrusted.loads(r["data_json"]) if isinstance(r["data_json"], (str, bytes)) else None
+            except untrusted.Refused:
+                continue
+            if not isinstance(data, dict):
+                continue
+            p = {"event": r["kind"], "step": step, **({"t": t} if t is not None else {})}
             p.update({k: v for k, v in data.items() if k not in p})
             out.append(p)
         return out

@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from gpujob import history, procs
+from gpujob import history, procs, untrusted
 from gpujob.backends.base import LOG_NAME
+from gpujob.linesplit import LineSplitter
 from gpujob.progress import PREFIX
 from gpujob.progress_state import ProgressState
 from gpujob.registry_open import SCHEMA_VERSION, STATEMENTS, connect, diagnose, insert_history, job_folders
@@ -95,16 +96,37 @@ def rebuild(home: Path, path: Path) -> list[dict[str, Any]]:
 
 
 def job_from_folder(folder: Path) -> dict[str, Any]:
+    """The job a folder tells of. Every file in it is untrusted (:mod:`gpujob.untrusted`: regular files
+    only, size and depth bounded) and every value type-checked: one that is wrong is left out, and
+    the job's reason says which file was damaged; a folder never stops the rebuild."""
     job_id = folder.name
-    spec, launch, handle = (_json(folder / n) for n in ("spec.json", "launch.json", "handle.json"))
-    result = _json(folder / "result.json")
+    damaged: list[str] = []
+    spec, launch, handle, result = (_json(folder / n, damaged)
+                                    for n in ("spec.json", "launch.json", "handle.json", "result.json"))
+    result = {"status": _pick(result, "status", lambda v: v in ("succeeded", "failed", "cancelled"), damaged, "result.json"),
+              "reason": _pick(result, "reason", lambda v: isinstance(v, str), damaged, "result.json"),
+              "exit_code": _pick(result, "exit_code", _is_exit_code, damaged, "result.json"),
+              "finished_at": _pick(result, "finished_at", _is_time, damaged, "result.json")}
+    for key, ok in (("runtime", _is_dict), ("output", _is_dict), ("name", _is_str), ("kind", _is_str)):
+        if _pick(spec, key, ok, damaged, "spec.json") is None:
+            spec.pop(key, None)
+    for key, ok in (("workdir", _is_str), ("env", _is_dict), ("price_source", _is_str)):
+        if _pick(launch, key, ok, damaged, "launch.json") is None:
+            launch.pop(key, None)
+    if not _is_str((spec.get("runtime") or {}).get("backend", "")):
+        spec["runtime"] = {}
+    if not _is_str((spec.get("output") or {}).get("dir", "")):
+        spec["output"] = {}
+    launch["env"] = {k: v for k, v in (launch.get("env") or {}).items() if isinstance(v, str)}
+    if _pick(handle, "pid", lambda v: isinstance(v, int) and not isinstance(v, bool), damaged, "handle.json") is None:
+        handle.pop("pid", None)
     created = min(t for t in (_mtime(folder / "spec.json"), _mtime(folder / "launch.json"),
                               _mtime(folder), time.time()) if t)
     last = max([created, *(t for t in (_mtime(p) for p in _files(folder)) if t)])  # its last sign of life
     started = _mtime(folder / "handle.json") if handle.get("pid") else None
     progress, end_status, message, points = _replay(folder / LOG_NAME)
-    if result.get("status") in ("succeeded", "failed", "cancelled"):
-        status, reason, finished = result["status"], result.get("reason"), result.get("finished_at")
+    if result["status"]:
+        status, reason, finished = result["status"], result["reason"], result["finished_at"] or last
     elif _alive(handle.get("supervisor_pid"), handle.get("supervisor_start")):
         status, reason, finished = ("running" if started else "starting"), None, None
     elif end_status in ("succeeded", "failed"):
@@ -114,6 +136,9 @@ def job_from_folder(folder: Path) -> dict[str, Any]:
         status, finished = "failed", last
         reason = (f"its outcome was not recorded: the registry was rebuilt from {folder}, which does not say "
                   f"how the job ended (see `gpujob logs {job_id}`)")
+    if damaged:
+        handle["damaged"] = (f"its folder {folder} is damaged: {', '.join(sorted(set(damaged)))} could not be read "
+                             "(replaced or changed by something other than gpujob); what it held is not shown")
     rt = spec.get("runtime") or {}
     name = spec.get("name") or job_id
     transitions = [("queued", created, None)]
@@ -167,12 +192,46 @@ def _locked(home: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _json(path: Path) -> dict[str, Any]:
+def _json(path: Path, damaged: list[str]) -> dict[str, Any]:
+    """The JSON object in a job folder's file; {} (and its name in ``damaged``) for anything else."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        data = untrusted.read_json(path)
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, untrusted.Refused):
+        damaged.append(path.name)
+        return {}
+    if not isinstance(data, dict):
+        damaged.append(path.name)
+        return {}
+    return data
+
+
+def _pick(data: dict[str, Any], key: str, ok, damaged: list[str], name: str) -> Any:
+    """``data[key]`` if present and ``ok``; None otherwise (a value that is not ok: ``name`` damaged)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not ok(value):
+        damaged.append(name)
+        return None
+    return value
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= 100_000
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_exit_code(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -(2**31) <= v < 2**32
+
+
+def _is_time(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e11
 
 
 def _files(folder: Path) -> list[Path]:
@@ -206,13 +265,28 @@ def _replay(log: Path) -> tuple[dict[str, Any], str | None, str | None, list[dic
     """The progress snapshot folded from the events in a job's log, and its metric history."""
     try:
         state = ProgressState()
-        with open(log, "r", encoding="utf-8", errors="replace") as fh:
-            state.feed_lines(line for line in fh if PREFIX in line)
-        with open(log, "r", encoding="utf-8", errors="replace") as fh:
-            points = history.from_log(fh)
+        state.feed_lines(line for line in _log_lines(log) if PREFIX in line)
+        points = history.from_log(_log_lines(log))
         return state.to_dict(), state.end_status, state.message, points
-    except Exception:  # a log we cannot replay costs the snapshot, never the rebuild
+    except Exception:  # a log we cannot replay (not a file, a device, a FIFO) costs the snapshot, never the rebuild
         return {}, None, None, []
+
+
+MAX_REPLAY_BYTES = 1 << 30  # the most of a log the rebuild replays
+
+
+def _log_lines(log: Path) -> Iterator[str]:
+    """The log's lines, a regular file only (untrusted.open_regular), in bounded pieces (a line over
+    1 MiB is cut), at most :data:`MAX_REPLAY_BYTES`."""
+    with untrusted.open_regular(log) as fh:
+        splitter, read = LineSplitter(), 0
+        while read < MAX_REPLAY_BYTES:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            read += len(chunk)
+            yield from (line + "\n" for line in splitter.feed(chunk))
+        yield from splitter.flush()
 
 
 def _alive(pid: Any, start: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from gpujob import history, notify
+from gpujob import history, notify, untrusted
 from gpujob.backends import Backend, JobRequest, get_backend
 from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
 from gpujob.backends.launch import runner_command
@@ -245,8 +246,11 @@ def _history_from_saved_log(registry: Registry, job: Job) -> None:
     saved = job.job_dir / LOG_NAME
     if job.backend == "local" or not saved.is_file():
         return
-    with open(saved, encoding="utf-8", errors="replace") as fh:
-        points = history.from_log(fh)
+    try:
+        with untrusted.open_regular(saved) as fh:
+            points = history.from_log(io.TextIOWrapper(fh, encoding="utf-8", errors="replace"))
+    except (OSError, untrusted.Refused):
+        return
     if points:
         registry.add_history(job.id, points, replace=True)
 

@@ -72,6 +72,7 @@ class Supervisor:
         self._important = False  # an event since the last snapshot that should be shown at once
         self._points: list = []  # metric history points not yet recorded
         self.queue: gpuqueue.GpuQueue | None = None  # this machine's GPU queue, once the job joined it
+        self.held: tuple[gpuqueue.Entry, list[str]] | None = None  # our entry and the GPUs it holds
         self.log = open(self.dir / LOG_NAME, "ab")
 
     # -------------------------------------------------------------- signals
@@ -97,7 +98,8 @@ class Supervisor:
             return self._finish(None, cancelled=True)
         self.store.transition(self.job.id, "starting", only_from=("queued",))
         argv = self.launch["argv"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}
+        # Not GPUJOB_HOME: the job is not told where gpujob keeps its state (the GPU queue, the registry).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX) and k != "GPUJOB_HOME"}
         env.update(self.launch.get("env", {}))
         env.update(self.secrets)
         reaper.become_subreaper()  # orphans of the job come to us, not to init: nothing escapes
@@ -140,10 +142,19 @@ class Supervisor:
             got = self.queue.take(me)
             if isinstance(got, list):
                 self.launch["env"][VISIBLE] = ",".join(got)
+                self.held = (me, got)
                 return True
             self._record_handle(queue=got.to_dict())
             time.sleep(gpuqueue.POLL_S)
         return False
+
+    def _assert_held(self) -> None:
+        """Put our entry back in the queue's file, should something have removed or changed it."""
+        if self.queue is not None and self.held is not None:
+            try:
+                self.queue.hold(*self.held)
+            except OSError as exc:  # the queue's folder went away: the job runs on regardless
+                self._write_line(f"gpujob: the GPU queue could not be updated ({exc.strerror})")
 
     def _record_handle(self, **changes) -> dict:
         """Record the job's handle with ``changes`` (None removes a key) if they change it. Read afresh
@@ -165,8 +176,9 @@ class Supervisor:
         while True:
             now = time.monotonic()
             self._check_limits(now, started, limit)
-            if now - last_record >= 1.0:  # for the next command, should this supervisor be killed
+            if now - last_record >= gpuqueue.ASSERT_S:  # for the next command, should this supervisor be killed
                 reaper.watch(self.dir, keep=self.child.pid)
+                self._assert_held()
                 last_record = now
             if fd is not None:
                 ready, _, _ = select.select([fd], [], [], 0.5)

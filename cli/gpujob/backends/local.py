@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from gpujob import notify, procs
+from gpujob import notify, procs, untrusted
 from gpujob.backends import gpuqueue, gpus, reaper
 from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed
-from gpujob.errors import UserError
+from gpujob.errors import GpujobError, UserError
 from gpujob.linesplit import LineSplitter
 from gpujob.records import gpujob_home
 
@@ -166,7 +166,12 @@ class LocalBackend(Backend):
                 return
             time.sleep(POLL_S)
             waited += POLL_S
-        with open(path, "rb") as fh:
+        try:
+            fh = untrusted.open_regular(path)
+        except untrusted.Refused as exc:
+            raise GpujobError(f"job {job.id}: its log cannot be read: {exc}",
+                              hint="the file was replaced by something gpujob did not write; move it away") from None
+        with fh:
             if tail is not None:
                 yield from _tail_lines(fh, tail)
             splitter = LineSplitter()
@@ -260,7 +265,6 @@ def job_environment(request: JobRequest, environ: Mapping[str, str],
         "GPUJOB_JOB_NAME": request.name,
         "GPUJOB_SPEC": str(request.job_dir / "spec.json"),
         "GPUJOB_OUTPUT_DIR": request.output_dir,
-        "GPUJOB_HOME": str(request.job_dir.parent.parent),
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{venv_bin}{os.pathsep}{path}" if path else venv_bin,
         **gpu_env,
@@ -314,9 +318,10 @@ def _write_private(path: Path, text: str) -> None:
 
 def _read_handle(job_dir: Path) -> dict | None:
     try:
-        return json.loads((job_dir / "handle.json").read_text())
+        data = untrusted.read_json(job_dir / "handle.json", 1 << 20)
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _alive(pid: int | None, start: int | None) -> bool:

@@ -24,8 +24,9 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
-from gpujob import procs
+from gpujob import procs, untrusted
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -123,7 +124,7 @@ def kill_recorded(job_dir: Path) -> int:
     """SIGKILL the processes recorded for a job whose supervisor is gone, and everything now below
     them; a pid reused by another process (a different start time) is left alone."""
     try:
-        recorded = json.loads((job_dir / PIDS_NAME).read_text())
+        recorded = untrusted.read_json(job_dir / PIDS_NAME, 1 << 22)
         wanted = {int(pid): int(start) for pid, start in recorded}
     except (OSError, ValueError, TypeError):
         return 0
@@ -141,6 +142,80 @@ def kill_recorded(job_dir: Path) -> int:
         killed += _kill(targets)
         time.sleep(0.02)
     return killed
+
+
+def job_processes(job_id: str, job_dir: Path, sid: int, sid_start: int | None) -> tuple[dict[int, int], set[int]]:
+    """The live processes of a job whose supervisor (``sid``, started at ``sid_start``) is gone:
+    pid -> start time of those known to be the job's (recorded in ``pids.json`` with their start
+    time, or carrying the job's id in their environment, ``GPUJOB_JOB_ID``: a rank in a session of
+    its own; and everything below them), which may be killed; and the pids of the others left in the
+    supervisor's session (started after it, while no new process holds its pid), which count as the
+    job's but are not killed (a pid reused as a new session's id must not cost someone else's
+    processes). Used by the GPU queue: a job's GPUs are free only when both are empty."""
+    table, me = _table(), os.getpid()
+    found: dict[int, int] = {}
+    session: set[int] = set()
+    new_session = sid in table and table[sid][2] != sid_start  # its pid now names another process
+    try:
+        recorded = {int(pid): int(start) for pid, start in untrusted.read_json(job_dir / PIDS_NAME, 1 << 22)}
+    except (OSError, ValueError, TypeError):
+        recorded = {}
+    needle = f"GPUJOB_JOB_ID={job_id}".encode()
+    for pid, (_ppid, state, start) in table.items():
+        if pid == me or state in ("Z", "X"):
+            continue
+        if recorded.get(pid) == start:
+            found[pid] = start
+            continue
+        if sid and not new_session and _session(pid) == sid and (sid_start is None or start >= sid_start):
+            session.add(pid)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle in fh.read(1 << 20).split(b"\0"):
+                    found[pid] = start
+        except OSError:  # gone, or not ours
+            continue
+    for pid in list(found):
+        found.update(descendants(pid, table))
+    return found, session - set(found)
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return int(procs.stat_fields(pid)[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def job_gpus(is_job: Callable[[str], bool]) -> dict[str, set[str]]:
+    """The GPUs (CUDA_VISIBLE_DEVICES) that the live processes of each job (``GPUJOB_JOB_ID``, for
+    which ``is_job`` is true) were given: what the GPU queue checks its file against before it gives
+    a GPU away."""
+    used: dict[str, set[str]] = {}
+    me = os.getpid()
+    try:
+        names = [e.name for e in os.scandir("/proc") if e.name.isdigit() and int(e.name) != me]
+    except OSError:
+        return used
+    for name in names:
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                env = dict(v.split(b"=", 1) for v in fh.read(1 << 20).split(b"\0") if b"=" in v)
+        except OSError:
+            continue
+        job, visible = env.get(b"GPUJOB_JOB_ID"), env.get(b"CUDA_VISIBLE_DEVICES")
+        if job and visible:
+            job_id = job.decode("utf-8", "replace")
+            if is_job(job_id):
+                used.setdefault(job_id, set()).update(
+                    u for u in visible.decode("utf-8", "replace").split(",") if u.strip())
+    return used
+
+
+def kill_job(processes: dict[int, int]) -> int:
+    """SIGKILL the processes found by :func:`job_processes` that are still the same processes."""
+    table = _table()
+    return _kill(pid for pid, start in processes.items() if pid in table and table[pid][2] == start)
 
 
 def watch(job_dir: Path, keep: int) -> None:

@@ -115,7 +115,8 @@ def status_words(job: Job) -> str:
 
 def _status_cell(job: Job) -> str:
     queue = _queue(job)
-    return f"queued ({ordinal(queue['position'])} for GPUs)" if queue else job.status
+    cell = f"queued ({ordinal(queue['position'])} for GPUs)" if queue else job.status
+    return f"{cell} (damaged)" if job.damage else cell
 
 
 def _age(ts: float) -> str:
@@ -148,7 +149,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "cost_usd": job.cost, "price_usd_per_hour": job.price_usd_per_hour, "price_source": job.price_source,
         "projected_cost_usd": _projected(job, state),
         "max_cost_usd": job.max_cost, "created_at": job.created_at, "started_at": job.started_at,
-        "finished_at": job.finished_at, "sweep_id": job.sweep_id,
+        "finished_at": job.finished_at, "sweep_id": job.sweep_id, "damage": job.damage,
     }
 
 
@@ -167,6 +168,8 @@ def job_details(job: Job, history: list[dict[str, Any]] | None = None) -> str:
         rows.append(("queue", status_words(job).removeprefix("queued: ")))
     if job.reason and job.status != "succeeded":
         rows.append(("reason", _safe(job.reason)))
+    if job.damage:
+        rows.append(("damaged", _safe(job.damage)))
     rows.append(("cost", cost_details(job)))
     if state.step is not None or state.total_steps:
         total = state.total_steps or "?"

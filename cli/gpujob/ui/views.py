@@ -8,6 +8,7 @@ pages poll (:class:`Refresher`), so open tabs do not hammer the backends.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import threading
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from gpujob import service, words
+from gpujob import service, untrusted, words
+from gpujob.backends.base import LOG_NAME
 from gpujob.compare import comparable_spec, predictions_path, read_predictions, result, score_keys, show, spec_differences
 from gpujob.errors import UserError
 from gpujob.events import is_event_line, parse_line
@@ -27,6 +29,8 @@ from gpujob.words import describe_event, fmt_duration, fmt_pct
 
 REFRESH_EVERY_S = 2.0
 LOG_TAIL = 200
+LOG_TAIL_BYTES = 1 << 20   # the most of a log file a page view reads
+LINE_CHARS = 20_000        # a longer log line is shown cut
 WORST = 10
 MAX_OUTPUTS = 200
 
@@ -89,6 +93,7 @@ def job_row(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "name": text(job.name, 200), "kind": job.kind, "backend": job.backend, "status": job.status,
         "reason": text(job.reason) if job.reason else None, "sweep_id": job.sweep_id,
+        "damage": text(job.damage) if job.damage else None,
         "progress": state.fraction, "progress_text": progress_text, "step": state.step,
         "total_steps": state.total_steps, "eta_s": eta, "eta_text": fmt_duration(eta) if job.active else "-",
         "loss": state.loss, "loss_text": "-" if state.loss is None else f"{state.loss:.4f}",
@@ -115,6 +120,10 @@ def filter_choices(registry: Registry) -> dict[str, list[str]]:
             "sweep": sorted({j.sweep_id for j in jobs if j.sweep_id})}
 
 
+def cut_line(line: str) -> str:
+    return line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + f" … [{len(line) - LINE_CHARS:,} characters cut]"
+
+
 def log_words(lines: Iterable[str]) -> list[str]:
     """Log lines as `gpujob logs` shows them: progress-protocol events in words, other lines as written."""
     out = []
@@ -130,8 +139,18 @@ def log_words(lines: Iterable[str]) -> list[str]:
 
 
 def log_tail(registry: Registry, job: Job, tail: int = LOG_TAIL) -> list[str]:
+    """The last lines of the job's log for its page, read from at most :data:`LOG_TAIL_BYTES` when the
+    log is a file here (a local job's, an ended job's saved log), each cut at :data:`LINE_CHARS`."""
+    path = job.job_dir / LOG_NAME
     try:
-        return log_words(service.logs(registry, job, follow=False, tail=tail))
+        if job.backend == "local" or (not job.active and path.exists()):
+            try:
+                lines = untrusted.tail_lines(path, tail, LOG_TAIL_BYTES)
+            except FileNotFoundError:
+                lines = []
+        else:
+            lines = itertools.islice(service.logs(registry, job, follow=False, tail=tail), tail)
+        return log_words(cut_line(line) for line in lines)
     except Exception as exc:  # noqa: BLE001 -- the page still shows everything else
         return [f"gpujob: the log cannot be read now: {text(getattr(exc, 'message', exc), 300)}"]
 
@@ -169,7 +188,10 @@ def outputs(job: Job) -> dict[str, Any]:
     state = ProgressState.from_dict(job.progress)
     files: list[dict[str, Any]] = []
     out = job.output_dir
-    readable = bool(out) and "://" not in out and Path(out).is_dir()
+    try:
+        readable = bool(out) and "://" not in out and Path(out).is_dir()
+    except (OSError, ValueError):  # a damaged record's path: a name too long, a NUL
+        readable = False
     if readable:
         for root, dirs, names in os.walk(out):
             dirs.sort()

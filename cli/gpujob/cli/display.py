@@ -14,7 +14,7 @@ from gpujob.defaults import HF_CACHE
 from gpujob.events import clean_metrics, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.sparkline import status_rows as sparkline_rows
-from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, printable  # noqa: F401 (money: re-exported)
+from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, phase_words, printable  # noqa: F401 (money: re-exported)
 from gpujob.backends.base import Notice
 from gpujob.backends.gpuqueue import ordinal
 from gpujob.registry import Job
@@ -168,6 +168,8 @@ def job_details(job: Job, history: list[dict[str, Any]] | None = None) -> str:
     if job.reason and job.status != "succeeded":
         rows.append(("reason", _safe(job.reason)))
     rows.append(("cost", cost_details(job)))
+    if state.phase and job.active:
+        rows.append(("now", phase_words(state.phase)))
     if state.step is not None or state.total_steps:
         total = state.total_steps or "?"
         line = f"step {state.step or 0}/{total} ({fmt_pct(state.fraction)})  {fmt_rate(state.steps_per_s)}"

@@ -101,3 +101,30 @@ def test_server_gone_fails_naming_the_object_after_retries(tmp_path, monkeypatch
         Store(uri).upload_dir(src, uri)
     assert "s3://bkt/out/final/model.bin" in err.value.message and "tried 2 times" in err.value.message
     assert err.value.exit_code == 1
+
+
+def test_the_server_going_away_mid_upload_fails_naming_the_object_and_writes_no_marker(tmp_path, monkeypatch):
+    from s3_server import start_s3
+
+    server = start_s3(tmp_path)
+    for name, value in {**server.env, "GPUJOB_STORAGE_ATTEMPTS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    bucket = server.bucket()
+    out = parse_uri(f"s3://{bucket}/out")
+    store = Store(out)
+    ckpt = _tree(tmp_path / "checkpoint-4", {"a.bin": b"a" * 100, "b.bin": b"b" * 100, "c.bin": b"c" * 100})
+    at_stop = []
+
+    def stop_after_first_file(done, total):
+        if done >= 100 and not at_stop:
+            at_stop.append(server.keys(bucket))
+            server.stop()
+
+    try:
+        with pytest.raises(StorageFailed) as err:
+            commit_dir(store, ckpt, out.child("checkpoint-4"), progress=stop_after_first_file)
+    finally:
+        server.stop()
+    assert at_stop == [["out/checkpoint-4/a.bin"]]  # the marker is written after every file, so never here
+    assert f"s3://{bucket}/out/checkpoint-4/b.bin: uploading failed" in err.value.message
+    assert "tried 2 times" in err.value.message and err.value.exit_code == 1

@@ -361,3 +361,29 @@ class LogPrinter:
         now = dataclasses.replace(job, status="running", started_at=min(started, time.time()), finished_at=None)
         projected = now.projected_cost(s.eta_s)
         return f"  {money(now.cost)}" + (f" → ~{money(projected)}" if projected is not None else "")
+
+
+class ByteBar:
+    """``pulling abc123  12.3 of 45.6 MB`` redrawn on one stderr line while bytes move (on a terminal only;
+    elsewhere silent), cleared at the end. ``update(done, total)`` is a :data:`gpujob.storage.Progress`."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.label, self.stream = label, stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.shown_at = 0.0
+
+    def __enter__(self) -> "ByteBar":
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.live and (now - self.shown_at > 0.2 or done >= total):
+            self.shown_at = now
+            words = phase_words({"phase": self.label, "done": done, "total": max(total, 1), "unit": "bytes"})
+            self.stream.write(f"\r\x1b[K{words}")
+            self.stream.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
 
 from gpujob.progress import ProgressWriter
+from gpujob.storage import StorageFailed, StorageUserError, Store, is_uri, parse_uri
 
 
 def _load(path: str) -> JobSpec:
@@ -98,7 +99,6 @@ def main(argv: list[str]) -> int:
     from gpujob.runner import tracking
 
     from gpujob.runner import remote
-    from gpujob.storage import StorageFailed, StorageUserError, Store, is_uri, parse_uri
 
     group = distributed.start(spec.distributed.timeout_seconds)
     target = _output_target(spec)

@@ -120,6 +120,10 @@ def test_train_from_and_to_a_bucket_is_killed_resumed_from_the_bucket_pulled_and
     code, events, output = run_runner(evaluate)
     assert code == 0, output[-3000:]
     assert events[-1]["metrics"]["wer"] == pytest.approx(metrics["wer"], abs=1e-9)
+    assert events[-1]["metrics"]["cer"] == pytest.approx(metrics["cer"], abs=1e-9)  # the tiny model's WER is 100%
+    job_predictions = s3.client().get_object(Bucket=bucket, Key="runs/tiny/predictions.jsonl")["Body"].read().decode()
+    assert [json.loads(r)["prediction"] for r in job_predictions.splitlines()] == [
+        json.loads(r)["prediction"] for r in (tmp_path / "eval" / "out" / "predictions.jsonl").read_text().splitlines()]
 
 
 def test_a_prefix_without_audio_fails_with_the_key_and_exit_2(s3, tiny_model, tmp_path, monkeypatch):
@@ -143,3 +147,37 @@ def test_an_empty_prefix_and_a_missing_bucket_fail_before_training(s3, tiny_mode
     code, events, output = run_runner(spec)
     assert code == 2 and "bucket 'no-such-bucket-xyz' does not exist" in output, output[-3000:]
     assert events[-1]["status"] == "failed" and "Traceback" not in output
+
+
+def test_the_store_going_away_mid_job_fails_it_naming_the_object(tiny_model, greek_folder, tmp_path, monkeypatch):
+    """The S3 server stops after the first checkpoint is uploaded: the next upload is retried, then the job
+    fails (exit 1) naming the object; the bucket never had a marker for a checkpoint it did not finish."""
+    from s3_server import start_s3
+
+    server = start_s3(tmp_path)
+    for name, value in {**server.env, "GPUJOB_STORAGE_ATTEMPTS": "2",
+                        "GPUJOB_STORAGE_CACHE": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(name, value)
+    bucket = server.bucket()
+    out = f"s3://{bucket}/runs/gone"
+    spec = write_spec(tmp_path, tiny_model, greek_folder, out=out, max_steps=9)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "gpujob.runner", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines, keys_at_stop = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if keys_at_stop is None and any(e["event"] == "checkpoint" for e in parse_line(line)):
+                keys_at_stop = server.keys(bucket)
+                server.stop()
+        code = proc.wait(timeout=300)
+    finally:
+        server.stop()
+    output = "".join(lines)
+    assert code == 1, output[-3000:]
+    assert f"{out}/checkpoints/checkpoint-6/" in output and "failed" in output and "tried 2 times" in output
+    assert "Traceback" not in output
+    assert f"runs/gone/checkpoints/checkpoint-3/{MARKER}" in keys_at_stop
+    events = [e for line in lines for e in parse_line(line)]
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "failed" and "checkpoint-6" in events[-1]["message"]

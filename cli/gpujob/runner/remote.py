@@ -187,8 +187,10 @@ class Mirror:
         try:
             self.sync()
         except Exception as exc:  # gpujob.storage's errors: the job fails naming the object
-            self.writer.end(status="failed", message=getattr(exc, "message", str(exc))[:400])
-            raise
+            if fields.get("status") == "succeeded":
+                self.writer.end(status="failed", message=getattr(exc, "message", str(exc))[:400])
+                raise
+            print(f"gpujob runner: warning: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
         self.writer.end(**fields)
         try:  # what the trackers wrote as they closed
             self.sync()

@@ -15,6 +15,10 @@ the final model when it is announced, then every other file (metrics.json, predi
 trackers' logs) before the end event. :func:`restore_checkpoint` brings back the newest *complete*
 checkpoint from the bucket before training, so a resubmitted job resumes from it under the same identity
 rules as a local one (runner/train.py). An upload that fails every retry fails the job with the object named.
+
+Several processes: one process a machine (``LOCAL_RANK`` 0) stages the inputs and downloads the checkpoint
+to resume from, into the same paths on every machine (so a multi-node job needs no shared volume for a
+bucket ``output.dir``); the writer alone uploads.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob import history, notify, untrusted
-from gpujob.backends import Backend, JobRequest, get_backend
+from gpujob.backends import Backend, JobRequest, get_backend, outputs
 from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
@@ -26,6 +26,8 @@ from gpujob.fleet.jobs import RegistryHosts
 from gpujob.pricing import Estimate, Price, estimate as estimate_cost, job_price, unpriced_budget
 from gpujob.records import gpujob_home
 from gpujob.registry import TERMINAL, Job, Registry
+from gpujob.storage import SETTING_VARS, is_uri
+from gpujob.storage.preflight import check_credentials_for_job, probe
 
 RUNNER_LIBRARIES = ("torch", "transformers", "datasets", "jiwer", "soundfile", "soxr")
 
@@ -156,6 +158,7 @@ def check(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = Non
     missing = [n for n in spec.runtime.secrets if not environ.get(n)] if impl.secrets_from_environment else []
     if missing:
         raise MissingSecret(missing, loaded.path)
+    _check_buckets(loaded, impl, environ)
     impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
     price = price or price_of(loaded, name, impl, _preview_request(loaded))
     unpriced = unpriced_budget(spec, price, name)
@@ -163,6 +166,29 @@ def check(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = Non
         raise UserError(f"{loaded.path}: {unpriced}",
                         hint="or remove limits.max_cost (the README's \"Money\" section, also on gpujob's PyPI page)")
     return price
+
+
+def _check_buckets(loaded: "LoadedSpec", impl: Backend, environ: Mapping[str, str]) -> None:
+    """Each bucket the spec names: its credentials are the job's (exit 2 naming the variable), and, where the
+    secrets are read here, the bucket answers with them (a missing bucket or refused keys: exit 2)."""
+    from gpujob.spec.paths import storage_uris
+
+    uris = storage_uris(loaded.spec)
+    if not uris:
+        return
+    runtime = loaded.spec.runtime
+    job = check_credentials_for_job(uris, runtime.env, list(runtime.secrets), environ,
+                                    impl.secrets_from_environment, loaded.path)
+    if impl.secrets_from_environment:
+        probe(uris, {**{n: environ[n] for n in SETTING_VARS if environ.get(n)}, **job})
+
+
+def pull(registry: Registry, job: Job, dest: Path, only: str, progress=None):
+    """Bring a job's outputs here (``gpujob pull``): from its bucket when ``output.dir`` is one, whatever the
+    backend; else through the backend's ``pull``. Returns :class:`gpujob.backends.outputs.Pulled`."""
+    if job.output_dir and is_uri(job.output_dir):
+        return outputs.pull_bucket(job.output_dir, dest, only, job.active, progress)
+    return _backend(job.backend, registry).pull(job, dest, only, progress)
 
 
 def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,

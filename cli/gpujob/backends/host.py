@@ -250,6 +250,8 @@ class HostBackend(Backend):
             self.hosts.say(f"hashing {folder.path} ({', '.join(folder.keys)})")
             try:
                 manifest = up.build_manifest(folder.path)
+                for note in manifest.notes:
+                    self.hosts.say(f"data {folder.path}: {note}")
                 with self.hosts.transfer(f"uploading {folder.path.name} to host {host.name}") as progress:
                     done = up.upload(up.SshRemote(session.conn), manifest, root, on_progress=progress)
             except up.UploadError as exc:

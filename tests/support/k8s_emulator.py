@@ -33,7 +33,9 @@ lists, watches, over real HTTP) plus what a cluster adds on top, run on this sid
   to any argument that is a path under one (as for the container's command: ``tar -x -C /cache/d``
   writes into the PVC's folder); a client that goes away closes its stdin;
 - the **PVC**'s data: a folder per claim (``tmp/pvc/<claim>``), shared by every pod that mounts it,
-  so what an uploader pod writes there the job's pod reads.
+  so what an uploader pod writes there the job's pod reads. As the pod's process runs on this
+  machine, a JSON string in a mounted ConfigMap file (the job's spec) that is a path under a PVC
+  mount is written as that folder, as the command's arguments are.
 
 kmock itself ignores label selectors; the backend filters on its side, which these tests exercise.
 """
@@ -716,6 +718,7 @@ class FakeCluster:
         name = pod["metadata"]["name"]
         root = self.tmp / "pods" / name
         mounts: dict[str, Path] = {}
+        files: list[tuple[Path, dict]] = []
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         for m in container.get("volumeMounts") or []:
             vol = volumes[m["name"]]
@@ -723,8 +726,7 @@ class FakeCluster:
                 target = root / "configmap" / m["name"]
                 target.mkdir(parents=True, exist_ok=True)
                 cm = next(c for c in self._live(CONFIGMAPS) if c["metadata"]["name"] == vol["configMap"]["name"])
-                for key, value in (cm.get("data") or {}).items():
-                    (target / key).write_text(value)
+                files.append((target, cm.get("data") or {}))
             elif "persistentVolumeClaim" in vol:
                 target = self.tmp / "pvc" / vol["persistentVolumeClaim"]["claimName"]
             else:
@@ -733,6 +735,10 @@ class FakeCluster:
             mounts[m["mountPath"]] = target
         rt.mounts = mounts
         host = rt.host
+        for target, data in files:   # a path under a PVC in a JSON string of the job's spec: its folder here
+            for key, value in data.items():
+                (target / key).write_text(_pvc_paths_in_json(value, rt, volumes, container) if key.endswith(".json")
+                                          else value)
 
         names = self._dns_names(pod["metadata"]["namespace"])
         env: dict[str, str] = {}
@@ -908,6 +914,16 @@ class FakeCluster:
             await self._patch(PODS, pod_name, {"status": {"conditions": conds}})
             await self._delete_pod(pod)
         self.run(go())
+
+
+def _pvc_paths_in_json(text: str, rt: PodRuntime, volumes: dict, container: dict) -> str:
+    """``"/cache/x"`` in a JSON document as ``"<the PVC's folder>/x"`` for each PVC mount: the pod's
+    process runs on this machine, where the job's spec (a ConfigMap file) must name the PVC's folder."""
+    for m in container.get("volumeMounts") or []:
+        if "persistentVolumeClaim" in volumes[m["name"]]:
+            mount = m["mountPath"].rstrip("/")
+            text = re.sub(r'"' + re.escape(mount) + r'(?=["/])', lambda _m: '"' + rt.host(mount), text)
+    return text
 
 
 def expand(value: str, defined: dict[str, str]) -> str:

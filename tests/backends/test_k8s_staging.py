@@ -1,0 +1,108 @@
+"""Local data on Kubernetes, staged for the user (issue 27 item 5), in the emulator.
+
+The emulator's kubelet runs each pod here, but these tests take away the switch that lets a pod see
+this machine's files (``GPUJOB_K8S_PODS_SEE_THIS_MACHINE``): a local folder reaches the job only by
+being uploaded, here onto the cache PVC through a transfer pod and tar over ``pods/exec``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gpujob.backends.local_data import PODS_SEE_THIS_MACHINE
+from k8s_emulator import CONFIGMAPS, PODS, FakeCluster
+
+from backends.test_k8s_backend import K8s
+
+pytest.importorskip("kubernetes")
+pytest.importorskip("kmock")
+
+# A command job that reads the folder its spec's model.checkpoint names (the staged copy) and
+# prints each file's sha256, as the runner would read a dataset.
+READ = ("import hashlib, json, os, pathlib\n"
+        "spec = json.load(open(os.environ['GPUJOB_SPEC']))\n"
+        "root = pathlib.Path(spec['model']['checkpoint'])\n"
+        "for p in sorted(root.rglob('*')):\n"
+        "    if p.is_file():\n"
+        "        print('FILE', p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest(), flush=True)\n")
+
+FILES = {"clips/a.wav": os.urandom(300_000), "clips/b.wav": os.urandom(5000), "metadata.csv": b"file_name,x\n",
+         "sub dir/c d.txt": b"spaces"}
+
+
+def dataset(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with FakeCluster(tmp_path) as fake:
+        k8s = K8s(tmp_path, fake.kubeconfig, fake.namespace, "ghcr.io/gpujob/gpujob:test", fake)
+        k8s.env.pop(PODS_SEE_THIS_MACHINE)             # the pod sees only what is uploaded
+        yield k8s
+        assert fake.errors == [], f"the emulator's controllers failed: {fake.errors}"
+
+
+def files_the_job_read(k8s: K8s, job_id: str) -> dict[str, str]:
+    k8s.wait_status(job_id, lambda s: s["status"] == "succeeded", what="the job to succeed")
+    read = {}
+    for line in k8s.gpujob("logs", job_id).stdout.splitlines():
+        if "FILE " in line:
+            rel, sha = line.split("FILE ", 1)[1].rsplit(" ", 1)
+            read[rel] = sha
+    return read
+
+
+def test_a_local_folder_is_staged_on_the_pvc_read_by_the_job_and_sent_once(cluster, tmp_path):
+    data = dataset(tmp_path / "my-data", FILES)
+    spec = cluster.spec("staged", READ, model={"checkpoint": str(data)})
+
+    first = cluster.gpujob("submit", str(spec))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"data {data}: 4 of 4 files sent (305018 bytes)" in first.stderr
+    job_id = first.stdout.split()[2]
+    read = files_the_job_read(cluster, job_id)
+    assert read == {rel: hashlib.sha256(b).hexdigest() for rel, b in FILES.items()}   # the pod read the copy
+
+    # the spec the pod read names the staged copy on the PVC, not this machine's folder
+    cm = cluster.fake.objects(CONFIGMAPS)
+    staged = json.loads(next(c for c in cm if job_id in c["metadata"]["name"])["data"]["spec.json"])
+    assert staged["model"]["checkpoint"].startswith("/cache/gpujob-data/")
+    # the transfer pod is gone
+    assert not [p for p in cluster.fake.objects(PODS) if p["metadata"]["name"].startswith("gpujob-stage-")]
+
+    again = cluster.gpujob("submit", str(spec))                  # the same data: nothing is uploaded
+    assert again.returncode == 0, again.stderr
+    assert "already staged (content " in again.stderr and "nothing sent" in again.stderr
+    assert files_the_job_read(cluster, again.stdout.split()[2]) == read
+
+    (data / "clips" / "b.wav").write_bytes(b"changed")          # one file changed: only it is sent
+    third = cluster.gpujob("submit", str(spec))
+    assert third.returncode == 0, third.stderr
+    assert f"data {data}: 1 of 4 files sent (7 bytes)" in third.stderr
+
+
+def test_a_folder_with_a_link_out_of_it_is_refused_before_anything_is_created(cluster, tmp_path):
+    data = dataset(tmp_path / "my-data", FILES)
+    (data / "passwd").symlink_to("/etc/passwd")
+    result = cluster.gpujob("submit", str(cluster.spec("linked", READ, model={"checkpoint": str(data)})))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "passwd -> /etc/passwd: a link out of the folder" in result.stderr
+    assert cluster.fake.objects(PODS) == []
+
+
+def test_render_says_what_submit_will_stage(cluster, tmp_path):
+    data = dataset(tmp_path / "my-data", FILES)
+    result = cluster.gpujob("render", str(cluster.spec("shown", READ, model={"checkpoint": str(data)})))
+    assert result.returncode == 0, result.stderr
+    assert (f"# staged at submit: {data} (model.checkpoint): 4 files, 305018 bytes, to the PVC gpujob-hf-cache at "
+            "/cache/gpujob-data/<sha256> (through a transfer pod)") in result.stdout
+    assert "PROBLEM" not in result.stdout

@@ -106,3 +106,25 @@ def test_render_says_what_submit_will_stage(cluster, tmp_path):
     assert (f"# staged at submit: {data} (model.checkpoint): 4 files, 305018 bytes, to the PVC gpujob-hf-cache at "
             "/cache/gpujob-data/<sha256> (through a transfer pod)") in result.stdout
     assert "PROBLEM" not in result.stdout
+
+
+def test_a_folder_that_changes_during_the_upload_is_refused_and_not_used(cluster, tmp_path, monkeypatch):
+    from gpujob.backends.kubernetes import podexec, staging
+    from gpujob.backends.kubernetes.cluster import Cluster
+    from gpujob.errors import GpujobError
+
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    data = dataset(tmp_path / "my-data", FILES)
+    api = Cluster(namespace=cluster.namespace)
+
+    def rewrite_while_sending(done: int, total: int) -> None:
+        if 0 < done < total:
+            (data / "metadata.csv").write_bytes(b"file_name,x\nnew.wav,1\n")   # a writer is still at work
+
+    with podexec.transfer_pod(api, "gpujob-stage-test", cluster.image, "gpujob-hf-cache", {}) as pod:
+        with pytest.raises(GpujobError) as err:
+            staging.to_pvc(api, pod, data, on_progress=rewrite_while_sending)
+    assert err.value.exit_code == 2
+    assert f"{data} changed while it was uploaded (metadata.csv)" in err.value.message
+    pvc = tmp_path / "pvc" / "gpujob-hf-cache" / "gpujob-data"
+    assert not list(pvc.glob("*.sha256")) and not [p for p in pvc.iterdir() if p.name not in ("blobs",)]

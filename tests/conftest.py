@@ -133,3 +133,25 @@ def ssh_host(tmp_path, gpujob_home):
         yield SshHost(server, key_path, public_key, gpujob_home / "known_hosts")
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- a real S3 API
+# (tests/support/s3_server.py: moto's server mode on 127.0.0.1, reached through AWS_ENDPOINT_URL)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from s3_server import start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The session's S3 server with its keys and endpoint in this process's environment."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GPUJOB_STORAGE_ATTEMPTS", "2")  # a failure is told in a second, not after 4 backoffs
+    return s3_server

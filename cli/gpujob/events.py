@@ -157,7 +157,7 @@ _FIELDS: dict[str, dict[str, _Check]] = {
     "artifact": {"path": _text, "name": _name},
     "end": {"status": _status, "metrics": lambda v: clean_metrics(v) if isinstance(v, dict) else None,
             "message": _text},
-    "heartbeat": {"phase": _name, "done": _step, "total": _total},
+    "heartbeat": {"phase": _name, "done": _step, "total": _total, "unit": lambda v: v if v == "bytes" else None},
 }
 
 

@@ -26,7 +26,8 @@ eval       step, wer, cer, eval_loss (wer/cer are fractions: 0.231 = 23.1 %),
 checkpoint step, path
 artifact   path, name
 end        status ("succeeded" | "failed"), metrics {name: value}, message
-heartbeat  phase, done, total (alive during long work between steps, e.g. evaluation)
+heartbeat  phase, done, total, unit (alive during long work between steps, e.g. evaluation;
+           ``unit: "bytes"`` when done/total count bytes, as staging data from a bucket does)
 ========== ===============================================================
 
 Any event counts as a sign of life for hung-job detection (``limits.idle_minutes``).
@@ -47,6 +48,7 @@ wer, cer                        a number 0 .. 1000 (a fraction; above 1 is possi
 status                          "succeeded", or "failed" for any other string
 message, path                   a string, cut to 500 characters
 name, kind, phase               a string, cut to 200 characters
+unit                            "bytes" (anything else: dropped)
 metrics, eval's other names     at most 50 names of 1-100 characters, each to null, a boolean,
                                 a number -1e30 .. 1e30 or a string cut to 200 characters;
                                 anything else (a list, an object) is dropped

@@ -32,6 +32,13 @@ from gpujob.events import (
 MAX_ARTIFACTS = 50              # paths kept (the latest)
 
 
+def _phase_fields(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {}
+    event = normalize_event({"event": "heartbeat", **value}) or {}
+    return {k: event[k] for k in ("phase", "done", "total", "unit") if k in event}
+
+
 def _checkpoint_fields(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {}
@@ -63,7 +70,7 @@ _STATE_FIELDS: dict[str, _Check] = {
     "samples_per_s": _speed, "steps_per_s": _speed, "eta_s": _speed, "eval": _eval_fields,
     "checkpoint": _checkpoint_fields, "artifacts": _artifact_list, "metrics": clean_metrics,
     "end_status": lambda v: v if v in ("succeeded", "failed") else None, "message": _text,
-    "started_at": _time, "updated_at": _time,
+    "started_at": _time, "updated_at": _time, "phase": lambda v: _phase_fields(v),
 }
 WINDOW = 20
 
@@ -90,6 +97,8 @@ class ProgressState:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    phase: dict[str, Any] = field(default_factory=dict)  # the last heartbeat's phase, done, total, unit,
+    # until the next step, eval or end (staging data before the first step, say)
     end_status: str | None = None
     message: str | None = None
     started_at: float | None = None
@@ -112,7 +121,7 @@ class ProgressState:
         if kind == "start":
             self.started_at = t
             self._take(event, "total_steps")
-        elif kind == "progress":
+        if kind == "progress":
             for key in ("total_steps", "epoch", "loss", "learning_rate", "samples_per_s"):
                 self._take(event, key)
             step = event.get("step")
@@ -122,7 +131,11 @@ class ProgressState:
                 self.step = step
                 self._window.append((t, step))
                 self._rate()
-        elif kind == "eval":
+        elif kind == "heartbeat":
+            self.phase = {k: event[k] for k in ("phase", "done", "total", "unit") if k in event}
+        if kind in ("start", "progress", "eval", "end"):
+            self.phase = {}
+        if kind == "eval":
             self.eval = {k: v for k, v in event.items() if k not in ("event", "t")}
         elif kind == "checkpoint":
             self.checkpoint = {k: event[k] for k in ("step", "path") if k in event}

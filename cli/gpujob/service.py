@@ -143,12 +143,42 @@ def check(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = Non
     missing = [n for n in spec.runtime.secrets if not environ.get(n)] if impl.secrets_from_environment else []
     if missing:
         raise MissingSecret(missing, loaded.path)
+    _check_buckets(loaded, impl, environ)
     impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
     price = price or price_of(loaded, name, impl, _preview_request(loaded))
     unpriced = unpriced_budget(spec, price, name)
     if unpriced:
         raise UserError(f"{loaded.path}: {unpriced}", hint="or remove limits.max_cost (README.md: Money)")
     return price
+
+
+def _check_buckets(loaded: "LoadedSpec", impl: Backend, environ: Mapping[str, str]) -> None:
+    """Each bucket the spec names: its credentials are the job's (exit 2 naming the variable), and, where the
+    secrets are read here, the bucket answers with them (a missing bucket or refused keys: exit 2)."""
+    from gpujob.spec.paths import storage_uris
+
+    uris = storage_uris(loaded.spec)
+    if not uris:
+        return
+    from gpujob.storage import SETTING_VARS
+    from gpujob.storage.preflight import check_credentials_for_job, probe
+
+    runtime = loaded.spec.runtime
+    job = check_credentials_for_job(uris, runtime.env, list(runtime.secrets), environ,
+                                    impl.secrets_from_environment, loaded.path)
+    if impl.secrets_from_environment:
+        probe(uris, {**{n: environ[n] for n in SETTING_VARS if environ.get(n)}, **job})
+
+
+def pull(registry: Registry, job: Job, dest: Path, only: str, progress=None):
+    """Bring a job's outputs here (``gpujob pull``): from its bucket when ``output.dir`` is one, whatever the
+    backend; else through the backend's ``pull``. Returns :class:`gpujob.backends.outputs.Pulled`."""
+    from gpujob.backends import outputs
+    from gpujob.storage import is_uri
+
+    if job.output_dir and is_uri(job.output_dir):
+        return outputs.pull_bucket(job.output_dir, dest, only, job.active, progress)
+    return _backend(job.backend, registry).pull(job, dest, only, progress)
 
 
 def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = None,

@@ -50,6 +50,30 @@ def money(usd: float | None) -> str:
     return "<$0.01" if 0 < usd < 0.005 else f"${usd:.2f}"
 
 
+def fmt_bytes(n: float) -> str:
+    """``1.2 GB``, ``340 MB``, ``12 kB``, ``5 B`` (powers of 1000, as stores and disks count)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 100 * size else f"{n / size:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def phase_words(event: dict[str, Any]) -> str:
+    """A heartbeat's phase with how far it got: ``evaluating 3/10``, ``staging data 1.2 of 3.4 GB``."""
+    phase = event.get("phase", "")
+    if "done" not in event:
+        return str(phase).strip()
+    if event.get("unit") == "bytes":
+        total = event.get("total")
+        done = fmt_bytes(event["done"])
+        if total:
+            value, unit = fmt_bytes(total).split()
+            done = done.removesuffix(" " + unit)
+            return f"{phase} {done} of {value} {unit}".strip()
+        return f"{phase} {done}".strip()
+    return f"{phase} {event['done']}/{event.get('total') or '?'}".strip()
+
+
 def describe_event(event: dict[str, Any]) -> str:
     """One event as a plain-text line for people (what non-raw `logs` prints). Takes any dict:
     it is checked by :func:`normalize_event` first, so nothing in it can break the line or the
@@ -88,8 +112,7 @@ def describe_event(event: dict[str, Any]) -> str:
                 parts.append(f"{key[4:]}: WER {value * 100:.2f}%" + (
                     f" CER {cer * 100:.2f}%" if isinstance(cer, (int, float)) and not isinstance(cer, bool) else ""))
     elif kind == "heartbeat":
-        done = f" {event['done']}/{event.get('total') or '?'}" if "done" in event else ""
-        parts.append(f"{event.get('phase', '')}{done}".strip())
+        parts.append(phase_words(event))
     elif kind in ("checkpoint", "artifact"):
         if "step" in event:
             parts.append(f"step {event['step']}")

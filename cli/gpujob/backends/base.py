@@ -22,6 +22,7 @@ from gpujob.progress_state import ProgressState
 from gpujob.records import BUDGET_WORDS, budget_comes_first, budget_seconds
 
 if TYPE_CHECKING:
+    from gpujob.backends.outputs import Progress, Pulled
     from gpujob.records import Job
     from gpujob.spec.models import JobSpec
     from gpujob.spec.runtime import RuntimeBase
@@ -167,6 +168,17 @@ class Backend(Protocol):
     def cleanup(self, job: "Job") -> None:
         """Free whatever the finished job still holds (processes, containers, pods)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ optional: gpujob pull
+
+    def pull(self, job: "Job", dest: Path, only: str, progress: "Progress | None" = None) -> "Pulled":
+        """Bring the job's outputs (``only``: all | model | checkpoints, as :mod:`gpujob.backends.outputs`
+        chooses them) to ``dest`` on this machine: resumable, sizes checked, ``progress(done, total)`` in bytes.
+        A bucket ``output.dir`` never reaches a backend (the service pulls it from the bucket); a backend
+        whose outputs live somewhere of its own (a volume, a rented host) implements this with
+        :func:`~gpujob.backends.outputs.pull_dir` or its own transfer. The default says it cannot."""
+        raise UserError(f"gpujob pull cannot fetch outputs from the {self.name} backend (yet)",
+                        hint="set output.dir to a bucket (s3://, gs://, az://) to pull from anywhere")
 
 
 class JobStore(Protocol):

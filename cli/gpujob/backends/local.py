@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob import notify, procs
-from gpujob.backends import gpuqueue, gpus, reaper
+from gpujob.backends import gpuqueue, gpus, outputs, reaper
 from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed
 from gpujob.errors import UserError
 from gpujob.linesplit import LineSplitter
@@ -226,6 +226,10 @@ class LocalBackend(Backend):
             _signal_group(pgid, signal.SIGKILL)
         reaper.kill_recorded(job.job_dir)  # what its supervisor last saw, wherever it went
         kill_strays(job.id)
+
+    def pull(self, job: "Job", dest: Path, only: str, progress=None):
+        """The job's output folder, here already: copied to ``dest`` (backends/outputs.py)."""
+        return outputs.pull_dir(Path(job.output_dir or ""), dest, only, job.active, progress)
 
 
 # ----------------------------------------------------------------------------- environment

@@ -14,7 +14,7 @@ from gpujob.defaults import HF_CACHE
 from gpujob.events import clean_metrics, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.sparkline import status_rows as sparkline_rows
-from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, printable  # noqa: F401 (money: re-exported)
+from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, phase_words, printable  # noqa: F401 (money: re-exported)
 from gpujob.backends.base import Notice
 from gpujob.backends.gpuqueue import ordinal
 from gpujob.registry import Job
@@ -168,6 +168,8 @@ def job_details(job: Job, history: list[dict[str, Any]] | None = None) -> str:
     if job.reason and job.status != "succeeded":
         rows.append(("reason", _safe(job.reason)))
     rows.append(("cost", cost_details(job)))
+    if state.phase and job.active:
+        rows.append(("now", phase_words(state.phase)))
     if state.step is not None or state.total_steps:
         total = state.total_steps or "?"
         line = f"step {state.step or 0}/{total} ({fmt_pct(state.fraction)})  {fmt_rate(state.steps_per_s)}"
@@ -359,3 +361,29 @@ class LogPrinter:
         now = dataclasses.replace(job, status="running", started_at=min(started, time.time()), finished_at=None)
         projected = now.projected_cost(s.eta_s)
         return f"  {money(now.cost)}" + (f" → ~{money(projected)}" if projected is not None else "")
+
+
+class ByteBar:
+    """``pulling abc123  12.3 of 45.6 MB`` redrawn on one stderr line while bytes move (on a terminal only;
+    elsewhere silent), cleared at the end. ``update(done, total)`` is a :data:`gpujob.storage.Progress`."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.label, self.stream = label, stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.shown_at = 0.0
+
+    def __enter__(self) -> "ByteBar":
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.live and (now - self.shown_at > 0.2 or done >= total):
+            self.shown_at = now
+            words = phase_words({"phase": self.label, "done": done, "total": max(total, 1), "unit": "bytes"})
+            self.stream.write(f"\r\x1b[K{words}")
+            self.stream.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

@@ -1,4 +1,4 @@
-"""submit, list, status, logs, cancel: commands that act on jobs."""
+"""submit, list, status, logs, cancel, pull: commands that act on jobs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -14,6 +15,7 @@ import typer
 from gpujob.cli.common import (BackendOpt, JobRef, OptionalJobRef, SetOpt, err, find_job, friendly, load, open_registry,
                                reap_due_hosts)
 from gpujob.errors import UserError
+from gpujob.words import fmt_bytes
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(friendly(status))
     app.command("logs")(friendly(logs))
     app.command("cancel")(friendly(cancel))
+    app.command("pull")(friendly(pull))
 
 
 def submit(
@@ -128,6 +131,9 @@ def status(
         typer.echo(json.dumps(display.job_summary(job), indent=2))
         return
     typer.echo(display.job_details(job, registry.history(job.id)))
+    if job.output_dir and job.kind != "command":
+        typer.echo(f"next: gpujob pull {job.id} --to {default_pull_dir(job)}"
+                   + ("   (its newest complete checkpoint so far)" if job.active else ""))
 
 
 def logs(
@@ -198,3 +204,39 @@ def cancel(
     job = service.cancel(registry, registry.resolve(ref), grace_s=grace)
     typer.echo(f"job {job.id} ({job.name}): {job.status}")
     typer.echo(f"next: gpujob logs {job.id} --tail 20")
+
+
+def default_pull_dir(job) -> str:
+    return f"pulled/{job.name or 'job'}-{job.id}"
+
+
+def pull(
+    ref: JobRef,
+    to: Annotated[Optional[str], typer.Option("--to", metavar="DIR", help=(
+        "Where to put the outputs. Default: pulled/NAME-ID.")) ] = None,
+    only: Annotated[str, typer.Option("--only", metavar="WHAT", help=(
+        "all (default): metrics, predictions, model and checkpoints; model: the final model (of a running job, "
+        "its newest complete checkpoint); checkpoints: every complete checkpoint.")) ] = "all",
+) -> None:
+    """Bring a job's outputs to this machine from wherever they are (a bucket, the job's folder). Resumable:
+    files already here at the right size are not fetched again."""
+    from gpujob import service
+    from gpujob.backends.outputs import ONLY
+    from gpujob.cli import display
+
+    if only not in ONLY:
+        raise UserError(f"--only {only!r}: choose one of {', '.join(ONLY)}")
+    registry = open_registry()
+    job = service.refresh(registry, find_job(registry, ref))
+    dest = Path(to or default_pull_dir(job)).expanduser()
+    with display.ByteBar(f"pulling {job.id}") as bar:
+        pulled = service.pull(registry, job, dest, only, bar.update)
+    for note in pulled.notes:
+        err(f"note: {note}")
+    already = pulled.files - pulled.fetched
+    typer.echo(f"pulled {', '.join(pulled.parts)} of job {job.id} ({job.name}) from {pulled.source} to {dest}: "
+               f"{pulled.fetched} file{'s' if pulled.fetched != 1 else ''} ({fmt_bytes(pulled.bytes_fetched)}) fetched"
+               + (f", {already} already here" if already else ""))
+    model = dest / "model" if "model" in pulled.parts else None
+    if model is not None:
+        typer.echo(f"next: evaluate it with model.checkpoint: {model} in an evaluate spec (--set model.checkpoint={model})")

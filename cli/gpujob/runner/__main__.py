@@ -42,8 +42,9 @@ def _drop_other_backends_settings(runtime: object) -> None:
             del runtime[key]
 
 
-def _output_dir(spec: JobSpec) -> Path:
-    return Path(os.environ.get("GPUJOB_OUTPUT_DIR") or spec.resolved_output_dir())
+def _output_target(spec: JobSpec) -> str:
+    """``output.dir`` as the backend gave it (a path, or an object-store URI)."""
+    return os.environ.get("GPUJOB_OUTPUT_DIR") or spec.resolved_output_dir()
 
 
 def _quiet_libraries() -> None:
@@ -96,11 +97,25 @@ def main(argv: list[str]) -> int:
 
     from gpujob.runner import tracking
 
+    from gpujob.runner import remote
+    from gpujob.storage import StorageFailed, StorageUserError, Store, is_uri, parse_uri
+
     group = distributed.start(spec.distributed.timeout_seconds)
-    out_dir = _output_dir(spec)
+    target = _output_target(spec)
+    bucket = parse_uri(target) if is_uri(target) else None  # outputs written here, then uploaded (runner/remote.py)
+    out_dir = Path(target) if bucket is None else Path(group.share(str(remote.scratch_dir(bucket)) if group.is_writer else None))
     # the writer process alone writes events and feeds the trackers (spec tracking:)
     writer = tracking.wrap(ProgressWriter(), spec, out_dir) if group.is_writer else _Silent()
     try:
+        if bucket is not None and group.is_writer:
+            store = Store(bucket)
+            store.check_bucket()  # a wrong bucket or refused keys: now, not after hours of training
+            writer = remote.Mirror(writer, store, bucket, out_dir, spec.training.save_total_limit)
+            if spec.kind == "train":
+                remote.restore_checkpoint(store, bucket, out_dir, writer)
+        if remote.inputs(spec):
+            remote.stage_inputs(spec, writer, download=group.is_writer)
+            group.barrier()
         report = _preflight(spec, group)
         if not report["ok"]:
             writer.end(status="failed", message="preflight: " + "; ".join(report["errors"])[:400])
@@ -108,10 +123,19 @@ def main(argv: list[str]) -> int:
         if spec.kind == "train":
             from gpujob.runner import train
 
-            return train.run(spec, out_dir, writer, group)
-        from gpujob.runner import evaluate
+            code = train.run(spec, out_dir, writer, group)
+        else:
+            from gpujob.runner import evaluate
 
-        return evaluate.run(spec, out_dir, writer, group)
+            code = evaluate.run(spec, out_dir, writer, group)
+        if bucket is not None and group.is_writer:
+            remote.finish_scratch(out_dir, ok=code == 0)
+        return code
+    except (StorageUserError, StorageFailed) as exc:
+        print(f"gpujob runner: {exc.message}" + (f"\n  {exc.hint}" if exc.hint else ""), file=sys.stderr, flush=True)
+        if not getattr(writer, "ended", False):
+            writer.end(status="failed", message=exc.message[:400])
+        return exc.exit_code
     except data_mod.DataError as exc:
         print(f"DataError: {exc}", file=sys.stderr, flush=True)
         writer.end(status="failed", message=str(exc)[:400])

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from .remote import local_path
+
 if TYPE_CHECKING:
     from gpujob.spec.models import FreezeLayers, JobSpec
 
@@ -84,7 +86,7 @@ def load(spec: JobSpec, device: torch.device, *, for_training: bool):
     """The model and processor for a validated spec, configured for language, task and dropout."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    checkpoint = spec.model.checkpoint
+    checkpoint = local_path(spec.model.checkpoint)  # a bucket's prefix: its staged copy
     kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
     if for_training:
         kwargs["dropout"] = spec.training.dropout

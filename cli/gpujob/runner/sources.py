@@ -35,6 +35,7 @@ from gpujob.spec.paths import looks_like_path
 
 from .audio import TARGET_SR, AudioError, decode, to_mono_16k
 from .hub import hf_parts
+from .remote import local_path
 from .source_parts import SPLIT_ALIASES, DataError, _Part, _Record, _short  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", 
     """
     name = source.dataset
     label = label or name
-    root = Path(name).expanduser()
+    root = Path(local_path(name)).expanduser()  # a bucket's prefix: its staged copy (runner/remote.py)
     splits = _splits(source, key)
     if root.exists():
         if not root.is_dir():

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from gpujob.defaults import SHM
+from gpujob.storage.uri import looks_like_uri, uri_problem
 
 from .augment import AugmentSection
 from .cross_field import CrossFieldError, cross_field_problems
@@ -34,6 +35,17 @@ D_MODEL_SIZE = {384: "tiny", 512: "base", 768: "small", 1024: "medium", 1280: "l
 FINETUNE_LR_DIVISOR = 40
 
 
+def _storage_uri(value: str) -> str:
+    """A value written as a URI (``scheme:/...``) must be a storage URI gpujob reads, spelled right."""
+    problem = uri_problem(value) if looks_like_uri(value) and not value.startswith("hf://") else None
+    if problem:
+        raise fail(problem)
+    return value.strip() if looks_like_uri(value) else value
+
+
+PathOrURI = Annotated[NonEmptyStr, AfterValidator(_storage_uri)]
+
+
 def default_learning_rate(checkpoint: str, d_model: int | None = None) -> float | None:
     """Fine-tuning LR for a Whisper checkpoint: its pre-training LR / 40, or None if unknown.
 
@@ -51,9 +63,9 @@ def default_learning_rate(checkpoint: str, d_model: int | None = None) -> float 
 class ModelSection(Section):
     """Which Whisper checkpoint to start from and what it should produce."""
 
-    checkpoint: NonEmptyStr = Field("openai/whisper-small", description=(
-        "Hugging Face Hub id or local directory of the Whisper checkpoint, e.g. `openai/whisper-small`, "
-        "`openai/whisper-large-v3`, `./outputs/my-run/checkpoint-4000`."))
+    checkpoint: PathOrURI = Field("openai/whisper-small", description=(
+        "Hugging Face Hub id, local directory or object-store URI of the Whisper checkpoint, e.g. "
+        "`openai/whisper-small`, `./outputs/my-run/checkpoint-4000`, `s3://team-bucket/runs/el/model`."))
     language: NonEmptyStr | None = Field(None, description=(
         "Spoken language, as a code or English name (`el`, `greek`). Unset: the model detects it. "
         "YAML 1.2 is used, so `no` (Norwegian) stays a string."))
@@ -64,8 +76,9 @@ class ModelSection(Section):
 class Source(Section):
     """One dataset (or a mix of splits of it) to read audio and transcripts from."""
 
-    dataset: NonEmptyStr = Field(description=(
-        "Hugging Face Hub dataset id (`google/fleurs`) or local directory (`data/cv-corpus-el/`)."))
+    dataset: PathOrURI = Field(description=(
+        "Hugging Face Hub dataset id (`google/fleurs`), local directory (`data/cv-corpus-el/`) or object-store "
+        "prefix (`s3://team-bucket/cv-el`, `gs://...`, `az://container/...`), staged to the job's disk first."))
     config: NonEmptyStr | None = Field(None, description="Dataset configuration/subset, e.g. `el_gr` for FLEURS Greek.")
     split: str = Field("train", description="Split to read; join several with `+`, e.g. `train+validation`.")
     revision: NonEmptyStr | None = Field(None, description="Git revision (branch, tag or commit) of a Hub dataset, e.g. `refs/convert/parquet`.")
@@ -217,8 +230,10 @@ class EvaluationSection(Section):
 class OutputSection(Section):
     """Where results go."""
 
-    dir: NonEmptyStr | None = Field(None, description=(
-        "Output directory. Default: `outputs/<name>`, relative to the directory you run gpujob from."))
+    dir: PathOrURI | None = Field(None, description=(
+        "Output directory, or an object-store prefix (`s3://team-bucket/runs/el`) that each checkpoint, the "
+        "final model and the metrics are uploaded to as the job goes. Default: `outputs/<name>`, relative to "
+        "the directory you run gpujob from."))
     hub_repo: str | None = Field(None, pattern=HUB_REPO_PATTERN, description=(
         "Push the final model to this Hugging Face Hub repository (`owner/name`)."))
     private: bool = Field(True, description="Create the Hub repository as private.")

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpujob.storage.uri import is_uri
+
 if TYPE_CHECKING:
     from .models import JobSpec
 
@@ -43,3 +45,15 @@ def local_paths(spec: "JobSpec") -> list[tuple[str, str]]:
     for section in ("train", "eval"):
         found += [(f"data.{section}[{i}].dataset", s.dataset) for i, s in enumerate(getattr(spec.data, section) or [])]
     return [(key, value) for key, value in found if is_local_path(value)]
+
+
+def storage_uris(spec: "JobSpec") -> list[tuple[str, str]]:
+    """``(key, value)`` of every object-store URI a train/evaluate job reads or writes: ``model.checkpoint``,
+    each dataset, and ``output.dir`` (validated already: see :func:`gpujob.storage.parse_uri`)."""
+    if spec.kind == "command":
+        return []
+    found = [("model.checkpoint", spec.model.checkpoint)]
+    for section in ("train", "eval"):
+        found += [(f"data.{section}[{i}].dataset", s.dataset) for i, s in enumerate(getattr(spec.data, section) or [])]
+    found.append(("output.dir", spec.resolved_output_dir()))
+    return [(key, value) for key, value in found if is_uri(value)]

@@ -1,0 +1,115 @@
+"""The runner with its dataset and output.dir in a bucket (moto's S3 server, through AWS_ENDPOINT_URL),
+on the tiny Whisper: staging with progress and a version-keyed cache, checkpoints uploaded as they are
+saved, resume from the bucket after a kill, and what a bad bucket or prefix looks like."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from tiny_runs import write_greek_folder, write_spec  # noqa: E402
+
+from gpujob.events import parse_line  # noqa: E402
+from gpujob.storage import MARKER, Store, parse_uri  # noqa: E402
+
+
+def run_runner(spec: Path, *, stop_at_step: int | None = None, sig=signal.SIGKILL) -> tuple[int, list[dict], str]:
+    """`python -m gpujob.runner SPEC` (as tests/runner/test_runner_train.py runs it); ``sig`` once a progress
+    event for ``stop_at_step`` appears."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    env.pop("GPUJOB_OUTPUT_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gpujob.runner", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    events, lines = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        for event in parse_line(line):
+            events.append(event)
+            if stop_at_step is not None and event["event"] == "progress" and event["step"] >= stop_at_step:
+                proc.send_signal(sig)
+                stop_at_step = None
+    return proc.wait(timeout=300), events, "".join(lines)
+
+
+def steps_and_losses(events: list[dict]) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in events if e["event"] == "progress"]
+
+
+@pytest.fixture(scope="session")
+def greek_folder(tmp_path_factory) -> Path:
+    return write_greek_folder(tmp_path_factory.mktemp("greek"))
+
+
+def _bucket_spec(tmp_path: Path, model: Path, data_uri: str, out_uri: str, **training) -> Path:
+    path = write_spec(tmp_path, model, Path("unused"), out=out_uri, **training)
+    spec = json.loads(path.read_text())
+    for source in [*spec["data"].get("train", []), *spec["data"]["eval"]]:
+        source["dataset"] = data_uri
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.fixture
+def data_in_bucket(s3, greek_folder, monkeypatch, tmp_path):
+    bucket = s3.bucket("data")
+    uri = parse_uri(f"s3://{bucket}/speech/greek")
+    Store(uri).upload_dir(greek_folder, uri)
+    monkeypatch.setenv("GPUJOB_STORAGE_CACHE", str(tmp_path / "storage-cache"))
+    return bucket, str(uri)
+
+
+def test_train_from_and_to_a_bucket_is_killed_then_resumes_from_the_bucket(s3, tiny_model, data_in_bucket, tmp_path):
+    bucket, data_uri = data_in_bucket
+    out = f"s3://{bucket}/runs/tiny"
+    spec = _bucket_spec(tmp_path, tiny_model, data_uri, out)
+    code, first, output = run_runner(spec, stop_at_step=7, sig=signal.SIGKILL)
+    assert code == -signal.SIGKILL, output[-3000:]
+    staging = [e for e in first if e["event"] == "heartbeat" and e.get("phase") == "staging data"]
+    assert staging and staging[-1]["done"] == staging[-1]["total"] > 0 and staging[-1]["unit"] == "bytes"
+    assert [e["path"] for e in first if e["event"] == "checkpoint"][:2] == [f"{out}/checkpoints/checkpoint-3",
+                                                                             f"{out}/checkpoints/checkpoint-6"]
+    keys = s3.keys(bucket)
+    assert f"runs/tiny/checkpoints/checkpoint-6/{MARKER}" in keys and not any("runs/tiny/model/" in k for k in keys)
+
+    code, second, output = run_runner(spec)
+    assert code == 0, output[-3000:]
+    assert "0 objects, 0.0 MB downloaded" in output  # the data was staged by the first attempt
+    assert f"{out}/checkpoints/checkpoint-6 is the newest complete checkpoint" in output
+    assert [s for s, _ in steps_and_losses(second)] == list(range(7, 13))
+    keys = s3.keys(bucket)
+    for name in (f"model/{MARKER}", "model/model.safetensors", "model/README.md", "metrics.json", "predictions.jsonl"):
+        assert f"runs/tiny/{name}" in keys, keys
+    metrics = json.loads(s3.client().get_object(Bucket=bucket, Key="runs/tiny/metrics.json")["Body"].read())
+    assert metrics["steps"] == 12 and second[-1]["metrics"]["wer"] == metrics["wer"]
+    assert [e["path"] for e in second if e["event"] == "artifact" and e.get("name") == "model"] == [f"{out}/model"]
+
+
+def test_a_prefix_without_audio_fails_with_the_key_and_exit_2(s3, tiny_model, tmp_path, monkeypatch):
+    bucket = s3.bucket()
+    s3.client().put_object(Bucket=bucket, Key="notes/readme.txt", Body=b"no audio here")
+    monkeypatch.setenv("GPUJOB_STORAGE_CACHE", str(tmp_path / "cache"))
+    spec = _bucket_spec(tmp_path, tiny_model, f"s3://{bucket}/notes", str(tmp_path / "out"), max_steps=2)
+    code, events, output = run_runner(spec)
+    assert code == 2, output[-3000:]
+    assert events[-1]["status"] == "failed" and f"s3://{bucket}/notes" in output
+    assert "Traceback" not in output
+
+
+def test_an_empty_prefix_and_a_missing_bucket_fail_before_training(s3, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUJOB_STORAGE_CACHE", str(tmp_path / "cache"))
+    bucket = s3.bucket()
+    spec = _bucket_spec(tmp_path, tiny_model, f"s3://{bucket}/nothing", str(tmp_path / "out"), max_steps=2)
+    code, events, output = run_runner(spec)
+    assert code == 2 and f"s3://{bucket}/nothing: no objects under this prefix" in output, output[-3000:]
+    spec = _bucket_spec(tmp_path, tiny_model, f"s3://{bucket}/nothing", "s3://no-such-bucket-xyz/out", max_steps=2)
+    code, events, output = run_runner(spec)
+    assert code == 2 and "bucket 'no-such-bucket-xyz' does not exist" in output, output[-3000:]
+    assert events[-1]["status"] == "failed" and "Traceback" not in output

@@ -29,7 +29,15 @@ READ = ("import hashlib, json, os, pathlib\n"
         "root = pathlib.Path(spec['model']['checkpoint'])\n"
         "for p in sorted(root.rglob('*')):\n"
         "    if p.is_file():\n"
-        "        print('FILE', p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest(), flush=True)\n")
+        "        print('FILE', p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest(), flush=True)\n"
+        # and outputs, as a train job leaves them: a final model, metrics, a complete checkpoint
+        "out = pathlib.Path(os.environ['GPUJOB_OUTPUT_DIR'])\n"
+        "(out / 'model').mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'model' / 'model.safetensors').write_bytes(bytes(range(256)) * 1000)\n"
+        "(out / 'metrics.json').write_text(json.dumps({'wer': 12.5}))\n"
+        "(out / 'checkpoints' / 'checkpoint-2').mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'checkpoints' / 'checkpoint-2' / 'state.bin').write_bytes(b'x' * 4321)\n"
+        "(out / 'checkpoints' / 'checkpoint-2' / 'complete').write_text('')\n")
 
 FILES = {"clips/a.wav": os.urandom(300_000), "clips/b.wav": os.urandom(5000), "metadata.csv": b"file_name,x\n",
          "sub dir/c d.txt": b"spaces"}
@@ -78,6 +86,19 @@ def test_a_local_folder_is_staged_on_the_pvc_read_by_the_job_and_sent_once(clust
     assert staged["model"]["checkpoint"].startswith("/cache/gpujob-data/")
     # the transfer pod is gone
     assert not [p for p in cluster.fake.objects(PODS) if p["metadata"]["name"].startswith("gpujob-stage-")]
+
+    pulled = cluster.gpujob("pull", job_id, "--to", str(tmp_path / "back"))  # the outputs, off the PVC
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    back = tmp_path / "back"
+    assert (back / "model" / "model.safetensors").read_bytes() == bytes(range(256)) * 1000
+    assert json.loads((back / "metrics.json").read_text()) == {"wer": 12.5}
+    assert (back / "checkpoints" / "checkpoint-2" / "state.bin").read_bytes() == b"x" * 4321
+    assert not list(back.rglob("*.part"))
+    (back / "metrics.json").unlink()                               # resumable: only what is missing comes
+    again_pulled = cluster.gpujob("pull", job_id, "--to", str(back))
+    assert again_pulled.returncode == 0, again_pulled.stderr
+    assert "1 file (13 B) fetched, 3 already here" in again_pulled.stdout
+    assert json.loads((back / "metrics.json").read_text()) == {"wer": 12.5}
 
     again = cluster.gpujob("submit", str(spec))                  # the same data: nothing is uploaded
     assert again.returncode == 0, again.stderr

@@ -135,6 +135,12 @@ class KubernetesBackend(Backend):
                 "context": t.context, "server": t.server, "nodes": request.spec.resources.nodes,
                 "objects": [[o["kind"], o["metadata"]["name"]] for o in created]}
 
+    def pull(self, job: "Job", dest, only: str, progress=None):
+        """The job's outputs off the cache PVC through a transfer pod (:mod:`.pull`)."""
+        from gpujob.backends.kubernetes import pull as pvc_pull
+
+        return pvc_pull.pull(self._cluster(job), job, dest, only, progress, self._say)
+
     # ------------------------------------------------------------------ status
 
     def status(self, job: "Job") -> Observed | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -63,7 +64,9 @@ def pod_manifest(name: str, image: str, pvc: str, labels: dict[str, str]) -> dic
 @contextlib.contextmanager
 def transfer_pod(cluster: "Cluster", name: str, image: str, pvc: str, labels: dict[str, str],
                  say: Callable[[str], None] = lambda s: None) -> Iterator[str]:
-    """A running transfer pod's name; the pod is deleted on the way out."""
+    """A running transfer pod's name (``name`` and a random suffix, so a pod still being deleted is
+    never in the way); the pod is deleted on the way out."""
+    name = f"{name[:56]}-{secrets.token_hex(3)}"
     obj = pod_manifest(name, image, pvc, labels)
     obj["metadata"]["namespace"] = cluster.namespace
     cluster.call(cluster.core.create_namespaced_pod, cluster.namespace, obj, what=f"creating transfer pod {name}")

@@ -113,7 +113,7 @@ def stage(cluster: "Cluster", request: "JobRequest", say: Say, transfer: Transfe
     where: dict[str, str] = {}
     stage = getattr(rt, "stage", None)
     pod_ctx = contextlib.nullcontext(None) if stage else podexec.transfer_pod(
-        cluster, f"gpujob-stage-{request.job_id}"[:63], rt.image or manifests.DEFAULT_IMAGE, rt.cache_pvc,
+        cluster, f"gpujob-stage-{request.job_id}", rt.image or manifests.DEFAULT_IMAGE, rt.cache_pvc,
         {"gpujob.dev/id": request.job_id}, say)
     with pod_ctx as pod:
         for folder in folders:

@@ -149,3 +149,61 @@ def test_a_folder_that_changes_during_the_upload_is_refused_and_not_used(cluster
     assert f"{data} changed while it was uploaded (metadata.csv)" in err.value.message
     pvc = tmp_path / "pvc" / "gpujob-hf-cache" / "gpujob-data"
     assert not list(pvc.glob("*.sha256")) and not [p for p in pvc.iterdir() if p.name not in ("blobs",)]
+
+
+# A command job that reads the bucket folder its spec's model.checkpoint names (s3fs, with the keys the
+# pod has from the Secret and the endpoint from runtime.env).
+READ_BUCKET = ("import hashlib, json, os, s3fs\n"
+               "spec = json.load(open(os.environ['GPUJOB_SPEC']))\n"
+               "uri = spec['model']['checkpoint']\n"
+               "fs = s3fs.S3FileSystem(endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n"
+               "root = uri.removeprefix('s3://')\n"
+               "for path in sorted(fs.find(root)):\n"
+               "    print('FILE', path[len(root) + 1:], hashlib.sha256(fs.cat_file(path)).hexdigest(), flush=True)\n")
+
+
+def test_a_local_folder_is_staged_to_the_bucket_prefix_read_by_the_job_and_sent_once(cluster, tmp_path, s3):
+    import base64
+
+    bucket = s3.bucket("team")
+    cluster.env.update(s3.env)                                     # the keys here, to upload
+    keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    cluster.core.create_namespaced_secret(cluster.namespace, {    # and in the cluster, for the pod
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gpujob-secrets"},
+        "data": {k: base64.b64encode(s3.env[k].encode()).decode() for k in keys}})
+    data = dataset(tmp_path / "my-data", FILES)
+    spec = cluster.spec("bucketed", READ_BUCKET, model={"checkpoint": str(data)},
+                        runtime={"stage": f"s3://{bucket}/gpujob", "secrets": keys,
+                                 "env": {"AWS_ENDPOINT_URL": s3.url, "AWS_DEFAULT_REGION": "us-east-1"}})
+
+    first = cluster.gpujob("submit", str(spec))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"data {data}: 4 of 4 files sent (305018 bytes)" in first.stderr
+    job_id = first.stdout.split()[2]
+    assert files_the_job_read(cluster, job_id) == {rel: hashlib.sha256(b).hexdigest() for rel, b in FILES.items()}
+    stored = s3.keys(bucket)
+    manifest = next(k for k in stored if k.endswith(".sha256"))
+    assert sorted(stored) == sorted([manifest] + [manifest.removesuffix(".sha256") + "/" + rel for rel in FILES])
+    assert not [p for p in cluster.fake.objects(PODS) if p["metadata"]["name"].startswith("gpujob-stage-")]
+
+    again = cluster.gpujob("submit", str(spec))                   # the same data: nothing is uploaded
+    assert again.returncode == 0, again.stderr
+    assert "already staged (content " in again.stderr and "nothing sent" in again.stderr
+    files_the_job_read(cluster, again.stdout.split()[2])          # it ends (the next one writes where it did)
+
+    (data / "extra.txt").write_bytes(b"new")                       # a new version: only the new file is sent
+    third = cluster.gpujob("submit", str(spec))
+    assert third.returncode == 0, third.stderr
+    assert f"data {data}: 1 of 5 files sent (3 bytes)" in third.stderr
+    assert files_the_job_read(cluster, third.stdout.split()[2])["extra.txt"] == hashlib.sha256(b"new").hexdigest()
+
+
+def test_a_stage_prefix_without_keys_for_the_job_is_refused_naming_them(cluster, tmp_path, s3):
+    bucket = s3.bucket("team")
+    cluster.env.update(s3.env)
+    spec = cluster.spec("nokeys", READ_BUCKET, model={"checkpoint": str(dataset(tmp_path / "d", FILES))},
+                        runtime={"stage": f"s3://{bucket}/gpujob", "env": {"AWS_ENDPOINT_URL": s3.url}})
+    result = cluster.gpujob("submit", str(spec))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "runtime.stage: s3://" in result.stderr and "AWS_ACCESS_KEY_ID" in result.stderr
+    assert "runtime.secrets" in result.stderr and s3.keys(bucket) == []

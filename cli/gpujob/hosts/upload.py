@@ -116,7 +116,7 @@ def upload(remote: Remote, manifest: Manifest, data_root: str, *, on_progress: P
         f"find . -type f ! -name {q('*' + PART_SUFFIX)} -exec sha256sum {{}} + ; fi")
     if state.strip() == "complete":
         return Uploaded(final, manifest.id, cached=True)
-    there = _parse_sums(state)
+    there = parse_sums(state)
     todo = [rel for rel, (_, sha) in sorted(manifest.files.items()) if there.get(rel) != sha]
     result = Uploaded(final, manifest.id, skipped=sorted(set(manifest.files) - set(todo)))
     total = sum(manifest.files[rel][0] for rel in todo)
@@ -156,7 +156,8 @@ def upload(remote: Remote, manifest: Manifest, data_root: str, *, on_progress: P
     return result
 
 
-def _parse_sums(text: str) -> dict[str, str]:
+def parse_sums(text: str) -> dict[str, str]:
+    """``sha256sum`` lines as {relative path: sha256}."""
     out = {}
     for line in text.split("\n"):
         sha, sep, path = line.partition("  ")

@@ -13,8 +13,10 @@ nothing. The spec the pod reads then names the staged copy. Two places, chosen b
   ``<id>/`` (the folder, its files hard links to the blobs) with ``<id>.sha256`` beside it once
   whole. ``<id>`` is the sha256 of the folder's manifest (``sha256sum`` lines), as on a rented host.
 - **a bucket prefix** (``runtime.stage: s3://team-bucket/gpujob``): the folder under
-  ``<prefix>/data/<id>/`` through :mod:`gpujob.storage`, committed by a marker once whole; a file the
-  bucket holds already with the same size is not sent again.
+  ``<prefix>/data/<id>/`` through :mod:`gpujob.storage` (credentials from this environment and
+  ``runtime.env``), its manifest written last beside it as ``<id>.sha256`` (so the folder the job
+  reads holds only the data); a file already there is not sent again, nor one whose content another
+  staged folder under the prefix holds (copied inside the bucket instead).
 
 The folder is walked again when the upload ends: one that changed while it was read (a file added,
 removed, resized or rewritten) is refused, and the staged copy is not used.
@@ -23,7 +25,7 @@ removed, resized or rewritten) is refused, and the staged copy is not used.
 from __future__ import annotations
 
 import contextlib
-import posixpath
+import os
 from dataclasses import replace
 import tarfile
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from gpujob.backends.kubernetes.cluster import Cluster
 
 PVC_ROOT = f"{podexec.CACHE_DIR}/gpujob-data"
+MANIFESTS_READ = 50        # staged folders' manifests read for files the bucket holds already
 _BLOCK = 512
 _READ = 1 << 20
 
@@ -73,10 +76,23 @@ def plan(request: "JobRequest") -> list[LocalFolder]:
 
 
 def check(request: "JobRequest") -> None:
-    """Refuse, before anything is created, a folder the upload would refuse (links out, odd names)."""
-    if local_data.where_job_runs("kubernetes"):
-        for folder in plan(request):
-            datatree.walk(folder.path, reserved_suffix=up.PART_SUFFIX)
+    """Refuse, before anything is created, a folder the upload would refuse (links out, odd names), and
+    with ``runtime.stage`` credentials missing here (to upload) or in the job (to read it back), or a
+    bucket that does not answer."""
+    from gpujob.spec.runtime import KubernetesRuntime
+    from gpujob.storage.preflight import check_credentials_for_job, probe
+
+    if not local_data.where_job_runs("kubernetes"):
+        return
+    folders = plan(request)
+    for folder in folders:
+        datatree.walk(folder.path, reserved_suffix=up.PART_SUFFIX)
+    rt = runtime_of(request, KubernetesRuntime)
+    if folders and rt.stage:
+        uris = [("runtime.stage", rt.stage)]
+        check_credentials_for_job(uris, rt.env, list(rt.secrets), os.environ, False, request.spec_path)
+        here = check_credentials_for_job(uris, {**os.environ, **rt.env}, [], os.environ, True, None)
+        probe(uris, here)
 
 
 def render_lines(request: "JobRequest") -> list[str]:
@@ -86,7 +102,7 @@ def render_lines(request: "JobRequest") -> list[str]:
     if not local_data.where_job_runs("kubernetes"):
         return []
     rt = runtime_of(request, KubernetesRuntime)
-    where = (f"the bucket prefix {rt.stage}/data/<sha256>" if getattr(rt, "stage", None) else
+    where = (f"the bucket prefix {rt.stage}/data/<sha256>" if rt.stage else
              f"the PVC {rt.cache_pvc} at {PVC_ROOT}/<sha256> (through a transfer pod)")
     lines = []
     for folder in plan(request):
@@ -111,7 +127,7 @@ def stage(cluster: "Cluster", request: "JobRequest", say: Say, transfer: Transfe
         return request
     rt = runtime_of(request, KubernetesRuntime)
     where: dict[str, str] = {}
-    stage = getattr(rt, "stage", None)
+    stage = rt.stage
     pod_ctx = contextlib.nullcontext(None) if stage else podexec.transfer_pod(
         cluster, f"gpujob-stage-{request.job_id}", rt.image or manifests.DEFAULT_IMAGE, rt.cache_pvc,
         {"gpujob.dev/id": request.job_id}, say)
@@ -223,36 +239,38 @@ def _tar(blobs: dict[str, tuple[int, Path]], count: Callable[[int], None]) -> It
 
 def to_bucket(prefix: str, folder: Path, env: dict[str, str], *,
               on_progress: Callable[[int, int], None] | None = None) -> Staged:
-    """``folder`` under ``<prefix>/data/<id>/`` in a bucket (see the module docstring)."""
-    from gpujob import storage
+    """``folder`` under ``<prefix>/data/<id>/`` in a bucket, its manifest written last beside it as
+    ``<id>.sha256`` (see the module docstring). A file whose content another staged folder under the
+    prefix holds is copied inside the bucket, not sent again."""
+    from gpujob.storage import Store, parse_uri
 
     tree = datatree.walk(folder, reserved_suffix=up.PART_SUFFIX)
     manifest = up.build_manifest(folder)
-    base = posixpath.join(prefix.rstrip("/"), "data", manifest.id)
-    fs, root = storage.filesystem(base, env)
-    marker = root + "/.gpujob-complete"
-    if fs.exists(marker):
+    data = parse_uri(prefix).child("data")
+    base, marker = data.child(manifest.id), data.child(manifest.id + ".sha256")
+    store = Store(data, {**os.environ, **env})
+    listed = {f.rel: f.size for f in store.list(data)}
+    if manifest.id + ".sha256" in listed:
         datatree.unchanged(tree, folder)
-        return Staged(folder, base, manifest.id, len(manifest.files), 0, 0)
-    try:
-        present = {p[len(root) + 1:]: int(info.get("size") or 0)
-                   for p, info in fs.find(root, detail=True).items()}
-    except FileNotFoundError:
-        present = {}
-    todo = {rel: v for rel, v in manifest.files.items() if present.get(rel) != v[0]}
-    total = sum(size for size, _ in todo.values())
-    sent = 0
+        return Staged(folder, str(base), manifest.id, len(manifest.files), 0, 0)
+    known: dict[str, str] = {}              # sha256 -> an object under the prefix that holds it
+    for name in sorted(r for r in listed if r.endswith(".sha256") and "/" not in r)[-MANIFESTS_READ:]:
+        other = name.removesuffix(".sha256")
+        for rel, sha in up.parse_sums(store.read_bytes(data.child(name)).decode(errors="replace")).items():
+            known.setdefault(sha, f"{other}/{rel}")
+    todo = {rel: v for rel, v in manifest.files.items() if listed.get(f"{manifest.id}/{rel}") != v[0]}
+    copy = {rel: known[sha] for rel, (_, sha) in todo.items() if sha in known}
+    send = {rel: v for rel, v in todo.items() if rel not in copy}
+    total, sent = sum(size for size, _ in send.values()), 0
     if on_progress:
         on_progress(0, total)
-    for rel in sorted(todo):
-        storage.put_file(fs, manifest.sources[rel], f"{root}/{rel}")
-        sent += todo[rel][0]
-        if on_progress:
-            on_progress(sent, total)
-    datatree.unchanged(tree, folder)
-    with fs.open(marker, "wb") as f:
-        f.write(manifest.text())
-    return Staged(folder, base, manifest.id, len(manifest.files), len(todo), sent)
-
-
-
+    for rel, src in sorted(copy.items()):
+        store.fs.copy(data.child(src).fs_path, base.child(rel).fs_path)
+    for rel in sorted(send):
+        start = sent
+        store.upload_file(manifest.sources[rel], base.child(rel),
+                          (lambda n, b=start: on_progress(b + n, total)) if on_progress else None)
+        sent += send[rel][0]
+    datatree.unchanged(tree, folder)          # refuse a folder that changed while it was sent
+    store.write_bytes(marker, manifest.text())
+    return Staged(folder, str(base), manifest.id, len(manifest.files), len(send), sent)

@@ -26,6 +26,7 @@ from gpujob.backends import local_data
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_stop, read_saved_log,
                                   read_tail, runtime_of)
 from gpujob.backends.kubernetes import explain, manifests, prices, staging
+from gpujob.backends.kubernetes import pull as pvc_pull
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.errors import GpujobError, UserError
 from gpujob.records import TERMINAL
@@ -137,8 +138,6 @@ class KubernetesBackend(Backend):
 
     def pull(self, job: "Job", dest, only: str, progress=None):
         """The job's outputs off the cache PVC through a transfer pod (:mod:`.pull`)."""
-        from gpujob.backends.kubernetes import pull as pvc_pull
-
         return pvc_pull.pull(self._cluster(job), job, dest, only, progress, self._say)
 
     # ------------------------------------------------------------------ status

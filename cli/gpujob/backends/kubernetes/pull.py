@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Callable
 
 from gpujob.backends import outputs
 from gpujob.backends.kubernetes import podexec
+from gpujob.backends.kubernetes.manifests import DEFAULT_IMAGE
+from gpujob.defaults import HF_CACHE
 from gpujob.errors import UserError
 from gpujob.storage.errors import NothingThere, StorageFailed
 
@@ -43,9 +45,6 @@ def pull(cluster: "Cluster", job: "Job", dest: Path, only: str, progress: Callab
     runtime = (job.spec or {}).get("runtime") or {}
     pvc = runtime.get("cache_pvc") if isinstance(runtime.get("cache_pvc"), str) else None
     image = runtime.get("image") if isinstance(runtime.get("image"), str) else None
-    from gpujob.backends.kubernetes.manifests import DEFAULT_IMAGE
-    from gpujob.defaults import HF_CACHE
-
     with podexec.transfer_pod(cluster, f"gpujob-pull-{job.id}", image or DEFAULT_IMAGE, pvc or HF_CACHE,
                               {"gpujob.dev/id": job.id}, say) as pod:
         listed = podexec.run(cluster, pod, ["sh", "-c", _LIST, "sh", out])

@@ -39,6 +39,8 @@ from gpujob.backends.host_data import LocalFolder, local_folders, rewritten
 from gpujob.backends.kubernetes import manifests, podexec
 from gpujob.errors import GpujobError, UserError
 from gpujob.hosts import upload as up
+from gpujob.storage import Store, parse_uri
+from gpujob.storage.preflight import check_credentials_for_job, probe
 
 if TYPE_CHECKING:
     from gpujob.backends.base import JobRequest
@@ -80,7 +82,6 @@ def check(request: "JobRequest") -> None:
     with ``runtime.stage`` credentials missing here (to upload) or in the job (to read it back), or a
     bucket that does not answer."""
     from gpujob.spec.runtime import KubernetesRuntime
-    from gpujob.storage.preflight import check_credentials_for_job, probe
 
     if not local_data.where_job_runs("kubernetes"):
         return
@@ -242,7 +243,6 @@ def to_bucket(prefix: str, folder: Path, env: dict[str, str], *,
     """``folder`` under ``<prefix>/data/<id>/`` in a bucket, its manifest written last beside it as
     ``<id>.sha256`` (see the module docstring). A file whose content another staged folder under the
     prefix holds is copied inside the bucket, not sent again."""
-    from gpujob.storage import Store, parse_uri
 
     tree = datatree.walk(folder, reserved_suffix=up.PART_SUFFIX)
     manifest = up.build_manifest(folder)

@@ -44,6 +44,8 @@ def pod_manifest(name: str, image: str, pvc: str, labels: dict[str, str]) -> dic
                                               "app.kubernetes.io/component": "transfer", **labels}},
         "spec": {
             "restartPolicy": "Never",
+            "serviceAccountName": "gpujob-runner",
+            "automountServiceAccountToken": False,
             "activeDeadlineSeconds": POD_DEADLINE_S,
             "terminationGracePeriodSeconds": 1,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,

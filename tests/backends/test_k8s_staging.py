@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpujob.backends.local_data import PODS_SEE_THIS_MACHINE
 from k8s_emulator import CONFIGMAPS, PODS, FakeCluster
@@ -207,3 +209,37 @@ def test_a_stage_prefix_without_keys_for_the_job_is_refused_naming_them(cluster,
     assert result.returncode == 2, result.stdout + result.stderr
     assert "runtime.stage: s3://" in result.stderr and "AWS_ACCESS_KEY_ID" in result.stderr
     assert "runtime.secrets" in result.stderr and s3.keys(bucket) == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(blobs=st.lists(st.binary(max_size=2000), max_size=6))
+def test_the_upload_stream_is_a_tar_of_each_blob_under_its_hash(blobs):
+    """What the transfer pod's ``tar -x`` reads: every file whole, named by its sha256, any size
+    (0, under and over a 512-byte block), a file that shrank padded so its hash check fails there."""
+    import io
+    import tarfile
+    import tempfile
+
+    from gpujob.backends.kubernetes.staging import _tar
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wanted = {}
+        for i, data in enumerate(blobs):
+            path = Path(tmp) / f"f{i}"
+            path.write_bytes(data)
+            wanted[hashlib.sha256(data).hexdigest()] = (len(data), path)
+        counted = []
+        stream = b"".join(_tar(wanted, counted.append))
+        assert sum(counted) == sum(size for size, _ in wanted.values())
+        with tarfile.open(fileobj=io.BytesIO(stream)) as tar:
+            got = {m.name: tar.extractfile(m).read() for m in tar}
+        assert {name: hashlib.sha256(data).hexdigest() for name, data in got.items()} == {s: s for s in wanted}
+        if wanted:                                   # a file that shrank after hashing: cut short, padded
+            sha, (size, path) = next(iter(sorted(wanted.items())))
+            original = path.read_bytes()
+            path.write_bytes(b"")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(_tar({sha: (size, path)}, lambda n: None)))) as tar:
+                member = tar.next()
+                sent = tar.extractfile(member).read()
+            assert member.size == size                            # the stream stays well-formed
+            assert (hashlib.sha256(sent).hexdigest() == sha) == (sent == original)   # the pod's check tells

@@ -243,3 +243,33 @@ def test_the_upload_stream_is_a_tar_of_each_blob_under_its_hash(blobs):
                 sent = tar.extractfile(member).read()
             assert member.size == size                            # the stream stays well-formed
             assert (hashlib.sha256(sent).hexdigest() == sha) == (sent == original)   # the pod's check tells
+
+
+@pytest.mark.slow
+def test_an_evaluate_job_reads_its_staged_model_and_data_and_pull_brings_its_metrics_back(cluster, tmp_path,
+                                                                                         tiny_model, small_greek):
+    """The runner in the pod: model and dataset are folders of this machine, staged on the PVC at submit;
+    metrics.json is written on the PVC (a relative output.dir) and `gpujob pull` brings it back with
+    the WER the job reported."""
+    spec = {"apiVersion": "gpujob/v1", "kind": "evaluate", "name": "eval-staged",
+            "model": {"checkpoint": str(tiny_model), "language": "el"},
+            "data": {"eval": [{"dataset": str(small_greek), "split": "heldout"}], "loader_workers": 1},
+            "evaluation": {"batch_size": 2}, "output": {"dir": "outputs/eval-staged"},
+            "resources": {"gpus": 0},
+            "runtime": {"backend": "kubernetes", "namespace": cluster.namespace, "image": cluster.image,
+                        "env": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}},
+            "limits": {"max_runtime": "10m"}}
+    path = tmp_path / "eval-staged.yaml"
+    path.write_text(json.dumps(spec))
+    submitted = cluster.gpujob("submit", str(path), timeout=600)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert submitted.stderr.count("files sent") == 2                   # the model and the dataset
+    job_id = submitted.stdout.split()[2]
+    done = cluster.wait_status(job_id, lambda s: s["status"] in ("succeeded", "failed"), timeout=600,
+                               what="the evaluate job to end")
+    assert done["status"] == "succeeded", cluster.gpujob("logs", job_id).stdout[-3000:]
+    pulled = cluster.gpujob("pull", job_id, "--to", str(tmp_path / "back"))
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    metrics = json.loads((tmp_path / "back" / "metrics.json").read_text())
+    reported = cluster.status(job_id)["metrics"]
+    assert metrics["wer"] == pytest.approx(reported["wer"])

@@ -257,7 +257,9 @@ def test_an_evaluate_job_reads_its_staged_model_and_data_and_pull_brings_its_met
             "evaluation": {"batch_size": 2}, "output": {"dir": "outputs/eval-staged"},
             "resources": {"gpus": 0},
             "runtime": {"backend": "kubernetes", "namespace": cluster.namespace, "image": cluster.image,
-                        "env": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}},
+                        # the job image is this checkout's gpujob (the spec it reads has this version's keys)
+                        "env": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                                "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "cli")}},
             "limits": {"max_runtime": "10m"}}
     path = tmp_path / "eval-staged.yaml"
     path.write_text(json.dumps(spec))

@@ -173,3 +173,20 @@ def test_protocol_modules_import_only_the_stdlib_and_each_other():
             "{m for m in sys.modules if m.startswith('gpujob') and m not in ours}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_byte_heartbeat_is_the_phase_status_shows_until_the_first_step():
+    from gpujob.progress_state import ProgressState
+    from gpujob.words import phase_words
+
+    state = ProgressState()
+    state.apply({"event": "heartbeat", "phase": "staging data", "done": 1_234_000_000, "total": 3_400_000_000,
+                 "unit": "bytes"})
+    assert phase_words(state.phase) == "staging data 1.2 of 3.4 GB"
+    assert ProgressState.from_dict(json.loads(json.dumps(state.to_dict()))).phase == state.phase
+    state.apply({"event": "heartbeat", "phase": "staging data", "done": 5_000_000, "total": 3_400_000_000, "unit": "bytes"})
+    assert phase_words(state.phase) == "staging data 5.0 MB of 3.4 GB"
+    state.apply({"event": "heartbeat", "phase": "eval", "done": 3, "total": 10, "unit": "furlongs"})
+    assert phase_words(state.phase) == "eval 3/10"  # an unknown unit is dropped
+    state.apply({"event": "progress", "step": 1, "total_steps": 10})
+    assert state.phase == {}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob import history, notify
-from gpujob.backends import Backend, JobRequest, get_backend
+from gpujob.backends import Backend, JobRequest, get_backend, outputs
 from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
@@ -23,6 +23,8 @@ from gpujob.fleet.jobs import RegistryHosts
 from gpujob.pricing import Estimate, Price, estimate as estimate_cost, job_price, unpriced_budget
 from gpujob.records import gpujob_home
 from gpujob.registry import TERMINAL, Job, Registry
+from gpujob.storage import SETTING_VARS, is_uri
+from gpujob.storage.preflight import check_credentials_for_job, probe
 
 RUNNER_LIBRARIES = ("torch", "transformers", "datasets", "jiwer", "soundfile", "soxr")
 
@@ -160,9 +162,6 @@ def _check_buckets(loaded: "LoadedSpec", impl: Backend, environ: Mapping[str, st
     uris = storage_uris(loaded.spec)
     if not uris:
         return
-    from gpujob.storage import SETTING_VARS
-    from gpujob.storage.preflight import check_credentials_for_job, probe
-
     runtime = loaded.spec.runtime
     job = check_credentials_for_job(uris, runtime.env, list(runtime.secrets), environ,
                                     impl.secrets_from_environment, loaded.path)
@@ -173,9 +172,6 @@ def _check_buckets(loaded: "LoadedSpec", impl: Backend, environ: Mapping[str, st
 def pull(registry: Registry, job: Job, dest: Path, only: str, progress=None):
     """Bring a job's outputs here (``gpujob pull``): from its bucket when ``output.dir`` is one, whatever the
     backend; else through the backend's ``pull``. Returns :class:`gpujob.backends.outputs.Pulled`."""
-    from gpujob.backends import outputs
-    from gpujob.storage import is_uri
-
     if job.output_dir and is_uri(job.output_dir):
         return outputs.pull_bucket(job.output_dir, dest, only, job.active, progress)
     return _backend(job.backend, registry).pull(job, dest, only, progress)

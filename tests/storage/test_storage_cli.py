@@ -90,6 +90,7 @@ def test_evaluate_on_the_local_backend_reads_and_writes_the_bucket_and_pull_brin
 
     bucket = s3_server.bucket()
     data = parse_uri(f"s3://{bucket}/speech/greek")
+    (tmp_path / "greek-src").mkdir()
     greek = write_greek_folder(tmp_path / "greek-src")
     os.environ.update(s3_server.env)  # this process uploads the data (the job gets the keys through runtime.secrets)
     try:

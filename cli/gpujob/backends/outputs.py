@@ -56,7 +56,7 @@ def choose(files: dict[str, int], only: str, complete: set[str], model_complete:
     by_ckpt: dict[str, list[str]] = {}
     top: list[str] = []
     model: list[str] = []
-    for rel in files:
+    for rel in sorted(files):
         found = _CHECKPOINT.fullmatch(rel)
         if found:
             by_ckpt.setdefault(found.group(1), []).append(rel)

@@ -206,6 +206,9 @@ def cancel(
     typer.echo(f"next: gpujob logs {job.id} --tail 20")
 
 
+PULL_ONLY = ("all", "model", "checkpoints")  # gpujob.backends.outputs.ONLY, without importing the backends
+
+
 def default_pull_dir(job) -> str:
     return f"pulled/{job.name or 'job'}-{job.id}"
 
@@ -221,11 +224,10 @@ def pull(
     """Bring a job's outputs to this machine from wherever they are (a bucket, the job's folder). Resumable:
     files already here at the right size are not fetched again."""
     from gpujob import service
-    from gpujob.backends.outputs import ONLY
     from gpujob.cli import display
 
-    if only not in ONLY:
-        raise UserError(f"--only {only!r}: choose one of {', '.join(ONLY)}")
+    if only not in PULL_ONLY:
+        raise UserError(f"--only {only!r}: choose one of {', '.join(PULL_ONLY)}")
     registry = open_registry()
     job = service.refresh(registry, find_job(registry, ref))
     dest = Path(to or default_pull_dir(job)).expanduser()

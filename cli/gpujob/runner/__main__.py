@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
 
 from gpujob.progress import ProgressWriter
+from gpujob.storage import StorageFailed, StorageUserError, Store, is_uri, parse_uri
 
 
 def _load(path: str) -> JobSpec:
@@ -98,7 +99,6 @@ def main(argv: list[str]) -> int:
     from gpujob.runner import tracking
 
     from gpujob.runner import remote
-    from gpujob.storage import StorageFailed, StorageUserError, Store, is_uri, parse_uri
 
     group = distributed.start(spec.distributed.timeout_seconds)
     target = _output_target(spec)
@@ -106,15 +106,19 @@ def main(argv: list[str]) -> int:
     out_dir = Path(target) if bucket is None else Path(group.share(str(remote.scratch_dir(bucket)) if group.is_writer else None))
     # the writer process alone writes events and feeds the trackers (spec tracking:)
     writer = tracking.wrap(ProgressWriter(), spec, out_dir) if group.is_writer else _Silent()
+    node_lead = os.environ.get("LOCAL_RANK", "0") == "0"  # one process a machine downloads, the others wait
     try:
-        if bucket is not None and group.is_writer:
+        if bucket is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)  # the writer's scratch path, on every machine
             store = Store(bucket)
-            store.check_bucket()  # a wrong bucket or refused keys: now, not after hours of training
-            writer = remote.Mirror(writer, store, bucket, out_dir, spec.training.save_total_limit)
-            if spec.kind == "train":
+            if group.is_writer:
+                store.check_bucket()  # a wrong bucket or refused keys: now, not after hours of training
+                writer = remote.Mirror(writer, store, bucket, out_dir, spec.training.save_total_limit)
+            if spec.kind == "train" and node_lead:
                 remote.restore_checkpoint(store, bucket, out_dir, writer)
+            group.barrier()
         if remote.inputs(spec):
-            remote.stage_inputs(spec, writer, download=group.is_writer)
+            remote.stage_inputs(spec, writer, download=node_lead)
             group.barrier()
         report = _preflight(spec, group)
         if not report["ok"]:

@@ -15,6 +15,10 @@ the final model when it is announced, then every other file (metrics.json, predi
 trackers' logs) before the end event. :func:`restore_checkpoint` brings back the newest *complete*
 checkpoint from the bucket before training, so a resubmitted job resumes from it under the same identity
 rules as a local one (runner/train.py). An upload that fails every retry fails the job with the object named.
+
+Several processes: one process a machine (``LOCAL_RANK`` 0) stages the inputs and downloads the checkpoint
+to resume from, into the same paths on every machine (so a multi-node job needs no shared volume for a
+bucket ``output.dir``); the writer alone uploads.
 """
 
 from __future__ import annotations
@@ -187,8 +191,10 @@ class Mirror:
         try:
             self.sync()
         except Exception as exc:  # gpujob.storage's errors: the job fails naming the object
-            self.writer.end(status="failed", message=getattr(exc, "message", str(exc))[:400])
-            raise
+            if fields.get("status") == "succeeded":
+                self.writer.end(status="failed", message=getattr(exc, "message", str(exc))[:400])
+                raise
+            print(f"gpujob runner: warning: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
         self.writer.end(**fields)
         try:  # what the trackers wrote as they closed
             self.sync()

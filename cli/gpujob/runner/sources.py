@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpujob.spec.paths import looks_like_path
+from gpujob.storage import is_uri
 
 from .audio import TARGET_SR, AudioError, decode, to_mono_16k
 from .hub import hf_parts
@@ -119,6 +120,9 @@ def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", 
             parts = [_audiofolder_part(base, s, key) for s in splits]
         else:
             parts = hf_parts(source, str(base), splits, streaming=streaming, key=key, local=True)
+    elif is_uri(name):
+        raise DataError(f"{name} is in a bucket and was not staged: a job stages it before it reads it "
+                        "(`gpujob check` reads local data only)", key=f"{key}.dataset")
     elif looks_like_path(name):
         raise DataError(f"directory {name} not found (relative paths are resolved from {Path.cwd()})",
                         key=f"{key}.dataset")

@@ -101,12 +101,13 @@ class Store:
 
     def delete(self, uri: StorageURI) -> None:
         """Remove one object (absent is fine)."""
-        try:
-            self.fs.rm_file(uri.fs_path)
-        except FileNotFoundError:
-            pass
-        except Exception as exc:  # the SDKs raise their own types
-            raise translate(exc, uri, "deleting") from None
+        def rm() -> None:
+            try:
+                self.fs.rm_file(uri.fs_path)
+            except FileNotFoundError:
+                pass
+
+        self._retry(uri, "deleting", rm)
 
     def upload_file(self, local: Path, uri: StorageURI, progress: Callable[[int], None] | None = None) -> None:
         """``local`` to ``uri``; ``progress(bytes of this file done)`` as it goes."""

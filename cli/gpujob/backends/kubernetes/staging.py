@@ -117,6 +117,7 @@ def render_lines(request: "JobRequest") -> list[str]:
                      "by content (files already there are not sent); the spec the pod reads names the copy")
     return lines
 
+
 def stage(cluster: "Cluster", request: "JobRequest", say: Say, transfer: Transfer) -> "JobRequest":
     """The request with each local folder uploaded and the spec naming the staged copy."""
     from gpujob.spec.runtime import KubernetesRuntime

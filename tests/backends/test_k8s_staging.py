@@ -196,7 +196,7 @@ def test_a_local_folder_is_staged_to_the_bucket_prefix_read_by_the_job_and_sent_
     (data / "extra.txt").write_bytes(b"new")                       # a new version: only the new file is sent
     third = cluster.gpujob("submit", str(spec))
     assert third.returncode == 0, third.stderr
-    assert f"data {data}: 1 of 5 files sent (3 bytes)" in third.stderr
+    assert f"data {data}: 1 of 5 files sent (3 bytes), 4 copied inside the bucket" in third.stderr
     assert files_the_job_read(cluster, third.stdout.split()[2])["extra.txt"] == hashlib.sha256(b"new").hexdigest()
 
 

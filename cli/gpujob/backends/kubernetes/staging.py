@@ -63,10 +63,11 @@ class Staged:
     files: int
     sent_files: int
     sent_bytes: int
+    copied: int = 0       # bucket mode: files another staged folder held, copied inside the bucket
 
     @property
     def cached(self) -> bool:
-        return self.sent_files == 0
+        return self.sent_files == 0 and self.copied == 0
 
 
 class StageError(GpujobError):
@@ -143,7 +144,8 @@ def stage(cluster: "Cluster", request: "JobRequest", say: Say, transfer: Transfe
                     done = to_pvc(cluster, pod, folder.path, on_progress=progress)
             say(f"data {folder.path}: " + (
                 f"already staged (content {done.id[:12]}), nothing sent" if done.cached else
-                f"{done.sent_files} of {done.files} files sent ({done.sent_bytes} bytes), the rest already there")
+                f"{done.sent_files} of {done.files} files sent ({done.sent_bytes} bytes)"
+                + (f", {done.copied} copied inside the bucket" if done.copied else "") + ", the rest already there")
                 + f"; the job reads {done.where}")
             where.update({key: done.where for key in folder.keys})
     return replace(request, spec=rewritten(request.spec, where))
@@ -274,4 +276,4 @@ def to_bucket(prefix: str, folder: Path, env: dict[str, str], *,
         sent += send[rel][0]
     datatree.unchanged(tree, folder)          # refuse a folder that changed while it was sent
     store.write_bytes(marker, manifest.text())
-    return Staged(folder, str(base), manifest.id, len(manifest.files), len(send), sent)
+    return Staged(folder, str(base), manifest.id, len(manifest.files), len(send), sent, copied=len(copy))

@@ -49,19 +49,22 @@ def test_validate_names_the_key_and_the_pvc_on_kubernetes(tmp_path):
     assert "would not find its data on the kubernetes backend" in result.output
     assert ("data.train[0].dataset: data/cv-corpus-el/ is a path on this machine; it will not exist in "
             "the Kubernetes pod") in result.output
-    assert "runtime.cache_pvc (mounted at /cache" in result.output and "Hugging Face Hub" in result.output
+    assert "(and it is not a folder here, so it cannot be uploaded)" in result.output
+    assert "a folder on this machine is uploaded at submit" in result.output and "Hugging Face Hub" in result.output
     assert "valid (" not in result.output
 
 
 @pytest.mark.parametrize("dataset, checkpoint, flagged", [
     ("google/fleurs", "openai/whisper-tiny", []),                         # Hub ids
     ("/cache/datasets/cv-el", "/cache/outputs/run1/model", []),         # on the job's PVC
-    ("corpus", "openai/whisper-tiny", ["data.train[0].dataset"]),       # exists here, written like a Hub id
+    ("corpus", "openai/whisper-tiny", []),                              # a folder here: staged at submit
+    ("corpus.tsv", "openai/whisper-tiny", ["data.train[0].dataset"]),   # a file here: not a folder to stage
     ("google/fleurs", "./outputs/run1/model", ["model.checkpoint"]),
     ("~/data/el", "outputs/run1/model", ["model.checkpoint", "data.train[0].dataset"]),
 ])
 def test_what_counts_as_a_local_path(tmp_path, dataset, checkpoint, flagged):
     (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus.tsv").write_text("path\tsentence\n")
     result = gpujob("validate", str(write_spec(tmp_path, "kubernetes", dataset, checkpoint)))
     assert result.exit_code == (2 if flagged else 0), result.output
     for key in flagged:
@@ -89,8 +92,9 @@ def test_render_shows_the_problem_and_still_renders(tmp_path):
     result = gpujob("render", spec)
     assert result.exit_code == 2, result.output
     assert ("# PROBLEM: data.train[0].dataset: data/cv-corpus-el/ is a path on this machine; it will not "
-            "exist in the Kubernetes pod; submit refuses it") in result.output
-    assert "# hint: copy the data onto the PVC" in result.output and "kind: Job" in result.output
+            "exist in the Kubernetes pod (and it is not a folder here, so it cannot be uploaded); submit refuses it"
+            ) in result.output
+    assert "# hint: a folder on this machine is uploaded at submit" in result.output and "kind: Job" in result.output
 
     result = gpujob("render", spec, "--backend", "docker", env={"DOCKER_HOST": REMOTE_ENGINE})
     assert result.exit_code == 2, result.output

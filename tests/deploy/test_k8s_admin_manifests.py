@@ -153,6 +153,13 @@ def test_user_role_is_least_privilege():
     assert granted == EXPECTED_USER_PERMISSIONS
 
 
+def test_transfer_role_is_apart_and_only_creates_pods_and_execs():
+    """Staging onto the PVC and pulling off it need pods/exec, which reaches every pod of the
+    namespace: a Role of its own, so an admin can leave it unbound (and users stage to a bucket)."""
+    assert _granted(_one("Role", "gpujob-transfer")) == {("", "pods"): {"create"}, ("", "pods/exec"): {"create", "get"}}
+    assert _one("RoleBinding", "gpujob-transfer-users")["roleRef"]["name"] == "gpujob-transfer"
+
+
 def test_user_role_binding():
     binding = _one("RoleBinding", "gpujob-users")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gpujob-user"}

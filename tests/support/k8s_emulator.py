@@ -23,7 +23,19 @@ lists, watches, over real HTTP) plus what a cluster adds on top, run on this sid
   Orphan, and ownerReferences on the ConfigMap and Service;
 - **pods/log** (the emulator serves none): ``follow``, ``timestamps``, ``sinceTime``, ``tailLines``,
   400 while the container waits, with switches to drop streams (cleanly or mid-line);
-- watches that honour ``timeoutSeconds`` and can be made to expire with 410 Gone.
+- watches that honour ``timeoutSeconds`` and can be made to expire with 410 Gone;
+- **pods/exec** over a WebSocket (kmock serves none), as the API server proxies it to the kubelet:
+  the ``v5.channel.k8s.io`` subprotocol (``v4`` too) the official clients ask for, one byte of
+  channel before each frame (0 stdin, 1 stdout, 2 stderr, 3 the final ``Status``: ``Success``, or
+  ``Failure`` with reason ``NonZeroExitCode`` and the exit code as its cause), v5's close frame
+  (255, 0) for the end of stdin; 404 for a pod that is not there, 400 for one whose container is
+  not running. The command runs as a real process beside the pod's, with the pod's mounts applied
+  to any argument that is a path under one (as for the container's command: ``tar -x -C /cache/d``
+  writes into the PVC's folder); a client that goes away closes its stdin;
+- the **PVC**'s data: a folder per claim (``tmp/pvc/<claim>``), shared by every pod that mounts it,
+  so what an uploader pod writes there the job's pod reads. As the pod's process runs on this
+  machine, a JSON string in a mounted ConfigMap file (the job's spec) that is a path under a PVC
+  mount is written as that folder, as the command's arguments are.
 
 kmock itself ignores label selectors; the backend filters on its side, which these tests exercise.
 """
@@ -56,6 +68,7 @@ SERVICES = kmock.resource("", "v1", "services")
 SECRETS = kmock.resource("", "v1", "secrets")
 NAMESPACE = "gpujob"
 TICK_S = 0.05
+EXEC_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/exec$")
 
 
 def now_iso() -> str:
@@ -96,6 +109,15 @@ class PodRuntime:
         self.oom = False
         self.kill_at: float | None = None
         self.term_sent = False
+        self.mounts: dict[str, Path] = {}          # mountPath -> the folder standing for the volume
+        self.workdir: Path | None = None
+
+    def host(self, value: str) -> str:
+        """A path in the container as the folder that stands for it here (the longest mount first)."""
+        for mount_path, target in sorted(self.mounts.items(), key=lambda kv: -len(kv[0])):
+            if value == mount_path or value.startswith(mount_path + "/"):
+                return str(target) + value[len(mount_path):]
+        return value
 
 
 class Emulator(kmock.KubernetesEmulator):
@@ -109,6 +131,12 @@ class Emulator(kmock.KubernetesEmulator):
         self.expire_watches = 0
         self.reject_creates: dict[str, tuple[int, str]] = {}  # plural -> (HTTP status, message): admission says no
         self[enums.method.GET, kmock.subresource("log")] << self._serve_log
+
+    async def __call__(self, raw_request):  # noqa: ANN001 - aiohttp's request
+        m = EXEC_PATH.match(raw_request.path)
+        if m and raw_request.headers.get("Upgrade", "").lower() == "websocket" and self.cluster is not None:
+            return await self.cluster.serve_exec(raw_request, m["ns"], m["pod"])
+        return await super().__call__(raw_request)
 
     def bump(self) -> str:
         self.rv += 1
@@ -128,6 +156,8 @@ class Emulator(kmock.KubernetesEmulator):
                 meta.setdefault("creationTimestamp", now_iso())
                 meta.setdefault("namespace", request.namespace)
                 meta["generation"] = 1
+                if request.resource.plural == "pods":   # what the API server sets on a new pod
+                    request.data.setdefault("status", {"phase": "Pending", "conditions": []})
             if meta is not None:
                 meta["resourceVersion"] = self.bump()
         if request.action == enums.action.DELETE and request.name is not None and request.resource is not None:
@@ -688,6 +718,7 @@ class FakeCluster:
         name = pod["metadata"]["name"]
         root = self.tmp / "pods" / name
         mounts: dict[str, Path] = {}
+        files: list[tuple[Path, dict]] = []
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         for m in container.get("volumeMounts") or []:
             vol = volumes[m["name"]]
@@ -695,20 +726,19 @@ class FakeCluster:
                 target = root / "configmap" / m["name"]
                 target.mkdir(parents=True, exist_ok=True)
                 cm = next(c for c in self._live(CONFIGMAPS) if c["metadata"]["name"] == vol["configMap"]["name"])
-                for key, value in (cm.get("data") or {}).items():
-                    (target / key).write_text(value)
+                files.append((target, cm.get("data") or {}))
             elif "persistentVolumeClaim" in vol:
                 target = self.tmp / "pvc" / vol["persistentVolumeClaim"]["claimName"]
             else:
                 target = root / "emptydir" / m["name"]
             target.mkdir(parents=True, exist_ok=True)
             mounts[m["mountPath"]] = target
-
-        def host(value: str) -> str:
-            for mount_path, target in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
-                if value == mount_path or value.startswith(mount_path + "/"):
-                    return str(target) + value[len(mount_path):]
-            return value
+        rt.mounts = mounts
+        host = rt.host
+        for target, data in files:   # a path under a PVC in a JSON string of the job's spec: its folder here
+            for key, value in data.items():
+                (target / key).write_text(_pvc_paths_in_json(value, rt, volumes, container) if key.endswith(".json")
+                                          else value)
 
         names = self._dns_names(pod["metadata"]["namespace"])
         env: dict[str, str] = {}
@@ -731,6 +761,7 @@ class FakeCluster:
         argv = [resolve(host(expand(a, env)), names) for a in container["command"] + list(container.get("args") or [])]
         workdir = root / "workdir"
         workdir.mkdir(parents=True, exist_ok=True)
+        rt.workdir = workdir
         proc_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(workdir),
                     "LANG": "C.UTF-8", **env}
         if argv and argv[0] == "python":
@@ -800,6 +831,77 @@ class FakeCluster:
         rest = [f for f in meta.get("finalizers") or [] if f != "emulator/kubelet"]
         await self._patch(PODS, meta["name"], {"metadata": {"finalizers": rest}})
 
+    # ---------------------------------------------------------------- pods/exec
+
+    async def serve_exec(self, raw, namespace: str, name: str):  # noqa: ANN001 - aiohttp's request
+        """``pods/<name>/exec`` (see the module docstring): the command beside the pod's process."""
+        import aiohttp
+        import aiohttp.web
+
+        def status(code: int, reason: str, message: str):
+            return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                              "reason": reason, "message": message, "code": code}, status=code)
+
+        pod = next((p for p in self._live(PODS) if p["metadata"]["name"] == name
+                    and p["metadata"].get("namespace") == namespace), None)
+        if pod is None:
+            return status(404, "NotFound", f'pods "{name}" not found')
+        rt = self.runtimes.get(name)
+        if rt is None or rt.proc is None or rt.proc.returncode is not None or rt.workdir is None:
+            return status(400, "BadRequest", f"unable to upgrade connection: container not found (\"{name}\")")
+        command = raw.query.getall("command", [])
+        want_stdin = raw.query.get("stdin") == "true"
+        ws = aiohttp.web.WebSocketResponse(protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"), max_msg_size=0)
+        await ws.prepare(raw)
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(rt.workdir), "LANG": "C.UTF-8"}
+        argv = [rt.host(a) for a in command]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=rt.workdir, env=env, stdin=asyncio.subprocess.PIPE if want_stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            await ws.send_bytes(b"\x03" + json.dumps({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                                                       "message": str(exc)}).encode())
+            await ws.close()
+            return ws
+
+        async def out(stream, channel: int) -> None:
+            while chunk := await stream.read(1 << 16):
+                await ws.send_bytes(bytes([channel]) + chunk)
+
+        async def feed() -> None:
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.BINARY or not msg.data or proc.stdin is None:
+                        continue
+                    channel, data = msg.data[0], msg.data[1:]
+                    if channel == 0 and not proc.stdin.is_closing():
+                        proc.stdin.write(data)
+                        await proc.stdin.drain()
+                    elif channel == 255 and data[:1] == b"\x00":
+                        proc.stdin.close()
+            except (ConnectionError, BrokenPipeError):
+                pass
+            finally:
+                if proc.stdin is not None and not proc.stdin.is_closing():
+                    proc.stdin.close()     # the client went away: the command's stdin ends
+
+        feeder = asyncio.create_task(feed())
+        await asyncio.gather(out(proc.stdout, 1), out(proc.stderr, 2))
+        code = await proc.wait()
+        if code == 0:
+            final = {"metadata": {}, "status": "Success"}
+        else:
+            final = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                     "message": f"command terminated with non-zero exit code: error executing command {command}, "
+                                f"exit code {code}",
+                     "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        if not ws.closed:
+            await ws.send_bytes(b"\x03" + json.dumps(final).encode())
+            await ws.close()
+        feeder.cancel()
+        return ws
+
     # ---------------------------------------------------------------- test actions
 
     def evict(self, pod_name: str) -> None:
@@ -812,6 +914,16 @@ class FakeCluster:
             await self._patch(PODS, pod_name, {"status": {"conditions": conds}})
             await self._delete_pod(pod)
         self.run(go())
+
+
+def _pvc_paths_in_json(text: str, rt: PodRuntime, volumes: dict, container: dict) -> str:
+    """``"/cache/x"`` in a JSON document as ``"<the PVC's folder>/x"`` for each PVC mount: the pod's
+    process runs on this machine, where the job's spec (a ConfigMap file) must name the PVC's folder."""
+    for m in container.get("volumeMounts") or []:
+        if "persistentVolumeClaim" in volumes[m["name"]]:
+            mount = m["mountPath"].rstrip("/")
+            text = re.sub(r'"' + re.escape(mount) + r'(?=["/])', lambda _m: '"' + rt.host(mount), text)
+    return text
 
 
 def expand(value: str, defined: dict[str, str]) -> str:

@@ -44,4 +44,4 @@ def get_backend(name: str, *, render_only: bool = False, hosts: "HostSource | No
                                        f"(gpujob render SPEC --backend {name}); submitting comes next")
     module, cls = _IMPLEMENTED[name]
     backend_class = getattr(importlib.import_module(module), cls)
-    return backend_class(hosts=hosts) if name == "host" else backend_class()
+    return backend_class(hosts=hosts) if name in ("host", "kubernetes") else backend_class()

@@ -37,8 +37,10 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Mapping, Protocol
 
+from gpujob.backends import outputs
 from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, read_saved_log, runtime_of
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.backend import DockerBackend
@@ -251,6 +253,8 @@ class HostBackend(Backend):
             self.hosts.say(f"hashing {folder.path} ({', '.join(folder.keys)})")
             try:
                 manifest = up.build_manifest(folder.path)
+                for note in manifest.notes:
+                    self.hosts.say(f"data {folder.path}: {note}")
                 with self.hosts.transfer(f"uploading {folder.path.name} to host {host.name}") as progress:
                     done = up.upload(up.SshRemote(session.conn), manifest, root, on_progress=progress)
             except up.UploadError as exc:
@@ -313,6 +317,18 @@ class HostBackend(Backend):
         yield from _session(host, self.hosts).docker().logs(job, follow=follow, tail=tail, all_workers=all_workers)
 
     # ------------------------------------------------------------------ cancel / list / cleanup
+
+    def pull(self, job: "Job", dest, only: str, progress=None):
+        """A finished job's outputs, copied back to ``output.dir`` here; a running one's from its container
+        on the host, over the SSH tunnel to its engine (:mod:`gpujob.backends.docker.pull`)."""
+        here = Path(job.output_dir) if job.output_dir and "://" not in job.output_dir else None
+        if here is not None and not job.active and here.is_dir():
+            return outputs.pull_dir(here, dest, only, job.active, progress)
+        host = self.hosts.find(job.handle.get("host", ""))
+        if host is None or not host.active or not job.handle.get("container_id"):
+            raise UserError(f"job {job.id}'s host is gone and its outputs were not copied back here",
+                            hint="set output.dir to a bucket (s3://, gs://, az://) so outputs outlive the host")
+        return _session(host, self.hosts).docker().pull(job, dest, only, progress)
 
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
         host = self.hosts.find(job.handle.get("host", ""))

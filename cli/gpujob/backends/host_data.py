@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpujob import datatree
 from gpujob.errors import UserError
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def local_folders(spec: "JobSpec", workdir: str) -> list[LocalFolder]:
     if spec.kind != "command" or "checkpoint" in spec.model.model_fields_set:
         look(spec.model.checkpoint, "model.checkpoint")
     for folder in found.values():
-        if not any(p.is_file() for p in folder.path.rglob("*")):
+        if not datatree.walk(folder.path).files:
             raise UserError(f"{folder.keys[0]}: {folder.path} is an empty folder; nothing to upload to the host",
                             hint="point it at the folder that holds the data, or at a Hugging Face Hub id")
     return list(found.values())

@@ -14,18 +14,19 @@
   is ``<id>.partial`` renamed to ``<id>`` and the manifest put beside it. A file that does not match is deleted (the next attempt
   sends it again) and the upload fails, naming it.
 
-Stdlib only; the host is reached through :class:`Remote` (:class:`SshRemote`: the SSH connection).
+The folder is listed by :func:`gpujob.datatree.walk` (links kept inside it); the host is reached through :class:`Remote` (:class:`SshRemote`: the SSH connection).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
+
+from gpujob import datatree
 
 PART_SUFFIX = ".gpujob-part"
 _CHUNK = 1 << 20
@@ -43,6 +44,8 @@ class UploadError(Exception):
 class Manifest:
     root: Path
     files: dict[str, tuple[int, str]]       # relative posix path -> (size, sha256)
+    sources: dict[str, Path] = field(default_factory=dict)   # relative path -> the real file it reads
+    notes: list[str] = field(default_factory=list)           # what the walk skipped (special files)
 
     def text(self) -> bytes:
         return "".join(f"{sha}  ./{rel}\n" for rel, (_, sha) in sorted(self.files.items())).encode()
@@ -65,31 +68,23 @@ def file_sha256(path: Path) -> str:
 
 
 def walk(root: Path) -> list[tuple[str, Path]]:
-    """The regular files under ``root`` (symlinks followed), as (relative posix path, path), sorted.
-    A name ``sha256sum`` cannot list (a newline or backslash in it) is refused."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not path.is_file():
-                continue
-            rel = path.relative_to(root).as_posix()
-            if "\n" in rel or "\\" in rel or rel.endswith(PART_SUFFIX):
-                raise UploadError(f"{path}: this file name cannot be uploaded to a host (newline, backslash, "
-                                  f"or a name gpujob uses for itself)", hint="rename the file")
-            out.append((rel, path))
-    return sorted(out)
+    """The files an upload of ``root`` sends, as (relative posix path, the real file it reads), sorted:
+    :func:`gpujob.datatree.walk` (links kept inside the folder, special files skipped, odd names refused)."""
+    return [(e.rel, e.path) for e in datatree.walk(root, reserved_suffix=PART_SUFFIX).files]
 
 
 def build_manifest(root: Path) -> Manifest:
-    return Manifest(root, {rel: (path.stat().st_size, file_sha256(path)) for rel, path in walk(root)})
+    tree = datatree.walk(root, reserved_suffix=PART_SUFFIX)
+    files = {e.rel: (e.size, file_sha256(e.path)) for e in tree.files}
+    manifest = Manifest(root, files, {e.rel: e.path for e in tree.files}, tree.notes)
+    datatree.unchanged(tree, root)          # what was hashed is what the walk saw
+    return manifest
 
 
 def folder_size(root: Path) -> tuple[int, int]:
     """(files, bytes) under ``root``, without reading them (for a dry run)."""
-    files = walk(root)
-    return len(files), sum(path.stat().st_size for _, path in files)
+    tree = datatree.walk(root, reserved_suffix=PART_SUFFIX)
+    return len(tree.files), tree.total_bytes
 
 
 class Remote(Protocol):
@@ -121,7 +116,7 @@ def upload(remote: Remote, manifest: Manifest, data_root: str, *, on_progress: P
         f"find . -type f ! -name {q('*' + PART_SUFFIX)} -exec sha256sum {{}} + ; fi")
     if state.strip() == "complete":
         return Uploaded(final, manifest.id, cached=True)
-    there = _parse_sums(state)
+    there = parse_sums(state)
     todo = [rel for rel, (_, sha) in sorted(manifest.files.items()) if there.get(rel) != sha]
     result = Uploaded(final, manifest.id, skipped=sorted(set(manifest.files) - set(todo)))
     total = sum(manifest.files[rel][0] for rel in todo)
@@ -139,7 +134,7 @@ def upload(remote: Remote, manifest: Manifest, data_root: str, *, on_progress: P
             on_progress(sent, total)
 
     for rel in todo:
-        remote.send(manifest.root / rel, posixpath.join(staging, rel), count)
+        remote.send(manifest.sources.get(rel, manifest.root / rel), posixpath.join(staging, rel), count)
         result.sent_files += 1
     result.sent_bytes = sent
     remote.send(manifest.text(), staging + ".sha256", lambda n: None)
@@ -161,7 +156,8 @@ def upload(remote: Remote, manifest: Manifest, data_root: str, *, on_progress: P
     return result
 
 
-def _parse_sums(text: str) -> dict[str, str]:
+def parse_sums(text: str) -> dict[str, str]:
+    """``sha256sum`` lines as {relative path: sha256}."""
     out = {}
     for line in text.split("\n"):
         sha, sep, path = line.partition("  ")

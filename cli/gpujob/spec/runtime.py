@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pydantic import ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator
 
 from gpujob.defaults import HF_CACHE, HOST_IDLE, HOST_MAX_LIFETIME
+from gpujob.storage.uri import is_uri, uri_problem
 
 from .fields import DURATION_SCHEMA, ENV_NAME_PATTERN, NAME_PATTERN, Duration, EnvName, NonEmptyStr, SecretName, Section, \
     no_duplicates, none_to_empty
@@ -75,6 +76,21 @@ class KubernetesRuntime(RuntimeBase):
         "The Secret whose keys, named like `secrets`, hold their values (k8s/secret-example.yaml)."))
     gpu_node_label: NonEmptyStr = Field("nvidia.com/gpu.product", description=(
         "Node label that `resources.gpu_type` is matched against (GPU feature discovery sets this one)."))
+    stage: NonEmptyStr | None = Field(None, description=(
+        "A bucket prefix (`s3://team-bucket/gpujob`, `gs://…`, `az://…`) that local folders the spec names are "
+        "uploaded to at submit, by content, under `<stage>/data/<sha256>/`; the job reads them from there "
+        "(the bucket's keys in `runtime.secrets` and in your environment). Unset: onto `cache_pvc` through a "
+        "short-lived transfer pod."))
+
+    @field_validator("stage")
+    @classmethod
+    def _stage_is_a_bucket(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = uri_problem(value.strip())
+        if problem or not is_uri(value.strip()):
+            raise ValueError(problem or f"{value!r} is not a bucket URI: write s3://bucket/prefix, gs://… or az://…")
+        return value.strip().rstrip("/")
 
 
 class HostRuntime(RuntimeBase):

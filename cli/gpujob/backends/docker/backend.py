@@ -22,10 +22,11 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from gpujob.backends import local_data
+from gpujob.backends import local_data, outputs
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_stop, failure_reason,
                                   last_error_line, read_saved_log, read_tail, recorded_max_runtime_s, runtime_of)
 from gpujob.backends.docker import container as cplan
+from gpujob.backends.docker import pull as docker_pull
 from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
 from gpujob.errors import UserError
@@ -249,6 +250,23 @@ class DockerBackend(Backend):
                 self._finish(engine, job)
 
     # ------------------------------------------------------------------ helpers
+
+    def pull(self, job: "Job", dest: Path, only: str, progress=None):
+        """The outputs folder here (engine on this machine, or copied back at the end), else the
+        container's output folder through the Engine API's archive (:mod:`.pull`)."""
+        import docker.errors as derr
+
+        here = Path(job.output_dir) if job.output_dir and "://" not in job.output_dir else None
+        if here is not None and (not job.handle.get("remote") or (not job.active and here.is_dir())):
+            return outputs.pull_dir(here, dest, only, job.active, progress)
+        engine = self._engine(job)
+        try:
+            with engine.errors("reading the job's outputs"):
+                container = engine.client.containers.get(job.handle["container_id"])
+        except derr.NotFound:
+            raise docker_pull.not_there(job.id) from None
+        return docker_pull.from_container(container, job.handle["out_in_container"], dest, only, job.active,
+                                          progress)
 
     def _engine(self, job: "Job") -> Engine:
         return self._fixed_engine or Engine(job.handle.get("host"))

@@ -1,6 +1,7 @@
 """The Kubernetes backend: specs become batch/v1 Jobs on a GPU cluster.
 
-- ``submit`` renders the Job, the spec ConfigMap and (multi-node) a headless Service, validates
+- ``submit`` first stages the local folders the spec names (:mod:`.staging`: to ``runtime.stage`` or
+  onto the cache PVC through a transfer pod, content-addressed, with a progress bar), then renders the Job, the spec ConfigMap and (multi-node) a headless Service, validates
   them offline and strictly, creates them with the official client, and makes the Job own the
   others (deleting the Job, or its TTL, removes them). If one create fails, what was created is
   removed again.
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -23,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from gpujob.backends import local_data
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_stop, read_saved_log,
                                   read_tail, runtime_of)
-from gpujob.backends.kubernetes import explain, manifests, prices
+from gpujob.backends.kubernetes import explain, manifests, prices, staging
+from gpujob.backends.kubernetes import pull as pvc_pull
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.errors import GpujobError, UserError
 from gpujob.records import TERMINAL
 
 if TYPE_CHECKING:
+    from gpujob.backends.host import HostSource
     from gpujob.backends.kubernetes.cluster import Cluster
     from gpujob.records import Job
     from gpujob.spec.models import JobSpec
@@ -46,6 +50,18 @@ class KubernetesBackend(Backend):
     watch_timeout_s = 10               # how long one pod watch lasts before the Job is read again
     poll_s = 0.5
 
+    def __init__(self, hosts: "HostSource | None" = None) -> None:
+        self.people = hosts            # the layer above's say() and transfer() (progress bars); None: silent
+
+    def _say(self, line: str) -> None:
+        if self.people is not None:
+            self.people.say(line)
+
+    def _transfer(self, label: str):
+        if self.people is not None:
+            return self.people.transfer(label)
+        return contextlib.nullcontext(lambda done, total: None)
+
     # ------------------------------------------------------------------ render / submit
 
     def render(self, request: JobRequest) -> str:
@@ -54,14 +70,16 @@ class KubernetesBackend(Backend):
         header = "# gpujob: what `gpujob submit --backend kubernetes` will create\n"
         if problems:
             header += "".join(f"# PROBLEM: {p}\n" for p in problems)
-        missing = local_data.problems(request.spec, self.name)
+        missing = local_data.problems(request.spec, self.name, workdir=request.workdir)
+        header += "".join(f"# {line}\n" for line in staging.render_lines(request))
         if missing:
             header += "".join(f"# PROBLEM: {p}; submit refuses it\n" for p in missing)
             header += f"# hint: {local_data.hint(self.name)}\n"
         return header + manifests.to_yaml(objects)
 
     def preflight(self, request: JobRequest) -> None:
-        local_data.refuse(request.spec, self.name, request.spec_path)  # before anything is created
+        local_data.refuse(request.spec, self.name, request.spec_path, workdir=request.workdir)  # before anything is created
+        staging.check(request)          # a folder with links out of it, or an odd name, refused here
 
     def output_dir(self, spec: "JobSpec") -> str:
         return manifests.output_dir_for(spec)
@@ -90,6 +108,7 @@ class KubernetesBackend(Backend):
 
         rt = runtime_of(request, KubernetesRuntime)
         cluster = self._connect(context=rt.context, namespace=rt.namespace)
+        request = staging.stage(cluster, request, self._say, self._transfer)
         objects = manifests.render(request)
         for obj in objects:
             obj["metadata"]["namespace"] = cluster.namespace
@@ -117,6 +136,10 @@ class KubernetesBackend(Backend):
         return {"namespace": t.namespace, "job": job["metadata"]["name"], "uid": job["metadata"].get("uid"),
                 "context": t.context, "server": t.server, "nodes": request.spec.resources.nodes,
                 "objects": [[o["kind"], o["metadata"]["name"]] for o in created]}
+
+    def pull(self, job: "Job", dest, only: str, progress=None):
+        """The job's outputs off the cache PVC through a transfer pod (:mod:`.pull`)."""
+        return pvc_pull.pull(self._cluster(job), job, dest, only, progress, self._say)
 
     # ------------------------------------------------------------------ status
 

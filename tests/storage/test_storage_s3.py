@@ -31,6 +31,25 @@ def test_upload_list_download_round_trip(s3, tmp_path):
     assert not list((tmp_path / "dst").rglob("*.part"))
 
 
+def test_an_upload_stays_inside_the_folder_links_out_and_special_files_are_not_sent(s3, tmp_path):
+    """Outputs go up through the same walker as every upload (gpujob.datatree): a job that links
+    /etc/passwd into its output folder gets the upload refused, naming the link; a fifo is skipped."""
+    import os
+
+    from gpujob.datatree import TreeError
+
+    uri = parse_uri(f"s3://{s3.bucket()}/out")
+    store = Store(uri)
+    src = _tree(tmp_path / "out", {"metrics.json": b"{}"})
+    os.mkfifo(src / "pipe")
+    (src / "inner").symlink_to("metrics.json")
+    assert sorted(f.rel for f in store.upload_dir(src, uri)) == ["inner", "metrics.json"]
+    (src / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(TreeError, match="passwd"):
+        store.upload_dir(src, uri.child("again"))
+    assert not [k for k in s3.keys(uri.bucket) if "passwd" in k or "again" in k or "pipe" in k]
+
+
 def test_a_directory_is_committed_only_when_its_marker_is_written_last(s3, tmp_path):
     bucket = s3.bucket()
     out = parse_uri(f"s3://{bucket}/out")

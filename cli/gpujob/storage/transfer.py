@@ -135,19 +135,20 @@ class Store:
     def upload_dir(self, local_dir: Path, uri: StorageURI, progress: Progress | None = None,
                    skip: Iterable[str] = ()) -> list[RemoteFile]:
         """Every file under ``local_dir`` (but those in ``skip``, relative paths) to ``uri``; returns what was sent."""
+        from gpujob import datatree  # links stay inside the folder, special files skipped (as every upload)
+
         skipped = set(skip)
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.relative_to(local_dir).as_posix() not in skipped)
-        sizes = {p: p.stat().st_size for p in files}
-        total, done = sum(sizes.values()), 0
+        files = [e for e in datatree.walk(local_dir).files if e.rel not in skipped]
+        total, done = sum(e.size for e in files), 0
         sent = []
-        for path in files:
-            rel = path.relative_to(local_dir).as_posix()
+        for entry in files:
             base = done
-            self.upload_file(path, uri.child(rel), (lambda n, b=base: progress(b + n, total)) if progress else None)
-            done += sizes[path]
+            self.upload_file(entry.path, uri.child(entry.rel),
+                             (lambda n, b=base: progress(b + n, total)) if progress else None)
+            done += entry.size
             if progress:
                 progress(done, total)
-            sent.append(RemoteFile(rel, sizes[path], ""))
+            sent.append(RemoteFile(entry.rel, entry.size, ""))
         return sent
 
     def download_dir(self, uri: StorageURI, local_dir: Path, progress: Progress | None = None,

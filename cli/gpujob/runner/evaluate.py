@@ -265,15 +265,17 @@ def run(spec: JobSpec, out_dir: Path, writer, group=None) -> int:
 
     group = group or Group()
     device = group.device
-    precision = pick_precision(spec.training.precision, device)
     model, processor = load(spec, device, for_training=False)
+    precision = group.share(pick_precision(spec.training.precision, device, model.config)
+                            if group.is_writer or device.type == "cuda" else None)
     stats = data_mod.Stats()
     batch_size = eval_batch_size(spec.evaluation.batch_size, model, device, precision,
                                  max_length=min(spec.training.generation_max_length, 448))
     workers = data_mod.loader_threads(spec.data.loader_workers)
     print(f"evaluation: batches of {batch_size}"
           + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else "")
-          + f"; precision {precision.name}; device {device.type}; {workers} loader threads"
+          + f"; precision {precision.name}" + (f" ({precision.why})" if precision.why else "")
+          + f"; device {device.type}; {workers} loader threads"
           + (f"; {group.world} processes" if group.many else ""), flush=True)
     examples = data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=spec.training.seed,
                                       stats=stats, key="data.eval", workers=workers, prefetch=2 * batch_size,

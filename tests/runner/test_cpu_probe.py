@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -21,9 +20,9 @@ timings = st.lists(timing, min_size=1, max_size=9)
 
 
 @given(timings, timings, st.floats(min_value=1.0, max_value=3.0))
-def test_bf16_is_chosen_exactly_where_its_median_is_fast_enough(fp32, bf16, min_speedup):
+def test_bf16_is_chosen_exactly_where_its_fastest_run_is_fast_enough(fp32, bf16, min_speedup):
     choice = cpu_probe.decide(fp32, bf16, min_speedup)
-    ratio = statistics.median(fp32) / statistics.median(bf16)
+    ratio = min(fp32) / min(bf16)
     assert choice.ratio == pytest.approx(ratio)
     assert choice.name == ("bf16" if ratio >= min_speedup else "fp32")
     assert choice.why.startswith(choice.name + ":") and f"{ratio:.2f}x" in choice.why
@@ -39,10 +38,10 @@ def test_the_choice_does_not_depend_on_how_fast_the_machine_is_overall(fp32, bf1
         assert a.name == b.name
 
 
-@given(timing, st.integers(min_value=3, max_value=9), st.data(), st.floats(min_value=2.0, max_value=1000.0))
+@given(timing, st.integers(min_value=2, max_value=9), st.data(), st.floats(min_value=2.0, max_value=1000.0))
 def test_one_outlier_cannot_flip_a_clear_result(base, n, data, spike):
-    """A probe run caught by another process's burst (one timing far off, either side) leaves the median, and
-    the choice: bf16 twice as fast stays bf16, bf16 half as fast stays fp32."""
+    """A probe run slowed by another process's burst (one timing far off) leaves the fastest, and the choice:
+    bf16 twice as fast stays bf16, bf16 half as fast stays fp32."""
     i = data.draw(st.integers(min_value=0, max_value=n - 1))
     fast, slow = [base / 2] * n, [base] * n
     for spiked in (fast, slow):

@@ -39,6 +39,8 @@ class EncoderCache:
         self.used = 0
         self.states: dict[str, torch.Tensor] = {}
         self.hits = 0
+        self.encoded = 0          # clips run through the frozen part (cache misses), and the seconds that took
+        self.seconds = 0.0
 
     def get(self, keys: list[str]) -> list[torch.Tensor] | None:
         if not all(k in self.states for k in keys):
@@ -65,10 +67,13 @@ def encoder_states(model, feature_extractor, audio, keys, device: torch.device, 
         hit = cache.get(keys) if cache is not None else None
         if hit is not None:
             return torch.stack(hit).to(device)
+        start = time.perf_counter()
         with autocast(device, precision):
             states = compute(features(feature_extractor, audio, device))
         if cache is not None:
             cache.put(keys, states)
+            cache.encoded += len(keys)
+            cache.seconds += time.perf_counter() - start
         return states
 
     if encoder_frozen(model):

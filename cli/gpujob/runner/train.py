@@ -306,6 +306,9 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         writer.end(status="failed", message=f"stopped by SIGTERM at step {step}; checkpoint saved")
         return 143
 
+    if cache.encoded:  # what caching the frozen encoder cost, for the stage times (make bench)
+        print(f"frozen encoder: {cache.encoded} clips encoded once, in {cache.seconds:.1f} s", flush=True)
+
     # 6. final evaluation, model, metrics, card
     metrics: dict[str, Any] = {"steps": step}
     scores = run_eval(step, "after training: ") if n_eval else None

@@ -68,7 +68,7 @@ def test_the_environment_can_fix_the_choice(monkeypatch):
 
 def test_auto_on_a_cpu_measures_and_says_why(monkeypatch):
     monkeypatch.delenv(cpu_probe.ENV)
-    monkeypatch.setattr(cpu_probe, "measure", lambda *a, **k: ([0.4, 0.4, 0.4], [0.1, 0.2, 0.3]))
+    monkeypatch.setattr(cpu_probe, "measure", lambda *a, **k: ([0.4, 0.5, 0.45], [0.2, 0.3, 0.25]))
     from gpujob.runner.model import cpu_bf16_note, pick_precision
 
     cpu = torch.device("cpu")

@@ -5,8 +5,9 @@
 For each ISA, in a subprocess of its own with ``ONEDNN_MAX_CPU_ISA`` set (``default``: not set) and a fresh
 ``GPUJOB_HOME``, it submits ``jobs/quickstart.yaml`` with ``--follow`` and times the lines as they come:
 
-- **assets**: ``make assets``'s two commands (whisper-base converted, the Greek speech spoken), once, into a
-  temporary folder, with ``--assets``; else the ``.assets/`` already built is used and this reads ``-``
+- **assets**: ``make assets``'s two commands (whisper-base converted, the Greek speech spoken), once, with
+  ``--assets`` (into ``.assets/`` where missing, else into a temporary folder); without it the ``.assets/``
+  already built is used and this reads ``-``
 - **start + zero-shot**: submit to the ``before training:`` line (model load, the precision probe, the frozen
   encoder on the evaluation clips, generation)
 - **training**: from there to the ``frozen encoder:`` line the runner prints after its last step; the seconds the
@@ -36,7 +37,7 @@ STAGES = ("assets", "start + zero-shot", "encoder cache", "training", "final eva
 SHORT = ["--set", "training.max_steps=4", "--set", "training.generation_max_length=8",
          "--set", "training.save_steps=4", "--set", "training.warmup_steps=1"]
 MARKS = {"zero": re.compile(r"before training: WER"), "encoder": re.compile(r"frozen encoder: (\d+) clips encoded once, in ([\d.]+) s"),
-         "final": re.compile(r"after training: WER"), "precision": re.compile(r"precision (\w+)(?: \((auto: [^)]*\)?)\))?"),
+         "final": re.compile(r"after training: WER"), "precision": re.compile(r"; precision (\w+);"), "why": re.compile(r"\((auto: .*)\)\s*$"),
          "unseen": re.compile(r"unseen WER ([\d.]+)%")}
 
 
@@ -44,7 +45,8 @@ def stage_times(lines: list[tuple[float, str]], end: float, assets: float | None
     """Seconds per stage, from (seconds since submit, line) pairs and the exit time; a stage whose mark never
     came is None."""
     at: dict[str, float] = {}
-    out: dict = {"assets": assets, "precision": None, "unseen_before": None, "unseen_after": None, "encoder_clips": None}
+    out: dict = {"assets": assets, "precision": None, "unseen_before": None, "unseen_after": None, "encoder_clips": None,
+                 "precision_why": None}
     encoder_s = None
     for t, line in lines:
         for name in ("zero", "encoder", "final"):
@@ -55,7 +57,8 @@ def stage_times(lines: list[tuple[float, str]], end: float, assets: float | None
                     out["encoder_clips"], encoder_s = int(m.group(1)), float(m.group(2))
         m = MARKS["precision"].search(line)
         if m and out["precision"] is None and "trainable" in line:
-            out["precision"] = m.group(1) + (f" ({m.group(2)})" if m.group(2) else "")
+            why = MARKS["why"].search(line)
+            out["precision"], out["precision_why"] = m.group(1), why.group(1) if why else None
         m = MARKS["unseen"].search(line)
         if m:
             out["unseen_before" if "before training" in line else "unseen_after"] = float(m.group(1))
@@ -72,7 +75,8 @@ def build_assets(into: Path) -> float:
     """``make assets``'s commands into ``into``; their seconds."""
     start = time.perf_counter()
     py = sys.executable
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cache = tempfile.mkdtemp(prefix="gpujob-bench-cache-")  # a newcomer's first conversion, not a cache hit
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPUJOB_CACHE": cache}
     subprocess.run([py, "-m", "gpujob_dev.convert_ct2", "--out", str(into / "whisper-base")], check=True, env=env,
                    cwd=ROOT, stdout=subprocess.DEVNULL)
     subprocess.run([py, "-m", "gpujob_dev.greek_speech", str(into / "greek-speech"), "--heldout", "40",
@@ -116,9 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     from gpujob_dev.bench.common import cpu_model
 
     assets = None
-    if args.assets:
-        with tempfile.TemporaryDirectory() as tmp:
-            assets = build_assets(Path(tmp))
+    if args.assets:  # into .assets/ where missing (the job needs them), else into a folder thrown away
+        if not (ROOT / ".assets" / "greek-speech").is_dir():
+            assets = build_assets(ROOT / ".assets")
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                assets = build_assets(Path(tmp))
     elif not (ROOT / ".assets" / "greek-speech").is_dir():
         p.error("no .assets/ here: run `make assets` first, or pass --assets")
     rows = []
@@ -126,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_one(isa, short=args.short, assets=assets, log=(lambda s: None) if args.quiet else print))
     print(f"\nquickstart{' (--short)' if args.short else ''} on {cpu_model()}, {os.cpu_count()} cores")
     print("  ".join(f"{h:>17}" for h in ("ONEDNN_MAX_CPU_ISA", *STAGES, "precision", "unseen WER", "load avg")))
+    print("  ".join(f"{'':>17}" for _ in range(len(STAGES) + 3)) + "  (1-min average, before/after)")
     for r in rows:
         wer = f"{r['unseen_before']} -> {r['unseen_after']}%" if r["unseen_after"] is not None else "-"
         print("  ".join(f"{v:>17}" for v in (r["isa"], *(fmt(r[s]) for s in STAGES), (r["precision"] or "-")[:17],
                                               wer, f"{r['load_before']}/{r['load_after']}")))
-        if r["precision"]:
-            print(f"{'':>19}precision: {r['precision']}")
+        if r["precision_why"]:
+            print(f"{'':>19}{r['precision_why']}")
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_model(), "short": args.short, "rows": rows}, indent=2) + "\n")
     return 0 if all(r["exit"] == 0 for r in rows) else 1

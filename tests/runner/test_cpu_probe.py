@@ -106,6 +106,13 @@ def test_a_resumed_job_keeps_the_precision_it_was_trained_in(monkeypatch):
     assert job_precision("auto", cpu, None, OneProcess(), {"step": 3}).name == "bf16"  # an older checkpoint
 
 
+def test_the_probe_runs_on_one_thread_and_gives_the_job_its_threads_back():
+    before = torch.get_num_threads()
+    fp32, bf16 = cpu_probe.measure(64, 128, rows=16, repeats=2)
+    assert len(fp32) == len(bf16) == 2 and all(t > 0 for t in fp32 + bf16)
+    assert torch.get_num_threads() == before
+
+
 PROBE = ("import json; from gpujob.runner import cpu_probe as p; f, b = p.measure(); c = p.decide(f, b); "
          "print(json.dumps([c.name, c.ratio]))")
 

@@ -2,15 +2,17 @@
 
 Whether bf16 pays on a CPU is not a matter of its flag list: with AMX, bf16 runs Whisper about twice as
 fast as fp32; with AVX512-BF16 alone about 1.5 times; with AVX2 only, oneDNN emulates it and it runs
-about 4 times *slower* (issue 28). So the runner measures: a few milliseconds of the model's own matmul
-(a ``Linear(d_model, ffn_dim)`` forward and backward on 768 rows, about 10 ms in fp32 on 2 idle cores), in fp32 and under bf16
-autocast, the two interleaved so that load from other processes falls on both alike, on the threads the
-job trains with. :func:`decide` is the pure rule on those timings: bf16 where the fastest fp32 time is at
-least :data:`BF16_MIN_SPEEDUP` times the fastest bf16 time, else fp32; the job prints the ratio and
-the choice. The fastest of several runs, not their median: other processes only ever slow a run down, so
-the fastest is the nearest to what the CPU does (on 2 cores shared at load 11-14, two runs of the same probe
-a minute apart read medians of 0.84 and 2.45, and fastest times of 1.11 and 1.12). 768 rows, not fewer:
-at 256 rows the bf16 gain hid in the per-call overhead (0.87 where 750 rows read 1.85).
+about 4 times *slower* (issue 28). So the runner measures, at start-up, 12 runs of the model's own matmul
+(a ``Linear(d_model, ffn_dim)`` forward and backward on 384 rows, tens of milliseconds each), in fp32 and
+under bf16 autocast, the two interleaved so that load from other processes falls on both alike, on one
+thread: the ratio is a property of each core's instructions, and a single thread is not held up at a
+barrier by a sibling thread that another process has pushed off its core. :func:`decide` is the pure rule
+on those timings: bf16 where the fastest fp32 time is at least :data:`BF16_MIN_SPEEDUP` times the fastest
+bf16 time, else fp32; the job prints the ratio and the choice. The fastest of several runs, not their median: other processes only ever slow a run down, so
+the fastest is the nearest to what the CPU does. Measured on 2 cores shared at load 11-14 (AMD EPYC with
+AVX512-BF16, no AMX): on the job's 2 threads, two runs of the same probe a minute apart read medians of
+0.84 and 2.45, and even the fastest runs swung between 0.79 and 1.66; on one thread, five runs read
+1.71-2.15 (and 0.27-0.30 under ``ONEDNN_MAX_CPU_ISA=AVX2``), about 1-2.5 s each at that load.
 
 ``GPUJOB_CPU_PRECISION=fp32|bf16`` skips the probe (what ``auto`` then picks, and says so): for a
 run that must repeat another bit for bit, and for the test suite.
@@ -50,10 +52,11 @@ def decide(fp32_s: Sequence[float], bf16_s: Sequence[float], min_speedup: float 
                                  f"({b * 1e3:.1f} vs {f * 1e3:.1f} ms a probe matmul; bf16 needs {min_speedup}x)")
 
 
-def measure(d_model: int = 512, ffn_dim: int = 2048, *, rows: int = 768, repeats: int = 5) -> tuple[list[float], list[float]]:
+def measure(d_model: int = 512, ffn_dim: int = 2048, *, rows: int = 384, repeats: int = 5) -> tuple[list[float], list[float]]:
     """Seconds of one ``Linear(d_model, ffn_dim)`` forward and backward on ``rows`` rows, ``repeats`` times in
-    fp32 and in bf16 autocast, interleaved, after one warm-up of each (oneDNN builds its kernels then).
-    Uses a generator of its own, so the job's random streams are untouched."""
+    fp32 and in bf16 autocast, interleaved, after one warm-up of each (oneDNN builds its kernels then), on one
+    thread (the job's thread count is put back after). Uses a generator of its own, so the job's random
+    streams are untouched."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -68,11 +71,16 @@ def measure(d_model: int = 512, ffn_dim: int = 2048, *, rows: int = 768, repeats
         weight.grad = None
         return time.perf_counter() - start
 
-    once(False), once(True)
-    fp32, bf16 = [], []
-    for _ in range(repeats):
-        fp32.append(once(False))
-        bf16.append(once(True))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        once(False), once(True)
+        fp32, bf16 = [], []
+        for _ in range(repeats):
+            fp32.append(once(False))
+            bf16.append(once(True))
+    finally:
+        torch.set_num_threads(threads)
     return fp32, bf16
 
 

@@ -91,7 +91,9 @@ def run_one(isa: str, *, short: bool, assets: float | None, log=print) -> dict:
         env["ONEDNN_MAX_CPU_ISA"] = isa
     env["GPUJOB_HOME"] = tempfile.mkdtemp(prefix="gpujob-bench-")
     env.pop("GPUJOB_CPU_PRECISION", None)
-    cmd = [sys.executable, "-m", "gpujob", "submit", "jobs/quickstart.yaml", "--follow", *(SHORT if short else [])]
+    out = Path(env["GPUJOB_HOME"]) / "output"  # each run its own: the next one must not resume this one's checkpoints
+    cmd = [sys.executable, "-m", "gpujob", "submit", "jobs/quickstart.yaml", "--follow", "--set", f"output.dir={out}",
+           *(SHORT if short else [])]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     lines: list[tuple[float, str]] = []

@@ -160,10 +160,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_model, greek_fo
     assert steps_and_losses(again)[0][0] == step + 1
 
 
-def test_evaluate_job_writes_predictions_and_metrics(tmp_path, tiny_model, greek_folder):
-    spec = write_spec(tmp_path, tiny_model, greek_folder, kind="evaluate")
+def test_evaluate_job_writes_predictions_and_metrics(tmp_path, tiny_model, greek_folder, monkeypatch):
+    monkeypatch.setenv("GPUJOB_CPU_PRECISION", "bf16")  # what auto runs, and says, on a CPU
+    spec = write_spec(tmp_path, tiny_model, greek_folder, kind="evaluate", precision="auto")
     code, events, output = run_runner(spec)
     assert code == 0, output[-3000:]
+    assert "precision bf16 (auto: bf16: set by GPUJOB_CPU_PRECISION)" in output
     out = tmp_path / "out"
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 2 and {"reference", "prediction", "wer"} <= set(predictions[0])

@@ -5,7 +5,10 @@
 #               need (ffmpeg, docker.io, debootstrap, openssh, chromium), otherwise it names them
 #   make test-fast  the fast tier: no daemons the tests start, no real Whisper model, nothing slow; 4 workers (pytest-xdist)
 #   make bench  benchmarks: CLI start-up time, then the runner's data loading (CPU) and its training and
-#               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json"
+#               evaluation steps (GPU, where CUDA is present); extra flags via BENCH_ARGS="--json bench.json";
+#               then the quickstart's time per stage (assets, zero-shot eval, encoder cache, training, final
+#               eval) on this CPU and with oneDNN capped to AVX512_CORE_BF16 and AVX2, each in a subprocess
+#               (three full jobs: tens of minutes); QUICKSTART_BENCH_ARGS=--short for 4 steps (CI)
 #   make gpu-check  on a GPU machine: the runner's train/evaluate (tiny model, bf16), whisper-small for a few
 #               steps, the benchmark against the targets; writes docs/bench/<gpu>.json. Offline: run
 #               GPU_CHECK_ARGS=--prepare-only here first and copy .assets/gpu-check over (docs/performance.md)
@@ -17,6 +20,7 @@ PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 BENCH_ARGS ?=
+QUICKSTART_BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
 PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
@@ -61,6 +65,7 @@ demo-hello: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_startup.py
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.bench $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.bench_quickstart --assets $(QUICKSTART_BENCH_ARGS)
 
 gpu-check: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.gpu_check $(GPU_CHECK_ARGS)

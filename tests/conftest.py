@@ -11,7 +11,9 @@ pytest_plugins = ["browser"]
 # tests start, a real Whisper model or synthesized speech, and what is marked slow. The marks follow
 # from the fixtures a test uses, so a new test lands in the right tier without anyone marking it.
 DAEMON_FIXTURES = {"docker_engine", "ssh_host"}
-MODEL_FIXTURES = {"base_model", "tiny_model", "small_greek"}
+# tests/dev/test_convert_ct2.py's `converted` builds the real whisper-base (its hf_model, ct2_model and
+# processor hang off it): the closure of a test's fixtures is what counts, so those are covered too.
+MODEL_FIXTURES = {"base_model", "tiny_model", "small_greek", "converted"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,6 +30,13 @@ def gpujob_home(tmp_path, monkeypatch):
     home = tmp_path / "gpujob-home"
     monkeypatch.setenv("GPUJOB_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def cpu_precision(monkeypatch):
+    """`training.precision: auto` on a CPU is fp32 here, not measured (gpujob.runner.cpu_probe): a test's numbers
+    must not depend on how loaded the machine was when its job started. tests/runner/test_cpu_probe.py unsets it."""
+    monkeypatch.setenv("GPUJOB_CPU_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)

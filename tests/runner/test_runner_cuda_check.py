@@ -108,15 +108,16 @@ def test_the_runner_exits_2_with_one_plain_line_and_a_failed_end(monkeypatch, tm
     assert not (tmp_path / "out").exists()  # nothing started
 
 
-def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about(monkeypatch):
+def test_bf16_on_a_cpu_that_runs_it_slower_is_warned_about(monkeypatch):
     torch = pytest.importorskip("torch")
+    from gpujob.runner import cpu_probe
     from gpujob.runner.model import cpu_bf16_note, pick_precision
 
     cpu = torch.device("cpu")
     bf16, fp32 = pick_precision("bf16", cpu), pick_precision("fp32", cpu)
     assert bf16.name == "bf16" and fp32.name == "fp32"
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    assert "no bf16 instructions" in cpu_bf16_note(bf16, cpu) and "precision: fp32" in cpu_bf16_note(bf16, cpu)
+    monkeypatch.setattr(cpu_probe, "measure", lambda *a, **k: ([0.1] * 5, [0.3] * 5))  # emulated: 3x slower
+    assert "0.33x the speed of fp32" in cpu_bf16_note(bf16, cpu) and "precision: fp32" in cpu_bf16_note(bf16, cpu)
     assert cpu_bf16_note(fp32, cpu) == ""
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(cpu_probe, "measure", lambda *a, **k: ([0.2] * 5, [0.1] * 5))
     assert cpu_bf16_note(bf16, cpu) == ""

@@ -160,10 +160,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_model, greek_fo
     assert steps_and_losses(again)[0][0] == step + 1
 
 
-def test_evaluate_job_writes_predictions_and_metrics(tmp_path, tiny_model, greek_folder):
-    spec = write_spec(tmp_path, tiny_model, greek_folder, kind="evaluate")
+def test_evaluate_job_writes_predictions_and_metrics(tmp_path, tiny_model, greek_folder, monkeypatch):
+    monkeypatch.setenv("GPUJOB_CPU_PRECISION", "bf16")  # what auto runs, and says, on a CPU
+    spec = write_spec(tmp_path, tiny_model, greek_folder, kind="evaluate", precision="auto")
     code, events, output = run_runner(spec)
     assert code == 0, output[-3000:]
+    assert "precision bf16 (auto: bf16: set by GPUJOB_CPU_PRECISION)" in output
     out = tmp_path / "out"
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 2 and {"reference", "prediction", "wer"} <= set(predictions[0])
@@ -296,3 +298,21 @@ def test_batched_sorted_evaluation_gives_the_plain_greedy_transcripts(tmp_path, 
     assert ours == expected
     assert [u["id"] for u in scores.per_utterance] == [e["id"] for e in examples]
     assert any(expected) and len(set(expected)) > 3
+
+
+def test_precision_auto_on_a_cpu_is_measured_said_and_kept_on_resume(tmp_path, tiny_model, greek_folder, monkeypatch):
+    """`precision: auto` on a CPU: the job says what the start-up probe measured and chose; a run resumed later
+    keeps that precision even where the choice would now be another (here forced with GPUJOB_CPU_PRECISION)."""
+    monkeypatch.delenv("GPUJOB_CPU_PRECISION")
+    code, _, output = run_runner(write_spec(tmp_path, tiny_model, greek_folder, max_steps=3, precision="auto"))
+    assert code == 0, output[-3000:]
+    line = next(x for x in output.splitlines() if "trainable" in x)
+    chosen = "bf16" if "; precision bf16;" in line else "fp32"
+    assert f"(auto: {chosen}: " in line and ("x as fast as fp32" in line or "x the speed of fp32" in line)
+    state = json.loads(next((tmp_path / "out" / "checkpoints").glob("checkpoint-3")).joinpath("state.json").read_text())
+    assert state["precision"] == chosen
+    monkeypatch.setenv("GPUJOB_CPU_PRECISION", "fp32" if chosen == "bf16" else "bf16")
+    code, events, output = run_runner(write_spec(tmp_path, tiny_model, greek_folder, max_steps=5, precision="auto"))
+    assert code == 0, output[-3000:]
+    assert f"precision {chosen};" in output and f"(auto: {chosen}, as the checkpoint resumed was trained)" in output
+    assert [s for s, _ in steps_and_losses(events)] == [4, 5]

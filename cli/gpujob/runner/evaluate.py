@@ -39,6 +39,8 @@ class EncoderCache:
         self.used = 0
         self.states: dict[str, torch.Tensor] = {}
         self.hits = 0
+        self.encoded = 0          # clips run through the frozen part (cache misses), and the seconds that took
+        self.seconds = 0.0
 
     def get(self, keys: list[str]) -> list[torch.Tensor] | None:
         if not all(k in self.states for k in keys):
@@ -65,10 +67,13 @@ def encoder_states(model, feature_extractor, audio, keys, device: torch.device, 
         hit = cache.get(keys) if cache is not None else None
         if hit is not None:
             return torch.stack(hit).to(device)
+        start = time.perf_counter()
         with autocast(device, precision):
             states = compute(features(feature_extractor, audio, device))
         if cache is not None:
             cache.put(keys, states)
+            cache.encoded += len(keys)
+            cache.seconds += time.perf_counter() - start
         return states
 
     if encoder_frozen(model):
@@ -265,15 +270,17 @@ def run(spec: JobSpec, out_dir: Path, writer, group=None) -> int:
 
     group = group or Group()
     device = group.device
-    precision = pick_precision(spec.training.precision, device)
     model, processor = load(spec, device, for_training=False)
+    precision = group.share(pick_precision(spec.training.precision, device, model.config)
+                            if group.is_writer or device.type == "cuda" else None)
     stats = data_mod.Stats()
     batch_size = eval_batch_size(spec.evaluation.batch_size, model, device, precision,
                                  max_length=min(spec.training.generation_max_length, 448))
     workers = data_mod.loader_threads(spec.data.loader_workers)
     print(f"evaluation: batches of {batch_size}"
           + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else "")
-          + f"; precision {precision.name}; device {device.type}; {workers} loader threads"
+          + f"; precision {precision.name}" + (f" ({precision.why})" if precision.why else "")
+          + f"; device {device.type}; {workers} loader threads"
           + (f"; {group.world} processes" if group.many else ""), flush=True)
     examples = data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=spec.training.seed,
                                       stats=stats, key="data.eval", workers=workers, prefetch=2 * batch_size,

@@ -11,7 +11,8 @@
   runs under ``torch.no_grad`` once per batch (see :func:`encode`), with no
   graph and no recomputation.
 - SDPA attention; precision ``auto`` is bf16 where the GPU supports it, else
-  fp16 with a loss scaler on GPU, else fp32 on CPU.
+  fp16 with a loss scaler on GPU; on a CPU, bf16 where a start-up probe measures it faster than
+  fp32 on this CPU, else fp32 (:mod:`.cpu_probe`).
 """
 
 from __future__ import annotations
@@ -32,28 +33,42 @@ class Precision:
     name: str                       # "bf16" | "fp16" | "fp32"
     autocast_dtype: torch.dtype | None
     scaler: bool
+    why: str = ""                   # how ``auto`` chose it on a CPU (the probe's ratio), for the job's output
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def cpu_bf16_note(precision: Precision, device: torch.device) -> str:
-    """A warning where bf16 runs on a CPU without bf16 instructions (AMX or AVX512-BF16), where it is
-    emulated and slower than fp32; empty otherwise. On a CPU that has them, bf16 runs Whisper about
-    twice as fast as fp32 (docs/recipe.md)."""
-    if device.type == "cuda" or precision.name != "bf16":
+def cpu_bf16_note(precision: Precision, device: torch.device, config=None) -> str:
+    """For the start-up line: how ``auto`` chose on a CPU (the probe's measured ratio); for a bf16 asked for
+    by name on a CPU, a warning where the probe (:mod:`.cpu_probe`) measures bf16 slower than fp32 here (a
+    CPU without AMX or AVX512-BF16 emulates it); empty otherwise."""
+    if device.type == "cuda":
         return ""
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = True  # unknown: say nothing
-    return "" if native else ("; this CPU has no bf16 instructions (AMX or AVX512-BF16), so bf16 is emulated and "
-                              "slower than fp32: set training.precision: fp32")
+    if precision.why:
+        return f" ({precision.why})"
+    if precision.name != "bf16":
+        return ""
+    from gpujob.runner import cpu_probe
+
+    choice = cpu_probe.decide(*cpu_probe.measure(*cpu_probe.dims(config)), min_speedup=1.0)
+    if choice.name == "bf16" or choice.ratio is None:
+        return ""
+    return (f"; bf16 measured {choice.ratio:.2f}x the speed of fp32 on this CPU (no bf16 instructions: it is "
+            "emulated): set training.precision: fp32 or auto")
 
 
-def pick_precision(requested: str, device: torch.device) -> Precision:
+def pick_precision(requested: str, device: torch.device, config=None) -> Precision:
+    """The precision to run: ``requested`` where the device has it; ``auto`` on a CPU measures (:mod:`.cpu_probe`,
+    shaped by the model's ``config`` where given) and says why in ``Precision.why``."""
     if device.type != "cuda":
+        if requested == "auto":
+            from gpujob.runner import cpu_probe
+
+            choice = cpu_probe.choose(*cpu_probe.dims(config))
+            return Precision(choice.name, torch.bfloat16 if choice.name == "bf16" else None, False,
+                             why=f"auto: {choice.why}")
         if requested in ("bf16", "fp16"):
             # CPU autocast in fp16 is slow and lossy; bf16 on CPU is allowed when asked for.
             return Precision("bf16", torch.bfloat16, False) if requested == "bf16" else Precision("fp32", None, False)
@@ -65,6 +80,19 @@ def pick_precision(requested: str, device: torch.device) -> Precision:
     if requested == "fp16":
         return Precision("fp16", torch.float16, True)
     return Precision("fp32", None, False)
+
+
+def job_precision(requested: str, device: torch.device, config, group, saved: dict | None) -> Precision:
+    """A training job's precision: :func:`pick_precision`, but ``auto`` on a CPU is measured once, by the
+    writer, and shared with every process; a resumed job keeps the precision its checkpoint was trained in
+    (``saved``: that checkpoint's state), so a probe that reads differently under other load cannot switch it."""
+    if requested != "auto" or device.type == "cuda":
+        return pick_precision(requested, device, config)
+    kept = (saved or {}).get("precision")
+    if kept in ("bf16", "fp32"):
+        return Precision(kept, torch.bfloat16 if kept == "bf16" else None, False,
+                         why=f"auto: {kept}, as the checkpoint resumed was trained")
+    return group.share(pick_precision("auto", device, config) if group.is_writer else None)
 
 
 def language_name(code_or_name: str | None) -> str | None:

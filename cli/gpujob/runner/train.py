@@ -52,7 +52,7 @@ from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
 from gpujob.runner.metrics import worst
 from gpujob.runner.tracking import log_worst
-from gpujob.runner.model import cpu_bf16_note, freeze, load, pick_precision, set_gradient_checkpointing
+from gpujob.runner.model import cpu_bf16_note, freeze, job_precision, load, set_gradient_checkpointing
 from gpujob.runner.steps import OUTCOMES, micro_steps_for, steps
 
 if TYPE_CHECKING:
@@ -145,7 +145,6 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     # 1. processes, device, precision, seed
     group = group or Group()
     device = group.device
-    precision = pick_precision(t.precision, device)
     seed_all(t.seed)
     if group.is_writer:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,15 +152,17 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     # 2. model (the checkpoint to resume from is chosen once, by the writer)
     resume_from = _resume_point(out_dir, group)
     model, processor = load(spec, device, for_training=True)
+    saved = json.loads((resume_from / "state.json").read_text()) if resume_from is not None else None
+    precision = job_precision(t.precision, device, model.config, group, saved)  # auto on a CPU: measured here
     frozen = freeze(model, t.freeze)
     ckpt_on = set_gradient_checkpointing(model, t.gradient_checkpointing, device=device)
     print(f"model {spec.model.checkpoint}: {frozen['trainable'] / 1e6:.1f}M trainable, "
           f"{frozen['frozen'] / 1e6:.1f}M frozen; precision {precision.name}; device {device.type}; "
-          f"gradient checkpointing {'on' if ckpt_on else 'off'}" + cpu_bf16_note(precision, device), flush=True)
+          f"gradient checkpointing {'on' if ckpt_on else 'off'}" + cpu_bf16_note(precision, device, model.config), flush=True)
 
     # 3. optimiser and schedule; resume
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None, "baseline": None,
-             "evals_since_best": 0, "run": run_identity(spec),
+             "evals_since_best": 0, "run": run_identity(spec), "precision": precision.name,
              "global_batch": t.per_device_batch_size * t.gradient_accumulation_steps * group.world}
     lr = learning_rate(spec, model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -172,7 +173,6 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     # the epoch reported as a fraction, as Hugging Face's Trainer does (0.37 through the first), also
     # under max_steps where the size is known without a counting pass
     n_rows = n_train if t.epochs is not None else group.share(known_train_rows(spec) if group.is_writer else None)
-    saved = json.loads((resume_from / "state.json").read_text()) if resume_from is not None else None
     if saved is not None and saved.get("run", state["run"]) != state["run"]:
         raise data_mod.DataError(
             f"{out_dir} holds checkpoints of another run ({different(saved['run'], state['run'])} differ), so this "
@@ -322,6 +322,9 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         print(f"SIGTERM: checkpoint saved at step {step}; resubmit with the same output to resume", flush=True)
         writer.end(status="failed", message=f"stopped by SIGTERM at step {step}; checkpoint saved")
         return 143
+
+    if cache.encoded:  # what caching the frozen encoder cost, for the stage times (make bench)
+        print(f"frozen encoder: {cache.encoded} clips encoded once, in {cache.seconds:.1f} s", flush=True)
 
     # 6. final evaluation, model, metrics, card
     metrics: dict[str, Any] = {"steps": step}

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpujob import datatree  # every upload walks the folder alike: links stay inside, special files skipped
+
 from .errors import NothingThere, StorageFailed
 from .fs import call, is_user_error, make_filesystem, translate
 from .uri import StorageURI
@@ -135,8 +137,6 @@ class Store:
     def upload_dir(self, local_dir: Path, uri: StorageURI, progress: Progress | None = None,
                    skip: Iterable[str] = ()) -> list[RemoteFile]:
         """Every file under ``local_dir`` (but those in ``skip``, relative paths) to ``uri``; returns what was sent."""
-        from gpujob import datatree  # links stay inside the folder, special files skipped (as every upload)
-
         skipped = set(skip)
         files = [e for e in datatree.walk(local_dir).files if e.rel not in skipped]
         total, done = sum(e.size for e in files), 0

@@ -53,11 +53,24 @@ USER_AGENT = "gpujob-notify/1"
 
 
 def handover(webhook_env: str | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """What the local backend adds to its supervisor's environment so that the supervisor can read
-    ``notify.webhook_env`` even when the name looks like a secret and is withheld: the URL under
-    :data:`HANDOVER_VAR`, which the job never gets."""
+    """What the local backend hands its supervisor, on the supervisor's stdin (never in its environment,
+    which a job can read at /proc/$PPID/environ), so that the supervisor can send to ``notify.webhook_env``:
+    ``{HANDOVER_VAR: url}``, or {} when there is no such URL."""
     url = environ.get(webhook_env) if webhook_env else None
     return {HANDOVER_VAR: url} if url else {}
+
+
+def read_handover(stream: Any) -> str | None:
+    """The webhook URL a parent wrote on ``stream`` (stdin) as :func:`handover`'s JSON; None when
+    nothing was handed (stdin is /dev/null or a terminal) or it is not that JSON."""
+    try:
+        if stream is None or stream.isatty():
+            return None
+        data = json.loads(stream.buffer.read(1 << 16) or b"null")
+    except (OSError, ValueError, AttributeError):
+        return None
+    url = data.get(HANDOVER_VAR) if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url else None
 
 
 def event_for(status: str, reason: str | None) -> str | None:
@@ -240,24 +253,30 @@ class Notifier:
 
 
 def send_in_background(job: Job, *, secrets: Iterable[str] | None = None,
-                       environ: Mapping[str, str] | None = None) -> None:
+                       environ: Mapping[str, str] | None = None, webhook_url: str | None = None) -> None:
     """For the process that has just recorded or seen the job's end (the local supervisor, a command):
     claim the notification here, so that racing processes send it once, with the payload redacted
     with ``secrets`` (default: the values of runtime.secrets in ``environ``); then deliver it from a
     detached ``python -m gpujob.notify JOB_DIR``, so neither a command nor a supervisor (and the GPUs
     it holds) waits for a slow webhook. The sender gets this environment, less the job's secrets:
-    webhook_env is read there. Nothing raised here reaches the caller."""
+    webhook_env is read there, or ``webhook_url`` (what the local supervisor was handed) is written on
+    its stdin, never into an environment. Nothing raised here reaches the caller."""
     environ = os.environ if environ is None else environ
     try:
         if wanted(job) is None:
             return
         secrets = secret_values(job, environ) if secrets is None else list(secrets)
-        if Notifier.for_job(job, secrets=secrets, environ=environ).claim(job) is None:
+        handed = {**environ, HANDOVER_VAR: webhook_url} if webhook_url else environ
+        if Notifier.for_job(job, secrets=secrets, environ=handed).claim(job) is None:
             return
-        env = {k: v for k, v in environ.items() if not k.startswith(JOB_SECRET_PREFIX) or k == HANDOVER_VAR}
+        env = {k: v for k, v in environ.items() if not k.startswith(JOB_SECRET_PREFIX)}
         with open(job.job_dir / LOG, "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "gpujob.notify", str(job.job_dir)], stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
+            sender = subprocess.Popen([sys.executable, "-m", "gpujob.notify", str(job.job_dir)],
+                                      stdin=subprocess.PIPE if webhook_url else subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
+        if webhook_url:
+            with sender.stdin:
+                sender.stdin.write(json.dumps({HANDOVER_VAR: webhook_url}).encode())
     except Exception as exc:  # a notification must never change how the job ended
         _note_failure(job, exc)
 
@@ -277,7 +296,9 @@ def main(argv: list[str]) -> int:
         return 2
     folder = Path(argv[0])
     claimed = json.loads((folder / MARKER).read_text())
-    return 0 if Notifier(folder, claimed["notify"]).deliver(claimed["payload"]) else 1
+    url = read_handover(sys.stdin)  # the local supervisor's webhook_env URL, handed on stdin
+    environ = {**os.environ, HANDOVER_VAR: url} if url else None
+    return 0 if Notifier(folder, claimed["notify"], environ=environ).deliver(claimed["payload"]) else 1
 
 
 if __name__ == "__main__":

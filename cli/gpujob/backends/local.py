@@ -118,19 +118,19 @@ class LocalBackend(Backend):
         # The supervisor runs in your environment as it is, less what looks like a secret; the job's
         # own variables (runtime.env: PYTHONPATH, LD_PRELOAD...) are only set for the job, and its
         # secrets travel under names nothing else reads.
-        env = {k: v for k, v in os.environ.items() if k not in withheld and not k.startswith(SECRET_PREFIX)}
+        # notify.webhook_env's URL is in neither environment (a job reads its parent's at /proc/$PPID/environ):
+        # the supervisor gets it on its stdin and holds it in memory only.
+        hook = request.spec.notify.webhook_env
+        env = {k: v for k, v in os.environ.items()
+               if k not in withheld and k != hook and not k.startswith(SECRET_PREFIX)}
         env.update({SECRET_PREFIX + n: v for n, v in secrets.items()})
-        env.update(notify.handover(request.spec.notify.webhook_env, os.environ))  # withheld, but the supervisor sends it
+        # It is started detached (no child of this command, whose environment holds the URL too).
+        handed = notify.handover(hook, os.environ)
         with open(job_dir / "supervisor.log", "ab") as sup_log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gpujob.supervisor", request.job_id],
-                stdin=subprocess.DEVNULL, stdout=sup_log, stderr=subprocess.STDOUT,
-                cwd=request.workdir, env=env, start_new_session=True, close_fds=True,
-            )
-        # The supervisor is reaped by init once the CLI exits; in long-lived callers
-        # (tests) the Popen object reaps it when it finishes.
-        _CHILDREN.append(proc)
-        return {"supervisor_pid": proc.pid, "supervisor_start": procs.start_time(proc.pid),
+            pid = procs.spawn_detached(["-m", "gpujob.supervisor", request.job_id], log=sup_log,
+                                       cwd=request.workdir, env=env,
+                                       stdin_data=json.dumps(handed).encode() if handed else None)
+        return {"supervisor_pid": pid, "supervisor_start": procs.start_time(pid),
                 "log": str(job_dir / LOG_NAME), **({"withheld": withheld} if withheld else {})}
 
     def _argv(self, request: JobRequest) -> list[str]:

@@ -197,9 +197,12 @@ class Supervisor:
 
     def _check_limits(self, now: float, started: float, limit: int | None) -> None:
         idle, budget = self.launch.get("idle_s"), self.launch.get("budget_s")
-        if budget and self.stop_reason is None and now - started >= budget:
+        # The budget is a hard bound: SIGTERM comes a grace period early (at most half the budget), so that
+        # a job that ignores it is killed when its budget runs out, not a grace period later.
+        grace = min(KILL_GRACE_S, budget / 2) if budget else 0.0
+        if budget and self.stop_reason is None and now - started >= budget - grace:
             self._stop(budget_reason(self.launch.get("max_cost"), self.launch.get("price_per_hour"),
-                                     self.state.step), now)
+                                     self.state.step), now, grace=grace)
         if limit and self.stop_reason is None and now - started > limit:
             self._stop(f"ran past limits.max_runtime ({fmt_duration(limit)}) and was stopped", now)
         if (idle and self.stop_reason is None and self.last_event is not None
@@ -211,11 +214,11 @@ class Supervisor:
             reaper.kill_descendants(keep=self.child.pid)  # those that left its group too
             self.kill_at = None
 
-    def _stop(self, reason: str, now: float) -> None:
+    def _stop(self, reason: str, now: float, grace: float = KILL_GRACE_S) -> None:
         self.stop_reason = reason
         self._write_line(f"gpujob: {reason}")
         self._signal_job(signal.SIGTERM)
-        self.kill_at = now + KILL_GRACE_S
+        self.kill_at = now + grace
 
     def _take(self, lines: list) -> bool:
         """Log the lines and fold their events; True when there was an event."""

@@ -46,6 +46,28 @@ def alive(pid: int | None, start: int | None) -> bool:
     return start is None or int(fields[19]) == start
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of the process group ``pgid``, read from /proc; where there is
+    no /proc, [pgid] while the kernel says the group has a member."""
+    try:
+        names = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    found = []
+    for name in names:
+        try:
+            fields = stat_fields(int(name))
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
+
+
 PR_SET_DUMPABLE = 4
 
 

@@ -1,7 +1,8 @@
 """The local backend: the job runs as a detached process group on this machine.
 
-``submit`` starts a small supervisor (:mod:`gpujob.supervisor`) in a
-new session, so the job outlives the CLI. The supervisor starts the job's
+``submit`` starts a small supervisor (:mod:`gpujob.supervisor`) detached, in a
+new session and no child of the CLI (:func:`gpujob.procs.spawn_detached`), so the job
+outlives the CLI and no environment above the job holds what the job must not read. The supervisor starts the job's
 command in a process group of its own, writes its output to the job's log,
 folds progress events into the registry, enforces ``limits.max_runtime`` and
 records the exit status. ``cancel`` sends SIGTERM to the job's group, then
@@ -23,7 +24,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -303,9 +303,6 @@ def _gpu_words(request: JobRequest, found: "Found | None", got: list[str] | None
 
 # ----------------------------------------------------------------------------- process helpers
 
-_CHILDREN: list[subprocess.Popen] = []
-
-
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -322,10 +319,7 @@ def _read_handle(job_dir: Path) -> dict | None:
 def _alive(pid: int | None, start: int | None) -> bool:
     if not pid:
         return False
-    for child in list(_CHILDREN):  # reap our own finished children so they are not zombies
-        if child.poll() is not None:
-            _CHILDREN.remove(child)
-    return procs.alive(pid, start)
+    return procs.alive(pid, start)  # a supervisor is no child of ours (procs.spawn_detached): init reaps it
 
 
 def kill_strays(job_id: str) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from gpujob.backends.base import JobRequest
 from gpujob.errors import UserError
 from gpujob.pricing import Price, earlier_throughput, estimate, job_price, load_table, most_it_can_cost
-from gpujob.records import Job
+from gpujob.records import MAX_BUDGET_S, Job
 from gpujob.spec import load_spec_text
 
 HEAD = "apiVersion: gpujob/v1\n"
@@ -117,7 +117,7 @@ def test_the_deadline_is_the_sooner_of_max_runtime_and_the_budget_in_whole_secon
     request = JobRequest(job_id="x", name="x", kind="command", spec=None, spec_path=None, command=["true"], env={},
                          secret_names=[], workdir="/", output_dir="/o", job_dir=Path("/j"), max_runtime_s=runtime,
                          price_per_hour=price, max_cost=budget)
-    budget_s = budget / price * 3600 if budget is not None and price else None
+    budget_s = min(budget / price * 3600, MAX_BUDGET_S) if budget is not None and price else None  # at most 10 years
     limits = [x for x in (runtime, budget_s) if x is not None]
     if not limits:
         assert request.deadline_s is None

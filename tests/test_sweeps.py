@@ -84,3 +84,48 @@ def test_member_names_stay_within_the_spec_limit():
     assert len(sweeps.member_name(long, 12)) == 53
     assert sweeps.member_name("hello", 3) == "hello-3"
     assert sweeps.member_output_dir("outputs/x/", "s12345", 2) == "outputs/x/s12345-2"
+
+
+def test_a_million_combination_grid_is_refused_at_once_with_its_count(tmp_path, monkeypatch):
+    """issue 29 (4): --grid priority=0..999 --grid description=d0..d999 printed nothing for 60 s and
+    grew to 447 MB; now the CLI exits 2 at once, naming the count and the cap."""
+    import time
+    import tracemalloc
+
+    from typer.testing import CliRunner
+
+    from gpujob.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUJOB_HOME", str(tmp_path / "home"))
+    grid = [f"priority={','.join(str(i) for i in range(1000))}",
+            f"description={','.join(f'd{i}' for i in range(1000))}"]
+    tracemalloc.start()
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["sweep", str(HELLO), "--grid", grid[0], "--grid", grid[1]])
+    took = time.monotonic() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.exit_code == 2, result.output
+    assert "1,000,000 jobs (1000 x 1000)" in result.output and "at most 1,000" in result.output
+    assert "Traceback" not in result.output
+    assert took < 5 and peak < 50 * 2**20, (took, peak)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=4))
+def test_any_grid_either_stays_within_the_cap_or_is_refused_before_expanding(lengths):
+    """The property: a grid of any shape either makes exactly the product of its axes' lengths,
+    at most MAX_COMBINATIONS, or is refused with that product; nothing is expanded to find out."""
+    items = [f"k{a}.x={','.join(str(i) for i in range(n))}" for a, n in enumerate(lengths)]
+    total = 1
+    for n in lengths:
+        total *= n
+    if total <= sweeps.MAX_COMBINATIONS:
+        assert len(sweeps.combinations(sweeps.parse_grid(items))) == total
+        return
+    with pytest.raises(UserError) as caught:
+        sweeps.parse_grid(items)
+    assert f"{total:,} jobs" in caught.value.message
+    with pytest.raises(UserError):  # and combinations() refuses as well, for callers that skip parse_grid
+        sweeps.combinations([sweeps.Axis(f"k{a}", tuple(map(str, range(n)))) for a, n in enumerate(lengths)])

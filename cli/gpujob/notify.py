@@ -11,7 +11,8 @@ holds, waits for a slow webhook.
   payload that was sent.
 - **Retried, bounded**: a failed attempt (connection refused, a timeout, HTTP 5xx, 408 or 429, a
   command exiting non-zero) is tried again after :data:`BACKOFF_S`, never past :data:`DEADLINE_S`
-  in all; another HTTP 4xx is a wrong URL, not tried again. Every attempt is written to
+  in all; each attempt has :data:`ATTEMPT_TIMEOUT_S` for the whole of it (not per read), and the
+  command runs in a session of its own, whose processes are killed at that deadline; another HTTP 4xx is a wrong URL, not tried again. Every attempt is written to
   ``notify.log`` in the job's folder; a notification that fails never changes the job's status.
 - **No secret**: the payload is built from the registry's record (id, name, kind, backend, status,
   event, reason, step/total, last WER, metrics, runtime, cost, output dir) and every string in it
@@ -27,13 +28,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from gpujob import procs
 from gpujob.progress_state import ProgressState
 from gpujob.records import BUDGET_WORDS, TERMINAL, Job
 from gpujob.redact import Redactor
@@ -53,11 +57,24 @@ USER_AGENT = "gpujob-notify/1"
 
 
 def handover(webhook_env: str | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """What the local backend adds to its supervisor's environment so that the supervisor can read
-    ``notify.webhook_env`` even when the name looks like a secret and is withheld: the URL under
-    :data:`HANDOVER_VAR`, which the job never gets."""
+    """What the local backend hands its supervisor, on the supervisor's stdin (never in its environment,
+    which a job can read at /proc/$PPID/environ), so that the supervisor can send to ``notify.webhook_env``:
+    ``{HANDOVER_VAR: url}``, or {} when there is no such URL."""
     url = environ.get(webhook_env) if webhook_env else None
     return {HANDOVER_VAR: url} if url else {}
+
+
+def read_handover(stream: Any) -> str | None:
+    """The webhook URL a parent wrote on ``stream`` (stdin) as :func:`handover`'s JSON; None when
+    nothing was handed (stdin is /dev/null or a terminal) or it is not that JSON."""
+    try:
+        if stream is None or stream.isatty():
+            return None
+        data = json.loads(stream.buffer.read(1 << 16) or b"null")
+    except (OSError, ValueError, AttributeError):
+        return None
+    url = data.get(HANDOVER_VAR) if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url else None
 
 
 def event_for(status: str, reason: str | None) -> str | None:
@@ -178,49 +195,82 @@ class Notifier:
         ok = True
         if self.cfg.get("webhook") or self.cfg.get("webhook_env"):
             if self.url:
-                ok &= self._retry("webhook", lambda: self._post(data))
+                ok &= self._retry("webhook", lambda t: self._post(data, t))
             else:
                 self._log(f"webhook: not sent: the environment variable {self.cfg['webhook_env']} "
                           "(notify.webhook_env) is not set where the job's end was seen")
                 ok = False
         if self.cfg.get("command"):
-            ok &= self._retry("command", lambda: self._run(list(self.cfg["command"]), data))
+            ok &= self._retry("command", lambda t: self._run(list(self.cfg["command"]), data, t))
         return ok
 
     # -------------------------------------------------------------- targets
 
-    def _post(self, data: bytes) -> tuple[bool, bool, str]:
-        """One POST: (delivered, worth retrying, what happened)."""
+    def _post(self, data: bytes, within_s: float) -> tuple[bool, bool, str]:
+        """One POST, given up after ``within_s`` in all (a server that answers one byte at a time
+        resets a per-read timeout forever): (delivered, worth retrying, what happened)."""
         request = urllib.request.Request(self.url, data=data, method="POST", headers={
             "Content-Type": "application/json", "User-Agent": USER_AGENT})
-        try:
-            with urllib.request.urlopen(request, timeout=ATTEMPT_TIMEOUT_S) as resp:
-                return True, False, f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            return False, exc.code >= 500 or exc.code in RETRY_HTTP, f"HTTP {exc.code} {exc.reason}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            return False, True, str(getattr(exc, "reason", exc))
+        result: list[tuple[bool, bool, str]] = []
 
-    def _run(self, argv: list[str], data: bytes) -> tuple[bool, bool, str]:
+        def attempt() -> None:
+            try:
+                with urllib.request.urlopen(request, timeout=within_s) as resp:
+                    result.append((True, False, f"HTTP {resp.status}"))
+            except urllib.error.HTTPError as exc:
+                result.append((False, exc.code >= 500 or exc.code in RETRY_HTTP, f"HTTP {exc.code} {exc.reason}"))
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                result.append((False, True, str(getattr(exc, "reason", exc))))
+            except Exception as exc:  # noqa: BLE001 -- e.g. http.client's errors for a malformed answer
+                result.append((False, True, f"{type(exc).__name__}: {exc}"))
+
+        worker = threading.Thread(target=attempt, daemon=True)  # abandoned, not waited for, past the deadline
+        worker.start()
+        worker.join(within_s)
+        if not result:
+            return False, True, f"no complete answer within {within_s:.3g} s; abandoned"
+        return result[0]
+
+    def _run(self, argv: list[str], data: bytes, within_s: float) -> tuple[bool, bool, str]:
+        """One run of the command, in a session of its own: what it leaves running in its process group
+        (a background child) may finish until ``within_s``, and is killed then."""
+        env = {k: v for k, v in os.environ.items() if k != HANDOVER_VAR}
+        until = time.monotonic() + within_s
         try:
-            env = {k: v for k, v in os.environ.items() if k != HANDOVER_VAR}
-            done = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  timeout=ATTEMPT_TIMEOUT_S, env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    env=env, start_new_session=True)
         except FileNotFoundError:
             return False, False, f"command not found: {argv[0]}"
-        except subprocess.TimeoutExpired:
-            return False, True, f"still running after {ATTEMPT_TIMEOUT_S:g} s; killed"
         except OSError as exc:
             return False, False, f"could not run {argv[0]}: {exc.strerror}"
-        if done.returncode == 0:
-            return True, False, "exit 0"
-        last = (done.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-1:]
-        return False, True, f"exit {done.returncode}" + (f": {last[0][:300]}" if last else "")
+        try:
+            _, err = proc.communicate(data, timeout=within_s)
+            left = _wait_group(proc.pid, until)
+        except subprocess.TimeoutExpired:  # it, or a child holding its stderr, still runs
+            _kill_group(proc.pid)
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                return False, True, f"still running after {within_s:.3g} s; killed with its process group"
+            left = True
+        what = "exit 0" if proc.returncode == 0 else f"exit {proc.returncode}"
+        if left:
+            _kill_group(proc.pid)
+            what += f"; what it left running was killed at {within_s:.3g} s"
+        if proc.returncode == 0:
+            return True, False, what
+        last = (err or b"").decode("utf-8", "replace").strip().splitlines()[-1:]
+        return False, True, what + (f": {last[0][:300]}" if last else "")
 
     def _retry(self, target: str, attempt) -> bool:
+        """Attempts until one delivers, one says not to retry, or :data:`DEADLINE_S` in all is spent:
+        each attempt gets at most :data:`ATTEMPT_TIMEOUT_S` and never more than what is left."""
         deadline = time.monotonic() + DEADLINE_S
         for n in range(len(BACKOFF_S) + 1):
-            delivered, again, what = attempt()
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                self._log(f"{target}: the {DEADLINE_S:g} s deadline has passed")
+                break
+            delivered, again, what = attempt(min(ATTEMPT_TIMEOUT_S, left))
             self._log(f"{target}: attempt {n + 1}: {what}")
             if delivered:
                 return True
@@ -239,25 +289,48 @@ class Notifier:
             pass  # a job folder that went away: nothing to tell
 
 
+def _wait_group(pgid: int, until: float) -> bool:
+    """Wait until no live process (zombies aside) is left in the group ``pgid`` or ``until`` (monotonic)
+    passes; True when some are left."""
+    while procs.group_members(pgid):
+        if time.monotonic() >= until:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def send_in_background(job: Job, *, secrets: Iterable[str] | None = None,
-                       environ: Mapping[str, str] | None = None) -> None:
+                       environ: Mapping[str, str] | None = None, webhook_url: str | None = None) -> None:
     """For the process that has just recorded or seen the job's end (the local supervisor, a command):
     claim the notification here, so that racing processes send it once, with the payload redacted
     with ``secrets`` (default: the values of runtime.secrets in ``environ``); then deliver it from a
     detached ``python -m gpujob.notify JOB_DIR``, so neither a command nor a supervisor (and the GPUs
     it holds) waits for a slow webhook. The sender gets this environment, less the job's secrets:
-    webhook_env is read there. Nothing raised here reaches the caller."""
+    webhook_env is read there, or ``webhook_url`` (what the local supervisor was handed) is written on
+    its stdin, never into an environment. Nothing raised here reaches the caller."""
     environ = os.environ if environ is None else environ
     try:
         if wanted(job) is None:
             return
         secrets = secret_values(job, environ) if secrets is None else list(secrets)
-        if Notifier.for_job(job, secrets=secrets, environ=environ).claim(job) is None:
+        handed = {**environ, HANDOVER_VAR: webhook_url} if webhook_url else environ
+        if Notifier.for_job(job, secrets=secrets, environ=handed).claim(job) is None:
             return
-        env = {k: v for k, v in environ.items() if not k.startswith(JOB_SECRET_PREFIX) or k == HANDOVER_VAR}
+        env = {k: v for k, v in environ.items() if not k.startswith(JOB_SECRET_PREFIX)}
         with open(job.job_dir / LOG, "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "gpujob.notify", str(job.job_dir)], stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
+            sender = subprocess.Popen([sys.executable, "-m", "gpujob.notify", str(job.job_dir)],
+                                      stdin=subprocess.PIPE if webhook_url else subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
+        if webhook_url:
+            with sender.stdin:
+                sender.stdin.write(json.dumps({HANDOVER_VAR: webhook_url}).encode())
     except Exception as exc:  # a notification must never change how the job ended
         _note_failure(job, exc)
 
@@ -277,7 +350,9 @@ def main(argv: list[str]) -> int:
         return 2
     folder = Path(argv[0])
     claimed = json.loads((folder / MARKER).read_text())
-    return 0 if Notifier(folder, claimed["notify"]).deliver(claimed["payload"]) else 1
+    url = read_handover(sys.stdin)  # the local supervisor's webhook_env URL, handed on stdin
+    environ = {**os.environ, HANDOVER_VAR: url} if url else None
+    return 0 if Notifier(folder, claimed["notify"], environ=environ).deliver(claimed["payload"]) else 1
 
 
 if __name__ == "__main__":

@@ -115,9 +115,29 @@ def colour(run: int) -> str:
     return f"C{run % 10}"
 
 
+# Labels, titles and legends are the job's words (its name, a sweep's values, eval source names): drawn
+# as they are, never read as mathtext (a name like wer/$\undefinedmacro{$ stopped the drawing) or TeX.
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def plain_text():
+    """A context in which every text matplotlib creates is drawn as written (:data:`PLAIN_TEXT`)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise missing("matplotlib", exc) from None
+    return matplotlib.rc_context(PLAIN_TEXT)
+
+
 def figure(runs: Sequence[Run], title: str):
-    """The matplotlib Figure of ``runs`` (a :class:`matplotlib.figure.Figure` on an Agg canvas).
-    Raises ValueError when no run has anything to draw: never an empty picture."""
+    """The matplotlib Figure of ``runs`` (a :class:`matplotlib.figure.Figure` on an Agg canvas), its
+    text plain (:data:`PLAIN_TEXT`). Raises ValueError when no run has anything to draw: never an
+    empty picture."""
+    with plain_text():
+        return _figure(runs, title)
+
+
+def _figure(runs: Sequence[Run], title: str):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -180,4 +200,5 @@ def _spans_decades(panel: Panel) -> bool:
 def save(fig, path: Path) -> None:
     """Write ``fig`` to ``path``; its suffix (one of :data:`SUFFIXES`) chooses the format."""
     fmt = path.suffix.lower().lstrip(".")
-    fig.savefig(path, format=fmt, dpi=120)
+    with plain_text():  # the texts made while drawing (ticks) too
+        fig.savefig(path, format=fmt, dpi=120)

@@ -208,7 +208,8 @@ def projected(price: Price | None, spec: "JobSpec", seen: Throughput | None) -> 
     if not steps:
         return None
     seconds = steps / seen.steps_per_s
-    return price.usd_per_hour * seconds / 3600.0, seconds
+    usd = price.usd_per_hour * seconds / 3600.0
+    return (usd, seconds) if math.isfinite(seconds) and math.isfinite(usd) else None
 
 
 def first_save_s(spec: "JobSpec", seen: Throughput | None) -> tuple[float, str] | None:
@@ -217,7 +218,8 @@ def first_save_s(spec: "JobSpec", seen: Throughput | None) -> tuple[float, str] 
         return None
     eval_at = spec.training.eval_steps if spec.data.eval else None
     steps, what = min((s, w) for s, w in ((spec.training.save_steps, "checkpoint"), (eval_at, "evaluation")) if s)
-    return steps / seen.steps_per_s, f"its first {what} (step {steps})"
+    seconds = steps / seen.steps_per_s
+    return (seconds, f"its first {what} (step {steps})") if math.isfinite(seconds) else None
 
 
 # ----------------------------------------------------------------------------- all of it, for render and submit

@@ -4,6 +4,7 @@ folder. Every layer may read these; only :mod:`gpujob.registry` stores them."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -22,12 +23,22 @@ HOST_ACTIVE = ("launching", "booting", "provisioning", "ready", "terminating")
 BUDGET_WORDS = "stopped at the budget of"  # how every backend's reason for a stop at limits.max_cost begins
 
 
+# The longest running time a budget is turned into: 10 years. A price of 1e-310 USD/h and a budget of
+# $1,000,000 buy 3.6e318 s (infinity as a float): every deadline derived from a budget (the supervisor's,
+# docker's, activeDeadlineSeconds) is a whole number of seconds of at most 9 digits.
+MAX_BUDGET_S = 10 * 365 * 24 * 3600
+
+
 def budget_seconds(max_cost: float | None, price_per_hour: float | None) -> float | None:
-    """``limits.max_cost`` as the running time it buys at ``price_per_hour`` (USD); None without a budget or a
-    price, or when the job is free (its budget never runs out)."""
-    if max_cost is None or not price_per_hour:
+    """``limits.max_cost`` as the running time it buys at ``price_per_hour`` (USD), at most MAX_BUDGET_S;
+    None without a budget or a price, or when the job is free (its budget never runs out)."""
+    if max_cost is None or not price_per_hour or math.isnan(max_cost) or math.isnan(price_per_hour):
         return None
-    return max_cost / price_per_hour * 3600.0
+    try:
+        seconds = max_cost / price_per_hour * 3600.0
+    except (OverflowError, ZeroDivisionError):
+        return float(MAX_BUDGET_S)
+    return float(MAX_BUDGET_S) if math.isnan(seconds) else min(max(seconds, 0.0), float(MAX_BUDGET_S))
 
 
 def budget_comes_first(budget_s: float | None, max_runtime_s: float | None) -> bool:

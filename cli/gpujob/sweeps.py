@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import secrets
 import string
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from gpujob.errors import UserError
 # Keys a sweep sets on every job itself.
 OWN_KEYS = ("name", "output.dir")
 NAME_MAX = 53  # the spec's limit on name
+# The most jobs one sweep may make (README, Sweeps): each combination is loaded, checked and submitted
+# before any starts, so the count is checked first, from the axes' lengths, before anything is expanded.
+MAX_COMBINATIONS = 1000
 GRID_EXAMPLE = "--grid training.learning_rate=1e-5,3e-5"
 _QUOTES = "'\""
 _OPEN, _CLOSE = "[{", "]}"
@@ -99,16 +103,33 @@ def parse_grid(items: Sequence[str], set_keys: Sequence[str] = ()) -> list[Axis]
         if canonical_key(key) in set_keys:
             raise UserError(f"{where}: {key} is given to both --set and --grid", hint="drop one of them")
         values = split_values(text)
+        _check_count([*axes, Axis(key, tuple(values))], items)
         empty = [i + 1 for i, v in enumerate(values) if not v.strip()]
         if empty:
             raise UserError(f"{where}: value {empty[0]} of {key} is empty",
                             hint="separate values with single commas; quote a value that holds a comma")
-        seen = [v.strip() for v in values]
-        twice = next((v for i, v in enumerate(seen) if v in seen[:i]), None)
+        seen: set[str] = set()
+        twice = next((v for v in (v.strip() for v in values) if v in seen or seen.add(v)), None)
         if twice is not None:
             raise UserError(f"{where}: {key} lists {twice} twice", hint="each value makes one job; list it once")
         axes.append(Axis(key, tuple(values)))
     return axes
+
+
+def count(axes: Sequence[Axis]) -> int:
+    """How many combinations the axes make (their lengths' product), without making them."""
+    return math.prod(len(a.values) for a in axes)
+
+
+def _check_count(axes: Sequence[Axis], items: Sequence[str]) -> None:
+    """A UserError as soon as the axes so far make more than MAX_COMBINATIONS jobs (the full count
+    is the product of every --grid's value count, each known before any value is checked)."""
+    if count(axes) <= MAX_COMBINATIONS:
+        return
+    total = math.prod(len(split_values(raw.partition("=")[2])) for raw in items)
+    sizes = " x ".join(str(len(split_values(raw.partition("=")[2]))) for raw in items)
+    raise UserError(f"--grid: the sweep would make {total:,} jobs ({sizes}); a sweep makes at most "
+                    f"{MAX_COMBINATIONS:,}", hint="list fewer values, or split the grid into several sweeps")
 
 
 def canonical_key(key: str) -> str:
@@ -117,7 +138,11 @@ def canonical_key(key: str) -> str:
 
 
 def combinations(axes: Sequence[Axis]) -> list[Combination]:
-    """The cartesian product of the axes, numbered from 1 (the last axis varies fastest)."""
+    """The cartesian product of the axes, numbered from 1 (the last axis varies fastest); a UserError
+    before anything is made when there would be more than MAX_COMBINATIONS."""
+    if count(axes) > MAX_COMBINATIONS:
+        raise UserError(f"--grid: the sweep would make {count(axes):,} jobs; a sweep makes at most "
+                        f"{MAX_COMBINATIONS:,}", hint="list fewer values, or split the grid into several sweeps")
     product = itertools.product(*[[(a.key, v) for v in a.values] for a in axes])
     return [Combination(n, tuple(settings)) for n, settings in enumerate(product, start=1)]
 

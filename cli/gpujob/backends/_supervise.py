@@ -56,13 +56,14 @@ TAIL_LINES, TAIL_CHARS = 200, 2000  # what is kept of the last lines, for the fa
 
 
 class Supervisor:
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: JobStore, job_id: str, webhook_url: str | None = None) -> None:
         self.store = store
         self.job = store.get(job_id)
         self.dir = self.job.job_dir
         self.launch = json.loads((self.dir / LAUNCH_NAME).read_text())
         self.secrets = {n: os.environ.get(SECRET_PREFIX + n, "") for n in self.launch["secret_names"]}
-        self.output = JobOutput(Redactor(self.secrets.values()))
+        self.webhook_url = webhook_url  # notify.webhook_env's, handed on stdin: in memory only, redacted too
+        self.output = JobOutput(Redactor([*self.secrets.values(), *([webhook_url] if webhook_url else [])]))
         self.state = ProgressState.from_dict(self.job.progress)
         self.child: subprocess.Popen | None = None
         self.stop_reason: str | None = None  # set when we stop the job ourselves
@@ -208,9 +209,12 @@ class Supervisor:
 
     def _check_limits(self, now: float, started: float, limit: int | None) -> None:
         idle, budget = self.launch.get("idle_s"), self.launch.get("budget_s")
-        if budget and self.stop_reason is None and now - started >= budget:
+        # The budget is a hard bound: SIGTERM comes a grace period early (at most half the budget), so that
+        # a job that ignores it is killed when its budget runs out, not a grace period later.
+        grace = min(KILL_GRACE_S, budget / 2) if budget else 0.0
+        if budget and self.stop_reason is None and now - started >= budget - grace:
             self._stop(budget_reason(self.launch.get("max_cost"), self.launch.get("price_per_hour"),
-                                     self.state.step), now)
+                                     self.state.step), now, grace=grace)
         if limit and self.stop_reason is None and now - started > limit:
             self._stop(f"ran past limits.max_runtime ({fmt_duration(limit)}) and was stopped", now)
         if (idle and self.stop_reason is None and self.last_event is not None
@@ -222,11 +226,11 @@ class Supervisor:
             reaper.kill_descendants(keep=self.child.pid)  # those that left its group too
             self.kill_at = None
 
-    def _stop(self, reason: str, now: float) -> None:
+    def _stop(self, reason: str, now: float, grace: float = KILL_GRACE_S) -> None:
         self.stop_reason = reason
         self._write_line(f"gpujob: {reason}")
         self._signal_job(signal.SIGTERM)
-        self.kill_at = now + KILL_GRACE_S
+        self.kill_at = now + grace
 
     def _take(self, lines: list) -> bool:
         """Log the lines and fold their events; True when there was an event."""
@@ -292,7 +296,8 @@ class Supervisor:
         self._record_points()
         self.store.update(self.job.id, progress=state.to_dict(), metrics=state.metrics or None)
         self.store.transition(self.job.id, status, reason=reason, exit_code=code)
-        notify.send_in_background(self.store.get(self.job.id), secrets=self.secrets.values())  # once, detached
+        notify.send_in_background(self.store.get(self.job.id), secrets=self.secrets.values(),  # once, detached
+                                  webhook_url=self.webhook_url)
         return 0
 
     def _reason(self, code: int | None) -> str:
@@ -306,8 +311,10 @@ def main(argv: list[str], open_store: Callable[[], JobStore]) -> int:
     if len(argv) != 1:
         print("usage: python -m gpujob.supervisor JOB_ID", file=sys.stderr)
         return 2
+    webhook_url = notify.read_handover(sys.stdin)
+    procs.not_dumpable()  # its /proc/PID/environ and memory out of the job's reach (the job is the same user)
     try:
-        return Supervisor(open_store(), argv[0]).run()
+        return Supervisor(open_store(), argv[0], webhook_url).run()
     except BaseException as exc:  # the job must not outlive us, and the registry must hear of it
         reaper.kill_descendants()
         kill_strays(argv[0])

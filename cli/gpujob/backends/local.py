@@ -1,7 +1,8 @@
 """The local backend: the job runs as a detached process group on this machine.
 
-``submit`` starts a small supervisor (:mod:`gpujob.supervisor`) in a
-new session, so the job outlives the CLI. The supervisor starts the job's
+``submit`` starts a small supervisor (:mod:`gpujob.supervisor`) detached, in a
+new session and no child of the CLI (:func:`gpujob.procs.spawn_detached`), so the job
+outlives the CLI and no environment above the job holds what the job must not read. The supervisor starts the job's
 command in a process group of its own, writes its output to the job's log,
 folds progress events into the registry, enforces ``limits.max_runtime`` and
 records the exit status. ``cancel`` sends SIGTERM to the job's group, then
@@ -23,7 +24,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,19 +118,19 @@ class LocalBackend(Backend):
         # The supervisor runs in your environment as it is, less what looks like a secret; the job's
         # own variables (runtime.env: PYTHONPATH, LD_PRELOAD...) are only set for the job, and its
         # secrets travel under names nothing else reads.
-        env = {k: v for k, v in os.environ.items() if k not in withheld and not k.startswith(SECRET_PREFIX)}
+        # notify.webhook_env's URL is in neither environment (a job reads its parent's at /proc/$PPID/environ):
+        # the supervisor gets it on its stdin and holds it in memory only.
+        hook = request.spec.notify.webhook_env
+        env = {k: v for k, v in os.environ.items()
+               if k not in withheld and k != hook and not k.startswith(SECRET_PREFIX)}
         env.update({SECRET_PREFIX + n: v for n, v in secrets.items()})
-        env.update(notify.handover(request.spec.notify.webhook_env, os.environ))  # withheld, but the supervisor sends it
+        # It is started detached (no child of this command, whose environment holds the URL too).
+        handed = notify.handover(hook, os.environ)
         with open(job_dir / "supervisor.log", "ab") as sup_log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gpujob.supervisor", request.job_id],
-                stdin=subprocess.DEVNULL, stdout=sup_log, stderr=subprocess.STDOUT,
-                cwd=request.workdir, env=env, start_new_session=True, close_fds=True,
-            )
-        # The supervisor is reaped by init once the CLI exits; in long-lived callers
-        # (tests) the Popen object reaps it when it finishes.
-        _CHILDREN.append(proc)
-        return {"supervisor_pid": proc.pid, "supervisor_start": procs.start_time(proc.pid),
+            pid = procs.spawn_detached(["-m", "gpujob.supervisor", request.job_id], log=sup_log,
+                                       cwd=request.workdir, env=env,
+                                       stdin_data=json.dumps(handed).encode() if handed else None)
+        return {"supervisor_pid": pid, "supervisor_start": procs.start_time(pid),
                 "log": str(job_dir / LOG_NAME), **({"withheld": withheld} if withheld else {})}
 
     def _argv(self, request: JobRequest) -> list[str]:
@@ -311,9 +311,6 @@ def _gpu_words(request: JobRequest, found: "Found | None", got: list[str] | None
 
 # ----------------------------------------------------------------------------- process helpers
 
-_CHILDREN: list[subprocess.Popen] = []
-
-
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -331,10 +328,7 @@ def _read_handle(job_dir: Path) -> dict | None:
 def _alive(pid: int | None, start: int | None) -> bool:
     if not pid:
         return False
-    for child in list(_CHILDREN):  # reap our own finished children so they are not zombies
-        if child.poll() is not None:
-            _CHILDREN.remove(child)
-    return procs.alive(pid, start)
+    return procs.alive(pid, start)  # a supervisor is no child of ours (procs.spawn_detached): init reaps it
 
 
 def kill_strays(job_id: str) -> None:

@@ -16,6 +16,7 @@ from gpujob.progress_state import ProgressState
 from gpujob.sparkline import status_rows as sparkline_rows
 from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, phase_words, printable  # noqa: F401 (money: re-exported)
 from gpujob.backends.base import Notice
+from gpujob.cli.termsafe import for_terminal
 from gpujob.backends.gpuqueue import ordinal
 from gpujob.registry import Job
 
@@ -244,10 +245,13 @@ class LogPrinter:
     checkpoint and end, and every other event."""
 
     def __init__(self, *, raw: bool = False, live: bool | None = None, state: ProgressState | None = None,
-                 job: Job | None = None, quiet: bool = False):
-        """``job``: the job followed, for its cost in the bar (its price and when it started)."""
+                 job: Job | None = None, quiet: bool = False, terminal: bool | None = None):
+        """``job``: the job followed, for its cost in the bar (its price and when it started);
+        ``terminal`` (default: whether stdout is one): the job's lines lose every escape sequence but
+        colour codes (:mod:`gpujob.cli.termsafe`), --raw too; into a pipe or file they go as written."""
         self.job = job
         self.raw = raw
+        self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.live = (sys.stdout.isatty() and not raw) if live is None else live
         self.quiet = quiet and not raw and not self.live
         self.state = state or ProgressState()
@@ -284,7 +288,7 @@ class LogPrinter:
                 typer.echo(f"gpujob: {line}", err=True)
             return
         if self.raw:
-            typer.echo(line)
+            typer.echo(for_terminal(line) if self.terminal else line)
             return
         try:
             self._words(line)
@@ -329,6 +333,8 @@ class LogPrinter:
     def _print(self, text: str) -> None:
         if not text:
             return
+        if self.terminal:
+            text = for_terminal(text)
         if self._console is not None:
             self._console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:

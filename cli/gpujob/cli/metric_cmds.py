@@ -39,9 +39,10 @@ def metrics(
     if as_csv:
         buf = io.StringIO()
         columns = list(rows[0]) if rows else ["event", "step", "t"]
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)  # a float is written as repr writes it: read back, it is the same number
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([csv_cell(c) for c in columns])
+        # a float is written as repr writes it: read back, it is the same number
+        writer.writerows([csv_cell(row.get(c)) for c in columns] for row in rows)
         typer.echo(buf.getvalue(), nl=False)
         return
     if not rows:
@@ -50,6 +51,20 @@ def metrics(
         return
     typer.echo(_table(rows))
     typer.echo(f"next: gpujob plot {job.id} -o curves.png   |   gpujob metrics {job.id} --csv > {job.name}.csv")
+
+
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV injection"): a text cell starting
+# with one of these gets a leading ' (shown as text, not run); numbers are written as numbers.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """``value`` for a CSV cell: a string that starts like a formula behind a ``'``; None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _cell(value) -> str:

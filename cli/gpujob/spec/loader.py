@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gpujob.redact import Redactor
+
 from .cross_field import cross_field_problems
 from .errors import Fatal, Path_, Problem, SpecError, fmt_path, translate_errors
 from .fields import looks_like_credential
@@ -33,6 +35,9 @@ __all__ = ["Problem", "SpecError", "LoadedSpec", "load_spec", "load_spec_text"]
 _QUOTED_OR_COMMENT = re.compile(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|(?:^|(?<=\s))#.*""", re.MULTILINE)
 _CREDENTIAL_MSG = ("looks like a credential (an access token or private key); don't put secrets in the spec — "
                    "list the variable's name under runtime.secrets and export it in your shell")
+_SECRET_VALUE_MSG = ("holds the value of {name} ({where}); gpujob keeps and shows the spec, so a secret never goes "
+                     "in it — the job gets {name} as an environment variable: read it there "
+                     "(command: [sh, -c, 'tool --token \"${name}\"'])")
 
 
 @dataclass
@@ -140,6 +145,11 @@ def _load(text: str, file: str, overrides: Sequence[str], env: Mapping[str, str]
     for path in _credential_paths(data, ()):
         flagged.add(path)
         problems.append(problem_at(path, _CREDENTIAL_MSG, file, positions, override_paths))
+    for path, name, where in _secret_value_paths(data, env):
+        if path not in flagged:
+            flagged.add(path)
+            problems.append(problem_at(path, _SECRET_VALUE_MSG.format(name=name, where=where), file, positions,
+                                       override_paths))
     if data.get("name") is None:
         data["name"] = _slug(file)
     try:
@@ -281,6 +291,39 @@ def _credential_paths(value: Any, path: Path_) -> list[Path_]:
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _credential_paths(v, path + (i,))]
     return [path] if isinstance(value, str) and looks_like_credential(value) else []
+
+
+def _secret_names(data: dict) -> list[tuple[str, str]]:
+    """The variables whose values are secrets, as the spec names them (after ``--set``): runtime.secrets
+    and notify.webhook_env; each with the key that lists it."""
+    runtime, notify = data.get("runtime"), data.get("notify")
+    listed = runtime.get("secrets") if isinstance(runtime, dict) else None
+    names = [(n, "runtime.secrets") for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
+    hook = notify.get("webhook_env") if isinstance(notify, dict) else None
+    return names + ([(hook, "notify.webhook_env")] if isinstance(hook, str) else [])
+
+
+def _secret_value_paths(data: dict, env: Mapping[str, str]) -> list[tuple[Path_, str, str]]:
+    """Where the spec holds (in any form the log redactor knows) the value that ``env`` gives a listed
+    secret: typed into the file, or given with ``--set``. Each key path once, with the secret's name."""
+    found: list[tuple[Path_, str, str]] = []
+    for name, where in _secret_names(data):
+        value = env.get(name)
+        redactor = Redactor([value] if isinstance(value, str) else [])
+        if redactor:
+            found += [(p, name, where) for p in _paths_where(data, (), redactor) if p not in {f[0] for f in found}]
+    return found
+
+
+def _paths_where(value: Any, path: Path_, redactor: Redactor) -> list[Path_]:
+    """The key paths of the strings (keys included) in which ``redactor`` finds something."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items()
+                for p in ([path + (k,)] if isinstance(k, str) and redactor.text(k) != k
+                          else _paths_where(v, path + (k,), redactor))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _paths_where(v, path + (i,), redactor)]
+    return [path] if isinstance(value, str) and redactor.text(value) != value else []
 
 
 def _warnings(spec: JobSpec, data: dict, file: str, positions: dict[Path_, tuple[int, int]],

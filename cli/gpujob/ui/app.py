@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gpujob import service
-from gpujob.errors import GpujobError, JobNotFound
+from gpujob.errors import GpujobError, JobNotFound, UserError
 from gpujob.registry import Registry
 from gpujob.ui import charts, logstream, views
 from gpujob.ui.guard import Guard
@@ -158,7 +158,11 @@ class Dashboard:
     def _cancel(self, request: Request) -> Response:
         with _registry() as registry:
             try:
-                job = registry.resolve(request.path_params["job"])
+                ref = request.path_params["job"]
+                job = registry.resolve(ref)
+                if job.id != ref:  # an action names its job whole: no prefix, no name
+                    return self._error(request, UserError(f"cancel needs the job's full id, not {ref[:60]!r}",
+                                                          hint=f"use the button on /jobs/{job.id}"), 404)
                 service.cancel(registry, job, grace_s=CANCEL_GRACE_S)
             except JobNotFound as exc:
                 return self._error(request, exc, 404)

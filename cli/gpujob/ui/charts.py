@@ -10,7 +10,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Sequence
 
-from gpujob.plots import Run, figure
+from gpujob.plots import Run, figure, plain_text
 
 CACHE_SIZE = 32
 DPI = 90
@@ -41,7 +41,8 @@ def png(runs: Runs, title: str) -> bytes:
         else:
             fig = _empty(title)
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI)
+        with plain_text():
+            fig.savefig(buf, format="png", dpi=DPI)
         _cache[key] = buf.getvalue()
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
@@ -54,6 +55,6 @@ def _empty(title: str):
 
     fig = Figure(figsize=(6.4, 1.6))
     FigureCanvasAgg(fig)
-    fig.text(0.5, 0.6, title, ha="center")
+    fig.text(0.5, 0.6, title, ha="center", parse_math=False)
     fig.text(0.5, 0.3, "no metric history yet: no progress or eval event with a step", ha="center", color="0.4")
     return fig

@@ -6,7 +6,12 @@
    ``gpujob_token`` cookie, which ``?token=<token>`` sets (HttpOnly, SameSite=Strict) before redirecting
    to the same page without it (so the token does not stay in the address bar or the history); else 401.
 3. **CSRF** on every POST: the form field ``csrf`` or the header ``X-CSRF-Token`` must equal the
-   ``gpujob_csrf`` cookie that every response sets (a random value per browser); else 403.
+   ``gpujob_csrf`` cookie that every response sets (a random value per browser); else 403. Cookies are
+   not kept apart by port, so a page on another loopback port could plant that cookie and send a
+   matching field: a POST must also come from the dashboard's own origin, by the browser's word:
+   ``Sec-Fetch-Site`` when sent must be ``same-origin`` (or ``none``: typed by the user); without it,
+   ``Origin`` when sent must be this dashboard's scheme, host and port; else 403. (A client that sends neither,
+   curl, still needs the cookie and the field; the routes also need the job's full id on POST.)
 
 Every response carries a Content-Security-Policy that allows scripts from the dashboard only (no
 inline script), and no referrer.
@@ -98,6 +103,11 @@ class Guard:
             extra_cookies.append(f"{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict{secure}")
         scope.setdefault("state", {})["csrf"] = csrf
         if scope["method"] == "POST":
+            foreign = self._foreign(scope)
+            if foreign:
+                return await PlainTextResponse(
+                    f"gpujob ui: this request came from another site or origin ({foreign}); the dashboard "
+                    "takes actions only from its own pages\n", status_code=403)(scope, receive, send)
             receive, given = await self._csrf_given(scope, receive)
             if not _same(given, cookies.get(CSRF_COOKIE)):
                 return await PlainTextResponse(
@@ -112,6 +122,22 @@ class Guard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    def _foreign(self, scope) -> str | None:
+        """Why a POST did not come from the dashboard's own pages, by the browser's headers; None when
+        nothing says so. ``Sec-Fetch-Site`` (which no page can set) decides where a browser sends it:
+        the dashboard's ``no-referrer`` policy makes its own forms' ``Origin`` "null". Without it (an
+        older browser), ``Origin``, when sent, must be the dashboard's own."""
+        site = (_header(scope, b"sec-fetch-site") or "").strip().lower()
+        if site:
+            return None if site in ("same-origin", "none") else f"Sec-Fetch-Site: {site[:40]}"
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return None
+        own = f"{'https' if self.access.certfile else 'http'}://{(_header(scope, b'host') or '').lower()}"
+        if origin.strip().lower().rstrip("/") != own:
+            return f"Origin: {origin[:80]!r}"
+        return None
 
     def _host_ok(self, scope) -> bool:
         host = (_header(scope, b"host") or "").lower()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def ensure_token(home: Path | None = None) -> tuple[str, bool]:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        _private(path)
         token = path.read_text().strip()
         if len(token) < 16:
             raise UserError(f"{path} holds no usable token", hint=f"delete {path}; a new one is made and printed once")
@@ -65,6 +67,16 @@ def ensure_token(home: Path | None = None) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     return token, True
+
+
+def _private(path: Path) -> None:
+    """A token file others can read (or write) is made 0600 again, with a warning: whoever read it could
+    use the dashboard until it is replaced."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+        print(f"warning: {path} was readable by other users (mode {mode:04o}); it is 0600 now. Anyone who read it "
+              f"can use the dashboard: delete it and restart `gpujob ui` to make a new token", file=sys.stderr)
 
 
 def access_for(host: str, *, insecure: bool = False, certfile: str | None = None,

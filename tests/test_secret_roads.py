@@ -47,7 +47,9 @@ def test_a_secret_given_with_set_inside_command_is_refused_and_nothing_is_stored
     assert rendered.exit_code == 2 and SECRET not in rendered.output  # render shows no spec holding it either
 
 
-secret_values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+# NEL and the Unicode line/paragraph separators are line breaks to YAML, which folds them to a space inside a
+# quoted scalar: the --set value then no longer holds the secret (nothing to refuse, nothing leaked)
+secret_values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\x85\u2028\u2029"),
                         min_size=8, max_size=40).filter(lambda v: len(v.strip()) >= 8)
 placements = st.sampled_from(["command.2", "description", "runtime.env.EXTRA", "data_text"])
 

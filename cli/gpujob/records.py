@@ -4,7 +4,6 @@ folder. Every layer may read these; only :mod:`gpujob.registry` stores them."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time

@@ -316,6 +316,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     if scores is not None:
         write_predictions(out_dir / "predictions.jsonl", scores)
         metrics.update(scores.as_metrics(spec.evaluation.metrics))
+        if scores.loss is not None:
+            metrics["eval_loss"] = float(f"{scores.loss:.7g}")
         metrics.update({"best_wer": state["best_wer"], "best_step": state["best_step"]})
         if state.get("stopped_early"):
             metrics["stopped_early_at"] = state["stopped_early"]

@@ -100,6 +100,9 @@ def main(argv: list[str]) -> int:
     out_dir = _output_dir(spec)
     # the writer process alone writes events and feeds the trackers (spec tracking:)
     writer = tracking.wrap(ProgressWriter(), spec, out_dir) if group.is_writer else _Silent()
+    from gpujob.runner import sysmetrics
+
+    sampler = sysmetrics.Sampler(writer.system).start() if group.is_writer else None
     try:
         report = _preflight(spec, group)
         if not report["ok"]:
@@ -128,6 +131,8 @@ def main(argv: list[str]) -> int:
         writer.end(status="failed", message="another process of the job failed, hung or was stopped")
         return 1
     finally:
+        if sampler is not None:
+            sampler.stop()
         getattr(writer, "close", lambda: None)()
         group.close()
 

@@ -45,7 +45,7 @@ import torch
 
 from gpujob.runner import checkpoint as ckpt
 from gpujob.runner import data as data_mod
-from gpujob.runner import update
+from gpujob.runner import sysmetrics, update
 from gpujob.runner.augment import Augmenter, augment_summary
 from gpujob.runner.batches import pad_audio, prefetched
 from gpujob.runner.distributed import Group
@@ -257,7 +257,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     skipped=skipped if group.is_writer else None, start=state["batch_in_epoch"], pool=pool,
                     window=max(2 * per_process * micro, 4 * workers), augment=augmenter)) as made, \
                     contextlib.closing(prefetched(made, prepare=pad) if workers else made) as stream:
-                for item in stream:
+                for item in sysmetrics.timed(stream, sysmetrics.active()):
                     counts = group.sum_ints([*item.counts, int(stop["asked"])])
                     if counts[-1]:  # some process was told to stop: all of them stop here, after one checkpoint
                         if saved_at != step:
@@ -274,6 +274,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     scheduler.step()
                     step, stepped = step + 1, True
                     state["step"] = step
+                    if (sampler := sysmetrics.active()) is not None:
+                        sampler.step = step
                     loss = group.all_reduce_(total)
                     now = time.perf_counter()
                     if group.is_writer:

@@ -8,8 +8,8 @@ written as before, and the trackers get the same numbers from it:
 - ``progress``: ``loss``, ``learning_rate``, ``samples_per_s``, ``epoch`` at ``step``;
 - ``eval``: ``wer``, ``cer``, ``eval_loss`` and the per-source ``wer/<name>``, ``cer/<name>`` at ``step``
   (in MLflow ``wer.<name>``: its file store takes ``/`` for a folder);
-- ``system``: the system sample's numbers (CPU, memory, GPU utilisation and memory, loader wait) as
-  ``system/<name>`` at the training step (W&B's and MLflow's system panels, from the runner's sampler);
+- ``system``: the latest system sample's numbers (CPU, memory, GPU utilisation and memory, loader wait)
+  as ``system/<name>``, logged with the next progress or eval at its step (from the runner's sampler);
 - :meth:`TrackedWriter.worst_utterances`: the worst utterances of the final evaluation as a table;
 - ``end``: each tracker is closed (finished or failed).
 
@@ -251,7 +251,8 @@ class TrackedWriter:
         self.step = 0
         self.closed = False
         self._warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
-        self._lock = threading.RLock()  # the system sampler's thread logs too
+        self._lock = threading.RLock()
+        self._system: dict[str, float] | None = None  # the latest system sample not yet logged
 
     def _each(self, action: str, call, trackers: list[Tracker] | None = None) -> None:
         with self._lock:
@@ -291,10 +292,12 @@ class TrackedWriter:
     def progress(self, **fields: Any) -> None:
         self.writer.progress(**fields)
         self._scalars(fields, PROGRESS_SCALARS)
+        self._flush_system()
 
     def eval(self, **fields: Any) -> None:
         self.writer.eval(**fields)
         self._scalars(fields, None)
+        self._flush_system()
 
     def _scalars(self, fields: dict[str, Any], keys: tuple[str, ...] | None) -> None:
         self.step = int(fields.get("step", self.step) or 0)
@@ -312,12 +315,18 @@ class TrackedWriter:
         self.writer.heartbeat(**fields)
 
     def system(self, **fields: Any) -> None:
-        """A system sample (runner/sysmetrics.py): its numbers as ``system/<name>`` at the training step."""
+        """A system sample (runner/sysmetrics.py), written now; the trackers get its numbers as
+        ``system/<name>`` with the next progress or eval, on the training loop's thread (trackio, for one,
+        keeps its run per thread, and no tracker is asked to log from two threads at once)."""
         self.writer.system(**fields)
         values = {f"system/{k}": v for k, v in numbers(fields).items() if k != "n"}
         if values:
-            step = int(fields.get("step", self.step) or 0)
-            self._each("log", lambda t: t.scalars(step, values))
+            self._system = values  # the latest only (one assignment: safe across threads)
+
+    def _flush_system(self) -> None:
+        values, self._system = self._system, None
+        if values:
+            self._each("log", lambda t: t.scalars(self.step, values))
 
     def worst_utterances(self, rows: list[dict[str, Any]]) -> None:
         """The worst utterances (:func:`gpujob.runner.metrics.worst`) as a table named ``worst_utterances``."""

@@ -45,7 +45,7 @@ import torch
 
 from gpujob.runner import checkpoint as ckpt
 from gpujob.runner import data as data_mod
-from gpujob.runner import sysmetrics, update
+from gpujob.runner import sysmetrics, update, worst_audio
 from gpujob.runner.augment import Augmenter, augment_summary
 from gpujob.runner.batches import pad_audio, prefetched
 from gpujob.runner.distributed import Group
@@ -317,6 +317,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         return 0
     if scores is not None:
         write_predictions(out_dir / "predictions.jsonl", scores)
+        worst_audio.save(out_dir, scores, eval_examples)  # their clips, to listen to (the dashboard plays them)
         metrics.update(scores.as_metrics(spec.evaluation.metrics))
         if scores.loss is not None:
             metrics["eval_loss"] = float(f"{scores.loss:.7g}")

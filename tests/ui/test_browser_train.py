@@ -200,3 +200,54 @@ def test_the_job_page_debugs_the_run(trained, browser):
             phone.close()
     finally:
         ctx.close()
+
+
+def test_the_worst_utterances_play_their_own_clips_and_mark_the_word_errors(trained, browser):
+    from gpujob.ui.worst import word_diff
+
+    index = json.loads((trained.out / "worst_audio" / "index.json").read_text())
+    predictions = {p["id"]: p for p in map(json.loads, (trained.out / "predictions.jsonl").read_text().splitlines())}
+    assert index and all(e["id"] in predictions for e in index)
+    ctx = browser.new_context(viewport=LAPTOP)
+    try:
+        page = ctx.new_page()
+        page.goto(trained.ui.page_url(f"/jobs/{trained.job_id}"))
+        rows = page.locator("#worst tbody tr")
+        assert rows.count() == len(predictions)
+        checked = 0
+        for i in range(rows.count()):
+            row = rows.nth(i)
+            split, name = row.locator('td[data-label="split"]').text_content(), row.locator("td code").first.text_content()
+            uid = f"{split}/{name}"
+            assert uid in predictions and not name.startswith(split + "/")  # the split once, in its own column
+            entry = next((e for e in index if e["id"] == uid), None)
+            audio = row.locator("audio")
+            if entry is None:
+                assert audio.count() == 0
+                continue
+            src = audio.get_attribute("src")
+            assert src.endswith(f"/audio/{entry['file']}")
+            body = ctx.request.get(trained.ui.page_url(src)).body()
+            assert body == (trained.out / "worst_audio" / entry["file"]).read_bytes()
+            duration = audio.evaluate("""a => new Promise((ok, bad) => {
+                if (a.readyState >= 1) return ok(a.duration);
+                a.addEventListener('loadedmetadata', () => ok(a.duration)); a.addEventListener('error', () => bad('error'));
+                a.load(); })""")
+            assert duration == pytest.approx(entry["duration_s"], abs=0.02), (uid, duration, entry)
+            played = audio.evaluate("""a => { a.muted = true; return a.play().then(() => new Promise(ok =>
+                setTimeout(() => { const t = a.currentTime; a.pause(); ok(t); }, 400))); }""")
+            assert played > 0
+            # the diff: the first substitution of the normalised reference and hypothesis, marked as one
+            p = predictions[uid]
+            ops = word_diff(p["reference_normalized"], p["prediction_normalized"])
+            sub = next(((a, b) for op, a, b in ops if op == "sub"), None)
+            if sub is not None:
+                marked = row.locator(".diff .sub").first
+                assert (marked.locator("del").text_content(), marked.locator("ins").text_content()) == sub
+            checked += 1
+        assert checked >= 1
+        page.locator('#worst-tools button[data-sort="duration"]').click()
+        durations = [float(d) for d in rows.evaluate_all("rs => rs.map(r => r.dataset.duration)")]
+        assert durations == sorted(durations, reverse=True)
+    finally:
+        ctx.close()

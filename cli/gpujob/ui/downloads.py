@@ -30,7 +30,7 @@ def output_file(job: Job, relative: str) -> Path | None:
     out = job.output_dir
     if not out or "://" in out or not relative or "\x00" in relative or "\\" in relative:
         return None
-    parts = PurePosixPath(relative).parts
+    parts = relative.split("/")  # as given: "a/./b", "a//b", "/a" and ".." are refused, not normalised
     if PurePosixPath(relative).is_absolute() or any(p in ("..", ".", "") for p in parts):
         return None
     base = Path(out)

@@ -10,6 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+import soundfile as sf
+
 from gpujob.runner.audio import TARGET_SR
 from gpujob.runner.metrics import Scores, worst
 
@@ -20,9 +23,6 @@ MAX_SECONDS = 30.0
 
 def save(out_dir: Path, scores: Scores, examples: Iterable[dict], n: int = KEEP) -> int:
     """Write the ``n`` worst utterances' clips found in ``examples``; returns how many were written."""
-    import numpy as np
-    import soundfile as sf
-
     bad = worst(scores, n)
     wanted = {(u.get("source", ""), str(u["id"])): i for i, u in enumerate(bad)}
     clips: dict[int, np.ndarray] = {}

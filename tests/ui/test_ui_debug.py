@@ -78,3 +78,29 @@ def test_only_regular_files_inside_the_output_folder_are_served(tmp_path):
         assert downloads.output_file(job, bad) is None, bad
     assert downloads.output_file(NS(output_dir="s3://bucket/out"), "metrics.json") is None
     assert downloads.output_file(NS(output_dir=None), "metrics.json") is None
+
+
+def test_the_git_commit_of_the_submitting_folder_and_its_dirty_flag(tmp_path):
+    import subprocess
+
+    from gpujob import gitsource
+    from gpujob.ui.overview import overview
+
+    assert gitsource.source(str(tmp_path)) is None  # not a repository
+    run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True, text=True)
+    run("init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    run("add", "a.txt")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = run("rev-parse", "HEAD").stdout.strip()
+    assert gitsource.source(str(tmp_path)) == {"dir": str(tmp_path), "commit": head, "dirty": False}
+    (tmp_path / "a.txt").write_text("2")
+    src = gitsource.source(str(tmp_path))
+    assert src["dirty"] is True
+    job = NS(spec={"kind": "train", "model": {"checkpoint": "openai/whisper-small"}, "resources": {"gpus": 1},
+                   "runtime": {"image": "gpujob:1"}}, kind="train", handle={"host": "gpu-1", "source": src},
+             spec_path="/x/spec.yaml", created_at=0.0)
+    rows = dict(overview(job))
+    assert rows["git commit"] == f"{head[:12]} (uncommitted changes) in {tmp_path}"
+    assert rows["image"] == "gpujob:1" and rows["resources"] == "gpus 1" and rows["host"] == "gpu-1"
+    assert rows["command"].startswith("python -m gpujob.runner")

@@ -22,6 +22,7 @@ from gpujob.runner.metrics import Scores, score_sources, worst
 from gpujob.spec.tracking import source_names
 from gpujob.runner.model import (Precision, encode, encode_prefix, encode_rest, encoder_frozen, frozen_prefix,
                                  language_name)
+from gpujob.runner import worst_audio
 from gpujob.runner.tracking import log_worst
 
 if TYPE_CHECKING:
@@ -342,6 +343,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group=None) -> int:
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", scores)
+    if not spec.data.streaming:  # the worst utterances' clips, to listen to (the dashboard plays them)
+        worst_audio.from_sources(out_dir, scores, spec.data.eval, seed=spec.training.seed)
     metrics = scores.as_metrics(spec.evaluation.metrics)
     metrics.update({"utterances": scores.utterances, "utterances_per_s": round(scores.utterances / elapsed, 3)})
     if scores.sources:

@@ -1,7 +1,9 @@
 """The audio of the worst-transcribed utterances, kept beside the predictions so that people can listen
 to them (the dashboard plays them): ``worst_audio/NNN.wav`` (16 kHz mono, 16-bit PCM, at most
 :data:`MAX_SECONDS` of each) and ``worst_audio/index.json``: ``[{id, source, file, duration_s}]``, the worst
-first. Only clips this process holds are written (under torchrun, the writer's share of the eval set)."""
+first. A train job writes the clips it holds (under torchrun, the writer's share of the eval set); an
+evaluate job, which streams its clips through once, reads the worst ones again from ``data.eval`` after
+scoring (:func:`from_sources`; not with ``data.streaming``, where that would be a second download)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Iterable
 import numpy as np
 import soundfile as sf
 
+from gpujob.runner import data as data_mod
 from gpujob.runner.audio import TARGET_SR
 from gpujob.runner.metrics import Scores, worst
 
@@ -44,3 +47,22 @@ def save(out_dir: Path, scores: Scores, examples: Iterable[dict], n: int = KEEP)
                       "duration_s": round(len(clips[i]) / TARGET_SR, 3)})
     (folder / "index.json").write_text(json.dumps(index, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return len(index)
+
+
+def from_sources(out_dir: Path, scores: Scores, sources, *, seed: int, n: int = KEEP) -> int:
+    """:func:`save` for a job that kept no clips: the ``n`` worst are found in ``sources`` (the spec's
+    ``data.eval``) by source name and id, and only they are decoded; the reading stops once all are found."""
+    wanted = {(u.get("source", ""), str(u["id"])) for u in worst(scores, n)}
+
+    def examples():
+        left = set(wanted)
+        for clip in data_mod.iter_clips(sources, streaming=False, seed=seed, key="data.eval"):
+            if (clip.name, str(clip.id)) in left:
+                audio = data_mod.decode_clip(clip)
+                if isinstance(audio, np.ndarray):
+                    left.discard((clip.name, str(clip.id)))
+                    yield {"audio": audio, "id": clip.id, "source_name": clip.name}
+                if not left:
+                    return
+
+    return save(out_dir, scores, examples(), n) if wanted else 0

@@ -135,10 +135,13 @@ class ProgressWriter:
         self.emit("artifact", **fields)
 
     def end(self, **fields: Any) -> None:
+        self._ended = True
         self.emit("end", **fields)
 
     def heartbeat(self, **fields: Any) -> None:
         self.emit("heartbeat", **fields)
 
     def system(self, **fields: Any) -> None:
-        self.emit("system", **fields)
+        """A system sample (from the runner's sampler thread); none after ``end``, which stays the last event."""
+        if not getattr(self, "_ended", False):
+            self.emit("system", **fields)

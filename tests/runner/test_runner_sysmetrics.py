@@ -181,3 +181,12 @@ def test_a_system_event_keeps_only_its_fields_in_range(fields):
             assert type(value) is int and 0 <= value <= 10**18
     p = history.point(event)
     assert (p is None) == ("n" not in event)
+
+
+def test_no_system_sample_follows_the_end_event():
+    out = io.StringIO()
+    writer = ProgressWriter(out)
+    writer.system(n=1, step=0, cpu_percent=5.0)
+    writer.end(status="succeeded")
+    writer.system(n=2, step=0, cpu_percent=5.0)  # the sampler thread, a moment late
+    assert [e["event"] for line in out.getvalue().splitlines() for e in parse_line(line)] == ["system", "end"]

@@ -67,7 +67,8 @@ def test_results_come_from_the_evals_in_the_history():
               {"event": "eval", "step": 10, "wer": 0.5, "cer": 0.2, "wer/cv": 0.6, "cer/cv": 0.3},
               {"event": "eval", "step": 20, "wer": 0.3, "cer": 0.25, "wer/cv": 0.4, "cer/cv": 0.1},
               {"event": "progress", "step": 25, "loss": 0.5},
-              {"event": "eval", "step": 30, "wer": 0.4, "cer": 0.15, "wer/cv": 0.45, "cer/cv": 0.2}]
+              {"event": "eval", "step": 30, "wer": 0.4, "cer": 0.15, "wer/cv": 0.45, "cer/cv": 0.2},
+              {"event": "system", "step": 500, "train_step": 30, "cpu_percent": 90.0}]  # step: its sample number
     r = compare.result(job(price_usd_per_hour=3.6), points)
     assert r.final == {"wer": 0.4, "cer": 0.15, "wer/cv": 0.45, "cer/cv": 0.2}
     assert r.best == {"wer": 0.3, "cer": 0.15, "wer/cv": 0.4, "cer/cv": 0.1}

@@ -35,8 +35,9 @@ NUMBERS = [
 ]
 FIELDS = ["event", "t", "step", "total_steps", "epoch", "epochs", "loss", "learning_rate", "samples_per_s",
           "wer", "cer", "eval_loss", "path", "name", "kind", "status", "metrics", "message", "phase", "done",
-          "total", "wer_fleurs", "x", "\x1b[2J", "\ud800"]
-EVENT_NAMES = ["start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat", "future_event",
+          "total", "wer_fleurs", "x", "\x1b[2J", "\ud800", "n", "cpu_percent", "rss_bytes", "gpu_util_percent",
+          "gpu_mem_used_bytes", "gpu_power_w", "gpus", "loader_wait_percent"]
+EVENT_NAMES = ["start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat", "system", "future_event",
                "", "\x1b[31mend", "e" * 41, "end\n", "ev\ud800"]
 
 scalars = (st.none() | st.booleans() | st.sampled_from(NUMBERS) | st.integers() | st.floats()
@@ -120,6 +121,8 @@ KNOWN = {
     "artifact": {"path", "name"},
     "end": {"status", "metrics", "message"},
     "heartbeat": {"phase", "done", "total"},
+    "system": {"n", "step", "cpu_percent", "rss_bytes", "mem_used_bytes", "mem_total_bytes", "loader_wait_percent",
+               "gpus", "gpu_util_percent", "gpu_mem_used_bytes", "gpu_mem_total_bytes", "gpu_power_w"},
 }
 
 
@@ -137,7 +140,15 @@ def check_event(event: Any) -> None:
         elif key not in KNOWN.get(kind, ()):
             assert kind == "eval", (kind, key)
             extra[key] = value
-        elif key in ("step", "done"):
+        elif kind == "system" and key.endswith("_bytes"):
+            assert is_int(value, 0, 10**18), value
+        elif kind == "system" and key.endswith("_percent"):
+            assert is_real(value, 0, 1e6 if key == "cpu_percent" else 100), value
+        elif key == "gpu_power_w":
+            assert is_real(value, 0, 1e7), value
+        elif key == "gpus":
+            assert is_int(value, 1, 100_000), value
+        elif key in ("step", "done", "n"):
             assert is_int(value, 0, 10**12), value
         elif key in ("total_steps", "total"):
             assert is_int(value, 1, 10**12), value

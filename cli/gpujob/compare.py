@@ -131,7 +131,8 @@ def result(job: Job, points: Sequence[dict[str, Any]]) -> Result:
     for key, value in (job.metrics or {}).items():  # an end event's metrics, when no eval was kept
         if _is_score(key) and _number(value) and key not in out.final:
             out.final[key] = out.best[key] = float(value)
-    steps = [p["step"] for p in points if isinstance(p.get("step"), int)]
+    steps = [p["step"] for p in points if isinstance(p.get("step"), int) and p.get("event") != "system"]  # (a
+    # system point's step is its sample number)
     progress_step = (job.progress or {}).get("step")
     candidates = steps + ([progress_step] if isinstance(progress_step, int) else [])
     out.steps = max(candidates) if candidates else None

@@ -21,6 +21,7 @@ MAX_STEP = 10**12
 MAX_ABS = 1e30
 MAX_RATE = 1000.0               # wer/cer: fractions; a WER above 100 % is possible, 100000 % is not
 MAX_EPOCH = 1e9
+MAX_BYTES = 10**18               # a system event's memory sizes
 MAX_T = 1e11                    # unix seconds (the year 5138)
 MAX_TEXT = 500                  # message, path
 MAX_NAME = 200                  # name, kind, phase, a metric's string value
@@ -147,6 +148,14 @@ def _name(v: Any) -> str | None:
     return clean_text(v, MAX_NAME)
 
 
+def _bytes(v: Any) -> int | None:
+    return _int(v, 0, MAX_BYTES)
+
+
+def _percent(v: Any) -> float | None:
+    return _real(v, 0.0, 100.0)
+
+
 _Check = Callable[[Any], Any]
 _FIELDS: dict[str, dict[str, _Check]] = {
     "start": {"total_steps": _total, "epochs": _epoch, "name": _name, "kind": _name},
@@ -158,6 +167,11 @@ _FIELDS: dict[str, dict[str, _Check]] = {
     "end": {"status": _status, "metrics": lambda v: clean_metrics(v) if isinstance(v, dict) else None,
             "message": _text},
     "heartbeat": {"phase": _name, "done": _step, "total": _total, "unit": lambda v: v if v == "bytes" else None},
+    "system": {"n": _step, "step": _step, "cpu_percent": lambda v: _real(v, 0.0, 1e6),
+               "rss_bytes": _bytes, "mem_used_bytes": _bytes, "mem_total_bytes": _bytes,
+               "loader_wait_percent": _percent, "gpus": lambda v: _int(v, 1, 100_000),
+               "gpu_util_percent": _percent, "gpu_mem_used_bytes": _bytes, "gpu_mem_total_bytes": _bytes,
+               "gpu_power_w": lambda v: _real(v, 0.0, 1e7)},
 }
 
 

@@ -1,13 +1,13 @@
 """A job's metric history: its progress and eval events as points, and how they are kept small.
 
-Every ``progress`` and ``eval`` event with a step becomes a point (:func:`point`): the event's
+Every ``progress`` and ``eval`` event with a step, and every ``system`` sample, becomes a point (:func:`point`): the event's
 kind, time, step and its numeric fields (loss, learning rate, samples/s, epoch; WER, CER, eval
 loss and the per-source ``wer/<name>``/``cer/<name>`` of an eval). The registry keeps them per job
 (:meth:`gpujob.registry.Registry.add_history`), whatever the backend, so the curves outlive the
 job's pods, containers and hosts.
 
-The bound: at most :data:`CAPS` points of each kind per job (2,000 progress, 1,000 eval, about
-400 KB of registry in all). A series that passes its cap is thinned by :func:`thin`: one point per
+The bound: at most :data:`CAPS` points of each kind per job (2,000 progress, 1,000 eval, 1,000
+system: about 600 KB of registry in all). A series that passes its cap is thinned by :func:`thin`: one point per
 step bucket of a power-of-two width, chosen so that about half the cap stays; later points come in
 at full rate until the cap is reached again. So the older part of a long run is evenly spaced in
 steps and the recent part is dense, and the first and last points always stay. Stdlib-only.
@@ -20,13 +20,20 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from gpujob.events import normalize_event, parse_line
 
-KINDS = ("progress", "eval")
-CAPS = {"progress": 2000, "eval": 1000}
+KINDS = ("progress", "eval", "system")
+CAPS = {"progress": 2000, "eval": 1000, "system": 1000}
 # The fields a point keeps of each kind (an eval's per-source scores and other numbers besides).
 PROGRESS_FIELDS = ("loss", "learning_rate", "samples_per_s", "epoch")
+# A system point's (runner/sysmetrics.py): its ``step`` is the sample's number ``n``, ``train_step`` the
+# training step when it was taken; GPU fields only where there is a GPU.
+SYSTEM_FIELDS = ("train_step", "cpu_percent", "rss_bytes", "mem_used_bytes", "mem_total_bytes", "loader_wait_percent",
+                 "gpus", "gpu_util_percent", "gpu_mem_used_bytes", "gpu_mem_total_bytes", "gpu_power_w")
 # What a series is called on axes and in tables: its unit in brackets.
 UNITS = {"loss": "loss", "eval_loss": "loss", "learning_rate": "learning rate", "samples_per_s": "samples/s",
-         "epoch": "epoch", "wer": "WER (%)", "cer": "CER (%)"}
+         "epoch": "epoch", "wer": "WER (%)", "cer": "CER (%)", "cpu_percent": "CPU (% of a core)",
+         "rss_bytes": "RSS (bytes)", "mem_used_bytes": "host memory (bytes)", "loader_wait_percent": "loader wait (%)",
+         "gpu_util_percent": "GPU utilisation (%)", "gpu_mem_used_bytes": "GPU memory (bytes)",
+         "gpu_power_w": "GPU power (W)"}
 
 Point = dict[str, Any]
 
@@ -36,7 +43,14 @@ def point(event: dict[str, Any] | None) -> Point | None:
     with a step make one. Its keys: ``event``, ``step``, ``t`` (when the event has one), and the
     event's numbers (never a boolean, string or null)."""
     event = normalize_event(event)
-    if event is None or event["event"] not in KINDS or event.get("step") is None:
+    if event is None or event["event"] not in KINDS:
+        return None
+    if event["event"] == "system":
+        if event.get("n") is None:
+            return None
+        event = {**{k: v for k, v in event.items() if k not in ("n", "step")}, "step": event["n"],
+                 **({"train_step": event["step"]} if "step" in event else {})}
+    if event.get("step") is None:
         return None
     p: Point = {"event": event["event"], "step": event["step"]}
     if "t" in event:
@@ -130,7 +144,7 @@ def fields(history: Sequence[Point], kind: str) -> list[str]:
             for key in p:
                 if key not in ("event", "step", "t"):
                     seen.setdefault(key, None)
-    known = [k for k in (*PROGRESS_FIELDS, "wer", "cer", "eval_loss") if k in seen]
+    known = [k for k in (*PROGRESS_FIELDS, "wer", "cer", "eval_loss", *SYSTEM_FIELDS) if k in seen]
     return known + sorted(k for k in seen if k not in known)
 
 

@@ -17,7 +17,12 @@ lr           learning rate  learning rate (progress)
 wer          WER (%)        overall WER (eval, solid); per eval source ``wer/<name>`` (dashed)
 cer          CER (%)        the same for CER
 speed        samples/s      samples/s (progress)
+util         %              GPU utilisation (system, solid; absent without a GPU), loader wait (dashed)
+memory       GB             the job's RSS (solid), GPU memory used (dashed; absent without a GPU)
+cpu          % of a core    the job's processes' CPU (system)
 ============ ============== ===============================================================
+
+The system panels (runner/sysmetrics.py's samples) are drawn against minutes since the first sample.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from gpujob.errors import UserError
 
 SUFFIXES = (".png", ".svg", ".pdf")
 X_LABEL = "step"
+TIME_LABEL = "minutes"
 # Line styles of the per-source lines, in the order the sources are first seen.
 SOURCE_STYLES = ("--", ":", "-.")
 
@@ -60,6 +66,7 @@ class Panel:
     title: str
     ylabel: str  # with the unit
     lines: tuple[Line, ...]
+    xlabel: str = X_LABEL
 
 
 # (panel key, title, y label, [(kind, field, series name or None for the main one, scale, style)])
@@ -71,7 +78,27 @@ _LAYOUT = (
     ("wer", "word error rate", hist.UNITS["wer"], [("eval", "wer", _MAIN, 100.0, "-")]),
     ("cer", "character error rate", hist.UNITS["cer"], [("eval", "cer", _MAIN, 100.0, "-")]),
     ("speed", "throughput", hist.UNITS["samples_per_s"], [("progress", "samples_per_s", _MAIN, 1.0, "-")]),
+    ("util", "GPU utilisation, loader wait", "%", [("system", "gpu_util_percent", "GPU", 1.0, "-"),
+                                                   ("system", "loader_wait_percent", "loader wait", 1.0, "--")]),
+    ("memory", "memory", "GB", [("system", "rss_bytes", "RSS", 1e-9, "-"),
+                                ("system", "gpu_mem_used_bytes", "GPU memory", 1e-9, "--")]),
+    ("cpu", "CPU", hist.UNITS["cpu_percent"], [("system", "cpu_percent", _MAIN, 1.0, "-")]),
 )
+
+
+def _by_time(history: Sequence[dict[str, Any]], field: str) -> tuple[list[float], list[float]]:
+    """(minutes since the run's first system sample, values) of one system field."""
+    t0 = next((p["t"] for p in history if p.get("event") == "system" and isinstance(p.get("t"), (int, float))), None)
+    xs, values = [], []
+    if t0 is None:
+        return xs, values
+    for p in history:
+        v, t = p.get(field), p.get("t")
+        if p.get("event") == "system" and isinstance(t, (int, float)) and isinstance(v, (int, float)) \
+                and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(round((t - t0) / 60, 4))
+            values.append(float(v))
+    return xs, values
 
 
 def _series(key: str, base: list, history: Sequence[dict[str, Any]]) -> list[tuple]:
@@ -92,7 +119,8 @@ def panels(runs: Sequence[Run], only: Sequence[str] | None = None) -> list[Panel
         lines = []
         for i, run in enumerate(runs):
             for kind, field, name, scale, style in _series(key, base, run.history):
-                steps, values = hist.series(run.history, kind, field)
+                steps, values = (_by_time(run.history, field) if kind == "system"
+                                 else hist.series(run.history, kind, field))
                 if not steps:
                     continue
                 marker = "o" if kind == "eval" or len(steps) == 1 else None
@@ -100,7 +128,8 @@ def panels(runs: Sequence[Run], only: Sequence[str] | None = None) -> list[Panel
                                   steps=tuple(steps), values=tuple(v * scale for v in values),
                                   style=style, marker=marker))
         if lines:
-            out.append(Panel(key=key, title=title, ylabel=ylabel, lines=tuple(lines)))
+            out.append(Panel(key=key, title=title, ylabel=ylabel, lines=tuple(lines),
+                             xlabel=TIME_LABEL if base[0][0] == "system" else X_LABEL))
     return out
 
 
@@ -162,8 +191,9 @@ def _figure(runs: Sequence[Run], title: str):
         if panel.key == "lr" and _spans_decades(panel):
             ax.set_yscale("log")  # runs whose learning rates differ 100-fold: both readable
         ax.set_title(panel.title)
-        ax.set_xlabel(X_LABEL)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
+        ax.set_xlabel(panel.xlabel)
+        if panel.xlabel == X_LABEL:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
         kinds = _kinds(panel)

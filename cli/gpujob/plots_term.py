@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from gpujob.plots import X_LABEL, Run, missing, panels
+from gpujob.plots import Run, missing, panels
 
 COLOURS = ("blue", "orange", "green", "red", "magenta", "cyan", "gray", "yellow")
 TERMINAL_PANELS = ("loss", "wer")
@@ -36,7 +36,7 @@ def render(runs: Sequence[Run], *, title: str, size: tuple[int, int] | None = No
             plt.plot(list(line.steps), list(line.values), label=line.label,
                      color=COLOURS[line.run % len(COLOURS)], marker="hd" if line.style == "-" else "dot")
         plt.title(panel.title)
-        plt.xlabel(X_LABEL)
+        plt.xlabel(panel.xlabel)
         plt.ylabel(panel.ylabel)
         plt.plotsize(max(40, columns - 1), height)
         if not colour:

@@ -28,9 +28,14 @@ artifact   path, name
 end        status ("succeeded" | "failed"), metrics {name: value}, message
 heartbeat  phase, done, total, unit (alive during long work between steps, e.g. evaluation;
            ``unit: "bytes"`` when done/total count bytes, as staging data from a bucket does)
+system     n (sample number), step (training step), cpu_percent, rss_bytes, mem_used_bytes,
+           mem_total_bytes, loader_wait_percent, and with a GPU gpus, gpu_util_percent,
+           gpu_mem_used_bytes, gpu_mem_total_bytes, gpu_power_w (every few seconds;
+           runner/sysmetrics.py)
 ========== ===============================================================
 
-Any event counts as a sign of life for hung-job detection (``limits.idle_minutes``).
+Any event but ``system`` counts as a sign of life for hung-job detection (``limits.idle_minutes``):
+system samples come from a thread, whatever the training loop does.
 
 Whatever a job prints, reading it never fails and never takes long: the reader checks every
 field, and a field of the wrong type or out of range is dropped as if it were absent (the rest of
@@ -44,6 +49,12 @@ total_steps, total              an integer 1 .. 10**12 (0 means unknown: dropped
 epoch, epochs                   a number 0 .. 1e9
 loss, learning_rate, eval_loss  a number -1e30 .. 1e30
 samples_per_s                   a number 0 .. 1e30
+n                               an integer 0 .. 10**12
+cpu_percent                     a number 0 .. 1e6 (% of one core)
+gpu_util_percent, loader_wait_% a number 0 .. 100
+*_bytes                         an integer 0 .. 1e18
+gpu_power_w                     a number 0 .. 1e7
+gpus                            an integer 1 .. 100000
 wer, cer                        a number 0 .. 1000 (a fraction; above 1 is possible)
 status                          "succeeded", or "failed" for any other string
 message, path                   a string, cut to 500 characters
@@ -87,7 +98,7 @@ from gpujob.wire import EVENT_PREFIX
 
 PREFIX = EVENT_PREFIX
 VERSION = 1
-EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat")
+EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat", "system")
 
 
 # --------------------------------------------------------------------------- writer
@@ -126,7 +137,13 @@ class ProgressWriter:
         self.emit("artifact", **fields)
 
     def end(self, **fields: Any) -> None:
+        self._ended = True
         self.emit("end", **fields)
 
     def heartbeat(self, **fields: Any) -> None:
         self.emit("heartbeat", **fields)
+
+    def system(self, **fields: Any) -> None:
+        """A system sample (from the runner's sampler thread); none after ``end``, which stays the last event."""
+        if not getattr(self, "_ended", False):
+            self.emit("system", **fields)

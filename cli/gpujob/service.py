@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from gpujob import history, notify, untrusted
+from gpujob import gitsource, history, notify, untrusted
 from gpujob.backends import Backend, JobRequest, get_backend, outputs
 from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
 from gpujob.backends.launch import runner_command
@@ -217,7 +217,8 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
         registry.delete(job.id, only_from=("queued",))
         shutil.rmtree(job.job_dir, ignore_errors=True)
         raise
-    registry.update(job.id, handle=handle)
+    src = gitsource.source()  # the code the job came from: the dashboard's overview shows it
+    registry.update(job.id, handle={**handle, "source": src} if src and isinstance(handle, dict) else handle)
     if spec.resources.price_per_hour is None and handle.get("price_cents_per_hour") is not None:  # the host's, now
         registry.update(job.id, price=(float(handle["price_cents_per_hour"]) / 100.0,
                                        f"host {handle.get('host')}: its provider's price"))

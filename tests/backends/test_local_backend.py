@@ -229,6 +229,19 @@ def test_a_job_that_stops_reporting_progress_is_stopped_as_hung(tmp_path):
     assert "gpujob: hung" in gpujob("logs", job.id).output
 
 
+def test_system_samples_are_no_sign_of_progress_for_the_hung_check(tmp_path):
+    """The runner's sampler thread writes system events whatever the training loop does: a job stuck after
+    step 1 that still writes them every 0.2 s is stopped as hung all the same."""
+    script = ("import time; from gpujob.progress import ProgressWriter; w = ProgressWriter(); "
+              "w.progress(step=1, total_steps=10)\n"
+              "for n in range(600): w.system(n=n, step=1, cpu_percent=1.0); time.sleep(0.2)")
+    spec = write_spec(tmp_path, ["python", "-c", script], extra="limits:\n  idle_minutes: 0.03\n")
+    gpujob("submit", str(spec))
+    job = wait_for(lambda: Registry().get(only_job().id) if not only_job().active else None, timeout=40)
+    assert job.status == "failed" and job.reason.startswith("hung: no progress for 2s after step 1")
+    assert any(p["event"] == "system" for p in Registry().history(job.id))  # recorded all the same
+
+
 def test_a_quiet_job_that_never_reports_progress_is_not_stopped(tmp_path):
     spec = write_spec(tmp_path, ["sh", "-c", "sleep 3; echo done"], extra="limits:\n  idle_minutes: 0.01\n")
     assert gpujob("submit", str(spec), "--follow").exit_code == 0

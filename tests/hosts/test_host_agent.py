@@ -759,6 +759,8 @@ def test_docker_timestamps_and_event_lines():
            "2024-05-01T12:06:00Z plain output\n")
     assert last_event_time(log) == 1714564809
     assert last_event_time("2024-05-01T12:00:00Z nothing\n") is None
+    # a system sample (the runner's sampler thread writes one every few seconds) is no sign of progress
+    assert last_event_time(log + "2024-05-01T12:07:00Z @gpujob/v1 {\"event\":\"system\",\"n\":3}\n") == 1714564809
 
 
 # ----------------------------------------------------------------------------- the real probes, against a Docker engine

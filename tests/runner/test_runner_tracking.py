@@ -54,7 +54,7 @@ def run_job(spec: Path, home: Path) -> tuple[int, list[dict], str]:
     """The runner as a job runs it, with an empty home (no W&B login, no trackio or MLflow state) and a secret."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_", "TRACKIO_", "GPUJOB_"))}
     env.update({"HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", "TRACKED_TOKEN": SECRET,
-                "HF_HUB_OFFLINE": "1"})
+                "HF_HUB_OFFLINE": "1", "GPUJOB_SYSTEM_INTERVAL_S": "0.5"})
     proc = subprocess.run([sys.executable, "-m", "gpujob.runner", str(spec)], capture_output=True, text=True,
                           env=env, stdin=subprocess.DEVNULL, timeout=600)
     events = [e for line in proc.stdout.splitlines() for e in parse_line(line)]
@@ -102,6 +102,11 @@ def test_every_tracker_holds_the_events_values_the_spec_and_the_worst_utterances
     assert same([(s.step, s.value) for s in acc.Scalars("loss")], losses)
     assert same([(s.step, s.value) for s in acc.Scalars(f"wer/{name}")], wers)
     assert same([(s.step, s.value) for s in acc.Scalars("wer")], series(events, "wer"))
+    # the system samples too (no GPU here: no GPU series)
+    system = {float(e["rss_bytes"]) for e in events if e["event"] == "system"}
+    logged = acc.Scalars("system/rss_bytes")
+    assert system and logged and all(min(abs(s.value - v) / v for v in system) < 1e-6 for s in logged)
+    assert "system/gpu_util_percent" not in acc.Tags()["scalars"]
     worst_text = acc.Tensors("worst_utterances/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "| source | id | wer | reference | prediction |" in worst_text
     spec_text = acc.Tensors("spec/text_summary")[0].tensor_proto.string_val[0].decode()

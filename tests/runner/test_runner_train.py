@@ -172,6 +172,18 @@ def test_evaluate_job_writes_predictions_and_metrics(tmp_path, tiny_model, greek
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["utterances"] == 2 and "wer" in metrics and "cer" in metrics
     assert events[-1]["event"] == "end" and events[-1]["metrics"]["wer"] == metrics["wer"]
+    # the worst utterances' clips, read again from data.eval: each one its utterance's audio at 16 kHz
+    import soundfile as sf
+
+    from gpujob.runner.data import load_audio
+
+    index = json.loads((out / "worst_audio" / "index.json").read_text())
+    assert sorted(e["id"] for e in index) == sorted(p["id"] for p in predictions)
+    for e in index:
+        kept, rate = sf.read(out / "worst_audio" / e["file"], dtype="float32")
+        original = load_audio(str(greek_folder / e["id"]), name=e["id"])
+        assert rate == 16000 and len(kept) == len(original) and abs(kept - original).max() < 1e-3
+        assert e["duration_s"] == round(len(original) / 16000, 3)
 
 
 def test_a_spec_file_from_before_the_runtime_split_still_runs(tmp_path, tiny_model, greek_folder):

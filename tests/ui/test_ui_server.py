@@ -239,11 +239,14 @@ def test_the_worst_utterances_come_from_predictions_worst_first_and_escaped(tmp_
     rows = [a for t, a in page.tags if t == "tr"]
     assert page.by_id["worst"] is not None
     table = r.text.split('id="worst"', 1)[1].split("</table>", 1)[0]
-    body_rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", table)
+    cells = {label: [unescape(re.sub(r"<[^>]+>", "", c)) for c in
+                     re.findall(rf'<td data-label="{label}"[^>]*>(.*?)</td>', table, re.S)]
+             for label in ("utterance", "source", "reference", "hypothesis")}
     expected = sorted(records, key=lambda x: -x["wer"])
-    assert [unescape(row[0]) for row in body_rows] == [f"fleurs/{x['id']}" for x in expected]
-    assert [unescape(row[3]) for row in body_rows] == [x["prediction"] for x in expected]
-    assert [unescape(row[2]) for row in body_rows] == [x["reference"] for x in expected]
+    assert cells["utterance"] == [x["id"] for x in expected]  # the source in its own column
+    assert cells["source"] == ["fleurs"] * len(expected)
+    assert cells["hypothesis"] == [x["prediction"] for x in expected]
+    assert cells["reference"] == [x["reference"] for x in expected]
     assert XSS not in r.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
     assert rows
 

@@ -248,8 +248,10 @@ class Supervisor:
                 if (p := history.point(event)) is not None:
                     self._points.append(p)
                 self._important |= event.get("event") in IMPORTANT
-                if event.get("event") == "progress" or self.last_event is not None:
-                    self.last_event = time.monotonic()  # armed by the first progress event
+                if event.get("event") == "progress" or (self.last_event is not None
+                                                         and event.get("event") != "system"):
+                    self.last_event = time.monotonic()  # armed by the first progress event; a system
+                    # sample (a thread's, every few seconds) is no sign that the job moves
         return folded
 
     def _record_points(self) -> None:

@@ -14,6 +14,7 @@ from gpujob.defaults import HF_CACHE
 from gpujob.events import clean_metrics, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.sparkline import status_rows as sparkline_rows
+from gpujob.sysview import status_rows as system_rows
 from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, phase_words, printable  # noqa: F401 (money: re-exported)
 from gpujob.backends.base import Notice
 from gpujob.cli.termsafe import for_terminal
@@ -197,6 +198,7 @@ def job_details(job: Job, history: list[dict[str, Any]] | None = None) -> str:
     if metrics:
         rows.append(("metrics", "  ".join(_metric(k, v) for k, v in metrics.items())))
     rows += sparkline_rows(history or [])
+    rows += system_rows(history or [])
     if state.checkpoint:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
     outputs = _safe(job.output_dir or "-")
@@ -306,8 +308,8 @@ class LogPrinter:
             self._print(line[: line.find("@gpujob/")].rstrip())
         for event in events:
             kind = event.get("event")
-            if self._live is not None and kind in ("progress", "heartbeat"):
-                continue
+            if self._live is not None and kind in ("progress", "heartbeat") or kind == "system":
+                continue  # system samples: status, metrics --system, plot (--raw shows them)
             if self.quiet and not self._due(event):
                 continue
             self._print(describe_event(event))

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from gpujob import history
+from gpujob import history, sysview
 from gpujob.cli.common import OptionalJobRef, find_job, friendly, open_registry
 from gpujob.errors import UserError
 
@@ -23,8 +23,11 @@ def metrics(
     ref: OptionalJobRef = None,
     as_json: Annotated[bool, typer.Option("--json", help="Every point as a JSON object (one list).")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV: event, step, t, then one column per metric.")] = False,
+    system: Annotated[bool, typer.Option("--system", help="The system samples (CPU, memory, GPU utilisation and "
+                                                          "memory, loader wait) instead of the training metrics.")] = False,
 ) -> None:
-    """A job's metric history: loss, learning rate, samples/s and WER/CER (per eval source) by step."""
+    """A job's metric history: loss, learning rate, samples/s and WER/CER (per eval source) by step; --system:
+    CPU, memory, GPU and data-loader samples over time."""
     from gpujob import service
 
     if as_json and as_csv:
@@ -32,6 +35,15 @@ def metrics(
     registry = open_registry(create=False)
     job = service.refresh(registry, find_job(registry, ref))
     points = registry.history(job.id)
+    if system:
+        points = sysview.samples(points)
+        if not as_json and not as_csv:
+            text = sysview.table(points)
+            typer.echo(text if text is not None else f"job {job.id} ({job.name}) has no system samples: its runner "
+                       "reports them every few seconds while it runs (gpujob's runner only)")
+            return
+    elif not as_json:
+        points = [p for p in points if p["event"] != "system"]
     if as_json:
         typer.echo(json.dumps(points, indent=1))
         return

@@ -108,6 +108,9 @@ def main(argv: list[str]) -> int:
     # the writer process alone writes events and feeds the trackers (spec tracking:)
     writer = tracking.wrap(ProgressWriter(), spec, out_dir) if group.is_writer else _Silent()
     node_lead = os.environ.get("LOCAL_RANK", "0") == "0"  # one process a machine downloads, the others wait
+    from gpujob.runner import sysmetrics
+
+    sampler = sysmetrics.Sampler(writer.system).start() if group.is_writer else None
     try:
         if bucket is not None:
             out_dir.mkdir(parents=True, exist_ok=True)  # the writer's scratch path, on every machine
@@ -157,6 +160,8 @@ def main(argv: list[str]) -> int:
         writer.end(status="failed", message="another process of the job failed, hung or was stopped")
         return 1
     finally:
+        if sampler is not None:
+            sampler.stop()
         getattr(writer, "close", lambda: None)()
         group.close()
 

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from gpujob.runner.batches import example_key, features
+from gpujob.runner.batches import MAX_LABEL_TOKENS, example_key, features, label_ids
 from gpujob.runner.metrics import Scores, score_sources, worst
 from gpujob.spec.tracking import source_names
 from gpujob.runner.model import (Precision, encode, encode_prefix, encode_rest, encoder_frozen, frozen_prefix,
                                  language_name)
+from gpujob.runner import worst_audio
 from gpujob.runner.tracking import log_worst
 
 if TYPE_CHECKING:
@@ -93,9 +94,49 @@ def autocast(device: torch.device, precision: Precision):
     return torch.autocast(device.type, dtype=precision.autocast_dtype)
 
 
+class LossTally:
+    """The teacher-forced cross-entropy of the evaluation batches: summed over label tokens, and their count."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.tokens = 0
+
+    def add(self, total: float, tokens: int) -> None:
+        self.total += total
+        self.tokens += tokens
+
+    def mean(self) -> float | None:
+        return self.total / self.tokens if self.tokens else None
+
+
+def teacher_forced_loss(model, tokenizer, states: torch.Tensor, texts: list[str], device: torch.device,
+                        precision: Precision) -> tuple[float, int]:
+    """(summed token cross-entropy, label tokens) of ``texts`` given the encoder ``states``: the training
+    loss's definition (:func:`gpujob.runner.update.loss_sum`), on the states the generation reuses."""
+    from transformers.modeling_outputs import BaseModelOutput
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    ids = [label_ids(tokenizer, text)[: MAX_LABEL_TOKENS - 1] for text in texts]
+    labels = torch.full((len(ids), max(1, max(map(len, ids), default=1))), -100, dtype=torch.long)
+    for row, label in enumerate(ids):
+        labels[row, : len(label)] = torch.tensor(label, dtype=torch.long)
+    labels = labels.to(device)
+    decoder_input_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
+    with autocast(device, precision):
+        logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                       decoder_input_ids=decoder_input_ids, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    return float(loss.item()), int((labels != -100).sum().item())
+
+
 @torch.no_grad()
 def transcribe(model, processor, audio: list, keys: list[str], *, spec: JobSpec, device: torch.device,
-               precision: Precision, cache: EncoderCache | None = None) -> list[str]:
+               precision: Precision, cache: EncoderCache | None = None, texts: list[str] | None = None,
+               tally: LossTally | None = None) -> list[str]:
+    """Greedy transcripts of ``audio``; with ``texts`` (the references) and a ``tally``, the batch's
+    teacher-forced loss is added to it, computed on the encoder states the generation uses (one
+    encoder pass for both)."""
     from transformers.modeling_outputs import BaseModelOutput
 
     was_training = model.training
@@ -108,6 +149,11 @@ def transcribe(model, processor, audio: list, keys: list[str], *, spec: JobSpec,
         "do_sample": False,
     }
     states = encoder_states(model, processor.feature_extractor, audio, keys, device, precision, cache)
+    if tally is not None and texts is not None:
+        if states is None:
+            with autocast(device, precision):
+                states = encode(model, features(processor.feature_extractor, audio, device))
+        tally.add(*teacher_forced_loss(model, processor.tokenizer, states, texts, device, precision))
     with autocast(device, precision):
         if states is not None:
             out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), **gen_kwargs)
@@ -176,19 +222,25 @@ def evaluate(model, processor, examples: Iterable[dict], *, spec: JobSpec, devic
     in that order, so the scores, the per-utterance list and every decision taken from them are
     the ones a single process gets. With several ``data.eval`` sources each is also scored on its own
     (``scores.sources``)."""
+    tally = LossTally()
     rows = transcripts(model, processor, examples, spec=spec, device=device, precision=precision, cache=cache,
-                       writer=writer, batch_size=batch_size)
+                       writer=writer, batch_size=batch_size, tally=tally)
     if group is not None and group.many:
         rows = sorted((row for share in group.gather(rows) for row in share), key=lambda row: row[0])
-    return score_sources([r[1] for r in rows], [r[2] for r in rows], [r[4] for r in rows],
-                         names=source_names(spec.data.eval), normalize=spec.evaluation.normalizer,
-                         ids=[r[3] for r in rows])
+        shares = group.gather((tally.total, tally.tokens))
+        tally.total, tally.tokens = sum(s[0] for s in shares), sum(s[1] for s in shares)
+    scores = score_sources([r[1] for r in rows], [r[2] for r in rows], [r[4] for r in rows],
+                           names=source_names(spec.data.eval), normalize=spec.evaluation.normalizer,
+                           ids=[r[3] for r in rows])
+    scores.loss = tally.mean()
+    return scores
 
 
 def transcripts(model, processor, examples: Iterable[dict], *, spec: JobSpec, device: torch.device,
                 precision: Precision, cache: EncoderCache | None = None, writer=None,
-                batch_size: int | None = None) -> list[tuple[int, str, str, str, str]]:
-    """``(n, reference, transcript, id, source name)`` for each example, in the order given (see :func:`evaluate`)."""
+                batch_size: int | None = None, tally: LossTally | None = None) -> list[tuple[int, str, str, str, str]]:
+    """``(n, reference, transcript, id, source name)`` for each example, in the order given (see :func:`evaluate`);
+    with a ``tally``, the teacher-forced loss of every batch is added to it (once per clip, whatever the retries)."""
     size = batch_size or eval_batch_size(spec.evaluation.batch_size, model, device, precision,
                                          max_length=min(spec.training.generation_max_length, 448))
     rows: list[tuple[int, str, str, str, str]] = []
@@ -200,10 +252,14 @@ def transcripts(model, processor, examples: Iterable[dict], *, spec: JobSpec, de
         while True:
             try:
                 out: list[str] = []
+                attempt = LossTally() if tally is not None else None
                 for start in range(0, len(chunk), size):
                     part = chunk[start:start + size]
                     out += transcribe(model, processor, [window[i][0] for i in part], [window[i][1] for i in part],
-                                      spec=spec, device=device, precision=precision, cache=cache)
+                                      spec=spec, device=device, precision=precision, cache=cache,
+                                      texts=[window[i][3] for i in part], tally=attempt)
+                if tally is not None:
+                    tally.add(attempt.total, attempt.tokens)
                 return out
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
                 if not is_oom(exc) or size == 1:
@@ -294,6 +350,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group=None) -> int:
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", scores)
+    if not spec.data.streaming:  # the worst utterances' clips, to listen to (the dashboard plays them)
+        worst_audio.from_sources(out_dir, scores, spec.data.eval, seed=spec.training.seed)
     metrics = scores.as_metrics(spec.evaluation.metrics)
     metrics.update({"utterances": scores.utterances, "utterances_per_s": round(scores.utterances / elapsed, 3)})
     if scores.sources:

@@ -35,6 +35,7 @@ class Scores:
     skipped_empty: int
     per_utterance: list[dict] = field(default_factory=list)
     sources: dict[str, Scores] = field(default_factory=dict)  # by source name; only with 2+ sources
+    loss: float | None = None  # the mean teacher-forced token cross-entropy (``eval_loss``), where computed
 
     def as_metrics(self, metrics: Sequence[str]) -> dict[str, float]:
         out = {}
@@ -45,8 +46,11 @@ class Scores:
         return out
 
     def event_metrics(self, metrics: Sequence[str]) -> dict[str, float]:
-        """The eval event's scores: ``wer``, ``cer`` overall, and ``wer/<name>``, ``cer/<name>`` per source."""
+        """The eval event's scores: ``wer``, ``cer`` overall, ``eval_loss``, and ``wer/<name>``, ``cer/<name>`` per
+        source."""
         out = self.as_metrics(metrics)
+        if self.loss is not None:
+            out["eval_loss"] = float(f"{self.loss:.7g}")
         for name, part in self.sources.items():
             out.update({f"{key}/{name}": value for key, value in part.as_metrics(metrics).items()})
         return out

@@ -8,6 +8,8 @@ written as before, and the trackers get the same numbers from it:
 - ``progress``: ``loss``, ``learning_rate``, ``samples_per_s``, ``epoch`` at ``step``;
 - ``eval``: ``wer``, ``cer``, ``eval_loss`` and the per-source ``wer/<name>``, ``cer/<name>`` at ``step``
   (in MLflow ``wer.<name>``: its file store takes ``/`` for a folder);
+- ``system``: the latest system sample's numbers (CPU, memory, GPU utilisation and memory, loader wait)
+  as ``system/<name>``, logged with the next progress or eval at its step (from the runner's sampler);
 - :meth:`TrackedWriter.worst_utterances`: the worst utterances of the final evaluation as a table;
 - ``end``: each tracker is closed (finished or failed).
 
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -248,8 +251,14 @@ class TrackedWriter:
         self.step = 0
         self.closed = False
         self._warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._lock = threading.RLock()
+        self._system: dict[str, float] | None = None  # the latest system sample not yet logged
 
     def _each(self, action: str, call, trackers: list[Tracker] | None = None) -> None:
+        with self._lock:
+            self._each_locked(action, call, trackers)
+
+    def _each_locked(self, action: str, call, trackers: list[Tracker] | None) -> None:
         for tracker in list(self.opened if trackers is None else trackers):
             try:
                 with contextlib.redirect_stdout(sys.stderr):
@@ -274,18 +283,21 @@ class TrackedWriter:
 
     def start(self, **fields: Any) -> None:
         self.writer.start(**fields)
-        if not self.opened and not self.closed:
-            pending, self.trackers = self.trackers, []
-            self.opened = list(pending)
-            self._each("start", lambda t: t.open(self.config), pending)
+        with self._lock:  # no system sample reaches a tracker before it is open
+            if not self.opened and not self.closed:
+                pending, self.trackers = self.trackers, []
+                self.opened = list(pending)
+                self._each("start", lambda t: t.open(self.config), pending)
 
     def progress(self, **fields: Any) -> None:
         self.writer.progress(**fields)
         self._scalars(fields, PROGRESS_SCALARS)
+        self._flush_system()
 
     def eval(self, **fields: Any) -> None:
         self.writer.eval(**fields)
         self._scalars(fields, None)
+        self._flush_system()
 
     def _scalars(self, fields: dict[str, Any], keys: tuple[str, ...] | None) -> None:
         self.step = int(fields.get("step", self.step) or 0)
@@ -301,6 +313,20 @@ class TrackedWriter:
 
     def heartbeat(self, **fields: Any) -> None:
         self.writer.heartbeat(**fields)
+
+    def system(self, **fields: Any) -> None:
+        """A system sample (runner/sysmetrics.py), written now; the trackers get its numbers as
+        ``system/<name>`` with the next progress or eval, on the training loop's thread (trackio, for one,
+        keeps its run per thread, and no tracker is asked to log from two threads at once)."""
+        self.writer.system(**fields)
+        values = {f"system/{k}": v for k, v in numbers(fields).items() if k != "n"}
+        if values:
+            self._system = values  # the latest only (one assignment: safe across threads)
+
+    def _flush_system(self) -> None:
+        values, self._system = self._system, None
+        if values:
+            self._each("log", lambda t: t.scalars(self.step, values))
 
     def worst_utterances(self, rows: list[dict[str, Any]]) -> None:
         """The worst utterances (:func:`gpujob.runner.metrics.worst`) as a table named ``worst_utterances``."""

@@ -45,7 +45,7 @@ import torch
 
 from gpujob.runner import checkpoint as ckpt
 from gpujob.runner import data as data_mod
-from gpujob.runner import update
+from gpujob.runner import sysmetrics, update, worst_audio
 from gpujob.runner.augment import Augmenter, augment_summary
 from gpujob.runner.batches import pad_audio, prefetched
 from gpujob.runner.distributed import Group
@@ -274,7 +274,7 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     skipped=skipped if group.is_writer else None, start=state["batch_in_epoch"], pool=pool,
                     window=max(2 * per_process * micro, 4 * workers), augment=augmenter)) as made, \
                     contextlib.closing(prefetched(made, prepare=pad) if workers else made) as stream:
-                for item in stream:
+                for item in sysmetrics.timed(stream, sysmetrics.active()):
                     counts = group.sum_ints([*item.counts, int(stop["asked"])])
                     if counts[-1]:  # some process was told to stop: all of them stop here, after one checkpoint
                         if saved_at != step:
@@ -291,6 +291,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
                     scheduler.step()
                     step, stepped = step + 1, True
                     state["step"] = step
+                    if (sampler := sysmetrics.active()) is not None:
+                        sampler.step = step
                     loss = group.all_reduce_(total)
                     now = time.perf_counter()
                     if group.is_writer:
@@ -335,7 +337,10 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         return 0
     if scores is not None:
         write_predictions(out_dir / "predictions.jsonl", scores)
+        worst_audio.save(out_dir, scores, eval_examples)  # their clips, to listen to (the dashboard plays them)
         metrics.update(scores.as_metrics(spec.evaluation.metrics))
+        if scores.loss is not None:
+            metrics["eval_loss"] = float(f"{scores.loss:.7g}")
         metrics.update({"best_wer": state["best_wer"], "best_step": state["best_step"]})
         if state.get("stopped_early"):
             metrics["stopped_early_at"] = state["stopped_early"]

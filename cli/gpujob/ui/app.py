@@ -26,7 +26,9 @@ from starlette.staticfiles import StaticFiles
 from gpujob import service
 from gpujob.errors import GpujobError, JobNotFound, UserError
 from gpujob.registry import Registry
-from gpujob.ui import charts, logstream, views
+from gpujob.sysview import human_bytes
+from gpujob.ui import charts, downloads, logstream, overview, views
+from gpujob.ui.worst import rows as worst_rows
 from gpujob.ui.guard import Guard
 from gpujob.ui.security import Access
 
@@ -52,6 +54,10 @@ def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "-" if v is None else f"{v * 100:.2f}%"
+    env.filters["size"] = human_bytes
+    # a final metric as the rest of the page writes it: WER and CER (fractions) in %
+    env.filters["metric"] = lambda kv: (f"{kv[1] * 100:.2f}%" if isinstance(kv[1], (int, float)) and not isinstance(
+        kv[1], bool) and ("wer" in kv[0] or "cer" in kv[0]) and not kv[0].endswith("_step") else str(kv[1]))
     return env
 
 
@@ -98,10 +104,10 @@ class Dashboard:
                 return self._error(request, exc, 404)
             detail = views.job_detail(registry, job)
             history = registry.history(job.id)
-            worst, worst_note = views.worst_utterances(job)
+            worst, worst_note = worst_rows(job)
             context = dict(job=detail, spec_yaml=views.spec_yaml(job), log=views.log_tail(registry, job),
                            series=views.series(history), has_history=bool(history), worst=worst,
-                           worst_note=worst_note, outputs=views.outputs(job))
+                           worst_note=worst_note, outputs=views.outputs(job), overview=overview.overview(job))
         return self.page(request, "job.html", **context)
 
     def api_job(self, request: Request) -> Response:
@@ -191,7 +197,7 @@ class Dashboard:
                 return self._error(request, exc, 404)
             jobs = self.refresher.jobs(registry, jobs)
             data = views.compare(registry, jobs) if jobs else None
-            series = [s for j in jobs for s in views.series(registry.history(j.id), label=j.id)]
+            series = [s for i, j in enumerate(jobs) for s in views.series(registry.history(j.id), label=j.id, run=i)]
             choices = [views.job_row(j) for j in registry.list(limit=200)]
             sweeps = views.filter_choices(registry)["sweep"]
         query = request.url.query
@@ -217,6 +223,18 @@ class Dashboard:
         return Response(charts.png(runs, title=f"gpujob: {title}"), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
+    def download_file(self, request: Request) -> Response:
+        with _registry() as registry:
+            return downloads.file_response(registry, request)
+
+    def audio_clip(self, request: Request) -> Response:
+        with _registry() as registry:
+            return downloads.audio_response(registry, request)
+
+    def download_log(self, request: Request) -> Response:
+        with _registry() as registry:
+            return downloads.log_response(registry, request)
+
     def hosts_page(self, request: Request) -> Response:
         with _registry() as registry:
             rows = views.host_rows(registry)
@@ -235,6 +253,10 @@ def build(access: Access) -> Guard:
         Route("/jobs/{job}", d.job_page),
         Route("/jobs/{job}/curves.png", d.curves_png),
         Route("/jobs/{job}/stream", d.log_stream),
+        Route("/jobs/{job}/files/{path:path}", d.download_file),
+        Route("/jobs/{job}/log.txt", d.download_log),
+        Route("/jobs/{job}/audio/{name}", d.audio_clip),
+        Route("/favicon.ico", lambda request: RedirectResponse("/static/favicon.svg", status_code=301)),
         Route("/jobs/{job}/cancel", d.cancel_confirm, methods=["GET"]),
         Route("/jobs/{job}/cancel", d.cancel, methods=["POST"]),
         Route("/compare", d.compare_page),

@@ -7,6 +7,8 @@ pages poll (:class:`Refresher`), so open tabs do not hammer the backends.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import io
 import itertools
 import json
@@ -102,6 +104,7 @@ def job_row(job: Job) -> dict[str, Any]:
         "cost_usd": cost, "cost_text": money(cost) + (f" (~{money(projected)})" if projected is not None else ""),
         "price_usd_per_hour": job.price_usd_per_hour, "active": job.active,
         "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "submitted_text": f"{datetime.fromtimestamp(job.created_at):%Y-%m-%d %H:%M}",
     }
 
 
@@ -134,7 +137,7 @@ def log_words(lines: Iterable[str]) -> list[str]:
             continue
         if not is_event_line(line):
             out.append(text(line[: line.find("@gpujob/")].rstrip(), 20_000))
-        out.extend(describe_event(e) for e in events)
+        out.extend(describe_event(e) for e in events if e["event"] != "system")  # system samples: the chart
     return [line for line in out if line]
 
 
@@ -225,14 +228,16 @@ def job_detail(registry: Registry, job: Job) -> dict[str, Any]:
             "transitions": [{"status": s, "at": at, "reason": text(r) if r else None} for s, at, r in job.transitions]}
 
 
-def series(history: list[dict[str, Any]], label: str = "") -> list[dict[str, Any]]:
-    """The curves the JS chart draws (the same panels as the PNG): [{panel, label, steps, values}]."""
+def series(history: list[dict[str, Any]], label: str = "", run: int = 0) -> list[dict[str, Any]]:
+    """The curves the JS chart draws (the same panels as the PNG): [{panel, label, steps, values, run, dash}];
+    ``run``: the job's place among those drawn, its colour in every panel (as `gpujob plot`); ``dash``: a
+    secondary series (eval loss, a per-source score, loader wait, GPU memory), drawn dashed."""
     out = []
     for panel in panels([Run(label or "run", history)]):
         for line in panel.lines:
             name = line.label.rsplit(" · ", 1)[1] if " · " in line.label else panel.key
             out.append({"panel": panel.key, "label": f"{label} {name}".strip(), "steps": list(line.steps),
-                        "values": list(line.values)})
+                        "values": list(line.values), "run": run, "dash": line.style != "-"})
     return out
 
 

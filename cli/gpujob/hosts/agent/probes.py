@@ -62,8 +62,9 @@ def has_event(line: str) -> bool:
     "event" key (what :func:`gpujob.events.parse_line` finds). Never raises: a line over
     :data:`gpujob.events.MAX_EVENT_CHARS` holds no event, nor does an object nested deeper than
     :data:`gpujob.events.MAX_DEPTH` (or too deep to decode at all) or one with a number too long
-    to read."""
-    return bool(parse_line(line))
+    to read. A ``system`` event (sampled by a thread every few seconds, whatever the training does)
+    is no sign of progress and does not count."""
+    return any(event["event"] != "system" for event in parse_line(line))
 
 
 def last_event_time(log: str) -> float | None:

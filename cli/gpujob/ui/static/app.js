@@ -5,13 +5,14 @@
   if (!table || !window.fetch) return;
   var body = table.tBodies[0];
   var empty = document.getElementById("empty");
-  var CELLS = ["id", "name", "backend", "status", "progress", "eta", "wer", "runtime", "cost", "sweep"];
+  var CELLS = ["id", "name", "backend", "status", "submitted", "progress", "eta", "wer", "runtime", "cost", "sweep"];
 
   function link(href, text) { var a = document.createElement("a"); a.href = href; a.textContent = text; return a; }
 
   function fill(tr, r) {
     var values = { name: r.name, backend: r.backend, progress: r.progress_text, eta: r.eta_text, wer: r.wer_text,
-                   runtime: r.runtime_text, cost: r.cost_text };
+                   runtime: r.runtime_text, cost: r.cost_text, submitted: r.submitted_text };
+    var sub = tr.querySelector("td.submitted"); if (sub) sub.setAttribute("data-sort", String(r.created_at));
     CELLS.forEach(function (c) {
       var td = tr.querySelector("td." + c);
       if (!td) { td = document.createElement("td"); td.className = c; tr.appendChild(td); }
@@ -38,6 +39,7 @@
     });
     Array.prototype.slice.call(body.rows).forEach(function (tr) { if (!seen[tr.getAttribute("data-job")]) tr.remove(); });
     if (empty) empty.hidden = rows.length > 0;
+    if (window.gpujobJobsTools) window.gpujobJobsTools.apply();  // the user's sort, search and picks (jobs_tools.js)
   }
 
   function poll() {

@@ -208,7 +208,7 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     wrote them, else by line number. The file is untrusted: a regular file only (a FIFO or a device is
     a UserError naming it), at most :data:`MAX_PREDICTIONS_BYTES`, lines over 1 MiB or nested deeper than
     JSON needs are skipped as lines that are not JSON objects are, and each record keeps only
-    ``id``, ``source``, ``reference``, ``prediction``, ``prediction_normalized`` (text, cut at
+    ``id``, ``source``, ``reference``, ``prediction``, ``reference_normalized``, ``prediction_normalized`` (text, cut at
     :data:`TEXT_CHARS`) and ``wer`` (a finite number), whatever types the file gave them."""
     try:
         fh = untrusted.open_regular(path)
@@ -248,7 +248,7 @@ def _record(line: bytes) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     record: dict[str, Any] = {}
-    for key in ("id", "source", "reference", "prediction", "prediction_normalized"):
+    for key in ("id", "source", "reference", "prediction", "reference_normalized", "prediction_normalized"):
         value = data.get(key)
         if isinstance(value, bool) or value is None:
             continue

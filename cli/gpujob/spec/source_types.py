@@ -10,10 +10,11 @@ tracker or a data source type").
 from __future__ import annotations
 
 SOURCE_TYPES: dict[str, str] = {
-    "common_voice": "a Common Voice corpus dir: clips/ and <split>.tsv (or one language folder of them)",
-    "audiofolder": "an audio folder: metadata.csv (or .jsonl) with file_name and a transcript, per split folder",
-    "jsonl": "a folder of JSON-lines manifests, <split>.jsonl: one clip a line, its audio (a path relative to "
-             "the manifest) and text",
+    "common_voice": "a Common Voice corpus dir: `clips/` and `<split>.tsv` (or one language folder of them)",
+    "audiofolder": "an audio folder: `metadata.csv` (or `.jsonl`) with `file_name` and a transcript, per split "
+                   "folder",
+    "jsonl": "a folder of JSON-lines manifests, `<split>.jsonl`: one clip a line, its `audio` (a path relative "
+             "to the manifest) and `text`",
     "local_dataset": "a local dataset dir: parquet/arrow files, or what datasets' save_to_disk wrote",
     "hub": "a Hugging Face Hub dataset id",
 }

@@ -56,11 +56,13 @@ def losses(events: list[dict]) -> list[tuple[int, float]]:
 
 def test_a_jsonl_manifest_trains_and_scores_as_the_same_clips_in_an_audio_folder(tmp_path, tiny_model, same_clips):
     folder, manifests = same_clips
-    folder_events, folder_metrics, _ = run(tmp_path / "folder", tiny_model, folder, "train")
-    jsonl_events, jsonl_metrics, _ = run(tmp_path / "jsonl", tiny_model, manifests, "train", typed=True)
+    folder_events, folder_metrics, folder_predictions = run(tmp_path / "folder", tiny_model, folder, "train")
+    jsonl_events, jsonl_metrics, jsonl_predictions = run(tmp_path / "jsonl", tiny_model, manifests, "train", typed=True)
     assert len(losses(jsonl_events)) == 4 and losses(jsonl_events) == losses(folder_events)
-    assert jsonl_metrics["utterances"] == folder_metrics["utterances"] == 2
+    assert len(jsonl_predictions) == len(folder_predictions) == 2
     assert jsonl_metrics["wer"] == folder_metrics["wer"] and jsonl_metrics["cer"] == folder_metrics["cer"]
+    evals = [[(e["step"], e["wer"]) for e in events if e["event"] == "eval"] for events in (folder_events, jsonl_events)]
+    assert evals[0] == evals[1] and [step for step, _ in evals[0]] == [4]
 
 
 def test_an_evaluate_job_over_a_jsonl_manifest_predicts_what_it_does_over_the_audio_folder(tmp_path, tiny_model,

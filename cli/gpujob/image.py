@@ -1,7 +1,8 @@
-"""The job image: its names, and `gpujob image build` (images/Dockerfile through the Docker SDK).
+"""`gpujob image build`: the job image built from images/Dockerfile through the Docker SDK, and pushed.
 
-The default image names live here and import nothing heavy; the backends take a job's image from
-:func:`default_image` when its spec names none. The Docker SDK is imported only to build or push.
+Its names (repository, variants, the default tag) are :mod:`gpujob.image_names`, a leaf the backends
+take a job's default image from; this module sits above the backends (it reaches the engine as the
+docker backend does). The Docker SDK is imported only to build or push.
 A build streams every line of the engine's output to ``on_line`` and turns an engine error into a
 :class:`~gpujob.errors.UserError` that names the failing step.
 """
@@ -14,25 +15,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from gpujob import __version__
+from gpujob.backends.docker.engine import current_host
 from gpujob.errors import UserError
+from gpujob.image_names import VARIANTS, default_tag
 
-REPOSITORY = "ghcr.io/gpujob/gpujob"
-VARIANTS = ("cuda", "cpu")
 DOCKERFILE = "images/Dockerfile"   # relative to the build context, the repository root
 # Both variants build on a plain Ubuntu (Python 3.12): the cuda variant's CUDA libraries come with
 # torch's PyPI wheels (images/Dockerfile), so a CUDA base would only add 3 GB that nothing loads.
 CPU_BASE_IMAGE = "ubuntu:24.04"
 CLIENT_TIMEOUT_S = 300              # pushes of multi-GB layers go quiet for a while
 
-
-def default_tag(variant: str = "cuda") -> str:
-    """``ghcr.io/gpujob/gpujob:<version>`` for cuda, ``...:<version>-cpu`` for cpu."""
-    return f"{REPOSITORY}:{__version__}" + ("-cpu" if variant == "cpu" else "")
-
-
-def default_image(gpus: int) -> str:
-    """The image a job runs in when its spec names none: the CUDA one when it asks for GPUs."""
-    return default_tag("cuda" if gpus > 0 else "cpu")
 
 
 @dataclass
@@ -93,8 +85,6 @@ def connect(docker_host: str | None = None):
     except ImportError:
         raise UserError("building the job image needs the Docker SDK",
                         hint="pip install 'gpujob[docker]'") from None
-    from gpujob.backends.docker.engine import current_host
-
     host = docker_host or current_host()
     try:
         client = docker.DockerClient(base_url=host, timeout=CLIENT_TIMEOUT_S)

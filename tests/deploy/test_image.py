@@ -211,10 +211,13 @@ def test_the_build_context_holds_only_what_the_image_needs():
 
 
 def test_default_image_names_live_in_one_place():
+    from gpujob import image_names
+    from gpujob.backends.docker.container import image_for
     from gpujob.backends.kubernetes.manifests import DEFAULT_IMAGE
 
-    assert image.default_image(gpus=1) == f"ghcr.io/gpujob/gpujob:{__version__}" == DEFAULT_IMAGE
-    assert image.default_image(gpus=0) == f"ghcr.io/gpujob/gpujob:{__version__}-cpu" == image.default_tag("cpu")
+    assert image_names.default_image(gpus=1) == f"ghcr.io/gpujob/gpujob:{__version__}" == DEFAULT_IMAGE
+    assert image_names.default_image(gpus=0) == f"ghcr.io/gpujob/gpujob:{__version__}-cpu" == image.default_tag("cpu")
+    assert image_for(0) == image_names.default_image(0)
 
 
 def cli(*args: str, **env: str):

@@ -19,7 +19,7 @@ from gpujob.hosts.agent.config import AgentConfig
 from gpujob.hosts.layout import HostLayout
 from gpujob.hosts.provision import ProvisionSettings, provision
 from gpujob.hosts.ssh_keys import ensure_keypair
-from gpujob.image import default_image
+from gpujob.image_names import default_image
 from gpujob.records import gpujob_home
 
 if TYPE_CHECKING:

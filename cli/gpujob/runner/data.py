@@ -40,7 +40,8 @@ import numpy as np
 from gpujob.spec.tracking import source_names
 
 from .audio import TARGET_SR, AudioError
-from .sources import TEXT_COLUMNS, DataError, OpenedSource, _short, load_audio, open_source
+from .source_parts import DataError, short
+from .sources import TEXT_COLUMNS, OpenedSource, load_audio, open_source
 
 if TYPE_CHECKING:
     from gpujob.spec.models import Source
@@ -157,7 +158,7 @@ def source_clips(opened: OpenedSource, stats: Stats, *, shuffle: bool = False, s
             except DataError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing stream (network, corrupt parquet) -> clear message
-                raise DataError(f"reading {label} failed after {rows} rows: {type(exc).__name__}: {_short(exc)}",
+                raise DataError(f"reading {label} failed after {rows} rows: {type(exc).__name__}: {short(exc)}",
                                 key=opened.key) from None
             rows += 1
             text = "" if rec.text is None else str(rec.text).strip()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpujob.reach import unreachable
 
-from .source_parts import SPLIT_ALIASES, DataError, _Part, _Record, _short
+from .source_parts import SPLIT_ALIASES, DataError, Part, Record, short
 
 if TYPE_CHECKING:
     from gpujob.spec.models import Source
@@ -31,11 +31,11 @@ _FIX_HUB = ("check the network (and that HF_HUB_OFFLINE / HF_DATASETS_OFFLINE ar
             "or download a local copy and point `dataset:` at that directory")
 
 
-def hf_parts(source: Source, path: str, splits: list[str], *, streaming: bool, key: str, local: bool) -> list[_Part]:
+def hf_parts(source: Source, path: str, splits: list[str], *, streaming: bool, key: str, local: bool) -> list[Part]:
     return [_hf_part(source, path, split, streaming=streaming, key=key, local=local) for split in splits]
 
 
-def _hf_part(source: Source, path: str, split: str, *, streaming: bool, key: str, local: bool) -> _Part:
+def _hf_part(source: Source, path: str, split: str, *, streaming: bool, key: str, local: bool) -> Part:
     ds, split = _hf_load(source, path, split, streaming=streaming, key=key, local=local)
     columns = list(ds.column_names or [])
     if not columns:  # a stream without declared features: look at the first row
@@ -44,7 +44,7 @@ def _hf_part(source: Source, path: str, split: str, *, streaming: bool, key: str
         except StopIteration:
             columns = []
         except Exception as exc:  # noqa: BLE001
-            raise DataError(f"could not read the first row of {path} ({split}): {_short(exc)}", key=key) from None
+            raise DataError(f"could not read the first row of {path} ({split}): {short(exc)}", key=key) from None
     num_rows: int | None = None
     if not streaming:
         num_rows = len(ds)
@@ -62,7 +62,7 @@ def _hf_part(source: Source, path: str, split: str, *, streaming: bool, key: str
                 num_rows = None
     base_dir = Path(path) if local else None
 
-    def records(text_col: str, audio_col: str, shuffle: bool, seed: int) -> Iterator[_Record]:
+    def records(text_col: str, audio_col: str, shuffle: bool, seed: int) -> Iterator[Record]:
         data = _cast_audio(ds, audio_col)
         keep = [c for c in (audio_col, text_col) if c in columns]
         try:
@@ -77,9 +77,9 @@ def _hf_part(source: Source, path: str, split: str, *, streaming: bool, key: str
             if isinstance(audio, str) and base_dir is not None and not Path(audio).is_absolute() \
                     and "://" not in audio and (base_dir / audio).exists():
                 audio = str(base_dir / audio)
-            yield _Record(f"{split}/{apath}" if apath else f"{split}/{i}", audio, row.get(text_col))
+            yield Record(f"{split}/{apath}" if apath else f"{split}/{i}", audio, row.get(text_col))
 
-    return _Part(split, columns, num_rows, records)
+    return Part(split, columns, num_rows, records)
 
 
 def _cast_audio(ds: Any, column: str) -> Any:
@@ -153,7 +153,7 @@ def _from_disk(path: str, split: str, streaming: bool, key: str) -> tuple[Any, s
     try:
         loaded = datasets.load_from_disk(path)
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"could not load the saved dataset at {path}: {_short(exc)}", key=f"{key}.dataset") from None
+        raise DataError(f"could not load the saved dataset at {path}: {short(exc)}", key=f"{key}.dataset") from None
     if isinstance(loaded, datasets.DatasetDict):
         name = next((n for n in (split, *SPLIT_ALIASES.get(split, ())) if n in loaded), None)
         if name is None:
@@ -180,7 +180,7 @@ def _is_split_error(exc: BaseException) -> bool:
 
 
 def _hub_error(exc: BaseException, where: str, split: str, key: str, local: bool) -> DataError:
-    text = _short(exc)
+    text = short(exc)
     lowered = text.lower()
     kind = type(exc).__name__
     if _is_split_error(exc):

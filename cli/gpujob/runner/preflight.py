@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from .data import (DECODER_MAX_TOKENS, MAX_SECONDS, DataError, SourceStats, Stats, decoded, decoding_pool,
                    loader_threads, source_clips, source_labels)
-from .sources import KIND_NAMES, open_source
+from .source_types import SOURCE_KINDS
+from .sources import open_source
 
 if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
@@ -46,7 +47,7 @@ class SourceReport:
         where = f"{self.key} {self.label}"
         if not self.reachable:
             return f"{where}: not readable (see the error below)"
-        kind = KIND_NAMES.get(self.kind or "", self.kind or "?")
+        kind = SOURCE_KINDS[self.kind].label if self.kind in SOURCE_KINDS else self.kind or "?"
         size = f"{self.rows} row{'s' if self.rows != 1 else ''}" if self.rows is not None else "size unknown"
         est = f" (~{self.estimated_examples} usable)" if self.estimated_examples is not None else ""
         s = self.stats or SourceStats(self.label)

@@ -1,30 +1,21 @@
 """Where the runner's data comes from: every spec ``Source`` found, its splits and columns checked.
 
-Source kinds, detected from ``Source.dataset``:
-
-* a local **Common Voice corpus dir** (``clips/`` and ``*.tsv``, or one language folder inside):
-  splits are TSV files (``train``, ``dev``/``validation``, ``test``, ``validated``, ``other``, any
-  ``<name>.tsv``), audio is ``clips/<path>``, the transcript column is ``sentence``;
-* a local **audio folder** like Hugging Face's audiofolder: ``metadata.csv`` (or ``.jsonl``) with a
-  ``file_name`` column plus a transcript column; a split is a subfolder (``DIR/train/metadata.csv``)
-  or, for ``train``, the directory itself;
-* a local **parquet/arrow dataset dir** or a **Hugging Face Hub dataset id**: :mod:`.hub`.
+Source types (the spec's ``type:``, detected from ``Source.dataset`` when absent) are registered in
+:mod:`.source_types`, one module each: a Common Voice corpus dir, an audio folder, a folder of JSON-lines
+manifests, a local parquet/arrow dataset dir, a Hugging Face Hub dataset id (the last two: :mod:`.hub`).
 
 Splits joined with ``+`` are read one after the other, for every kind. The transcript column is the
 source's ``text_column``, else the first of :data:`TEXT_COLUMNS` present (FLEURS has both a
 normalised ``transcription`` and a cased, punctuated ``raw_transcription``; auto-detection picks the
-former, so set ``text_column: raw_transcription`` for the latter). A row's id is, for Common Voice,
-the clip's file name; for an audio folder ``split/file``; for datasets ``split/<audio path>`` or
-``split/<row index>``. :func:`load_audio` turns a row's audio value into mono float32 at 16 kHz.
+former, so set ``text_column: raw_transcription`` for the latter). A row's id is each type's (its
+module says; for datasets ``split/<audio path>`` or ``split/<row index>``). :func:`load_audio` turns a
+row's audio value into mono float32 at 16 kHz.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import json
-import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,22 +23,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpujob.spec.paths import looks_like_path
+from gpujob.spec.source_types import SOURCE_TYPES
 from gpujob.storage import is_uri
 
 from .audio import TARGET_SR, AudioError, decode, to_mono_16k
-from .hub import hf_parts
 from .remote import local_path
-from .source_parts import SPLIT_ALIASES, DataError, _Part, _Record, _short  # noqa: F401 (re-exported)
+from .source_parts import DataError, Part, Record, SourceKind, short
+from .source_types import SOURCE_KINDS, detect
 
 if TYPE_CHECKING:
     from gpujob.spec.models import Source
 
 TEXT_COLUMNS = ("sentence", "transcription", "text", "normalized_text", "raw_transcription")
-CV_SPLIT_FILES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev",
-                  "test": "test", "validated": "validated", "other": "other", "invalidated": "invalidated"}
-METADATA_FILES = ("metadata.csv", "metadata.jsonl")
-KIND_NAMES = {"common_voice": "Common Voice dir", "audiofolder": "audio folder",
-              "local_dataset": "local dataset", "hub": "Hub dataset"}
 
 
 @dataclass
@@ -57,10 +44,10 @@ class OpenedSource:
     source: Source
     key: str                         # spec key, e.g. data.train[1]
     label: str                       # name in stats and reports
-    kind: str                        # common_voice | audiofolder | local_dataset | hub
+    kind: str                        # its type: a name in source_types.SOURCE_KINDS
     location: str
     streaming: bool
-    parts: list[_Part]
+    parts: list[Part]
     text_column: str
     audio_column: str
 
@@ -74,7 +61,7 @@ class OpenedSource:
     def columns(self) -> list[str]:
         return self.parts[0].columns if self.parts else []
 
-    def records(self, *, shuffle: bool = False, seed: int = 0) -> Iterator[_Record]:
+    def records(self, *, shuffle: bool = False, seed: int = 0) -> Iterator[Record]:
         for i, part in enumerate(self.parts):
             yield from part.records(self.text_column, self.audio_column, shuffle, seed + i)
 
@@ -84,14 +71,6 @@ def _splits(source: Source, key: str) -> list[str]:
     if not parts or any(not p for p in parts):
         raise DataError(f'"{source.split}" has an empty split name; join split names with +', key=f"{key}.split")
     return parts
-
-
-def _has_metadata(folder: Path) -> bool:
-    return any((folder / m).is_file() for m in METADATA_FILES)
-
-
-def _is_cv_dir(folder: Path) -> bool:
-    return (folder / "clips").is_dir() and any(folder.glob("*.tsv"))
 
 
 def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", label: str | None = None,
@@ -105,21 +84,19 @@ def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", 
     label = label or name
     root = Path(local_path(name)).expanduser()  # a bucket's prefix: its staged copy (runner/remote.py)
     splits = _splits(source, key)
-    if root.exists():
+    if source.type is not None:
+        kind = _given_kind(source, root, key)
+    elif root.exists():
         if not root.is_dir():
             raise DataError(f"{name} is a file; point `dataset` at a directory (Common Voice corpus, audio folder "
-                            "with metadata.csv, or parquet/arrow files) or a Hugging Face Hub id", key=f"{key}.dataset")
-        kind, base = _local_kind(root, source.config)
+                            "with metadata.csv, JSON-lines manifests, or parquet/arrow files) or a Hugging Face Hub "
+                            "id", key=f"{key}.dataset")
+        kind = detect(root)
         if kind is None:
             raise DataError(f"{name} is a directory, but not one gpujob can read: expected a Common Voice corpus "
                             "(clips/ and *.tsv), an audio folder (metadata.csv with file_name and a transcript "
-                            "column), or parquet/arrow files", key=f"{key}.dataset")
-        if kind == "common_voice":
-            parts = [_cv_part(base, s, key) for s in splits]
-        elif kind == "audiofolder":
-            parts = [_audiofolder_part(base, s, key) for s in splits]
-        else:
-            parts = hf_parts(source, str(base), splits, streaming=streaming, key=key, local=True)
+                            "column), JSON-lines manifests (<split>.jsonl, a line per clip with audio and text), "
+                            "or parquet/arrow files", key=f"{key}.dataset")
     elif is_uri(name):
         raise DataError(f"{name} is in a bucket and was not staged: a job stages it before it reads it "
                         "(`gpujob check` reads local data only)", key=f"{key}.dataset")
@@ -127,117 +104,27 @@ def open_source(source: Source, *, streaming: bool, key: str = "data.train[0]", 
         raise DataError(f"directory {name} not found (relative paths are resolved from {Path.cwd()})",
                         key=f"{key}.dataset")
     else:
-        kind = "hub"
+        kind = SOURCE_KINDS["hub"]
+    if not kind.local:
         streaming = streaming if hub_streaming is None else hub_streaming
-        parts = hf_parts(source, name, splits, streaming=streaming, key=key, local=False)
+    parts = kind.read(source, root, splits, streaming=streaming, key=key)
     text_column = _text_column(source, parts, label, key)
     audio_column = _audio_column(source, kind, parts, label, key)
-    return OpenedSource(source, key, label, kind, name, streaming, parts, text_column, audio_column)
+    return OpenedSource(source, key, label, kind.name, name, streaming, parts, text_column, audio_column)
 
 
-def _local_kind(root: Path, config: str | None) -> tuple[str | None, Path]:
-    candidates = [root] + ([root / config] if config and (root / config).is_dir() else [])
-    for base in reversed(candidates):
-        if _is_cv_dir(base):
-            return "common_voice", base
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
-    cv_inside = [d for d in subdirs if _is_cv_dir(d)]
-    if len(cv_inside) == 1:                      # cv-corpus-17.0/el/clips ...
-        return "common_voice", cv_inside[0]
-    if _has_metadata(root) or any(_has_metadata(d) for d in subdirs):
-        return "audiofolder", root
-    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
-        return "local_dataset", root
-    for pattern in ("*.parquet", "*.arrow"):
-        if next(root.rglob(pattern), None) is not None:
-            return "local_dataset", root
-    return None, root
-
-
-# --- Common Voice
-
-
-def _cv_part(base: Path, split: str, key: str) -> _Part:
-    candidates = [CV_SPLIT_FILES.get(split, split), split]
-    tsv = next((base / f"{c}.tsv" for c in candidates if (base / f"{c}.tsv").is_file()), None)
-    if tsv is None:
-        have = sorted(p.stem for p in base.glob("*.tsv"))
-        raise DataError(f'split "{split}" not found in Common Voice dir {base}; it has {", ".join(have)} '
-                        "(dev and validation both mean dev.tsv)", key=f"{key}.split")
-    with open(tsv, encoding="utf-8-sig", newline="") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-        num_rows = sum(1 for line in f if line.strip())
-    clips = base / "clips"
-
-    def records(text_col: str, audio_col: str, shuffle: bool, seed: int) -> Iterator[_Record]:
-        column = audio_col if audio_col in header else "path"
-        rows = _read_table(tsv, delimiter="\t")
-        if shuffle:
-            rows = _shuffled(((r.get(column) or "", r.get(text_col)) for r in rows), seed)
-        else:
-            rows = ((r.get(column) or "", r.get(text_col)) for r in rows)
-        for path, text in rows:
-            yield _Record(path, clips / path if path else "", text)
-
-    return _Part(tsv.stem, header, num_rows, records)
-
-
-def _read_table(path: Path, *, delimiter: str) -> Iterator[dict[str, str]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if path.suffix == ".jsonl":
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-        else:
-            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-            yield from csv.DictReader(f, delimiter=delimiter, quoting=quoting)
-
-
-def _shuffled(rows: Iterable[Any], seed: int) -> list[Any]:
-    out = list(rows)
-    random.Random(seed).shuffle(out)
-    return out
-
-
-# --- audio folder
-
-
-def _audiofolder_part(root: Path, split: str, key: str) -> _Part:
-    folder = next((root / s for s in (split, *SPLIT_ALIASES.get(split, ())) if _has_metadata(root / s)), None)
-    if folder is None and split == "train" and _has_metadata(root):
-        folder = root
-    if folder is None:
-        have = sorted(d.name for d in root.iterdir() if d.is_dir() and _has_metadata(d))
-        have += ["train (the folder itself)"] if _has_metadata(root) else []
-        raise DataError(f'split "{split}" not found in audio folder {root}: no {split}/metadata.csv; '
-                        f'splits found: {", ".join(have) or "none"}', key=f"{key}.split")
-    meta = next(folder / m for m in METADATA_FILES if (folder / m).is_file())
-    if meta.suffix == ".jsonl":
-        first = next(_read_table(meta, delimiter=","), {})
-        header = list(first)
-        num_rows = sum(1 for _ in _read_table(meta, delimiter=","))
-    else:
-        with open(meta, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, [])
-            num_rows = sum(1 for row in reader if row)
-    if "file_name" not in header:
-        raise DataError(f"{meta} has no file_name column (columns: {', '.join(header) or 'none'}); an audio "
-                        "folder's metadata names each clip's file in file_name", key=f"{key}.dataset")
-
-    def records(text_col: str, audio_col: str, shuffle: bool, seed: int) -> Iterator[_Record]:
-        column = audio_col if audio_col in header else "file_name"
-        rows: Iterable[tuple[str, Any]] = ((r.get(column) or "", r.get(text_col)) for r in _read_table(meta, delimiter=","))
-        if shuffle:
-            rows = _shuffled(rows, seed)
-        for file_name, text in rows:
-            path = folder / file_name if file_name else ""
-            yield _Record(str(Path(folder.name if folder != root else "") / file_name), path, text)
-
-    return _Part(folder.name if folder != root else "train", header, num_rows, records)
-
-
-# --- columns
+def _given_kind(source: Source, root: Path, key: str) -> SourceKind:
+    """The spec's ``type:``, checked against what ``dataset`` is."""
+    kind = SOURCE_KINDS[source.type or ""]
+    if kind.local and not root.is_dir():
+        raise DataError(f"directory {source.dataset} not found (type: {kind.name} reads a local directory; "
+                        f"relative paths are resolved from {Path.cwd()})", key=f"{key}.dataset")
+    if kind.local and not kind.detect(root):
+        found = detect(root)
+        seems = f"it looks like {found.label} (type: {found.name}); " if found else ""
+        raise DataError(f"{source.dataset} is not {SOURCE_TYPES[kind.name]}; {seems}fix type, or leave it out to "
+                        "have it detected", key=f"{key}.type")
+    return kind
 
 
 def _did_you_mean(word: str, columns: list[str]) -> str:
@@ -246,7 +133,7 @@ def _did_you_mean(word: str, columns: list[str]) -> str:
     return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
 
 
-def _require_column(name: str, what: str, parts: list[_Part], label: str, key: str) -> str:
+def _require_column(name: str, what: str, parts: list[Part], label: str, key: str) -> str:
     """``name`` if every split has it; else a DataError with a did-you-mean and the columns that exist."""
     for part in parts:
         if name not in part.columns:
@@ -256,7 +143,7 @@ def _require_column(name: str, what: str, parts: list[_Part], label: str, key: s
     return name
 
 
-def _text_column(source: Source, parts: list[_Part], label: str, key: str) -> str:
+def _text_column(source: Source, parts: list[Part], label: str, key: str) -> str:
     columns = parts[0].columns
     if source.text_column:
         return _require_column(source.text_column, "column", parts, label, f"{key}.text_column")
@@ -270,12 +157,10 @@ def _text_column(source: Source, parts: list[_Part], label: str, key: str) -> st
     return name
 
 
-def _audio_column(source: Source, kind: str, parts: list[_Part], label: str, key: str) -> str:
+def _audio_column(source: Source, kind: SourceKind, parts: list[Part], label: str, key: str) -> str:
     name = source.audio_column
-    if kind == "common_voice":
-        return name if name in parts[0].columns else "path"
-    if kind == "audiofolder":
-        return name if name in parts[0].columns else "file_name"
+    if kind.audio_column is not None:  # the type's own column unless the spec's exists
+        return name if name in parts[0].columns else kind.audio_column
     return _require_column(name, "audio column", parts, label, f"{key}.audio_column")
 
 
@@ -307,7 +192,7 @@ def load_audio(value: Any, *, name: str | None = None) -> np.ndarray:
     except AudioError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of one clip is a bad clip
-        raise AudioError(name, _short(exc)) from None
+        raise AudioError(name, short(exc)) from None
 
 
 def _read_remote(url: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Experiment trackers (the spec's ``tracking:``): TensorBoard, trackio, Weights & Biases, MLflow.
+"""Experiment trackers (the spec's ``tracking:``; each tracker is one module of :mod:`gpujob.spec.trackers`).
 
 :class:`TrackedWriter` wraps the job's :class:`~gpujob.progress.ProgressWriter`: every event is
 written as before, and the trackers get the same numbers from it:
@@ -23,13 +23,12 @@ mixes with the event lines on stdout.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+from gpujob.spec.trackers import TRACKERS, Tracker
 
 if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
@@ -37,23 +36,6 @@ if TYPE_CHECKING:
 PROGRESS_SCALARS = ("loss", "learning_rate", "samples_per_s", "epoch")
 NOT_SCALARS = {"step", "t", "event", "total_steps"}
 TABLE_COLUMNS = ["source", "id", "wer", "reference", "prediction"]
-HINTS = {
-    "tensorboard": "check that tracking.tensorboard.dir can be written",
-    "trackio": "check tracking.trackio (a space_id needs HF_TOKEN in runtime.secrets)",
-    "wandb": "add WANDB_API_KEY to runtime.secrets (and export it), or set tracking.wandb.mode: offline",
-    "mlflow": "check tracking.mlflow.tracking_uri and, for a server that wants one, the MLFLOW_TRACKING_TOKEN secret",
-}
-
-
-class Tracker(Protocol):
-    """One tracker: opened once, then scalars by step, a table, and closed."""
-
-    name: str
-
-    def open(self, config: dict[str, Any]) -> None: ...
-    def scalars(self, step: int, values: dict[str, float]) -> None: ...
-    def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None: ...
-    def close(self, ok: bool) -> None: ...
 
 
 def spec_config(spec: JobSpec) -> dict[str, Any]:
@@ -65,178 +47,17 @@ def spec_config(spec: JobSpec) -> dict[str, Any]:
     return data
 
 
-def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"training": {"seed": 1}}`` -> ``{"training.seed": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def numbers(fields: dict[str, Any], keys: tuple[str, ...] | None = None) -> dict[str, float]:
     """The fields that are plain numbers (not booleans), optionally only ``keys``."""
     return {k: float(v) for k, v in fields.items() if (keys is None and k not in NOT_SCALARS or keys and k in keys)
             and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-# --------------------------------------------------------------------------------- the trackers
-
-
-class TensorBoard:
-    name = "tensorboard"
-
-    def __init__(self, directory: Path, run_name: str) -> None:
-        self.dir, self.run_name, self.writer = directory, run_name, None
-
-    def open(self, config):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(self.dir), flush_secs=30)
-        self.writer.add_text("spec", "```json\n" + json.dumps(config, indent=2) + "\n```", 0)
-
-    def scalars(self, step, values):
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
-
-    def table(self, name, columns, rows, step):
-        cells = lambda row: " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row)  # noqa: E731
-        text = "\n".join([f"| {cells(columns)} |", "|" + "---|" * len(columns), *(f"| {cells(r)} |" for r in rows)])
-        self.writer.add_text(name, text, step)
-
-    def close(self, ok):
-        if self.writer is not None:
-            self.writer.close()
-
-
-class Trackio:
-    name = "trackio"
-
-    def __init__(self, directory: Path, project: str, run_name: str, space_id: str | None) -> None:
-        self.dir, self.project, self.run_name, self.space_id = directory, project, run_name, space_id
-        self.run = None
-
-    def open(self, config):
-        os.environ.setdefault("TRACKIO_DIR", str(self.dir))  # read by trackio when imported
-        import trackio
-
-        self.trackio = trackio
-        self.run = trackio.init(project=self.project, name=self.run_name, config=config, space_id=self.space_id,
-                                embed=False, auto_log_gpu=False, auto_log_cpu=False)
-
-    def scalars(self, step, values):
-        self.trackio.log(values, step=step)
-
-    def table(self, name, columns, rows, step):
-        self.trackio.log({name: self.trackio.Table(columns=columns, data=rows)}, step=step)
-
-    def close(self, ok):
-        if self.run is not None:
-            self.trackio.finish()
-
-
-class Wandb:
-    name = "wandb"
-
-    def __init__(self, settings, directory: Path, project: str, run_name: str) -> None:
-        self.settings, self.dir, self.project, self.run_name = settings, directory, project, run_name
-        self.run = None
-
-    def open(self, config):
-        import wandb
-
-        self.wandb = wandb
-        self.dir.mkdir(parents=True, exist_ok=True)
-        s = self.settings
-        self.run = wandb.init(project=self.project, entity=s.entity, name=self.run_name, dir=str(self.dir),
-                              mode=s.mode, config=config, tags=list(s.tags) or None,
-                              settings=wandb.Settings(console="off", silent=True, init_timeout=60,
-                                                      x_disable_stats=True))
-
-    def scalars(self, step, values):
-        self.run.log(values, step=step)
-
-    def table(self, name, columns, rows, step):
-        self.run.log({name: self.wandb.Table(columns=columns, data=rows)}, step=step)
-
-    def close(self, ok):
-        if self.run is not None:
-            self.run.finish(exit_code=0 if ok else 1)
-
-
-class Mlflow:
-    """MLflow through its client (no global state); metrics go in batches (at most every 10 s, and at
-    each evaluation and the end), so that a remote server is not asked once per step. Per-source
-    scores are named ``wer.<name>`` there (:func:`mlflow_key`)."""
-
-    name = "mlflow"
-    FLUSH_S = 10.0
-
-    def __init__(self, uri: str, experiment: str, run_name: str) -> None:
-        self.uri, self.experiment, self.run_name = uri, experiment, run_name
-        self.run_id, self.pending, self.flushed = None, [], time.monotonic()
-
-    def open(self, config):
-        if self.uri.startswith("file:"):  # MLflow 3 wants an explicit yes for its file store
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a lost server costs seconds, not minutes
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
-
-        self.Metric, self.client = Metric, MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
-        self.run_id = self.client.create_run(experiment_id, run_name=self.run_name).info.run_id
-        params = [Param(k[:250], json.dumps(v) if not isinstance(v, str) else v)
-                  for k, v in flat(config).items() if v is not None]
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 params a call
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
-        self.client.log_dict(self.run_id, config, "spec.json")
-
-    def scalars(self, step, values):
-        now = int(time.time() * 1000)
-        self.pending += [self.Metric(mlflow_key(k), v, now, step) for k, v in values.items()]
-        if any(k.startswith(("wer", "cer", "eval_loss")) for k in values) or \
-                time.monotonic() - self.flushed >= self.FLUSH_S or len(self.pending) >= 900:
-            self.flush()
-
-    def flush(self):
-        pending, self.pending, self.flushed = self.pending, [], time.monotonic()
-        for start in range(0, len(pending), 1000):
-            self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
-
-    def table(self, name, columns, rows, step):
-        self.client.log_dict(self.run_id, {"columns": columns, "data": rows}, f"{name}.json")
-
-    def close(self, ok):
-        if self.run_id is not None:
-            self.flush()
-            self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
-
-
-def mlflow_key(key: str) -> str:
-    """MLflow's name for a scalar: ``wer/fleurs`` -> ``wer.fleurs`` (its file store makes ``/`` a folder,
-    and ``wer`` is already a file)."""
-    return key.replace("/", ".")
-
-
 def trackers_for(spec: JobSpec, out_dir: Path) -> list[Tracker]:
-    """The trackers ``spec.tracking`` turns on; directories default under ``out_dir``."""
-    t, run_name = spec.tracking, spec.name or "job"
-    made: list[Tracker] = []
-    if t.tensorboard is not None:
-        made.append(TensorBoard(Path(t.tensorboard.dir or out_dir / "tensorboard"), run_name))
-    if t.trackio is not None:
-        made.append(Trackio(out_dir / "trackio", t.trackio.project or run_name, run_name, t.trackio.space_id))
-    if t.wandb is not None:
-        made.append(Wandb(t.wandb, Path(t.wandb.dir or out_dir), t.wandb.project or run_name, run_name))
-    if t.mlflow is not None:
-        uri = t.mlflow.tracking_uri or (out_dir / "mlruns").resolve().as_uri()
-        made.append(Mlflow(uri, t.mlflow.experiment or run_name, run_name))
-    return made
+    """The trackers ``spec.tracking`` turns on (:data:`~gpujob.spec.trackers.TRACKERS`); directories default
+    under ``out_dir``."""
+    run_name = spec.name or "job"
+    return [TRACKERS[name].make(getattr(spec.tracking, name), out_dir, run_name) for name in spec.tracking.enabled()]
 
 
 # ----------------------------------------------------------------------------------- the writer
@@ -272,7 +93,7 @@ class TrackedWriter:
         if tracker in self.opened:
             self.opened.remove(tracker)
         hint = ("install gpujob[trackers] where the job runs (the gpujob image has it)"
-                if isinstance(exc, ImportError) else HINTS[tracker.name])
+                if isinstance(exc, ImportError) else TRACKERS[tracker.name].hint)
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         self._warn(f"gpujob: tracking.{tracker.name} failed to {action} ({type(exc).__name__}: {message}); "
                    f"the job goes on without it: {hint}")

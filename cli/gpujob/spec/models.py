@@ -8,6 +8,7 @@ several sections live in :mod:`gpujob.spec.cross_field`; the runtime section, on
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from .fields import (
     no_duplicates, none_to_empty, whole_or_auto,
 )
 from .runtime import LocalRuntime, Runtime, RuntimeBase
+from .source_types import SOURCE_TYPES
 from .tracking import SOURCE_NAME_PATTERN, TrackingSection
 from .units import MAX_CPU, parse_duration, parse_quantity, shown
 
@@ -79,6 +81,9 @@ class Source(Section):
     dataset: PathOrURI = Field(description=(
         "Hugging Face Hub dataset id (`google/fleurs`), local directory (`data/cv-corpus-el/`) or object-store "
         "prefix (`s3://team-bucket/cv-el`, `gs://...`, `az://container/...`), staged to the job's disk first."))
+    type: str | None = Field(None, description=(
+        "What the dataset is: " + "; ".join(f"`{name}`: {text}" for name, text in SOURCE_TYPES.items()) +
+        ". Unset: detected from `dataset` (tried in that order)."))
     config: NonEmptyStr | None = Field(None, description="Dataset configuration/subset, e.g. `el_gr` for FLEURS Greek.")
     split: str = Field("train", description="Split to read; join several with `+`, e.g. `train+validation`.")
     revision: NonEmptyStr | None = Field(None, description="Git revision (branch, tag or commit) of a Hub dataset, e.g. `refs/convert/parquet`.")
@@ -91,6 +96,16 @@ class Source(Section):
         "Short name of the source in per-source scores (`wer/<name>` in events, metrics.json, trackers). "
         "Default: the last part of `dataset` (`common_voice_17_0`), with `-<config>`, then `-<split>`, "
         "then `-<i>` added where two sources would read the same."))
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in SOURCE_TYPES:
+            close = difflib.get_close_matches(value, list(SOURCE_TYPES), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise fail(f'unknown source type "{value[:40]}"; {hint}use one of {", ".join(SOURCE_TYPES)}, '
+                       "or leave type out to have it detected")
+        return value
 
     @field_validator("split")
     @classmethod

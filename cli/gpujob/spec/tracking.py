@@ -1,6 +1,6 @@
-"""The ``tracking:`` section: experiment trackers the runner logs to (TensorBoard, trackio,
-Weights & Biases, MLflow), and the stable short names of data sources that their per-source
-scores are logged under.
+"""The ``tracking:`` section: experiment trackers the runner logs to (one key per tracker in the table
+:data:`gpujob.spec.trackers.TRACKERS`: TensorBoard, trackio, Weights & Biases, MLflow, CSV), and the
+stable short names of data sources that their per-source scores are logged under.
 
 Credentials never go here: a key that looks like one (``api_key``, ``token``, ``password``...) is
 refused with the secret to list under ``runtime.secrets`` instead.
@@ -9,18 +9,16 @@ refused with the secret to list under ``runtime.secrets`` instead.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, create_model, model_validator
 
-from .fields import NonEmptyStr, Section, fail, looks_like_credential
+from .fields import Section, fail, looks_like_credential
+from .trackers import TRACKERS
 
 SOURCE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
 MAX_SOURCE_NAME = 40
 CREDENTIAL_KEY = re.compile(r"key|token|secret|password|passwd|credential|auth", re.IGNORECASE)
-# each tracker's credentials, as the tracker's own library reads them from the environment
-TRACKER_SECRETS = {"wandb": "WANDB_API_KEY", "mlflow": "MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME and "
-                   "MLFLOW_TRACKING_PASSWORD)", "trackio": "HF_TOKEN", "tensorboard": "none"}
 
 
 # --------------------------------------------------------------------------------- source names
@@ -70,65 +68,16 @@ def _no_credentials(tracker: str):
         if isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(key, str) and CREDENTIAL_KEY.search(key):
-                    raise fail(f"{key}: credentials never go in the spec; list {TRACKER_SECRETS[tracker]} under "
+                    raise fail(f"{key}: credentials never go in the spec; list {TRACKERS[tracker].secret} under "
                                f"runtime.secrets and export it in your shell")
                 if isinstance(item, str) and (looks_like_credential(item) or re.search(r"://[^/@\s]+:[^/@\s]+@", item)):
                     raise fail(f"{key}: holds a credential; keep it out of the spec: list "
-                               f"{TRACKER_SECRETS[tracker]} under runtime.secrets")
+                               f"{TRACKERS[tracker].secret} under runtime.secrets")
         return value
     return BeforeValidator(check)
 
 
-class TensorBoardTracking(Section):
-    """TensorBoard event files."""
-
-    dir: NonEmptyStr | None = Field(None, description=(
-        "Where the event files go. Default: `tensorboard/` in the job's output directory."))
-
-
-class TrackioTracking(Section):
-    """trackio, stored locally (or on a Space with `space_id` and the `HF_TOKEN` secret)."""
-
-    project: NonEmptyStr | None = Field(None, description="trackio project. Default: the job's name.")
-    space_id: NonEmptyStr | None = Field(None, description=(
-        "A Hugging Face Space to sync to (`owner/name`; needs `HF_TOKEN` in `runtime.secrets`). Unset: local only."))
-
-
-class WandbTracking(Section):
-    """Weights & Biases; the key comes from the `WANDB_API_KEY` secret."""
-
-    project: NonEmptyStr | None = Field(None, description="W&B project. Default: the job's name.")
-    entity: NonEmptyStr | None = Field(None, description="W&B team or user. Default: the key's default entity.")
-    mode: Literal["online", "offline"] = Field("online", description=(
-        "`online` sends as it goes (needs `WANDB_API_KEY` in `runtime.secrets`); `offline` writes the run "
-        "under `dir` for a later `wandb sync`."))
-    dir: NonEmptyStr | None = Field(None, description="Where W&B keeps its files. Default: the job's output directory.")
-    tags: list[NonEmptyStr] = Field(default_factory=list, max_length=20, description="Tags of the run.")
-
-
-class MlflowTracking(Section):
-    """MLflow; a server's token comes from the `MLFLOW_TRACKING_TOKEN` secret."""
-
-    tracking_uri: NonEmptyStr | None = Field(None, description=(
-        "MLflow tracking URI (`http://mlflow:5000`, `file:///data/mlruns`). Default: a file store in "
-        "`mlruns/` of the job's output directory."))
-    experiment: NonEmptyStr | None = Field(None, description="Experiment name. Default: the job's name.")
-
-
-class TrackingSection(Section):
-    """Experiment trackers: each gets the same scalars as the progress events (loss, learning rate,
-    samples/s, WER/CER overall and per eval source), the spec as config, and at the end the worst
-    utterances as a table. Rank 0 only; a tracker that fails warns once and never fails the job."""
-
-    tensorboard: Annotated[TensorBoardTracking | None, _no_credentials("tensorboard")] = Field(None, description=(
-        "`true`, or `{dir: ...}`: TensorBoard event files (`tensorboard --logdir <output>/tensorboard`)."))
-    trackio: Annotated[TrackioTracking | None, _no_credentials("trackio")] = Field(None, description=(
-        "`true`, or `{project: ..., space_id: ...}`: trackio (`trackio show`)."))
-    wandb: Annotated[WandbTracking | None, _no_credentials("wandb")] = Field(None, description=(
-        "`true`, or `{project: ..., entity: ..., mode: online|offline}`: Weights & Biases."))
-    mlflow: Annotated[MlflowTracking | None, _no_credentials("mlflow")] = Field(None, description=(
-        "`true`, or `{tracking_uri: ..., experiment: ...}`: MLflow."))
-
+class _TrackingBase(Section):
     @model_validator(mode="before")
     @classmethod
     def _credential_keys(cls, data: Any) -> Any:
@@ -140,9 +89,17 @@ class TrackingSection(Section):
         return data
 
     def enabled(self) -> list[str]:
-        """The trackers that are on, in a fixed order."""
-        return [name for name in ("tensorboard", "trackio", "wandb", "mlflow") if getattr(self, name) is not None]
+        """The trackers that are on, in the table's order."""
+        return [name for name in TRACKERS if getattr(self, name) is not None]
 
 
-TRACKER_MODELS: dict[str, type[Section]] = {"tensorboard": TensorBoardTracking, "trackio": TrackioTracking,
-                                            "wandb": WandbTracking, "mlflow": MlflowTracking}
+TrackingSection = create_model(
+    "TrackingSection", __base__=_TrackingBase, __module__=__name__,
+    __doc__="""Experiment trackers: each gets the same scalars as the progress events (loss, learning rate,
+    samples/s, WER/CER overall and per eval source), the spec as config, and at the end the worst
+    utterances as a table. Rank 0 only; a tracker that fails warns once and never fails the job.""",
+    **{name: (Annotated[kind.settings | None, _no_credentials(name)], Field(None, description=kind.doc))
+       for name, kind in TRACKERS.items()})
+"""The ``tracking:`` section: one optional key per tracker in :data:`~gpujob.spec.trackers.TRACKERS`."""
+
+TRACKER_MODELS: dict[str, type[Section]] = {name: kind.settings for name, kind in TRACKERS.items()}

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 
 from gpujob.backends.base import JobRequest
 from gpujob.defaults import HF_CACHE
-from gpujob.image import default_image as image_for
+from gpujob.image_names import default_image as image_for
 from gpujob.wire import (GPUS_LABEL, KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE, PRIORITY_LABEL, READY_FILE,
                          SHARE_LABEL, SUBMITTED_LABEL)
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from gpujob import __version__
 from gpujob.backends.base import JobRequest, runtime_of
 from gpujob.backends.launch import GROUP_RESTART_EXIT, SPEC, Rendezvous, runner_command
-from gpujob.image import default_image, default_tag
+from gpujob.image_names import default_image, default_tag
 
 if TYPE_CHECKING:
     from gpujob.spec.models import DistributedSection, JobSpec, ResourcesSection

@@ -48,6 +48,8 @@ from gpujob.runner import data as data_mod
 from gpujob.runner import update
 from gpujob.runner.augment import Augmenter, augment_summary
 from gpujob.runner.batches import pad_audio, prefetched
+from gpujob.runner.card import base_model_id
+from gpujob.runner.card_curves import Recorder
 from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
 from gpujob.runner.metrics import worst
@@ -139,6 +141,9 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     # 2. model (the checkpoint to resume from is chosen once, by the writer)
     resume_from = _resume_point(out_dir, group)
     model, processor = load(spec, device, for_training=True)
+    writer = Recorder(writer)  # keeps the curves for the model card
+    if (base := base_model_id(spec.model.checkpoint)) is not None:
+        model.config.gpujob_base_model = base  # saved with every checkpoint: the card's base_model
     frozen = freeze(model, t.freeze)
     ckpt_on = set_gradient_checkpointing(model, t.gradient_checkpointing, device=device)
     print(f"model {spec.model.checkpoint}: {frozen['trainable'] / 1e6:.1f}M trainable, "
@@ -336,7 +341,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from gpujob.runner.card import write_model_card
 
-    write_model_card(out_dir / "model", spec, metrics)
+    write_model_card(out_dir / "model", spec, metrics, worst_rows=worst(scores, 5) if scores is not None else None,
+                     history=writer.history)
     writer.artifact(path=str(out_dir / "model"), name="model")
     if spec.output.hub_repo:
         from gpujob.runner.card import push_to_hub

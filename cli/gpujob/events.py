@@ -158,6 +158,10 @@ _FIELDS: dict[str, dict[str, _Check]] = {
     "end": {"status": _status, "metrics": lambda v: clean_metrics(v) if isinstance(v, dict) else None,
             "message": _text},
     "heartbeat": {"phase": _name, "done": _step, "total": _total},
+    "export": {"engine": _name, "wer": _rate, "cer": _rate, "transformers_wer": _rate, "transformers_cer": _rate,
+               "wer_gap": _num, "max_wer_gap": _num, "utterances": _step, "same_transcripts": _step,
+               "utterances_per_s": _speed, "transformers_utterances_per_s": _speed, "quantization": _name,
+               "compute_type": _name, "device": _name},
 }
 
 

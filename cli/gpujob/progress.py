@@ -27,6 +27,9 @@ checkpoint step, path
 artifact   path, name
 end        status ("succeeded" | "failed"), metrics {name: value}, message
 heartbeat  phase, done, total (alive during long work between steps, e.g. evaluation)
+export     engine, wer, cer, transformers_wer, transformers_cer, utterances_per_s,
+           transformers_utterances_per_s, ... (output.export: the exported model scored beside the
+           trained one on the same clips)
 ========== ===============================================================
 
 Any event counts as a sign of life for hung-job detection (``limits.idle_minutes``).
@@ -47,6 +50,8 @@ wer, cer                        a number 0 .. 1000 (a fraction; above 1 is possi
 status                          "succeeded", or "failed" for any other string
 message, path                   a string, cut to 500 characters
 name, kind, phase               a string, cut to 200 characters
+export's fields                 wer/cer and transformers_* as wer; utterances_per_s as samples_per_s;
+                                engine, quantization, compute_type, device as name; counts as step
 metrics, eval's other names     at most 50 names of 1-100 characters, each to null, a boolean,
                                 a number -1e30 .. 1e30 or a string cut to 200 characters;
                                 anything else (a list, an object) is dropped
@@ -85,7 +90,7 @@ from gpujob.wire import EVENT_PREFIX
 
 PREFIX = EVENT_PREFIX
 VERSION = 1
-EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat")
+EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat", "export")
 
 
 # --------------------------------------------------------------------------- writer

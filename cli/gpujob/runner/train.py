@@ -338,20 +338,33 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     if saved_at != step:
         ckpt.save(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
         writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
+    export_problem = None
+    if spec.output.export and scores is not None:
+        from gpujob.runner.export import after_training
+
+        export_problem = after_training(spec, out_dir, writer, metrics, eval_examples, group, workers, eval_batch)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from gpujob.runner.card import write_model_card
 
     write_model_card(out_dir / "model", spec, metrics, worst_rows=worst(scores, 5) if scores is not None else None,
                      history=writer.history)
     writer.artifact(path=str(out_dir / "model"), name="model")
-    if spec.output.hub_repo:
+    if spec.output.hub_repo and not export_problem:
         from gpujob.runner.card import push_to_hub
 
-        url = push_to_hub(out_dir / "model", spec.output.hub_repo, private=spec.output.private)
+        url = push_to_hub(out_dir / "model", spec.output.hub_repo, private=spec.output.private,
+                          extra={"ctranslate2": out_dir / "model-ct2"} if metrics.get("export") else None)
         writer.artifact(path=url, name="hub")
     if scores is not None:
         log_worst(writer, worst(scores, 20))
-    writer.end(status="succeeded", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    ended = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    ended.update({f"ct2_{k}": v for k, v in metrics.get("export", {}).get("ctranslate2", {}).items()
+                  if k in ("wer", "cer", "utterances_per_s", "transformers_utterances_per_s")})
+    if export_problem:
+        print(export_problem, flush=True)
+        writer.end(status="failed", message=export_problem, metrics=ended)
+        return 1
+    writer.end(status="succeeded", metrics=ended)
     return 0
 
 

@@ -112,7 +112,9 @@ def run_identity(spec: JobSpec) -> dict:
     and what is frozen. Steps, rates and evaluation may change between attempts (to train longer, say)."""
     return {"model.checkpoint": spec.model.checkpoint, "model.language": spec.model.language,
             "data.train": [s.model_dump(mode="json", exclude={"name"}) for s in spec.data.train],
-            "training.freeze": spec.training.model_dump(mode="json")["freeze"]}
+            "training.freeze": spec.training.model_dump(mode="json")["freeze"],
+            **({"training.lora": spec.training.lora.model_dump(mode="json", exclude={"merge"})}
+               if spec.training.lora is not None else {})}
 
 
 def different(saved: dict, now: dict) -> str:
@@ -145,10 +147,17 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     if (base := base_model_id(spec.model.checkpoint)) is not None:
         model.config.gpujob_base_model = base  # saved with every checkpoint: the card's base_model
     frozen = freeze(model, t.freeze)
+    if t.lora is not None:
+        from gpujob.runner import lora
+
+        frozen = lora.apply(model, t.lora, t.freeze, base or spec.model.checkpoint)
     ckpt_on = set_gradient_checkpointing(model, t.gradient_checkpointing, device=device)
     print(f"model {spec.model.checkpoint}: {frozen['trainable'] / 1e6:.1f}M trainable, "
-          f"{frozen['frozen'] / 1e6:.1f}M frozen; precision {precision.name}; device {device.type}; "
+          f"{frozen['frozen'] / 1e6:.1f}M frozen" + (f" (LoRA r {t.lora.r}, {frozen['trainable'] / (frozen['trainable'] + frozen['frozen']):.2%} "
+          "of the weights train)" if t.lora is not None else "") + f"; precision {precision.name}; device {device.type}; "
           f"gradient checkpointing {'on' if ckpt_on else 'off'}" + cpu_bf16_note(precision, device), flush=True)
+    if t.lora is not None:
+        print(lora.memory_line(model, device), flush=True)
 
     # 3. optimiser and schedule; resume
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None, "baseline": None,

@@ -7,7 +7,9 @@ loads), then scores both engines on every eval clip, one after the other, greedy
 (start of transcript, language, task, no timestamps), the same log-mel features and the same maximum
 length, and reports both WERs and both speeds (utterances/s): in an ``export`` event, in metrics.json
 (``export.ctranslate2``), in the end event's metrics (``ct2_wer`` ... for ``status``) and in the card.
-A WER gap above ``max_wer_gap`` points fails the job with both numbers (:class:`ExportError`).
+An export worse than the model by more than ``max_wer_gap`` WER points fails the job with both numbers
+(:class:`ExportError`); a better one does not (a model trained and scored under bf16 autocast, exported in
+float32, can score a little better).
 
 :func:`ct2_transcripts` is also what ``kind: evaluate`` runs on a CTranslate2 model directory
 (:func:`is_ct2_dir`, or ``model.engine: ctranslate2``). The transcript is decoded as faster-whisper does:
@@ -154,7 +156,7 @@ def export_ctranslate2(target: ExportTarget, model_dir: Path, out_dir: Path, *, 
     ct2_time = time.perf_counter() - t0
     n = len(examples)
     result = {"dir": str(dest), "quantization": target.quantization or "float32", "compute_type": ct2_model.compute_type,
-              "device": _device_name(device), "utterances": n, "wer": ct2.wer, "cer": ct2.cer,
+              "device": _device_name(device), "transformers_precision": precision.name, "utterances": n, "wer": ct2.wer, "cer": ct2.cer,
               "transformers_wer": hf.wer, "transformers_cer": hf.cer, "max_wer_gap": target.max_wer_gap,
               "wer_gap": (ct2.wer - hf.wer) if ct2.wer is not None and hf.wer is not None else None,
               "utterances_per_s": round(n / max(ct2_time, 1e-9), 3),
@@ -186,7 +188,7 @@ def gap_problem(result: dict[str, Any]) -> str | None:
     hf, ct2 = result["transformers_wer"], result["wer"]
     if hf is None or ct2 is None:
         return None
-    gap = abs(ct2 - hf) * 100
+    gap = (ct2 - hf) * 100  # only worse counts: an fp32 export of a model scored under bf16 may score better
     if gap <= result["max_wer_gap"] + 1e-9:
         return None
     return (f"output.export ctranslate2: the export's WER is {ct2 * 100:.2f}% against {hf * 100:.2f}% for the "

@@ -25,8 +25,8 @@ class ExportTarget(Section):
         "Weights' type in the export: `int8`, `int8_float16`, `float16` or `float32`. Unset: as trained "
         "(float32). The evaluation runs with CTranslate2's closest compute type on the job's device."))
     max_wer_gap: float = Field(0.5, ge=0, le=MAX_WER_GAP_POINTS, description=(
-        "Largest WER difference, in points, allowed between the export and the transformers model on the "
-        "same clips; a larger gap fails the export step (and the job) with both numbers."))
+        "Largest WER increase, in points, allowed from the transformers model to the export on the same "
+        "clips; a larger one fails the export step (and the job) with both numbers."))
 
 
 def export_target(value: Any) -> Any:

@@ -120,3 +120,27 @@ def test_a_train_job_with_export_reports_both_engines_everywhere(tmp_path, tiny_
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert "### CTranslate2 (faster-whisper)" in card and "WhisperModel(path" in card
     assert export.is_ct2_dir(tmp_path / "out" / "model-ct2")
+
+
+def test_an_evaluate_job_on_the_ctranslate2_folder_scores_like_one_on_the_model(tmp_path, base_model, greek):
+    """kind: evaluate detects a CTranslate2 folder: the same clips give the same transcripts as transformers.
+    (Whisper base, whose transcripts end before the length cap: on a random model that never stops, CTranslate2
+    stopped at half of max_length where transformers stops at max_length less the prompt.)"""
+    export.convert(Path(base_model), tmp_path / "ct2", None)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    outputs = {}
+    for name, model in (("hf", Path(base_model)), ("ct2", tmp_path / "ct2")):
+        (tmp_path / f"{name}-job").mkdir()
+        path = write_spec(tmp_path / f"{name}-job", model, greek, kind="evaluate")
+        raw = json.loads(path.read_text())
+        path.write_text(json.dumps({**raw, "training": {"generation_max_length": 60, "precision": "fp32"}}))
+        proc = subprocess.run([sys.executable, "-m", "gpujob.runner", str(path)], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outputs[name] = (proc.stdout, tmp_path / f"{name}-job" / "out")
+    assert "CTranslate2 (float32)" in outputs["ct2"][0]
+    metrics = {k: json.loads((out / "metrics.json").read_text()) for k, (_, out) in outputs.items()}
+    assert metrics["ct2"]["engine"] == "ctranslate2" and metrics["ct2"]["wer"] == metrics["hf"]["wer"]
+    predictions = {k: [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+                   for k, (_, out) in outputs.items()}
+    assert predictions["ct2"] == predictions["hf"]

@@ -109,8 +109,10 @@ def main(argv: list[str]) -> int:
             from gpujob.runner import train
 
             return train.run(spec, out_dir, writer, group)
-        from gpujob.runner import evaluate
+        from gpujob.runner import evaluate, evaluate_ct2
 
+        if evaluate_ct2.wanted(spec):  # a CTranslate2 model directory
+            return evaluate_ct2.run(spec, out_dir, writer, group)
         return evaluate.run(spec, out_dir, writer, group)
     except data_mod.DataError as exc:
         print(f"DataError: {exc}", file=sys.stderr, flush=True)

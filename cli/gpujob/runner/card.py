@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpujob.runner.model import language_name
+from gpujob.runner.card_body import language_code
 from gpujob.spec.tracking import source_names
 
 if TYPE_CHECKING:
@@ -83,15 +83,6 @@ def _hub_readme(repo: str) -> Path | None:
         return Path(hf_hub_download(repo, "README.md"))
     except Exception:  # noqa: BLE001 - offline, gated, no card: the licence is left out
         return None
-
-
-def language_code(language: str | None) -> str | None:
-    name = language_name(language)
-    if not name:
-        return None
-    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
-
-    return TO_LANGUAGE_CODE.get(name)
 
 
 def _dataset(source, name: str) -> tuple[str, str]:

@@ -32,7 +32,8 @@ def _export(metrics: dict[str, Any]) -> list[str]:
         return []
     speed = lambda v: f"{v:.2f}" if v is not None else "–"  # noqa: E731
     return ["", "### CTranslate2 (faster-whisper)", "",
-            f"The model converted to CTranslate2 ({ct2.get('quantization') or 'float32'}), scored on the same clips:", "",
+            f"The model converted to CTranslate2 ({ct2.get('quantization') or 'float32'}), scored on the same clips "
+            f"(transformers under {ct2.get('transformers_precision', 'its training precision')}):", "",
             "| engine | WER (%) | CER (%) | utterances/s |", "|---|---:|---:|---:|",
             f"| transformers | {_pct(ct2.get('transformers_wer'))} | {_pct(ct2.get('transformers_cer'))} | "
             f"{speed(ct2.get('transformers_utterances_per_s'))} |",
@@ -94,9 +95,16 @@ def _usage(spec: JobSpec, repo: str | None, metrics: dict[str, Any]) -> list[str
     return lines
 
 
-def _code(spec: JobSpec) -> str | None:
-    from gpujob.runner.card import language_code
+def language_code(language: str | None) -> str | None:
+    name = language_name(language)
+    if not name:
+        return None
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
+    return TO_LANGUAGE_CODE.get(name)
+
+
+def _code(spec: JobSpec) -> str | None:
     return language_code(spec.model.language)
 
 

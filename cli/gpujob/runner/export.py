@@ -85,7 +85,7 @@ def ct2_transcripts(folder: Path, examples: Iterable[dict], *, spec: JobSpec, de
     from tokenizers import Tokenizer
     from transformers import WhisperFeatureExtractor
 
-    from gpujob.runner.card import language_code
+    from gpujob.runner.card_body import language_code
 
     model = model or load_ct2(folder, device)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))

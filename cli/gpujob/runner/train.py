@@ -367,8 +367,9 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     if scores is not None:
         log_worst(writer, worst(scores, 20))
     ended = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    ended.update({f"ct2_{k}": v for k, v in metrics.get("export", {}).get("ctranslate2", {}).items()
-                  if k in ("wer", "cer", "utterances_per_s", "transformers_utterances_per_s")})
+    ct2 = metrics.get("export", {}).get("ctranslate2", {})
+    ended.update({name: ct2[k] for name, k in (("ct2_wer", "wer"), ("ct2_cer", "cer"), ("ct2_utterances_per_s",
+                  "utterances_per_s"), ("hf_utterances_per_s", "transformers_utterances_per_s")) if k in ct2})
     if export_problem:
         print(export_problem, flush=True)
         writer.end(status="failed", message=export_problem, metrics=ended)

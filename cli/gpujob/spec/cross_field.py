@@ -52,6 +52,9 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
         elif steps is None and epochs is None:
             out.append((("training",), "set training.max_steps or training.epochs (exactly one) "
                                        "so the job knows when to stop"))
+    if kind == "train" and section("model").get("engine") == "ctranslate2":
+        out.append((("model", "engine"), "ctranslate2 is for kind: evaluate; a train job fine-tunes a transformers "
+                                         "checkpoint (export it with output.export: [ctranslate2])"))
     export = section("output").get("export")
     if export and kind != "train":
         out.append((("output", "export"), "is for kind: train (the model it trains is exported); to score a "

@@ -60,6 +60,9 @@ class ModelSection(Section):
         "YAML 1.2 is used, so `no` (Norwegian) stays a string."))
     task: Literal["transcribe", "translate"] = Field("transcribe", description=(
         "`transcribe` writes the speech in its own language; `translate` writes English."))
+    engine: Literal["auto", "transformers", "ctranslate2"] = Field("auto", description=(
+        "`kind: evaluate`: what runs the checkpoint. `auto`: CTranslate2 for a folder holding `model.bin` (an "
+        "`output.export` or ct2-transformers-converter output, as faster-whisper loads it), else transformers."))
 
 
 class Source(Section):

@@ -26,14 +26,14 @@ PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast assets demo demo-hello bench gpu-check docs image image-cpu lock clean
+.PHONY: install test test-fast assets assets-short demo demo-hello bench gpu-check docs image image-cpu lock clean
 
 # gpujob (editable) and, beside it, the development package dev/ (gpujob_dev: the demo and test assets,
 # the benchmark; not part of gpujob's wheel)
 $(STAMP): pyproject.toml dev/pyproject.toml
 	bash dev/system-packages.sh venv $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,trackers,kubernetes,docker,host,plot,ui,test]' -e ./dev
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,trackers,kubernetes,docker,host,storage,export,plot,ui,test]' -e ./dev
 	touch $@
 
 install: $(STAMP)
@@ -49,6 +49,13 @@ assets: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.convert_ct2 --out .assets/whisper-base
 	$(PY) -m gpujob_dev.greek_speech .assets/greek-speech --heldout 40 \
 		--extra-sentences dev/gpujob_dev/greek_sentences_train.txt
+
+# jobs/quickstart-export.yaml's eval set: the first 12 held-out clips (hard links)
+assets-short: assets
+	mkdir -p .assets/greek-speech-short/heldout
+	head -13 .assets/greek-speech/heldout/metadata.csv > .assets/greek-speech-short/heldout/metadata.csv
+	for f in $$(tail -n +2 .assets/greek-speech-short/heldout/metadata.csv | cut -d, -f1); do \
+		ln -f .assets/greek-speech/heldout/$$f .assets/greek-speech-short/heldout/$$f; done
 
 demo: assets
 	$(GPUJOB) submit jobs/quickstart.yaml --follow

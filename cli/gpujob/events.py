@@ -172,6 +172,10 @@ _FIELDS: dict[str, dict[str, _Check]] = {
                "loader_wait_percent": _percent, "gpus": lambda v: _int(v, 1, 100_000),
                "gpu_util_percent": _percent, "gpu_mem_used_bytes": _bytes, "gpu_mem_total_bytes": _bytes,
                "gpu_power_w": lambda v: _real(v, 0.0, 1e7)},
+    "export": {"engine": _name, "wer": _rate, "cer": _rate, "transformers_wer": _rate, "transformers_cer": _rate,
+               "wer_gap": _num, "max_wer_gap": _num, "utterances": _step, "same_transcripts": _step,
+               "utterances_per_s": _speed, "transformers_utterances_per_s": _speed, "quantization": _name,
+               "compute_type": _name, "device": _name},
 }
 
 

@@ -32,6 +32,9 @@ system     n (sample number), step (training step), cpu_percent, rss_bytes, mem_
            mem_total_bytes, loader_wait_percent, and with a GPU gpus, gpu_util_percent,
            gpu_mem_used_bytes, gpu_mem_total_bytes, gpu_power_w (every few seconds;
            runner/sysmetrics.py)
+export     engine, wer, cer, transformers_wer, transformers_cer, utterances_per_s,
+           transformers_utterances_per_s, ... (output.export: the exported model scored beside the
+           trained one on the same clips)
 ========== ===============================================================
 
 Any event but ``system`` counts as a sign of life for hung-job detection (``limits.idle_minutes``):
@@ -60,6 +63,8 @@ status                          "succeeded", or "failed" for any other string
 message, path                   a string, cut to 500 characters
 name, kind, phase               a string, cut to 200 characters
 unit                            "bytes" (anything else: dropped)
+export's fields                 wer/cer and transformers_* as wer; utterances_per_s as samples_per_s;
+                                engine, quantization, compute_type, device as name; counts as step
 metrics, eval's other names     at most 50 names of 1-100 characters, each to null, a boolean,
                                 a number -1e30 .. 1e30 or a string cut to 200 characters;
                                 anything else (a list, an object) is dropped
@@ -98,7 +103,7 @@ from gpujob.wire import EVENT_PREFIX
 
 PREFIX = EVENT_PREFIX
 VERSION = 1
-EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat", "system")
+EVENTS = ("start", "progress", "eval", "checkpoint", "artifact", "end", "heartbeat", "system", "export")
 
 
 # --------------------------------------------------------------------------- writer

@@ -154,6 +154,26 @@ def test_every_layout_takes_the_same_steps(layouts, group_by_length):
         assert "[rank" not in got.output, got.output[-3000:]  # no warnings or errors from the other ranks
 
 
+def test_lora_takes_the_same_steps_on_one_process_and_on_two(tmp_path, tiny_model, speech):
+    """training.lora under torchrun: 1 process x batch 8 = 2 x 4, the adapters (all a checkpoint holds) included."""
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "fc1"]}
+    runs = {}
+    for processes, batch in ((1, 8), (2, 4)):
+        spec = write_spec(tmp_path / f"{processes}x{batch}" / "spec.json", tiny_model, speech, batch=batch,
+                          save_steps=STEPS, lora=lora)
+        runs[processes] = run(spec, processes)
+        assert runs[processes].code == 0, runs[processes].output[-4000:]
+    one, two = runs[1], runs[2]
+    for step in range(1, STEPS + 1):
+        assert two.losses[step] == pytest.approx(one.losses[step], rel=LOSS_RTOL), (step, one.losses, two.losses)
+    adapter = lambda r: load_file(r.out / "checkpoints" / f"checkpoint-{STEPS}" / "adapter_model.safetensors")  # noqa: E731
+    mine, theirs = adapter(two), adapter(one)
+    assert set(mine) == set(theirs) and all("lora_" in k for k in mine)
+    for key in theirs:
+        torch.testing.assert_close(mine[key], theirs[key], atol=WEIGHT_ATOL, rtol=0)
+    assert two.kinds("end")[0]["metrics"] == one.kinds("end")[0]["metrics"]
+
+
 def test_a_cached_frozen_encoder_prefix_takes_the_same_steps_on_two_processes(tmp_path, tiny_model, speech):
     """freeze: {encoder_layers: 1}: the frozen prefix is cached per clip and the encoder layer that trains
     runs outside the DDP wrapper's forward; its gradients are still averaged over the processes."""

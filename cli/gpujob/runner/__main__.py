@@ -133,9 +133,12 @@ def main(argv: list[str]) -> int:
 
             code = train.run(spec, out_dir, writer, group)
         else:
-            from gpujob.runner import evaluate
+            from gpujob.runner import evaluate, evaluate_ct2
 
-            code = evaluate.run(spec, out_dir, writer, group)
+            if evaluate_ct2.wanted(spec):  # a CTranslate2 model directory
+                code = evaluate_ct2.run(spec, out_dir, writer, group)
+            else:
+                code = evaluate.run(spec, out_dir, writer, group)
         if bucket is not None and group.is_writer:
             remote.finish_scratch(out_dir, ok=code == 0)
         return code

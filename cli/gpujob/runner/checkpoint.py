@@ -1,6 +1,6 @@
 """Training checkpoints: written whole or not at all, found again after a restart.
 
-``output.dir/checkpoints/checkpoint-<step>/`` holds the model and processor, ``training.pt``
+``output.dir/checkpoints/checkpoint-<step>/`` holds the model (with ``training.lora``, the adapter alone) and processor, ``training.pt``
 (optimiser, schedule, loss scaler, random states) and ``state.json`` (step, epoch, global batches
 done in the epoch, the global batch size, best WER, baseline). A checkpoint is written to a
 temporary folder, marked complete, then renamed, so a job killed while saving leaves the
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpujob.runner import lora
+
 DONE_MARKER = "complete"
 
 
@@ -36,7 +38,10 @@ def save(out_dir: Path, model, processor, optimizer, scheduler, scaler, state: d
     tmp = root / f".tmp-checkpoint-{state['step']}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    if lora.active(model):  # training.lora: the adapter alone
+        lora.save_adapter(model, tmp)
+    else:
+        model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -57,7 +62,10 @@ def restore(path: Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
     """Load a checkpoint into the model and training objects; returns its state."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(path / "model.safetensors"), strict=False)  # tied proj_out is not stored
+    if lora.active(model):
+        lora.load_adapter(model, path)
+    else:
+        model.load_state_dict(load_file(path / "model.safetensors"), strict=False)  # tied proj_out is not stored
     blob = torch.load(path / "training.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
@@ -73,7 +81,10 @@ def save_model(out_dir: Path, model, processor) -> None:
     """The model for use (``output.dir/model``), replaced whole."""
     tmp = out_dir / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    if lora.active(model):  # merged, or the adapter alone (training.lora.merge)
+        lora.save_output(tmp, model, processor)
+    else:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     shutil.rmtree(out_dir / "model", ignore_errors=True)
     tmp.rename(out_dir / "model")

@@ -48,6 +48,8 @@ from gpujob.runner import data as data_mod
 from gpujob.runner import sysmetrics, update, worst_audio
 from gpujob.runner.augment import Augmenter, augment_summary
 from gpujob.runner.batches import pad_audio, prefetched
+from gpujob.runner.card import base_model_id
+from gpujob.runner.card_curves import Recorder
 from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
 from gpujob.runner.metrics import worst
@@ -124,7 +126,9 @@ def run_identity(spec: JobSpec) -> dict:
     and what is frozen. Steps, rates and evaluation may change between attempts (to train longer, say)."""
     return {"model.checkpoint": spec.model.checkpoint, "model.language": spec.model.language,
             "data.train": [s.model_dump(mode="json", exclude={"name"}) for s in spec.data.train],
-            "training.freeze": spec.training.model_dump(mode="json")["freeze"]}
+            "training.freeze": spec.training.model_dump(mode="json")["freeze"],
+            **({"training.lora": spec.training.lora.model_dump(mode="json", exclude={"merge"})}
+               if spec.training.lora is not None else {})}
 
 
 def different(saved: dict, now: dict) -> str:
@@ -154,11 +158,21 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     model, processor = load(spec, device, for_training=True)
     saved = json.loads((resume_from / "state.json").read_text()) if resume_from is not None else None
     precision = job_precision(t.precision, device, model.config, group, saved)  # auto on a CPU: measured here
+    writer = Recorder(writer)  # keeps the curves for the model card
+    if (base := base_model_id(spec.model.checkpoint)) is not None:
+        model.config.gpujob_base_model = base  # saved with every checkpoint: the card's base_model
     frozen = freeze(model, t.freeze)
+    if t.lora is not None:
+        from gpujob.runner import lora
+
+        frozen = lora.apply(model, t.lora, t.freeze, base or spec.model.checkpoint)
     ckpt_on = set_gradient_checkpointing(model, t.gradient_checkpointing, device=device)
     print(f"model {spec.model.checkpoint}: {frozen['trainable'] / 1e6:.1f}M trainable, "
-          f"{frozen['frozen'] / 1e6:.1f}M frozen; precision {precision.name}; device {device.type}; "
+          f"{frozen['frozen'] / 1e6:.1f}M frozen" + (f" (LoRA r {t.lora.r}, {frozen['trainable'] / (frozen['trainable'] + frozen['frozen']):.2%} "
+          "of the weights train)" if t.lora is not None else "") + f"; precision {precision.name}; device {device.type}; "
           f"gradient checkpointing {'on' if ckpt_on else 'off'}" + cpu_bf16_note(precision, device, model.config), flush=True)
+    if t.lora is not None:
+        print(lora.memory_line(model, device), flush=True)
 
     # 3. optimiser and schedule; resume
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None, "baseline": None,
@@ -358,19 +372,34 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
     if saved_at != step:
         ckpt.save(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
         writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
+    export_problem = None
+    if spec.output.export and scores is not None:
+        from gpujob.runner.export import after_training
+
+        export_problem = after_training(spec, out_dir, writer, metrics, eval_examples, group, workers, eval_batch)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from gpujob.runner.card import write_model_card
 
-    write_model_card(out_dir / "model", spec, metrics)
+    write_model_card(out_dir / "model", spec, metrics, worst_rows=worst(scores, 5) if scores is not None else None,
+                     history=writer.history)
     writer.artifact(path=str(out_dir / "model"), name="model")
-    if spec.output.hub_repo:
+    if spec.output.hub_repo and not export_problem:
         from gpujob.runner.card import push_to_hub
 
-        url = push_to_hub(out_dir / "model", spec.output.hub_repo, private=spec.output.private)
+        url = push_to_hub(out_dir / "model", spec.output.hub_repo, private=spec.output.private,
+                          extra={"ctranslate2": out_dir / "model-ct2"} if metrics.get("export") else None)
         writer.artifact(path=url, name="hub")
     if scores is not None:
         log_worst(writer, worst(scores, 20))
-    writer.end(status="succeeded", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    ended = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    ct2 = metrics.get("export", {}).get("ctranslate2", {})
+    ended.update({name: ct2[k] for name, k in (("ct2_wer", "wer"), ("ct2_cer", "cer"), ("ct2_utterances_per_s",
+                  "utterances_per_s"), ("hf_utterances_per_s", "transformers_utterances_per_s")) if k in ct2})
+    if export_problem:
+        print(export_problem, flush=True)
+        writer.end(status="failed", message=export_problem, metrics=ended)
+        return 1
+    writer.end(status="succeeded", metrics=ended)
     return 0
 
 

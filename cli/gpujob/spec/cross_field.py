@@ -52,6 +52,16 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
         elif steps is None and epochs is None:
             out.append((("training",), "set training.max_steps or training.epochs (exactly one) "
                                        "so the job knows when to stop"))
+    if kind == "train" and section("model").get("engine") == "ctranslate2":
+        out.append((("model", "engine"), "ctranslate2 is for kind: evaluate; a train job fine-tunes a transformers "
+                                         "checkpoint (export it with output.export: [ctranslate2])"))
+    export = section("output").get("export")
+    if export and kind != "train":
+        out.append((("output", "export"), "is for kind: train (the model it trains is exported); to score a "
+                                          "CTranslate2 model, point a kind: evaluate job's model.checkpoint at it"))
+    elif export and kind == "train" and section("data").get("eval") in (None, []):
+        out.append((("output", "export"), "needs data.eval: the export is checked by WER against the trained "
+                                          "model on those clips"))
     runtime = section("runtime")
     nodes = section("resources").get("nodes")
     if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 1 \

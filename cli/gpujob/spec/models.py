@@ -25,6 +25,7 @@ from .fields import (
     QUANTITY_SCHEMA, Duration, NonEmptyStr, Quantity, SecretName, Section, check_cpu, describe_value, fail,
     no_duplicates, none_to_empty, whole_or_auto,
 )
+from .serving import ExportTarget, LoraSection, export_target
 from .runtime import LocalRuntime, Runtime, RuntimeBase
 from .source_types import SOURCE_TYPES
 from .tracking import SOURCE_NAME_PATTERN, TrackingSection
@@ -73,6 +74,9 @@ class ModelSection(Section):
         "YAML 1.2 is used, so `no` (Norwegian) stays a string."))
     task: Literal["transcribe", "translate"] = Field("transcribe", description=(
         "`transcribe` writes the speech in its own language; `translate` writes English."))
+    engine: Literal["auto", "transformers", "ctranslate2"] = Field("auto", description=(
+        "`kind: evaluate`: what runs the checkpoint. `auto`: CTranslate2 for a folder holding `model.bin` (an "
+        "`output.export` or ct2-transformers-converter output, as faster-whisper loads it), else transformers."))
 
 
 class Source(Section):
@@ -192,6 +196,9 @@ class TrainingSection(Section):
         "Augmentation of the training clips (SpecAugment, speed, noise, gain); all off by default."))
     freeze: Annotated[Literal["none", "encoder"] | FreezeLayers, BeforeValidator(_check_freeze)] = Field(
         "none", description="What to keep frozen: `none`, `encoder` (the whole encoder), or `{encoder_layers: N}`.")
+    lora: LoraSection | None = Field(None, description=(
+        "Train LoRA adapters (peft) instead of every weight, e.g. `{r: 32, alpha: 64}`: a fraction of the memory, "
+        "so large checkpoints fit 24–48 GB GPUs. Unset: full fine-tuning."))
     eval_steps: int = Field(1000, gt=0, le=MAX_STEPS, description="Evaluate on `data.eval` every this many steps.")
     save_steps: int = Field(1000, gt=0, le=MAX_STEPS, description="Save a checkpoint every this many steps.")
     save_total_limit: int = Field(2, ge=1, le=MAX_CHECKPOINTS, description="Keep at most this many checkpoints (oldest are deleted).")
@@ -253,6 +260,10 @@ class OutputSection(Section):
     hub_repo: str | None = Field(None, pattern=HUB_REPO_PATTERN, description=(
         "Push the final model to this Hugging Face Hub repository (`owner/name`)."))
     private: bool = Field(True, description="Create the Hub repository as private.")
+    export: Annotated[list[Annotated[ExportTarget, BeforeValidator(export_target)]], none_to_empty(list)] = Field(
+        default_factory=list, description=(
+            "`kind: train`: engines to export the model to after training, each checked by WER on the eval "
+            "sources: `[ctranslate2]` or `[{ctranslate2: {quantization: int8, max_wer_gap: 0.5}}]`."))
 
 
 class ResourcesSection(Section):

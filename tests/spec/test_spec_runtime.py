@@ -21,7 +21,7 @@ from spec_samples import COMMAND
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = set(RuntimeBase.model_fields)  # backend, env, secrets: every backend has them
 # A valid value for each backend setting that is not a plain non-empty string.
-SPECIAL = {"host": "box-1", "host_idle": "90m", "host_max_lifetime": "2h"}
+SPECIAL = {"host": "box-1", "host_idle": "90m", "host_max_lifetime": "2h", "stage": "s3://team-bucket/gpujob"}
 
 
 def own(backend: str) -> list[str]:

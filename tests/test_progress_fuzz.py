@@ -497,7 +497,8 @@ def test_cli_logs_and_status_of_a_job_that_printed_poison(tmp_path):
 def test_the_host_agents_event_test_agrees_with_the_parser_and_never_raises(line):
     from gpujob.hosts.agent import probes as ag
 
-    assert ag.has_event(line) == bool(parse_line(line))
+    # a system sample is no sign of progress to the agent (a thread writes it whatever the training does)
+    assert ag.has_event(line) == any(event["event"] != "system" for event in parse_line(line))
     deep = PREFIX + '{"event":"progress","x":' + "[" * 17 + "]" * 17 + "}"
     assert not ag.has_event(deep) and not parse_line(deep)
 

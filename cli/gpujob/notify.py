@@ -299,11 +299,14 @@ def _wait_group(pgid: int, until: float) -> bool:
     return False
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(pgid: int, settle_s: float = 2.0) -> None:
+    """SIGKILL the group, then wait (up to ``settle_s``) until the kernel has ended its members, so that
+    nothing of it still runs when delivery returns."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    _wait_group(pgid, time.monotonic() + settle_s)
 
 
 def send_in_background(job: Job, *, secrets: Iterable[str] | None = None,

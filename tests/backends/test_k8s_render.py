@@ -210,7 +210,7 @@ def test_submit_without_a_cluster_configured_says_what_to_do(monkeypatch, tmp_pa
 
 def test_a_cpu_only_job_renders_with_the_cpu_image():
     """gpus: 0 on kubernetes runs the -cpu image (it named the CUDA one); with GPUs, the CUDA one."""
-    from gpujob.image import default_image
+    from gpujob.image_names import default_image
 
     for gpus in (0, 1):
         result = CliRunner().invoke(app, ["render", str(ROOT / "jobs" / "hello.yaml"), "--backend", "kubernetes",

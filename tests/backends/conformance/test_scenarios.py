@@ -1,0 +1,140 @@
+"""What every backend does the same, as a user of the `gpujob` command checks it: one set of scenarios, run
+on each backend by its harness (conftest.py's ``backend``). A new backend gets a harness in harnesses.py and
+must pass these; its own test file keeps only what is specific to it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from gpujob.backends import get_backend
+from gpujob_cli import GPUJOB
+
+SECRET = "tok_cOnFoRm-not-a-real-token-0123456789"
+GRACE_S = 10
+
+
+def py(code: str) -> list[str]:
+    return ["python", "-c", code]
+
+
+def demo(*args: str) -> list[str]:
+    return ["python", "-m", "gpujob.demo", *args]
+
+
+def test_a_job_runs_to_success_with_its_progress_in_status(backend):
+    job_id = backend.submit(backend.spec("hello", demo("--steps", "20", "--step-time", "0.02",
+                                                       "--eval-every", "10")))
+    followed = backend.gpujob("logs", "-f", job_id, timeout=180)
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert "succeeded" in followed.stderr
+    st = backend.status(job_id)
+    assert st["status"] == "succeeded" and st["exit_code"] == 0 and st["backend"] == backend.backend
+    assert st["step"] == 20 and st["total_steps"] == 20
+    assert 0 <= st["metrics"]["wer"] <= 1
+    assert job_id not in backend.gpujob("list", "--active").stdout
+
+
+def test_logs_follow_delivers_every_line_once_in_order(backend):
+    n = 300
+    code = f"import time\nfor i in range({n}):\n    print(f'line {{i:04d}}', flush=True)\n    time.sleep(0.01)"
+    job_id = backend.submit(backend.spec("numbers", py(code)))
+    followed = backend.gpujob("logs", "-f", "--raw", job_id, timeout=180)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines() == [f"line {i:04d}" for i in range(n)]
+    # and once it ended, the saved log is the same
+    assert backend.gpujob("logs", "--raw", job_id).stdout.splitlines() == [f"line {i:04d}" for i in range(n)]
+
+
+HANDLER = ("import signal, sys, time\n"
+           "def stop(signum, frame):\n"
+           "    print('SIGTERM received: saving a checkpoint', flush=True)\n"
+           "    time.sleep(1)\n"
+           "    print('checkpoint saved, exiting', flush=True)\n"
+           "    sys.exit(0)\n"
+           "signal.signal(signal.SIGTERM, stop)\n"
+           "print('ready', flush=True)\n"
+           "while True: time.sleep(0.1)\n")
+
+
+def test_cancel_lets_the_jobs_sigterm_handler_finish_within_the_grace(backend):
+    job_id = backend.submit(backend.spec("to-cancel", py(HANDLER)))
+    follower = subprocess.Popen([*GPUJOB, "logs", "-f", "--raw", job_id], env=backend.env, cwd=backend.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert follower.stdout.readline().strip() == "ready"  # the handler is installed
+    started = time.monotonic()
+    r = backend.gpujob("cancel", job_id, "--grace", str(GRACE_S))
+    took = time.monotonic() - started
+    assert r.returncode == 0, r.stdout + r.stderr
+    rest, _ = follower.communicate(timeout=60)
+    assert took < GRACE_S + 10, f"cancel took {took:.1f} s"
+    st = backend.status(job_id)
+    assert st["status"] == "cancelled"
+    log = backend.gpujob("logs", "--raw", job_id).stdout
+    assert "SIGTERM received: saving a checkpoint" in log and "checkpoint saved, exiting" in log
+    assert job_id not in backend.gpujob("list", "--active").stdout
+
+
+def test_max_runtime_stops_the_job_and_the_reason_says_so(backend):
+    job_id = backend.submit(backend.spec("too-long", py("import time; print('working', flush=True); "
+                                                        "time.sleep(120)"), limits={"max_runtime": "3s"}))
+    st = backend.wait_status(job_id, lambda s: s["status"] not in ("queued", "running"), timeout=90)
+    assert st["status"] == "failed"
+    assert "limits.max_runtime (3s)" in st["reason"], st["reason"]
+    assert job_id not in backend.gpujob("list", "--active").stdout
+
+
+def test_a_failing_job_reports_its_exit_code_and_error_line(backend):
+    code = ("import sys, time; print('loading data', flush=True); time.sleep(1); "
+            "print('ValueError: column sentence not found', file=sys.stderr, flush=True); sys.exit(3)")
+    job_id = backend.submit(backend.spec("fails", py(code)))
+    st = backend.wait_status(job_id, lambda s: s["status"] not in ("queued", "running"), timeout=120)
+    assert st["status"] == "failed" and st["exit_code"] == 3
+    assert "exited with code 3" in st["reason"], st["reason"]
+    assert "ValueError: column sentence not found" in st["reason"], st["reason"]
+    assert "ValueError: column sentence not found" in backend.gpujob("status", job_id).stdout
+
+
+def test_a_secret_reaches_the_job_but_no_log_registry_stored_spec_or_manifest(backend):
+    runtime, env = backend.give_secret("HF_TOKEN", SECRET)
+    code = ("import hashlib, os, time; t = os.environ['HF_TOKEN']; "
+            "print('token sha256', hashlib.sha256(t.encode()).hexdigest(), flush=True); "
+            "print('the token is', t, flush=True); time.sleep(2)")
+    spec = backend.spec("secret", py(code), runtime=runtime)
+    job_id = backend.submit(spec, env=env)
+    seen_by_engine = backend.engine_view(job_id)   # while it runs: container, Job and pod objects
+    followed = backend.gpujob("logs", "-f", "--raw", job_id, timeout=180)
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert f"token sha256 {hashlib.sha256(SECRET.encode()).hexdigest()}" in followed.stdout  # it got there
+    assert SECRET not in followed.stdout + followed.stderr
+    assert SECRET not in seen_by_engine
+    assert SECRET not in backend.gpujob("logs", "--raw", job_id).stdout
+    for path in backend.home.rglob("*"):                # registry, stored spec, launch files, saved log
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    with sqlite3.connect(backend.home / "registry.db") as db:
+        assert SECRET not in json.dumps(db.execute("select * from jobs").fetchall())
+    rendered = backend.gpujob("render", str(spec), env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    assert SECRET not in rendered.stdout and "HF_TOKEN" in rendered.stdout
+
+
+def test_outputs_land_where_the_backend_says(backend):
+    code = ("import os, pathlib; out = pathlib.Path(os.environ['GPUJOB_OUTPUT_DIR']); "
+            "out.mkdir(parents=True, exist_ok=True); (out / 'result.txt').write_text('42\\n')")
+    spec_path = backend.spec("outputs", py(code), output={"dir": "outputs/conformance"})
+    job_id = backend.submit(spec_path)
+    assert backend.gpujob("logs", "-f", job_id, timeout=180).returncode == 0
+    st = backend.status(job_id)
+    assert st["status"] == "succeeded"
+    from gpujob.spec import load_spec
+
+    elsewhere = get_backend(backend.backend, render_only=True).output_dir(load_spec(spec_path).spec)
+    if elsewhere is None:   # the capability: outputs come back to output.dir on this machine
+        assert (Path(st["output_dir"]) / "result.txt").read_text() == "42\n"
+    else:                   # they stay where the backend keeps them, and status says where
+        assert st["output_dir"] == elsewhere

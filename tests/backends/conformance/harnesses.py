@@ -56,12 +56,28 @@ class Harness(GpujobCli):
         """Everything the engine holds about the job (container inspect, Kubernetes objects), as text."""
         return ""
 
+    def leftovers(self, job_id: str) -> list[str]:
+        """What of the job still runs or holds resources on the engine (processes, containers, pods)."""
+        raise NotImplementedError
+
 
 class Local(Harness):
     backend = "local"
 
     def __init__(self, tmp: Path):
         super().__init__(tmp, {**os.environ, "GPUJOB_HOME": str(tmp / "home")})
+
+    def leftovers(self, job_id: str) -> list[str]:
+        """Live processes that carry the job's id in their environment (as the job's own children do)."""
+        needle, found = f"GPUJOB_JOB_ID={job_id}".encode(), []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and needle in (proc / "environ").read_bytes().split(b"\0") \
+                        and (proc / "stat").read_text().split(") ")[-1][0] != "Z":
+                    found.append(f"pid {proc.name}")
+            except OSError:
+                pass
+        return found
 
 
 class Docker(Harness):
@@ -80,6 +96,10 @@ class Docker(Harness):
         spec["resources"]["shm"] = "64Mi"
         path.write_text(json.dumps(spec))
         return path
+
+    def leftovers(self, job_id: str) -> list[str]:
+        return [c.name for c in self.engine.client().containers.list(
+            all=True, filters={"label": f"gpujob.dev/id={job_id}"})]
 
     def engine_view(self, job_id: str) -> str:
         client = self.engine.client()
@@ -111,6 +131,14 @@ class Kubernetes(Harness):
                                                             "metadata": {"name": store}, "stringData": {name: value}})
         return {"secrets": [name], "secret_store": store}, {}
 
+    def leftovers(self, job_id: str) -> list[str]:
+        """Pods of the job still running or waiting (ended pods hold no GPU)."""
+        data = json.loads(self.core.list_namespaced_pod(self.namespace, label_selector=f"gpujob.dev/id={job_id}",
+                                                        _preload_content=False).data)
+        return [p["metadata"]["name"] for p in data["items"]
+                if p["metadata"].get("labels", {}).get("gpujob.dev/id") == job_id
+                and p["status"].get("phase") in ("Pending", "Running")]
+
     def engine_view(self, job_id: str) -> str:
         selector = f"gpujob.dev/id={job_id}"
         jobs = self.batch.list_namespaced_job(self.namespace, label_selector=selector, _preload_content=False).data
@@ -136,6 +164,10 @@ class Host(Harness):
         spec["resources"]["shm"] = "64Mi"
         path.write_text(json.dumps(spec))
         return path
+
+    def leftovers(self, job_id: str) -> list[str]:
+        return [c.name for c in self.lab.engine.client().containers.list(
+            all=True, filters={"label": f"gpujob.dev/id={job_id}"})]
 
     def engine_view(self, job_id: str) -> str:
         client = self.lab.engine.client()

@@ -84,6 +84,7 @@ def test_cancel_lets_the_jobs_sigterm_handler_finish_within_the_grace(backend):
     # the handler ran to its end: both its lines, in order, reached whoever followed the log
     assert "SIGTERM received: saving a checkpoint\ncheckpoint saved, exiting\n" in followed, followed
     assert backend.status(job_id)["status"] == "cancelled"
+    assert backend.leftovers(job_id) == []
     assert job_id not in backend.gpujob("list", "--active").stdout
 
 
@@ -102,6 +103,7 @@ def test_max_runtime_stops_the_job_and_the_reason_says_so(backend):
     st = backend.wait_status(job_id, lambda s: s["status"] not in ("queued", "running"), timeout=90)
     assert st["status"] == "failed"
     assert "limits.max_runtime (3s)" in st["reason"], st["reason"]
+    assert backend.leftovers(job_id) == []
     assert job_id not in backend.gpujob("list", "--active").stdout
 
 
@@ -114,6 +116,7 @@ def test_a_failing_job_reports_its_exit_code_and_error_line(backend):
     assert "exited with code 3" in st["reason"], st["reason"]
     assert "ValueError: column sentence not found" in st["reason"], st["reason"]
     assert "ValueError: column sentence not found" in backend.gpujob("status", job_id).stdout
+    assert backend.leftovers(job_id) == []
 
 
 def test_a_secret_reaches_the_job_but_no_log_registry_stored_spec_or_manifest(backend):
@@ -138,6 +141,8 @@ def test_a_secret_reaches_the_job_but_no_log_registry_stored_spec_or_manifest(ba
     for path in backend.home.rglob("*"):                # registry, stored spec, launch files, saved log
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+            if path.name in ("spec.json", "launch.json", "handle.json"):  # what says how the job runs: 0600
+                assert path.stat().st_mode & 0o077 == 0, path
     with sqlite3.connect(backend.home / "registry.db") as db:
         assert SECRET not in json.dumps(db.execute("select * from jobs").fetchall())
     rendered = backend.gpujob("render", str(spec), env=env)

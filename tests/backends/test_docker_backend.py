@@ -3,7 +3,9 @@
 The engine is a real dockerd the tests start (tests/support/docker_engine.py); the job image is the
 Debian base the tests make locally plus gpujob's pure-Python modules, so command jobs can run
 gpujob's progress-protocol demo. The job image proper (images/Dockerfile) and the runner inside
-it are tested in tests/deploy/test_image.py.
+it are tested in tests/deploy/test_image.py. What every backend does (failure reasons, cancel with
+grace, max_runtime, secrets, logs without loss) is in tests/backends/conformance, run on docker too;
+here what is docker's own (the container's labels and inspect, the engine restarting, remote engines).
 """
 
 from __future__ import annotations
@@ -96,39 +98,6 @@ def test_job_runs_in_a_container_with_progress_in_logs_and_status(dk):
     out = Path(st["output_dir"])
     assert json.loads((out / "metrics.json").read_text())["wer"] == st["metrics"]["wer"]
     assert (out / "metrics.json").stat().st_uid == os.getuid()
-
-
-def test_failure_reports_the_exit_code_and_the_error_line(dk):
-    # It fails after a moment, not at once: submit reports a job that already ended as failed (exit 1).
-    code = ("import sys, time; print('loading data', flush=True); time.sleep(2); "
-            "print('ValueError: column sentence not found', file=sys.stderr); sys.exit(3)")
-    job_id = dk.submit(dk.spec("fails", py(code)))
-    st = dk.wait_status(job_id, lambda s: s["status"] == "failed")
-    assert st["exit_code"] == 3
-    assert "exited with code 3" in st["reason"] and "ValueError: column sentence not found" in st["reason"]
-    assert dk.containers(job_id) == []
-    shown = dk.gpujob("status", job_id)
-    assert "ValueError: column sentence not found" in shown.stdout
-
-
-def test_cancel_stops_the_container_with_a_grace_period(dk):
-    job_id = dk.submit(dk.spec("long", demo("--steps", "100000", "--step-time", "0.05")))
-    dk.wait_status(job_id, lambda s: (s.get("step") or 0) >= 3, what="progress")
-    started = time.monotonic()
-    r = dk.gpujob("cancel", job_id, "--grace", "5")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert time.monotonic() - started < 20
-    st = dk.status(job_id)
-    assert st["status"] == "cancelled"
-    assert dk.containers(job_id) == []
-    assert "[progress] step" in dk.gpujob("logs", job_id).stdout  # saved before the container went
-    assert job_id not in dk.gpujob("list", "--active").stdout
-
-
-def test_max_runtime_stops_the_job(dk):
-    job_id = dk.submit(dk.spec("too-long", ["sleep", "60"], limits={"max_runtime": "2s"}))
-    st = dk.wait_status(job_id, lambda s: s["status"] == "failed", timeout=40)
-    assert "limits.max_runtime (2s)" in st["reason"]
 
 
 def test_max_cost_stops_the_job_at_its_budget_inside_the_container(dk):

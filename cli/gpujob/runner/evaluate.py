@@ -348,12 +348,19 @@ def run(spec: JobSpec, out_dir: Path, writer, group=None) -> int:
     elapsed = time.perf_counter() - t0
     if not group.is_writer:
         return 0
+    return write_results(spec, out_dir, writer, scores, elapsed)
+
+
+def write_results(spec: JobSpec, out_dir: Path, writer, scores: Scores, elapsed: float, **extra) -> int:
+    """An evaluate job's outputs, whichever engine scored it: predictions.jsonl, the worst utterances'
+    clips, metrics.json (with ``extra``), the summary lines, and the eval and end events."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", scores)
     if not spec.data.streaming:  # the worst utterances' clips, to listen to (the dashboard plays them)
         worst_audio.from_sources(out_dir, scores, spec.data.eval, seed=spec.training.seed)
     metrics = scores.as_metrics(spec.evaluation.metrics)
-    metrics.update({"utterances": scores.utterances, "utterances_per_s": round(scores.utterances / elapsed, 3)})
+    metrics.update({**extra, "utterances": scores.utterances,
+                    "utterances_per_s": round(scores.utterances / max(elapsed, 1e-9), 3)})
     if scores.sources:
         metrics["sources"] = scores.sources_metrics(spec.evaluation.metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

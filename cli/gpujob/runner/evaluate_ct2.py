@@ -5,7 +5,6 @@ events), so ``gpujob compare`` puts the two engines side by side."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,10 +26,8 @@ def run(spec: JobSpec, out_dir: Path, writer, group) -> int:
     import torch
 
     from gpujob.runner import data as data_mod
-    from gpujob.runner.evaluate import summary_lines, write_predictions
+    from gpujob.runner.evaluate import write_results
     from gpujob.runner.export import ct2_transcripts, is_ct2_dir, load_ct2, score_rows
-    from gpujob.runner.metrics import worst
-    from gpujob.runner.tracking import log_worst
 
     if not group.is_writer:
         return 0
@@ -47,19 +44,4 @@ def run(spec: JobSpec, out_dir: Path, writer, group) -> int:
     writer.start(kind="evaluate", name=spec.name)
     t0 = time.perf_counter()
     scores = score_rows(ct2_transcripts(folder, examples, spec=spec, device=device, batch_size=batch, model=model), spec)
-    elapsed = time.perf_counter() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_predictions(out_dir / "predictions.jsonl", scores)
-    metrics = scores.as_metrics(spec.evaluation.metrics)
-    metrics.update({"engine": "ctranslate2", "utterances": scores.utterances,
-                    "utterances_per_s": round(scores.utterances / max(elapsed, 1e-9), 3)})
-    if scores.sources:
-        metrics["sources"] = scores.sources_metrics(spec.evaluation.metrics)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for line in summary_lines(scores):
-        print(line, flush=True)
-    writer.eval(step=0, **scores.event_metrics(spec.evaluation.metrics))
-    writer.artifact(path=str(out_dir / "predictions.jsonl"), name="predictions")
-    log_worst(writer, worst(scores, 20))
-    writer.end(status="succeeded", metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
-    return 0
+    return write_results(spec, out_dir, writer, scores, time.perf_counter() - t0, engine="ctranslate2")

@@ -20,8 +20,7 @@ from typing import Any, Iterable
 
 from gpujob import service, untrusted, words
 from gpujob.backends.base import LOG_NAME
-from gpujob.compare import comparable_spec, predictions_path, read_predictions, result, score_keys, show, spec_differences
-from gpujob.errors import UserError
+from gpujob.compare import comparable_spec, result, score_keys, show, spec_differences
 from gpujob.events import is_event_line, parse_line
 from gpujob.plots import Run, panels
 from gpujob.progress_state import ProgressState
@@ -33,7 +32,6 @@ REFRESH_EVERY_S = 2.0
 LOG_TAIL = 200
 LOG_TAIL_BYTES = 1 << 20   # the most of a log file a page view reads
 LINE_CHARS = 20_000        # a longer log line is shown cut
-WORST = 10
 MAX_OUTPUTS = 200
 
 
@@ -166,24 +164,6 @@ def spec_yaml(job: Job) -> str:
     buf = io.StringIO()
     yaml.dump(job.spec, buf)
     return buf.getvalue()
-
-
-def worst_utterances(job: Job, n: int = WORST) -> tuple[list[dict[str, Any]], str | None]:
-    """The job's ``n`` worst-transcribed utterances from its predictions.jsonl, or why there are none."""
-    try:
-        records = read_predictions(predictions_path(job))
-    except UserError as exc:
-        return [], exc.message
-    except OSError as exc:
-        return [], f"its predictions cannot be read: {exc.strerror}"
-    rows = []
-    for key, r in records.items():
-        wer = r.get("wer")
-        rows.append({"id": text(key, 200), "reference": text(r.get("reference") or ""),
-                     "hypothesis": text(r.get("prediction") or ""),
-                     "wer": float(wer) if isinstance(wer, (int, float)) and not isinstance(wer, bool) else None})
-    rows.sort(key=lambda r: (r["wer"] is None, -(r["wer"] or 0.0), r["id"]))
-    return rows[:n], None if rows else "its predictions.jsonl is empty"
 
 
 def outputs(job: Job) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 # tests/support/browser.py: the `browser` fixture (one headless chromium per session, whichever modules use it)
@@ -30,6 +32,11 @@ def gpujob_home(tmp_path, monkeypatch):
     home = tmp_path / "gpujob-home"
     monkeypatch.setenv("GPUJOB_HOME", str(home))
     return home
+
+
+def pytest_configure(config):
+    """The same for module- and session-scoped fixtures, which run before the autouse fixture below."""
+    os.environ["GPUJOB_CPU_PRECISION"] = "fp32"
 
 
 @pytest.fixture(autouse=True)

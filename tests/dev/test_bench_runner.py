@@ -51,7 +51,10 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     json_path = out / "bench.json"
     path = os.pathsep.join(p for p in (str(DEV), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PYTHONPATH": path}
+    # GPUJOB_CPU_PRECISION as tests/conftest.py sets it for each test (a module fixture runs before it does):
+    # precision auto is fp32 here, not measured under whatever load the machine has
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PYTHONPATH": path,
+           "GPUJOB_CPU_PRECISION": "fp32"}
     proc = subprocess.run([sys.executable, "-m", "gpujob_dev.bench", "--quick", "--device", "cpu",
                            "--json", str(json_path)], capture_output=True, text=True, timeout=240, env=env, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -4,10 +4,7 @@ model set-up, loss falling, checkpoints, resume without redoing or skipping step
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,35 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from gpujob_dev.espeak import write_wav  # noqa: E402
-from tiny_runs import SENTENCES, write_greek_folder, write_spec  # noqa: E402
+from tiny_runs import SENTENCES, run_runner, steps_and_losses, write_greek_folder, write_spec  # noqa: E402, F401 (re-exported)
 
-from gpujob.events import parse_line  # noqa: E402
 from gpujob.runner.train import lr_lambda  # noqa: E402
 
 @pytest.fixture(scope="session")
 def greek_folder(tmp_path_factory) -> Path:
     return write_greek_folder(tmp_path_factory.mktemp("greek"))
-
-
-def run_runner(spec: Path, *, stop_at_step: int | None = None, sig=signal.SIGKILL) -> tuple[int, list[dict], str]:
-    """Run `python -m gpujob.runner SPEC`; optionally send `sig` once a progress event for stop_at_step appears."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    env.pop("GPUJOB_OUTPUT_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gpujob.runner", str(spec)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    events, lines = [], []
-    for line in proc.stdout:
-        lines.append(line)
-        for event in parse_line(line):
-            events.append(event)
-            if stop_at_step is not None and event["event"] == "progress" and event["step"] >= stop_at_step:
-                proc.send_signal(sig)
-                stop_at_step = None
-    return proc.wait(timeout=300), events, "".join(lines)
-
-
-def steps_and_losses(events: list[dict]) -> list[tuple[int, float]]:
-    return [(e["step"], e["loss"]) for e in events if e["event"] == "progress"]
 
 
 # ----------------------------------------------------------------------------- model set-up

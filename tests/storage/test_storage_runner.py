@@ -15,32 +15,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tiny_runs import write_greek_folder, write_spec  # noqa: E402
+from tiny_runs import run_runner, steps_and_losses, write_greek_folder, write_spec  # noqa: E402
 
 from gpujob.events import parse_line  # noqa: E402
 from gpujob.storage import MARKER, Store, parse_uri  # noqa: E402
-
-
-def run_runner(spec: Path, *, stop_at_step: int | None = None, sig=signal.SIGKILL) -> tuple[int, list[dict], str]:
-    """`python -m gpujob.runner SPEC` (as tests/runner/test_runner_train.py runs it); ``sig`` once a progress
-    event for ``stop_at_step`` appears."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    env.pop("GPUJOB_OUTPUT_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gpujob.runner", str(spec)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    events, lines = [], []
-    for line in proc.stdout:
-        lines.append(line)
-        for event in parse_line(line):
-            events.append(event)
-            if stop_at_step is not None and event["event"] == "progress" and event["step"] >= stop_at_step:
-                proc.send_signal(sig)
-                stop_at_step = None
-    return proc.wait(timeout=300), events, "".join(lines)
-
-
-def steps_and_losses(events: list[dict]) -> list[tuple[int, float]]:
-    return [(e["step"], e["loss"]) for e in events if e["event"] == "progress"]
 
 
 @pytest.fixture(scope="session")

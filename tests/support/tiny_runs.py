@@ -1,11 +1,17 @@
 """The tiny runs the runner's tests share (and the image's, the trackers'): a folder of real synthesized
-Greek speech (libespeak-ng), and a spec for a tiny train or evaluate job on it."""
+Greek speech (libespeak-ng), a spec for a tiny train or evaluate job on it,
+and run_runner: the runner run as a job runs it, its events read as they come (optionally signalled at a step)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+from gpujob.events import parse_line
 from gpujob_dev.espeak import write_wav  # libespeak-ng from espeakng-loader: what espeak-ng -w writes
 
 SENTENCES = [
@@ -48,3 +54,24 @@ def write_spec(tmp_path: Path, model: Path, data: Path, *, kind="train", out=Non
     path = tmp_path / "spec.yaml"
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path
+
+
+def run_runner(spec: Path, *, stop_at_step: int | None = None, sig=signal.SIGKILL) -> tuple[int, list[dict], str]:
+    """Run `python -m gpujob.runner SPEC`; optionally send `sig` once a progress event for stop_at_step appears."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    env.pop("GPUJOB_OUTPUT_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gpujob.runner", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    events, lines = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        for event in parse_line(line):
+            events.append(event)
+            if stop_at_step is not None and event["event"] == "progress" and event["step"] >= stop_at_step:
+                proc.send_signal(sig)
+                stop_at_step = None
+    return proc.wait(timeout=300), events, "".join(lines)
+
+
+def steps_and_losses(events: list[dict]) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in events if e["event"] == "progress"]

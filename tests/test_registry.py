@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -280,3 +282,17 @@ def test_the_final_cost_is_recorded_when_a_priced_job_ends(gpujob_home):
     reg.transition(job.id, "succeeded")
     done = reg.get(job.id)
     assert 0.2 <= done.cost_usd < 5 and abs(done.cost_usd - done.cost) < 1e-6
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parent.parent / "jobs").glob("*.yaml")))
+def test_every_example_spec_recorded_as_submit_records_it_reads_back_undamaged(gpujob_home, example):
+    """`status` once called every train job's record damaged: the spec kept ``command: null``, and the
+    reader took a null command for a broken one."""
+    from gpujob.spec.loader import load_spec
+
+    loaded = load_spec(Path(__file__).parent.parent / "jobs" / example)
+    registry = Registry()
+    job = registry.create(name=loaded.spec.name, kind=loaded.spec.kind, backend="local", spec=loaded.data,
+                          spec_path=str(loaded.path), output_dir="/tmp/out")
+    again = registry.get(job.id)
+    assert again.damage is None and again.spec == json.loads(json.dumps(loaded.data))

@@ -75,9 +75,9 @@ SPEC_TEXT = ("apiVersion", "kind", "name", "description")
 def _spec_shape(spec: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     wrong = [k for k in SPEC_SECTIONS if k in spec and not isinstance(spec[k], dict)]
     wrong += [k for k in SPEC_TEXT if k in spec and spec[k] is not None and not isinstance(spec[k], str)]
-    if "command" in spec and not (isinstance(spec["command"], list) and all(isinstance(a, str) for a in spec["command"])):
+    if spec.get("command") is not None and not (isinstance(spec["command"], list) and all(isinstance(a, str) for a in spec["command"])):
         wrong.append("command")
-    if "priority" in spec and not (type(spec["priority"]) is int and abs(spec["priority"]) < 10**9):
+    if spec.get("priority") is not None and not (type(spec["priority"]) is int and abs(spec["priority"]) < 10**9):
         wrong.append("priority")
     return ({k: v for k, v in spec.items() if k not in wrong}, wrong) if wrong else (spec, [])
 

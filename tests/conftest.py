@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -44,6 +45,15 @@ def cpu_precision(monkeypatch):
     """`training.precision: auto` on a CPU is fp32 here, not measured (gpujob.runner.cpu_probe): a test's numbers
     must not depend on how loaded the machine was when its job started. tests/runner/test_cpu_probe.py unsets it."""
     monkeypatch.setenv("GPUJOB_CPU_PRECISION", "fp32")
+
+
+@pytest.fixture(autouse=True)
+def whisper_window():
+    """Each test starts with Whisper's 30 s window (``model.window_seconds`` sets a shorter one per process)."""
+    yield
+    data = sys.modules.get("gpujob.runner.data")
+    if data is not None:
+        data.set_window_seconds(data.MAX_SECONDS)
 
 
 @pytest.fixture(autouse=True)

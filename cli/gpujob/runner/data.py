@@ -46,13 +46,24 @@ from .sources import TEXT_COLUMNS, OpenedSource, load_audio, open_source
 if TYPE_CHECKING:
     from gpujob.spec.models import Source
 
-MAX_SECONDS = 30.0
+MAX_SECONDS = 30.0  # Whisper's window; a checkpoint or spec with ``model.window_seconds`` sets a shorter one
+_WINDOW = [MAX_SECONDS]
+
+
+def window_seconds() -> float:
+    """The longest clip kept, in seconds: the model's window (:func:`set_window_seconds`), 30 s by default."""
+    return _WINDOW[0]
+
+
+def set_window_seconds(seconds: float) -> None:
+    """Set the window for this process: the runner runs one job, with one model, per process."""
+    _WINDOW[0] = float(seconds)
 DECODER_MAX_TOKENS = 448
 MIN_CLIPS_FOR_BAD_SHARE = 20
 MAX_BAD_PATHS_KEPT = 1000
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
 
-__all__ = ["DECODER_MAX_TOKENS", "MAX_SECONDS", "TEXT_COLUMNS", "Clip", "DataError", "OpenedSource", "SourceStats",
+__all__ = ["DECODER_MAX_TOKENS", "MAX_SECONDS", "window_seconds", "set_window_seconds", "TEXT_COLUMNS", "Clip", "DataError", "OpenedSource", "SourceStats",
            "Stats", "decoded", "iter_clips", "iter_examples", "load_audio", "loader_threads", "open_source"]
 
 
@@ -78,7 +89,7 @@ class SourceStats:
 
     def line(self) -> str:
         return (f"{self.seen} read: {self.kept} kept ({self.audio_seconds / 60:.1f} min), {self.too_long} over "
-                f"{MAX_SECONDS:g} s, {self.empty_text} empty transcripts, {self.bad_audio} bad audio")
+                f"{window_seconds():g} s, {self.empty_text} empty transcripts, {self.bad_audio} bad audio")
 
 
 @dataclass
@@ -114,7 +125,7 @@ class Stats:
 
     def summary(self) -> str:
         lines = [f"total: {self.seen} read, {self.kept} kept ({self.audio_seconds / 3600:.2f} h), "
-                 f"{self.too_long} over {MAX_SECONDS:g} s, {self.empty_text} empty transcripts, "
+                 f"{self.too_long} over {window_seconds():g} s, {self.empty_text} empty transcripts, "
                  f"{self.bad_audio} bad audio"]
         lines += [f"  {label}: {s.line()}" for label, s in self.per_source.items()]
         return "\n".join(lines)
@@ -229,7 +240,7 @@ def judge(audio: np.ndarray | AudioError) -> str:
     """What happens to a decoded clip: kept, too_long or bad_audio."""
     if isinstance(audio, AudioError):
         return "bad_audio"
-    return "too_long" if len(audio) / TARGET_SR > MAX_SECONDS else "kept"
+    return "too_long" if len(audio) / TARGET_SR > window_seconds() else "kept"
 
 
 def count(stats: Stats, clip: Clip, audio: np.ndarray | AudioError) -> str:

@@ -133,7 +133,45 @@ def load(spec: JobSpec, device: torch.device, *, for_training: bool):
         gen.language = language
     gen.task = spec.model.task
     processor.tokenizer.set_prefix_tokens(language=language, task=spec.model.task, predict_timestamps=False)
+    set_window(model, processor, spec.model.window_seconds)
     return model.to(device), processor
+
+
+def window_of(model, feature_extractor) -> float:
+    """Seconds of audio the encoder reads: its positions (after the stride-2 conv) times the hop."""
+    return model.config.max_source_positions * 2 * feature_extractor.hop_length / feature_extractor.sampling_rate
+
+
+def set_window(model, processor, seconds: int | None) -> float:
+    """Shorten the encoder's window to ``seconds`` (``model.window_seconds``): keep the first positions of its
+    fixed (sinusoidal) embedding, set ``max_source_positions``, and give the processor a feature extractor
+    whose ``chunk_length`` pads and cuts to the window, so what is saved loads and reads the same way
+    anywhere. ``None`` keeps the checkpoint's window. Clips longer than the window are dropped and counted
+    (:func:`gpujob.runner.data.window_seconds`). Returns the window in seconds."""
+    from transformers import WhisperFeatureExtractor
+
+    from .data import set_window_seconds
+
+    fe = processor.feature_extractor
+    have = window_of(model, fe)
+    if seconds is not None and seconds > have + 1e-6:
+        raise ValueError(f"model.window_seconds: {seconds} s is longer than this checkpoint's window ({have:g} s): "
+                         "a window can be shortened, never lengthened; leave it unset")
+    if seconds is not None and seconds < have - 1e-6:
+        n = int(round(seconds * fe.sampling_rate / fe.hop_length / 2))
+        encoder = model.model.encoder
+        old = encoder.embed_positions
+        new = torch.nn.Embedding(n, old.embedding_dim, dtype=old.weight.dtype, device=old.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[:n])
+        new.requires_grad_(old.weight.requires_grad)
+        encoder.embed_positions = new
+        encoder.max_source_positions = n
+        model.config.max_source_positions = n
+        processor.feature_extractor = WhisperFeatureExtractor(**{**fe.to_dict(), "chunk_length": seconds})
+        have = float(seconds)
+    set_window_seconds(have)
+    return have
 
 
 def freeze(model, how: Literal["none", "encoder"] | FreezeLayers) -> dict[str, int]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .data import (DECODER_MAX_TOKENS, MAX_SECONDS, DataError, SourceStats, Stats, decoded, decoding_pool,
+from .data import (DECODER_MAX_TOKENS, set_window_seconds, window_seconds, DataError, SourceStats, Stats, decoded, decoding_pool,
                    loader_threads, source_clips, source_labels)
 from .source_types import SOURCE_KINDS
 from .sources import open_source
@@ -52,7 +52,7 @@ class SourceReport:
         est = f" (~{self.estimated_examples} usable)" if self.estimated_examples is not None else ""
         s = self.stats or SourceStats(self.label)
         return (f"{where} [{kind}, split {self.split}, text: {self.text_column}]: {size}{est}; sample of {s.seen}: "
-                f"{s.kept} kept, {s.too_long} over {MAX_SECONDS:g} s, {s.empty_text} empty, {s.bad_audio} bad audio; "
+                f"{s.kept} kept, {s.too_long} over {window_seconds():g} s, {s.empty_text} empty, {s.bad_audio} bad audio; "
                 f"longest label {self.longest_label} tokens, {self.labels_over_decoder} over {DECODER_MAX_TOKENS}, "
                 f"{self.labels_over_generation} over {self.generation_max_length}")
 
@@ -116,6 +116,8 @@ def preflight(spec: JobSpec, *, tokenizer: Any = None, sample: int = 200, max_ba
     so their size comes from the dataset's metadata and is "unknown" where that has none.
     """
     spec = getattr(spec, "spec", spec)
+    if spec.model.window_seconds is not None:  # the job's window, before its model is loaded
+        set_window_seconds(float(spec.model.window_seconds))
     report = PreflightReport(sample=sample)
     training, data = spec.training, spec.data
     processes = processes or max(1, int(spec.resources.gpus or 0)) * int(spec.resources.nodes or 1)
@@ -191,11 +193,11 @@ def _judge_source(report: PreflightReport, rep: SourceReport, per: SourceStats, 
                                f"be skipped: {', '.join(per.bad_paths[:5])}")
     if per.kept == 0:
         report.errors.append(f"{key}: none of the {per.seen} sampled clips of {rep.label} is usable "
-                             f"({per.too_long} over {MAX_SECONDS:g} s, {per.empty_text} empty transcripts, "
+                             f"({per.too_long} over {window_seconds():g} s, {per.empty_text} empty transcripts, "
                              f"{per.bad_audio} bad audio)")
     if per.too_long:
         report.warnings.append(f"{key}: {per.too_long} of {per.seen} sampled clips are longer than "
-                               f"{MAX_SECONDS:g} s and will be skipped (Whisper reads 30 s windows)")
+                               f"{window_seconds():g} s and will be skipped (the model's window: model.window_seconds, 30 s for Whisper)")
     if per.empty_text:
         report.warnings.append(f"{key}.text_column: {per.empty_text} of {per.seen} sampled transcripts in "
                                f"{rep.text_column} are empty and will be skipped")

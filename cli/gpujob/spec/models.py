@@ -74,6 +74,13 @@ class ModelSection(Section):
         "YAML 1.2 is used, so `no` (Norwegian) stays a string."))
     task: Literal["transcribe", "translate"] = Field("transcribe", description=(
         "`transcribe` writes the speech in its own language; `translate` writes English."))
+    window_seconds: int | None = Field(None, ge=1, le=30, description=(
+        "Seconds of audio the encoder reads per clip; unset: the checkpoint's own (30 for Whisper). Whisper pads every "
+        "clip to 30 s, so on short clips most of the encoder's and the cross-attention's work is on silence: "
+        "`8` cuts the encoder's time about 4-fold (whisper.cpp's `audio_ctx`). Clips longer than the window are "
+        "left out and counted. The model saved keeps the window (its feature extractor's `chunk_length`), so "
+        "transformers' pipeline and CTranslate2 read it the same way. Fine-tune before relying on it: "
+        "zero-shot, a shorter window costs WER (docs/recipe.md)."))
     engine: Literal["auto", "transformers", "ctranslate2"] = Field("auto", description=(
         "`kind: evaluate`: what runs the checkpoint. `auto`: CTranslate2 for a folder holding `model.bin` (an "
         "`output.export` or ct2-transformers-converter output, as faster-whisper loads it), else transformers."))

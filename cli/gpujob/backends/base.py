@@ -23,7 +23,6 @@ from gpujob.progress_state import ProgressState
 from gpujob.records import BUDGET_WORDS, budget_comes_first, budget_seconds
 
 if TYPE_CHECKING:
-    from gpujob.backends.host import HostSource
     from gpujob.backends.outputs import Progress, Pulled
     from gpujob.records import Job
     from gpujob.spec.models import JobSpec
@@ -152,9 +151,10 @@ class Backend(Protocol):
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     @classmethod
-    def made(cls, hosts: "HostSource | None") -> "Backend":
-        """The backend, made with what the layer above hands down: ``hosts`` (where the host backend finds
-        its hosts; the kubernetes backend's channel for progress lines); most backends need nothing."""
+    def made(cls, hosts: Any) -> "Backend":
+        """The backend, made with what the layer above hands down: ``hosts``, a
+        :class:`gpujob.backends.host.HostSource` or None (where the host backend finds its hosts; the
+        kubernetes backend's channel for progress lines); most backends need nothing."""
         return cls()
 
     @classmethod

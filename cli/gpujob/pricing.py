@@ -85,8 +85,8 @@ def load_table(path: Path | None = None, *, backends: Mapping[str, bool]) -> dic
     table: dict[str, Any] = {}
     for backend, entries in data.items():
         if backend not in backends:
-            raise UserError(f"{path}: {backend}: not a backend with a price table",
-                            hint=f"use {', '.join(names[:-1])} or {names[-1]} (rented hosts have their provider's price)")
+            raise UserError(f"{path}: {backend}: not a backend with a price table", hint=f"use "
+                            f"{', '.join(names[:-1])} or {names[-1]} (rented hosts have their provider's price)")
         if backends[backend] and isinstance(entries, Mapping) and any(isinstance(v, Mapping) for v in entries.values()):
             table[backend] = {str(ctx): check_entries(v, f"{path}: {backend}.{ctx}") for ctx, v in entries.items()}
         else:

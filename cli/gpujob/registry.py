@@ -387,7 +387,8 @@ class Registry:
         """The jobs on rented host ``name``: those of the backends that run on the hosts kept here
         (:attr:`~gpujob.backends.base.Capabilities.rents_hosts`) whose handle names it."""
         renting = [b for b in BACKEND_NAMES if capabilities(b).rents_hosts]
-        return [j for b in renting for j in self.list(active_only=active_only, backend=b) if j.handle.get("host") == name]
+        return [j for b in renting for j in self.list(active_only=active_only, backend=b)
+                if j.handle.get("host") == name]
 
     def integrity_ok(self) -> bool:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -125,8 +125,8 @@ def price_of(loaded: "LoadedSpec", name: str, impl: Backend, request: JobRequest
     if loaded.spec.resources.price_per_hour is not None:
         return job_price(loaded.spec, name, table={})
     published = impl.published_prices(request) if online else None
-    found = job_price(loaded.spec, name, table=load_table(backends=price_tables()),
-                      by_scope=impl.capabilities.price_table_by_scope, context=impl.price_scope(request), published=published)
+    found = job_price(loaded.spec, name, table=load_table(backends=price_tables()), context=impl.price_scope(request),
+                      by_scope=impl.capabilities.price_table_by_scope, published=published)
     if found is None:
         offered = impl.provider_price(request)
         found = Price(*offered) if offered else None
@@ -156,7 +156,8 @@ def check(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = Non
                 f"{loaded.path}: kind: {spec.kind} runs the Whisper runner ({RUNNER_MODULE}), which needs "
                 f"{', '.join(missing_libs)} in gpujob's environment",
                 hint="install them: pip install 'gpujob[runner]'")
-    missing = [n for n in spec.runtime.secrets if not environ.get(n)] if impl.capabilities.secrets_from_environment else []
+    from_env = impl.capabilities.secrets_from_environment
+    missing = [n for n in spec.runtime.secrets if not environ.get(n)] if from_env else []
     if missing:
         raise MissingSecret(missing, loaded.path)
     _check_buckets(loaded, impl, environ)

@@ -26,6 +26,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from gpujob.backends import NAMES
 
@@ -121,3 +122,21 @@ def test_the_scanner_finds_each_refused_form(source):
 ])
 def test_the_scanner_lets_words_and_types_pass(source):
     assert backend_questions(source) == [], source
+
+
+words = st.one_of(st.sampled_from([*NAMES, "Host", "locals", "docker.io", "k8s", ""]), st.text(max_size=12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(word=words, op=st.sampled_from(["==", "!=", "in", "not in"]), left=st.booleans(), as_key=st.booleans())
+def test_a_string_is_refused_in_a_question_exactly_when_it_is_a_backend_name(word, op, left, as_key):
+    """Any string constant, compared either way round (alone or in a tuple), or used as a dict key: refused
+    when, and only when, it is one of the backend names."""
+    text = repr(word)
+    if as_key:
+        source = f"TABLE = {{{text}: 1}}"
+    elif op in ("in", "not in"):
+        source = f"ok = name {op} ({text}, 'other')" if left else f"ok = {text} {op} names"
+    else:
+        source = f"ok = name {op} {text}" if left else f"ok = {text} {op} name"
+    assert bool(backend_questions(source)) == (word in NAMES), source

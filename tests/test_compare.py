@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from gpujob import compare
+from gpujob.backends import capabilities
+from gpujob.errors import UserError
 from gpujob.records import Job
 
 leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False),
@@ -126,3 +129,21 @@ def test_word_distance():
     assert compare.word_distance("a b c", "a c") == 1
     assert compare.word_distance("", "a b") == 2
     assert compare.word_distance("a b", "b a") == 2
+
+
+def test_predictions_on_a_backends_own_volume_are_said_to_be_there_not_missing(tmp_path):
+    """A job whose backend keeps outputs on a volume of its own (its capabilities' outputs_volume: kubernetes')
+    is told apart from a job that has not written predictions yet."""
+    now = time.time()
+    record = Job(id="k1", name="on-cluster", kind="evaluate", backend="kubernetes", status="succeeded", reason=None,
+                 exit_code=0, spec_path=None, spec={}, output_dir="/cache/outputs/on-cluster", handle={}, progress={},
+                 metrics={}, cost_usd=0.0, created_at=now, started_at=now, finished_at=now, updated_at=now)
+    with pytest.raises(UserError) as away:
+        compare.predictions_path(record, capabilities(record.backend).outputs_volume)
+    assert away.value.message == ("job k1 (on-cluster) ran on kubernetes: its outputs are at /cache/outputs/on-cluster "
+                                  "on the cluster's volume, not on this machine")
+    (tmp_path / "out").mkdir()
+    here = Job(**{**record.__dict__, "backend": "local", "output_dir": str(tmp_path / "out")})
+    with pytest.raises(UserError) as missing:
+        compare.predictions_path(here, capabilities(here.backend).outputs_volume)
+    assert "does not exist: the job (succeeded) has not written predictions" in missing.value.message

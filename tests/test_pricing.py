@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from gpujob.backends import capabilities, price_tables
 from gpujob.backends.base import JobRequest
 from gpujob.errors import UserError
 from gpujob.pricing import Price, earlier_throughput, estimate, job_price, load_table, most_it_can_cost
@@ -17,6 +18,8 @@ from gpujob.records import MAX_BUDGET_S, Job
 from gpujob.spec import load_spec_text
 
 HEAD = "apiVersion: gpujob/v1\n"
+K8S_BY_SCOPE = capabilities("kubernetes").price_table_by_scope  # its entry by kubeconfig context first
+LOCAL_PROVIDER_PRICED = capabilities("local").provider_priced
 
 
 def spec_of(text: str, backend: str | None = None):
@@ -40,7 +43,7 @@ def table_file(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_table_prices_gpus_by_type_with_a_fallback_and_cpu_jobs_by_the_hour(tmp_path):
-    table = load_table(table_file(tmp_path, "local: {A10: 0.75, gpu: 2.0, cpu: 0.1}\n"))
+    table = load_table(table_file(tmp_path, "local: {A10: 0.75, gpu: 2.0, cpu: 0.1}\n"), backends=price_tables())
     found = job_price(spec_of(train(gpus=2)), "local", table=table)
     assert found.usd_per_hour == 1.5 and "local.a10 x 2 GPUs" in found.source
     assert job_price(spec_of(train(gpu_type="H100")), "local", table=table).usd_per_hour == 2.0
@@ -50,13 +53,13 @@ def test_a_table_prices_gpus_by_type_with_a_fallback_and_cpu_jobs_by_the_hour(tm
 
 
 def test_kubernetes_prices_go_by_context_then_default_then_what_the_cluster_published(tmp_path):
-    table = load_table(table_file(tmp_path, "kubernetes:\n  big: {H100: 3.0}\n  default: {gpu: 1.0}\n"))
+    table = load_table(table_file(tmp_path, "kubernetes:\n  big: {H100: 3.0}\n  default: {gpu: 1.0}\n"), backends=price_tables())
     spec = spec_of(train(gpus=8, gpu_type="H100"), "kubernetes")
-    assert job_price(spec, "kubernetes", context="big", table=table).usd_per_hour == 24.0
-    assert job_price(spec, "kubernetes", context="other", table=table).usd_per_hour == 8.0
+    assert job_price(spec, "kubernetes", by_scope=K8S_BY_SCOPE, context="big", table=table).usd_per_hour == 24.0
+    assert job_price(spec, "kubernetes", by_scope=K8S_BY_SCOPE, context="other", table=table).usd_per_hour == 8.0
     published = {"h100": 2.5}
-    assert job_price(spec, "kubernetes", context="x", table={}, published=published).usd_per_hour == 20.0
-    assert "published" in job_price(spec, "kubernetes", table={}, published=published).source
+    assert job_price(spec, "kubernetes", by_scope=K8S_BY_SCOPE, context="x", table={}, published=published).usd_per_hour == 20.0
+    assert "published" in job_price(spec, "kubernetes", by_scope=K8S_BY_SCOPE, table={}, published=published).source
 
 
 def test_the_spec_price_wins_over_every_table():
@@ -76,7 +79,7 @@ def test_the_spec_price_wins_over_every_table():
 def test_a_bad_table_is_refused_naming_the_file_and_the_key(tmp_path, text, words):
     path = table_file(tmp_path, text)
     with pytest.raises(UserError) as info:
-        load_table(path)
+        load_table(path, backends=price_tables())
     assert str(path) in info.value.message and words in info.value.message
 
 
@@ -85,7 +88,7 @@ def test_a_bad_table_is_refused_naming_the_file_and_the_key(tmp_path, text, word
 def test_a_jobs_price_is_the_gpu_price_times_all_its_gpus(per_gpu, gpus, nodes):
     spec = spec_of(train(gpus=gpus, gpu_type="L4").replace("resources: {", f"resources: {{nodes: {nodes}, "),
                    "kubernetes")
-    found = job_price(spec, "kubernetes", table={"kubernetes": {"default": {"l4": per_gpu}}})
+    found = job_price(spec, "kubernetes", by_scope=K8S_BY_SCOPE, table={"kubernetes": {"default": {"l4": per_gpu}}})
     assert math.isclose(found.usd_per_hour, per_gpu * gpus * nodes)
 
 
@@ -158,15 +161,15 @@ def test_an_earlier_run_of_the_same_setup_projects_the_cost_and_warns_of_a_budge
             job(id="same01", spec=same, progress=progress)]
     seen = earlier_throughput(spec, jobs)
     assert seen.job_id == "same01" and seen.steps_per_s == 0.5  # the H100 run's speed does not hold on an A10
-    est = estimate(spec, Price(2.0, "x"), jobs, "local")
+    est = estimate(spec, Price(2.0, "x"), jobs, LOCAL_PROVIDER_PRICED)
     usd, seconds = est.projected
     assert math.isclose(seconds, 8000) and math.isclose(usd, 2.0 * 8000 / 3600)
     # $0.50 at $2/h is 15 minutes; the first checkpoint (step 500) comes after 1000 s
     assert any("before anything is saved" in w and "job same01" in w for w in est.warnings)
-    assert not estimate(spec_of(train("limits: {max_cost: 5}\n")), Price(2.0, "x"), jobs, "local").warnings
+    assert not estimate(spec_of(train("limits: {max_cost: 5}\n")), Price(2.0, "x"), jobs, LOCAL_PROVIDER_PRICED).warnings
 
 
 def test_a_budget_without_a_price_is_a_problem_except_where_the_host_prices_it():
     spec = spec_of("kind: command\ncommand: ['true']\nlimits: {max_cost: 5}\n")
-    assert "no price" in estimate(spec, None, [], "local").problem
-    assert estimate(spec, None, [], "host").problem is None
+    assert "no price" in estimate(spec, None, [], capabilities("local").provider_priced).problem
+    assert estimate(spec, None, [], capabilities("host").provider_priced).problem is None

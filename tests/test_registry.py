@@ -296,3 +296,18 @@ def test_every_example_spec_recorded_as_submit_records_it_reads_back_undamaged(g
                           spec_path=str(loaded.path), output_dir="/tmp/out")
     again = registry.get(job.id)
     assert again.damage is None and again.spec == json.loads(json.dumps(loaded.data))
+
+
+def test_the_jobs_on_a_host_are_those_of_a_backend_that_rents_hosts_naming_it():
+    """A docker job's handle also has a "host" (its engine's address): only jobs of a backend whose
+    capabilities say rents_hosts count as on a rented host, each on the host its handle names."""
+    reg = Registry()
+    on_box = reg.create(name="a", kind="command", backend="host", spec={}, spec_path=None, output_dir="/tmp/a")
+    elsewhere = reg.create(name="b", kind="command", backend="host", spec={}, spec_path=None, output_dir="/tmp/b")
+    engine = reg.create(name="c", kind="command", backend="docker", spec={}, spec_path=None, output_dir="/tmp/c")
+    reg.update(on_box.id, handle={"host": "box-1"})
+    reg.update(elsewhere.id, handle={"host": "box-2"})
+    reg.update(engine.id, handle={"host": "box-1"})
+    assert [j.id for j in reg.jobs_on_host("box-1")] == [on_box.id]
+    reg.transition(on_box.id, "failed", reason="x")
+    assert reg.jobs_on_host("box-1") == [] and [j.id for j in reg.jobs_on_host("box-1", active_only=False)] == [on_box.id]

@@ -163,14 +163,16 @@ def test_the_host_agent_imports_the_standard_library_only():
 
 
 def test_every_backend_names_the_protocol_it_implements():
-    """Capabilities (secrets_from_environment, self_reporting, preflight, output_dir, job_cost) are part
-    of :class:`gpujob.backends.base.Backend`; a backend that names it as its base has every one."""
+    """Capabilities (the :class:`~gpujob.backends.base.Capabilities` a backend declares, and preflight,
+    output_dir, prices) are part of :class:`gpujob.backends.base.Backend`; a backend that names it as its
+    base has every one."""
     import importlib
 
     from gpujob.backends import _IMPLEMENTED
-    from gpujob.backends.base import Backend
+    from gpujob.backends.base import Backend, Capabilities
 
     for name, (module, cls) in _IMPLEMENTED.items():
         backend = getattr(importlib.import_module(module), cls)
         assert Backend in backend.__mro__, f"{cls} ({name}) does not name Backend as its base"
         assert backend.name == name
+        assert isinstance(backend.capabilities, Capabilities)

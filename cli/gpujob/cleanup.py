@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpujob.backends import get_backend
+from gpujob.backends import capabilities
 from gpujob.errors import UserError
 from gpujob.registry import TERMINAL, Job, Registry
 
@@ -71,10 +71,7 @@ def prune_candidates(registry: Registry, *, older_than_s: float | None, status: 
 
 
 def _outputs_here(job: Job) -> bool:
-    try:
-        return get_backend(job.backend, render_only=True).outputs_on_this_machine
-    except Exception:  # a backend this install cannot load: its outputs are not ours to judge
-        return False
+    return capabilities(job.backend).outputs_on_this_machine  # a backend this version does not know: False
 
 
 def remove(registry: Registry, jobs: list[Job], *, outputs: bool = False) -> Removed:

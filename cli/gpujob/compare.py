@@ -163,9 +163,10 @@ class UtteranceDiff:
         return abs(a - b) if a is not None and b is not None else 0.0
 
 
-def predictions_path(job: Job) -> Path:
+def predictions_path(job: Job, volume: str | None = None) -> Path:
     """Where ``job``'s ``predictions.jsonl`` is, if this machine can read it; a UserError saying where it
-    is and why it cannot be read otherwise."""
+    is and why it cannot be read otherwise. ``volume``: where the job's backend keeps its outputs when
+    they are on a volume of its own (:attr:`gpujob.backends.base.Capabilities.outputs_volume`)."""
     out = job.output_dir
     who = f"job {job.id} ({job.name})"
     if not out:
@@ -181,8 +182,8 @@ def predictions_path(job: Job) -> Path:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # a name too long, a folder we may not read
             raise UserError(f"{who}: its predictions at {str(path)[:300]} cannot be read: {exc.strerror}",
                             hint="the job's output directory on record may be damaged; see `gpujob status`") from None
-    if job.backend == "kubernetes":
-        raise UserError(f"{who} ran on kubernetes: its outputs are at {out} on the cluster's volume, not on this "
+    if volume:
+        raise UserError(f"{who} ran on {job.backend}: its outputs are at {out} on {volume}, not on this "
                         "machine", hint=f"copy {PREDICTIONS} out of the volume (kubectl cp from a pod that mounts it)")
     if not _is_dir(out):
         raise UserError(f"{who}: its output directory {out} is not on this machine (or cannot be read here)",

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 PRICES_NAME = "prices.yaml"
 MAX_PRICE = 100_000.0  # USD per GPU-hour: the spec's bound
-BACKENDS = ("local", "docker", "kubernetes", "host")
 ANY_GPU, NO_GPU, ANY_CONTEXT = "gpu", "cpu", "default"
 
 
@@ -62,9 +61,11 @@ def _table_name() -> str:
     return str(table_path()).replace(str(Path.home()), "~", 1)
 
 
-def load_table(path: Path | None = None) -> dict[str, Any]:
+def load_table(path: Path | None = None, *, backends: Mapping[str, bool]) -> dict[str, Any]:
     """The price table as plain data ({} when there is none); a UserError naming the file and the key
-    for anything that is not a price."""
+    for anything that is not a price. ``backends``: those that may have an entry, each True when its entry
+    may be keyed by scope first (:func:`gpujob.backends.price_tables`); such an entry is read as
+    {scope: prices}, a plain one becoming the default scope's."""
     from gpujob.spec.yaml_bounded import parse_yaml  # the spec's reader: only commands that price a spec
 
     path = path or table_path()
@@ -77,20 +78,20 @@ def load_table(path: Path | None = None) -> dict[str, Any]:
     data = parse_yaml(text, str(path))
     if data is None:
         return {}
+    names = list(backends)
     if not isinstance(data, Mapping):
-        raise UserError(f"{path}: expected a mapping of backends (local, docker, kubernetes) to prices",
+        raise UserError(f"{path}: expected a mapping of backends ({', '.join(names)}) to prices",
                         hint="see README.md, \"Money\": local: {gpu: 0.80}")
     table: dict[str, Any] = {}
     for backend, entries in data.items():
-        if backend not in BACKENDS or backend == "host":
-            raise UserError(f"{path}: {backend}: not a backend with a price table",
-                            hint="use local, docker or kubernetes (rented hosts have their provider's price)")
-        if backend == "kubernetes" and isinstance(entries, Mapping) and any(
-                isinstance(v, Mapping) for v in entries.values()):
-            table[backend] = {str(ctx): check_entries(v, f"{path}: kubernetes.{ctx}") for ctx, v in entries.items()}
+        if backend not in backends:
+            raise UserError(f"{path}: {backend}: not a backend with a price table", hint=f"use "
+                            f"{', '.join(names[:-1])} or {names[-1]} (rented hosts have their provider's price)")
+        if backends[backend] and isinstance(entries, Mapping) and any(isinstance(v, Mapping) for v in entries.values()):
+            table[backend] = {str(ctx): check_entries(v, f"{path}: {backend}.{ctx}") for ctx, v in entries.items()}
         else:
             table[backend] = check_entries(entries, f"{path}: {backend}")
-            if backend == "kubernetes":
+            if backends[backend]:
                 table[backend] = {ANY_CONTEXT: table[backend]}
     return table
 
@@ -125,15 +126,17 @@ def _from_entries(entries: Mapping[str, float], spec: "JobSpec", where: str) -> 
 # ----------------------------------------------------------------------------- a job's price
 
 
-def job_price(spec: "JobSpec", backend: str, *, context: str | None = None, table: Mapping[str, Any] | None = None,
-              published: Mapping[str, float] | None = None, table_name: str | None = None) -> Price | None:
-    """The job's price before it is submitted (the host backend adds its host's price at submit)."""
+def job_price(spec: "JobSpec", backend: str, *, table: Mapping[str, Any], by_scope: bool = False,
+              context: str | None = None, published: Mapping[str, float] | None = None,
+              table_name: str | None = None) -> Price | None:
+    """The job's price before it is submitted (the host backend adds its host's price at submit), from
+    ``table`` (:func:`load_table`'s); ``by_scope``: the backend's entry is keyed by scope first, ``context``
+    the job's (the backend's ``price_scope``)."""
     if spec.resources.price_per_hour is not None:
         return Price(float(spec.resources.price_per_hour), "resources.price_per_hour")
-    table = load_table() if table is None else table
     name = table_name or _table_name()
     entries, where = table.get(backend), f"{name}: {backend}"
-    if backend == "kubernetes" and entries:  # by context first
+    if by_scope and entries:  # by context first
         scope = context if context in entries else ANY_CONTEXT
         entries, where = entries.get(scope), f"{where}.{scope}"
     found = _from_entries(entries, spec, where) if entries else None
@@ -235,6 +238,7 @@ class Estimate:
     seen: Throughput | None
     warnings: list[str]
     problem: str | None = None                   # why submit refuses it (a budget without a price)
+    provider_priced: bool = False                # the price comes from the provider once the machine is chosen
 
     @property
     def to_confirm(self) -> float | None:
@@ -247,21 +251,19 @@ class Estimate:
         return math.inf if self.price is not None and self.price.usd_per_hour > 0 else None
 
 
-# Backends that learn the job's price only when they pick its machine (a rented host's type): a budget
-# needs no price before submit there.
-PRICED_AT_SUBMIT = ("host",)
-
-
-def unpriced_budget(spec: "JobSpec", price: Price | None, backend: str) -> str | None:
-    """Why submit must refuse the job: a ``limits.max_cost`` that no known price makes enforceable."""
-    if spec.limits.max_cost is None or price is not None or backend in PRICED_AT_SUBMIT:
+def unpriced_budget(spec: "JobSpec", price: Price | None, provider_priced: bool) -> str | None:
+    """Why submit must refuse the job: a ``limits.max_cost`` that no known price makes enforceable.
+    ``provider_priced``: the backend learns the price only when it picks the machine (a rented host's
+    type), so a budget needs no price before submit there."""
+    if spec.limits.max_cost is None or price is not None or provider_priced:
         return None
     return ("limits.max_cost is set, but the job has no price, so its budget cannot be enforced; set "
             f"resources.price_per_hour, or add a price for this backend and GPU type to {_table_name()}")
 
 
-def estimate(spec: "JobSpec", price: Price | None, jobs: Iterable["Job"], backend: str) -> Estimate:
-    """Price, bounds, projection and warnings for ``spec`` on ``backend`` (``jobs``: the registry's, newest first)."""
+def estimate(spec: "JobSpec", price: Price | None, jobs: Iterable["Job"], provider_priced: bool) -> Estimate:
+    """Price, bounds, projection and warnings for ``spec`` (``jobs``: the registry's, newest first) on a backend
+    whose price comes from its provider at submit (``provider_priced``) or not."""
     seen = earlier_throughput(spec, jobs)
     warnings: list[str] = []
     max_cost = spec.limits.max_cost
@@ -273,4 +275,4 @@ def estimate(spec: "JobSpec", price: Price | None, jobs: Iterable["Job"], backen
             f"the speed of job {seen.job_id} ({seen.steps_per_s:.3g} steps/s) {save[1]} comes after {fmt_duration(save[0])}: "
             "the budget would stop it before anything is saved")
     return Estimate(price, most_it_can_cost(price, spec), projected(price, spec, seen), seen, warnings,
-                    unpriced_budget(spec, price, backend))
+                    unpriced_budget(spec, price, provider_priced), provider_priced)

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from gpujob.backends import NAMES as BACKEND_NAMES, capabilities
 from gpujob.errors import AmbiguousJob, JobNotFound, OutputDirInUse, RegistryError, UserError
 from gpujob.records import ACTIVE, HOST_ACTIVE, STATUSES, TERMINAL, Host, Job, gpujob_home  # noqa: F401 (re-exported)
 from gpujob import history as hist, registry_open, untrusted
@@ -383,7 +384,11 @@ class Registry:
         return [Host._from_row(r) for r in rows]
 
     def jobs_on_host(self, name: str, *, active_only: bool = True) -> list[Job]:
-        return [j for j in self.list(active_only=active_only, backend="host") if j.handle.get("host") == name]
+        """The jobs on rented host ``name``: those of the backends that run on the hosts kept here
+        (:attr:`~gpujob.backends.base.Capabilities.rents_hosts`) whose handle names it."""
+        renting = [b for b in BACKEND_NAMES if capabilities(b).rents_hosts]
+        return [j for b in renting for j in self.list(active_only=active_only, backend=b)
+                if j.handle.get("host") == name]
 
     def integrity_ok(self) -> bool:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob import gitsource, history, notify, untrusted
-from gpujob.backends import Backend, JobRequest, get_backend, outputs
+from gpujob.backends import Backend, JobRequest, capabilities, get_backend, outputs, price_tables
 from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
 from gpujob.fleet.jobs import RegistryHosts
-from gpujob.pricing import Estimate, Price, estimate as estimate_cost, job_price, unpriced_budget
+from gpujob.pricing import Estimate, Price, estimate as estimate_cost, job_price, load_table, unpriced_budget
 from gpujob.records import gpujob_home
 from gpujob.registry import TERMINAL, Job, Registry
 from gpujob.storage import SETTING_VARS, is_uri
@@ -98,7 +98,7 @@ def render(loaded: "LoadedSpec", backend: str | None = None) -> tuple[str, Estim
         finally:
             registry.close()
     request = _preview_request(loaded, price)
-    return impl.render(request), estimate_cost(loaded.spec, price, jobs, name)
+    return impl.render(request), estimate_cost(loaded.spec, price, jobs, impl.capabilities.provider_priced)
 
 
 _PROBLEM = re.compile(r"^\s*#?\s*(?:[\w.-]+:\s+)?PROBLEM:\s*(.+)$")  # "# PROBLEM: x", "gpus:    PROBLEM: x"
@@ -116,7 +116,7 @@ def estimate(loaded: "LoadedSpec", registry: Registry, backend: str | None = Non
     name = backend or loaded.spec.runtime.backend
     impl = _backend(name, registry)
     price = price_of(loaded, name, impl, _preview_request(loaded))
-    return estimate_cost(loaded.spec, price, registry.list(), name)
+    return estimate_cost(loaded.spec, price, registry.list(), impl.capabilities.provider_priced)
 
 
 def price_of(loaded: "LoadedSpec", name: str, impl: Backend, request: JobRequest, *, online: bool = True) -> Price | None:
@@ -125,7 +125,8 @@ def price_of(loaded: "LoadedSpec", name: str, impl: Backend, request: JobRequest
     if loaded.spec.resources.price_per_hour is not None:
         return job_price(loaded.spec, name, table={})
     published = impl.published_prices(request) if online else None
-    found = job_price(loaded.spec, name, context=impl.price_scope(request), published=published)
+    found = job_price(loaded.spec, name, table=load_table(backends=price_tables()), context=impl.price_scope(request),
+                      by_scope=impl.capabilities.price_table_by_scope, published=published)
     if found is None:
         offered = impl.provider_price(request)
         found = Price(*offered) if offered else None
@@ -148,20 +149,21 @@ def check(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = Non
     spec = loaded.spec
     name = backend or spec.runtime.backend
     impl = _backend(name, registry)
-    if spec.kind != "command" and name == "local":
+    if spec.kind != "command" and impl.capabilities.runner_here:
         missing_libs = [m for m in RUNNER_LIBRARIES if importlib.util.find_spec(m) is None]
         if missing_libs:
             raise UserError(
                 f"{loaded.path}: kind: {spec.kind} runs the Whisper runner ({RUNNER_MODULE}), which needs "
                 f"{', '.join(missing_libs)} in gpujob's environment",
                 hint="install them: pip install 'gpujob[runner]'")
-    missing = [n for n in spec.runtime.secrets if not environ.get(n)] if impl.secrets_from_environment else []
+    from_env = impl.capabilities.secrets_from_environment
+    missing = [n for n in spec.runtime.secrets if not environ.get(n)] if from_env else []
     if missing:
         raise MissingSecret(missing, loaded.path)
     _check_buckets(loaded, impl, environ)
     impl.preflight(_preview_request(loaded))  # e.g. local: this machine has the GPUs asked for
     price = price or price_of(loaded, name, impl, _preview_request(loaded))
-    unpriced = unpriced_budget(spec, price, name)
+    unpriced = unpriced_budget(spec, price, impl.capabilities.provider_priced)
     if unpriced:
         raise UserError(f"{loaded.path}: {unpriced}",
                         hint="or remove limits.max_cost (the README's \"Money\" section, also on gpujob's PyPI page)")
@@ -178,8 +180,8 @@ def _check_buckets(loaded: "LoadedSpec", impl: Backend, environ: Mapping[str, st
         return
     runtime = loaded.spec.runtime
     job = check_credentials_for_job(uris, runtime.env, list(runtime.secrets), environ,
-                                    impl.secrets_from_environment, loaded.path)
-    if impl.secrets_from_environment:
+                                    impl.capabilities.secrets_from_environment, loaded.path)
+    if impl.capabilities.secrets_from_environment:
         probe(uris, {**{n: environ[n] for n in SETTING_VARS if environ.get(n)}, **job})
 
 
@@ -201,7 +203,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     spec = loaded.spec
     name = backend or spec.runtime.backend
     impl = _backend(name, registry)
-    from_env = impl.secrets_from_environment
+    from_env = impl.capabilities.secrets_from_environment
     price = check(loaded, registry, backend=name, environ=environ, price=price)
     out = impl.output_dir(spec) or output_dir(loaded)
     # One transaction checks that no active job writes to `out` and records this one (OutputDirInUse).
@@ -222,7 +224,7 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
     if spec.resources.price_per_hour is None and handle.get("price_cents_per_hour") is not None:  # the host's, now
         registry.update(job.id, price=(float(handle["price_cents_per_hour"]) / 100.0,
                                        f"host {handle.get('host')}: its provider's price"))
-    if not impl.self_reporting:
+    if not impl.capabilities.self_reporting:
         return refresh(registry, registry.get(job.id))
     return _wait_started(registry, job.id)
 
@@ -268,10 +270,10 @@ def refresh(registry: Registry, job: Job) -> Job:
 
 def _history_from_saved_log(registry: Registry, job: Job) -> None:
     """A job whose log was read from afar while it ran (only its tail, at each look) leaves its whole
-    log in its folder at the end: its metric history is taken from there, complete. (The local
-    supervisor records every event as it comes.)"""
+    log in its folder at the end: its metric history is taken from there, complete. (A self-reporting
+    backend's supervisor records every event as it comes.)"""
     saved = job.job_dir / LOG_NAME
-    if job.backend == "local" or not saved.is_file():
+    if capabilities(job.backend).self_reporting or not saved.is_file():
         return
     try:
         with untrusted.open_regular(saved) as fh:

@@ -119,6 +119,17 @@ def test_a_budget_without_a_price_is_refused_before_anything_is_recorded(tmp_pat
     assert "PROBLEM:  limits.max_cost is set, but the job has no price" in gpujob("render", str(spec)).output
 
 
+def test_a_budget_on_a_rented_host_needs_no_price_before_submit_and_render_says_where_it_comes_from(tmp_path):
+    """The host backend learns its price from the provider when it chooses the host (its capabilities say
+    provider_priced): a budget is no PROBLEM before then, and the cost line says where the price will come from."""
+    spec = write(tmp_path, "onhost", "resources: {gpus: 1, gpu_type: A10}\nruntime: {backend: host, host_type: gpu_1x_a10}\n"
+                 "limits: {max_cost: 5}\n")
+    rendered = gpujob("render", str(spec))
+    assert rendered.exit_code == 0, rendered.output
+    assert "cost:     the host's price per hour, from its provider once the host is chosen" in rendered.output
+    assert "PROBLEM" not in rendered.output
+
+
 def test_submit_asks_before_a_job_that_can_cost_more_than_the_threshold(tmp_path):
     spec = write(tmp_path, "dear", "resources: {price_per_hour: 10}\nlimits: {max_runtime: 3h}\n", code="print('hi')")
     env = {"GPUJOB_CONFIRM_ABOVE": "20"}

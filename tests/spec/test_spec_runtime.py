@@ -189,3 +189,31 @@ def test_every_backends_runtime_survives_a_dump_and_a_reload(runtime):
     assert type(spec.runtime) is RUNTIMES[runtime.get("backend", "local")]
     again = JobSpec.model_validate(spec.model_dump(by_alias=True, mode="json"))
     assert again == spec and type(again.runtime) is type(spec.runtime)
+
+
+@pytest.mark.parametrize("backend", list(RUNTIMES))
+def test_several_nodes_need_a_backend_whose_runtime_says_multi_node(backend):
+    """resources.nodes above 1 is refused, naming the backends that take it, on every backend whose runtime
+    model does not say ``multi_node`` (kubernetes' does); the backend's own needs (a host's) are met here."""
+    runtime = {"backend": backend, **({"host": "box-1"} if backend == "host" else {})}
+    text = spec_text(runtime) + "resources: {nodes: 2}\n"
+    if RUNTIMES[backend].multi_node:
+        assert load_spec_text(text, "job.yaml").spec.resources.nodes == 2
+        return
+    with pytest.raises(SpecError) as caught:
+        load_spec_text(text, "job.yaml")
+    (problem,) = [p for p in caught.value.problems if p.key == "resources.nodes"]
+    assert f"2 nodes need runtime.backend: kubernetes; the {backend} backend runs a job on one machine" in str(problem)
+
+
+@pytest.mark.parametrize(("runtime", "resources"), [
+    ({}, ""), ({"host": "box-1"}, ""), ({"host_type": "gpu_1x_a10"}, ""), ({}, "resources: {gpus: 1, gpu_type: A10}\n")])
+def test_the_host_backend_needs_a_host_a_host_type_or_a_gpu_type(runtime, resources):
+    text = spec_text({"backend": "host", **runtime}) + resources
+    if runtime or resources:
+        assert load_spec_text(text, "job.yaml").spec.runtime.backend == "host"
+        return
+    with pytest.raises(SpecError) as caught:
+        load_spec_text(text, "job.yaml")
+    (problem,) = [p for p in caught.value.problems if p.key == "runtime.host"]
+    assert "runtime.backend: host needs runtime.host (a host from `gpujob host up`), runtime.host_type" in str(problem)

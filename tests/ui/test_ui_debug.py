@@ -44,7 +44,7 @@ def job_with(tmp_path, predictions, index=None):
         for e in index:
             if "/" not in e["file"]:
                 (out / "worst_audio" / e["file"]).write_bytes(b"RIFF")
-    return NS(id="j1", name="n", output_dir=str(out))
+    return NS(id="j1", name="n", backend="local", output_dir=str(out))
 
 
 def test_worst_rows_split_the_id_name_the_source_and_find_the_clip(tmp_path):

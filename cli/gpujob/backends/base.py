@@ -96,25 +96,72 @@ class Observed:
                                 # position and words, recorded in its handle as a local supervisor records it
 
 
-class Backend(Protocol):
-    """What every backend implements. A backend class names it as its base, so the capabilities
-    below that it does not set keep these defaults."""
-
-    name: ClassVar[str]
-
-    # ------------------------------------------------------------------ capabilities
-    # What the service asks of a backend besides the job's life cycle; the defaults fit a backend
-    # that starts the job from this machine and is asked about it by the service.
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend does that the layers above it ask about, so that they ask the backend instead of
+    asking which backend it is (as SkyPilot's clouds declare their ``CloudImplementationFeatures``).
+    Each backend declares its own (``Backend.capabilities``); the defaults fit a backend that starts
+    the job from this machine and is asked about it by the service."""
 
     # True: the secrets are read from the environment of whoever submits (runtime.secrets must be
     # set there); False: the backend finds them itself (kubernetes: a Secret the pod references).
-    secrets_from_environment: ClassVar[bool] = True
+    secrets_from_environment: bool = True
     # True: the backend's own supervisor records the job's state (through a JobStore) as it runs,
-    # and submit waits a moment for it to start; False: the service asks ``status`` and records it.
-    self_reporting: ClassVar[bool] = False
+    # every event as it comes, and submit waits a moment for it to start; False: the service asks
+    # ``status`` and records it, and takes the metric history from the saved log at the end.
+    self_reporting: bool = False
     # True: a job's output.dir is a folder on this machine (local, docker's bind mount); False: on
     # the cluster's volume or the rented host (`gpujob rm --outputs` leaves those alone).
-    outputs_on_this_machine: ClassVar[bool] = True
+    outputs_on_this_machine: bool = True
+    # True: the job's process writes output.dir on this machine as it runs, so it is there to list
+    # once the job has succeeded (local); False: copied back at the end, or elsewhere.
+    outputs_written_here: bool = False
+    # Where output.dir is when it is a path on a volume of the backend's own, in words for a
+    # message that it is not on this machine (kubernetes: "the cluster's volume"); None: not so.
+    outputs_volume: str | None = None
+    # True: train and evaluate jobs run gpujob's runner in this Python environment, so its libraries
+    # must be installed here (local); False: in the job image.
+    runner_here: bool = False
+    # True: the job's log (LOG_NAME in its registry folder) is written as the job runs, so it is read
+    # as a file (local); False: read through ``logs``, and saved to that file when the job ends.
+    log_written_here: bool = False
+    # True: ``render`` prints YAML (kubernetes' manifests), so lines printed below it are comments.
+    renders_yaml: bool = False
+    # True: the price comes from the provider once the backend chooses the machine (host: the instance
+    # type's), so the price table has no entry for it and a budget needs no price before submit.
+    provider_priced: bool = False
+    # True: the backend's entry in the price table may be keyed by its ``price_scope`` first (kubernetes:
+    # the kubeconfig context), each scope a table of its own.
+    price_table_by_scope: bool = False
+    # True: jobs run on the rented hosts the registry keeps (host), the one named by the handle's "host".
+    rents_hosts: bool = False
+
+
+# What a backend this version does not know (a record rebuilt from a damaged folder says "unknown")
+# is taken to do: nothing the questions above could rely on.
+UNKNOWN_CAPABILITIES = Capabilities(secrets_from_environment=False, outputs_on_this_machine=False)
+
+
+class Backend(Protocol):
+    """What every backend implements. A backend class names it as its base, so what it does not
+    set keeps these defaults."""
+
+    name: ClassVar[str]
+    # What the layers above ask of a backend besides the job's life cycle (:class:`Capabilities`).
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    def made(cls, hosts: Any) -> "Backend":
+        """The backend, made with what the layer above hands down: ``hosts``, a
+        :class:`gpujob.backends.host.HostSource` or None (where the host backend finds its hosts; the
+        kubernetes backend's channel for progress lines); most backends need nothing."""
+        return cls()
+
+    @classmethod
+    def outputs_place(cls, job: "Job") -> str | None:
+        """Where the recorded job's output_dir lies, in words for ``gpujob status``, when the path alone
+        does not say (kubernetes: the PersistentVolumeClaim and namespace); None: the path says it."""
+        return None
 
     def preflight(self, request: JobRequest) -> None:
         """Check what can be checked before the job is recorded (this machine has the GPUs asked

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Mapping, Protocol
 
 from gpujob.backends import outputs
-from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed, read_saved_log, runtime_of
+from gpujob.backends.base import LOG_NAME, Backend, Capabilities, JobRequest, Observed, read_saved_log, runtime_of
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.backend import DockerBackend
 from gpujob.backends.docker.engine import Engine
@@ -146,11 +146,19 @@ def _close_all() -> None:
 
 class HostBackend(Backend):
     name = "host"
-    outputs_on_this_machine = False  # on the rented host, until pulled
+    capabilities = Capabilities(
+        outputs_on_this_machine=False,  # on the rented host, until pulled
+        provider_priced=True,           # the instance type's price, once the host is chosen
+        rents_hosts=True,
+    )
 
     def __init__(self, hosts: HostSource | None = None) -> None:
         """``hosts``: where hosts come from; a backend without it can only render."""
         self._hosts = hosts
+
+    @classmethod
+    def made(cls, hosts: HostSource | None) -> "HostBackend":
+        return cls(hosts=hosts)
 
     @property
     def hosts(self) -> HostSource:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 from gpujob import notify, procs, untrusted
 from gpujob.backends import gpuqueue, gpus, outputs, reaper
-from gpujob.backends.base import LOG_NAME, Backend, JobRequest, Observed
+from gpujob.backends.base import LOG_NAME, Backend, Capabilities, JobRequest, Observed
 from gpujob.errors import GpujobError, UserError
 from gpujob.linesplit import LineSplitter
 from gpujob.records import gpujob_home
@@ -46,7 +46,10 @@ POLL_S = 0.2
 
 class LocalBackend(Backend):
     name = "local"
-    self_reporting = True  # its supervisor records the job's state as it runs
+    # a process of this machine, in gpujob's environment: its supervisor records the job's state as it runs,
+    # its log and output.dir are written here as it runs
+    capabilities = Capabilities(self_reporting=True, outputs_written_here=True, runner_here=True,
+                                log_written_here=True)
 
     # ------------------------------------------------------------------ submit
 

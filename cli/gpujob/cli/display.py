@@ -10,12 +10,12 @@ from typing import Any
 
 import typer
 
-from gpujob.defaults import HF_CACHE
 from gpujob.events import clean_metrics, is_event_line, parse_line
 from gpujob.progress_state import ProgressState
 from gpujob.sparkline import status_rows as sparkline_rows
 from gpujob.sysview import status_rows as system_rows
 from gpujob.words import describe_event, fmt_duration, fmt_pct, fmt_rate, money, phase_words, printable  # noqa: F401 (money: re-exported)
+from gpujob.backends import backend_class, capabilities
 from gpujob.backends.base import Notice
 from gpujob.cli.termsafe import for_terminal
 from gpujob.backends.gpuqueue import ordinal
@@ -79,10 +79,10 @@ def cost_details(job: Job) -> str:
     return words
 
 
-def estimate_lines(est: Any, backend: str) -> list[str]:
+def estimate_lines(est: Any) -> list[str]:
     """What a job should cost, for render and submit (a :class:`gpujob.pricing.Estimate`)."""
     if est.price is None:
-        if backend == "host":
+        if est.provider_priced:
             lines = ["cost:     the host's price per hour, from its provider once the host is chosen"]
         else:
             lines = ["cost:     unknown: no price (set resources.price_per_hour, or add one to $GPUJOB_HOME/prices.yaml)"]
@@ -202,15 +202,16 @@ def job_details(job: Job, history: list[dict[str, Any]] | None = None) -> str:
     if state.checkpoint:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
     outputs = _safe(job.output_dir or "-")
-    if job.backend == "kubernetes" and job.output_dir and job.output_dir.startswith("/cache/"):
-        claim = ((job.spec.get("runtime") or {}).get("cache_pvc") or HF_CACHE)
-        outputs += f"  (on PersistentVolumeClaim {claim}, namespace {job.handle.get('namespace', '?')})"
+    found = backend_class(job.backend)
+    place = found.outputs_place(job) if found is not None else None
+    if place:
+        outputs += f"  ({place})"
     rows.append(("outputs", outputs))
     if job.spec_path:
         rows.append(("spec", _safe(job.spec_path)))
     if job.active:
         nxt = f"gpujob logs -f {job.id}   |   gpujob cancel {job.id}"
-    elif job.status == "succeeded" and job.backend == "local":
+    elif job.status == "succeeded" and capabilities(job.backend).outputs_written_here:
         nxt = f"ls {job.output_dir}" if job.output_dir and "://" not in job.output_dir else f"gpujob logs {job.id}"
     elif job.status == "succeeded":
         nxt = f"gpujob logs {job.id}"

@@ -57,7 +57,7 @@ def submit(
     else:
         typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {display.status_words(job)}")
     if est.price is not None or est.warnings:  # an unknown price is said by status and list
-        for line in display.estimate_lines(est, job.backend):
+        for line in display.estimate_lines(est):
             err(line)
     if job.handle.get("withheld"):  # local: variables named like secrets that the job does not get
         from gpujob.backends.local import withheld_words

@@ -7,7 +7,7 @@ from typing import Annotated, List
 
 import typer
 
-from gpujob.backends import local_data
+from gpujob.backends import capabilities, local_data
 from gpujob.cli.common import BackendOpt, JsonOpt, SetOpt, err, friendly, load
 from gpujob.errors import UserError
 
@@ -101,14 +101,14 @@ def render(
     loaded = load(file, overrides, backend)
     text, est = service.render(loaded)
     name = loaded.spec.runtime.backend
-    estimate = display.estimate_lines(est, name)
+    estimate = display.estimate_lines(est)
     problems = service.render_problems(text, estimate)
     if as_json:
         typer.echo(json.dumps({"backend": name, "rendered": text, "estimate": estimate, "problems": problems,
                                "job_id_placeholder": service.PREVIEW_ID}, indent=2))
     else:
         typer.echo(text)
-        comment = "# " if name == "kubernetes" else ""  # its manifests stay YAML
+        comment = "# " if capabilities(name).renders_yaml else ""  # YAML (kubernetes' manifests) stays YAML
         for line in estimate:
             typer.echo(comment + line)
         err(f"note: {service.PREVIEW_ID} stands for the job id that `gpujob submit {file}` assigns")

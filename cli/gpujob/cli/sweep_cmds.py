@@ -10,6 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from gpujob import compare as cmp, sweeps
+from gpujob.backends import capabilities
 from gpujob.cli import compare_view, completion, sweep_plan
 from gpujob.cli.common import BackendOpt, SetOpt, err, friendly, load, open_registry, reap_due_hosts
 from gpujob.cli.job_cmds import confirm_cost
@@ -172,7 +173,7 @@ def compare(
     if utterances:
         if len(jobs) != 2:
             raise UserError(f"--utterances compares two jobs; {len(jobs)} were named", hint="gpujob compare A B --utterances")
-        a, b = (cmp.read_predictions(cmp.predictions_path(j)) for j in jobs)
+        a, b = (cmp.read_predictions(cmp.predictions_path(j, capabilities(j.backend).outputs_volume)) for j in jobs)
         diffs = cmp.utterance_differences(a, b)
         typer.echo(compare_view.utterances_json(jobs, a, b, diffs, n) if as_json
                    else compare_view.utterances_text(jobs, a, b, diffs, n))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .runtime import DEFAULT_BACKEND, RUNTIMES
+
 
 class CrossFieldError(ValueError):
     """Raised by :class:`JobSpec` when checks spanning several keys fail."""
@@ -63,17 +65,16 @@ def cross_field_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str | int,
         out.append((("output", "export"), "needs data.eval: the export is checked by WER against the trained "
                                           "model on those clips"))
     runtime = section("runtime")
+    backend = runtime.get("backend", DEFAULT_BACKEND)
+    model = RUNTIMES.get(backend) if isinstance(backend, str) else None  # None: the spec's own error, said elsewhere
     nodes = section("resources").get("nodes")
-    if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 1 \
-            and runtime.get("backend", "local") != "kubernetes":
-        out.append((("resources", "nodes"), f"{nodes} nodes need runtime.backend: kubernetes; the "
-                                            f"{runtime.get('backend', 'local')} backend runs a job on one machine "
+    if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 1 and not (model and model.multi_node):
+        several = " or ".join(name for name, m in RUNTIMES.items() if m.multi_node)
+        out.append((("resources", "nodes"), f"{nodes} nodes need runtime.backend: {several}; the "
+                                            f"{backend} backend runs a job on one machine "
                                             "(for several GPUs on it, set resources.gpus)"))
-    if runtime.get("backend") == "host" and not runtime.get("host") and not runtime.get("host_type") \
-            and not section("resources").get("gpu_type"):
-        out.append((("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`), "
-                                         "runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10) "
-                                         "or resources.gpu_type (the cheapest type with that GPU is chosen)"))
+    if model is not None:
+        out.extend(model.cross_field(runtime, section("resources")))
     env, secrets = runtime.get("env"), runtime.get("secrets")
     if isinstance(env, Mapping) and isinstance(secrets, list):
         for name in env:

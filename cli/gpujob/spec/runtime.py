@@ -7,7 +7,7 @@ the job spec uses; :data:`RUNTIMES` maps each backend name to its model.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 from collections.abc import Mapping
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator
@@ -40,6 +40,15 @@ class RuntimeBase(Section):
 
     _unique = field_validator("secrets")(classmethod(lambda cls, value: no_duplicates(value)))
 
+    # True: the backend runs a job on several machines (resources.nodes above 1); the others run it on one.
+    multi_node: ClassVar[bool] = False
+
+    @classmethod
+    def cross_field(cls, runtime: Mapping[str, Any], resources: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+        """What this backend's settings need of the rest of the spec, on plain (possibly invalid) data:
+        (key path, message) pairs for :func:`gpujob.spec.cross_field.cross_field_problems`."""
+        return []
+
 
 class LocalRuntime(RuntimeBase):
     """`backend: local`: a process on this machine. No settings beyond `env` and `secrets`."""
@@ -63,6 +72,7 @@ class KubernetesRuntime(RuntimeBase):
     model_config = _NAMED
 
     backend: Literal["kubernetes"] = Field("kubernetes", description="A Job in a Kubernetes cluster.")
+    multi_node: ClassVar[bool] = True  # an indexed Job: one pod per node
     image: NonEmptyStr | None = Field(None, description="Container image. Default: the gpujob runner image.")
     namespace: NonEmptyStr | None = Field(None, description="Kubernetes namespace. Default: the current context's.")
     context: NonEmptyStr | None = Field(None, description=(
@@ -119,6 +129,14 @@ class HostRuntime(RuntimeBase):
         HOST_IDLE, description="A host launched for this job terminates itself after being idle this long.")
     host_max_lifetime: Annotated[Duration, WithJsonSchema(DURATION_SCHEMA)] = Field(
         HOST_MAX_LIFETIME, description="A host launched for this job is terminated this long after launch, busy or not.")
+
+    @classmethod
+    def cross_field(cls, runtime: Mapping[str, Any], resources: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+        if runtime.get("host") or runtime.get("host_type") or resources.get("gpu_type"):
+            return []
+        return [(("runtime", "host"), "runtime.backend: host needs runtime.host (a host from `gpujob host up`), "
+                                      "runtime.host_type (an instance type to reuse or launch, e.g. gpu_1x_a10) "
+                                      "or resources.gpu_type (the cheapest type with that GPU is chosen)")]
 
 
 RUNTIMES: dict[str, type[RuntimeBase]] = {

@@ -26,6 +26,7 @@ import threading
 from typing import AsyncIterator
 
 from gpujob import service
+from gpujob.backends import capabilities
 from gpujob.backends.base import LOG_NAME
 from gpujob.linesplit import LineSplitter
 from gpujob.registry import Registry
@@ -48,7 +49,8 @@ def sse(event: str, data: object) -> str:
 async def stream(job_id: str, refresher: views.Refresher, is_disconnected) -> AsyncIterator[str]:
     job = await asyncio.to_thread(_job, job_id)
     path = job.job_dir / LOG_NAME
-    source = _FileSource(path) if job.backend == "local" or (not job.active and path.exists()) else _ThreadSource(job_id)
+    here = capabilities(job.backend).log_written_here or (not job.active and path.exists())
+    source = _FileSource(path) if here else _ThreadSource(job_id)
     source.active = job.active
     loop = asyncio.get_running_loop()
     first, last_progress = True, 0.0

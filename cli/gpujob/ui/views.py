@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gpujob import service, untrusted, words
+from gpujob.backends import capabilities
 from gpujob.backends.base import LOG_NAME
 from gpujob.compare import comparable_spec, result, score_keys, show, spec_differences
 from gpujob.events import is_event_line, parse_line
@@ -144,7 +145,7 @@ def log_tail(registry: Registry, job: Job, tail: int = LOG_TAIL) -> list[str]:
     log is a file here (a local job's, an ended job's saved log), each cut at :data:`LINE_CHARS`."""
     path = job.job_dir / LOG_NAME
     try:
-        if job.backend == "local" or (not job.active and path.exists()):
+        if capabilities(job.backend).log_written_here or (not job.active and path.exists()):
             try:
                 lines = untrusted.tail_lines(path, tail, LOG_TAIL_BYTES)
             except FileNotFoundError:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gpujob.backends import capabilities
 from gpujob.errors import UserError
 from gpujob.compare import predictions_path, read_predictions
 from gpujob.records import Job
@@ -76,7 +77,7 @@ def audio_index(job: Job) -> dict[tuple[str, str], dict[str, Any]]:
 def rows(job: Job, n: int = WORST) -> tuple[list[dict[str, Any]], str | None]:
     """The job's ``n`` worst utterances (highest WER first), or why there are none."""
     try:
-        records = read_predictions(predictions_path(job))
+        records = read_predictions(predictions_path(job, capabilities(job.backend).outputs_volume))
     except UserError as exc:
         return [], exc.message
     except OSError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpujob.backends import get_backend
+from gpujob.backends import capabilities, get_backend
 from gpujob_cli import GPUJOB
 
 SECRET = "tok_cOnFoRm-not-a-real-token-0123456789"
@@ -156,7 +156,7 @@ def test_a_secret_reaches_the_job_but_no_log_registry_stored_spec_or_manifest(ba
 def test_a_secret_the_job_prints_is_masked_in_its_log(backend, request):
     """Where gpujob knows the value (it read it from the submitter's environment), the job's own printing
     of it is masked in the log gpujob shows and keeps; a kubernetes Secret never passes through gpujob."""
-    if not type(get_backend(backend.backend, render_only=True)).secrets_from_environment:
+    if not capabilities(backend.backend).secrets_from_environment:
         pytest.skip("the backend never sees the secret's value (the cluster hands it to the pod)")
     if backend.backend in ("docker", "host"):
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"{backend.backend} shows and keeps the "

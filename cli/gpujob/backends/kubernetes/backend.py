@@ -23,11 +23,12 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends import local_data
-from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Notice, Observed, budget_stop, read_saved_log,
-                                  read_tail, runtime_of)
+from gpujob.backends.base import (LOG_NAME, Backend, Capabilities, JobRequest, Notice, Observed, budget_stop,
+                                  read_saved_log, read_tail, runtime_of)
 from gpujob.backends.kubernetes import explain, manifests, prices, staging
 from gpujob.backends.kubernetes import pull as pvc_pull
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
+from gpujob.defaults import HF_CACHE
 from gpujob.errors import GpujobError, UserError
 from gpujob.records import TERMINAL
 
@@ -45,13 +46,30 @@ _CREATE_ORDER = {"ConfigMap": 0, "Service": 1, "Job": 2}
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
-    secrets_from_environment = False  # the pod reads them from a Kubernetes Secret (secretKeyRef)
-    outputs_on_this_machine = False  # on the cluster's volume (or a URI)
+    capabilities = Capabilities(
+        secrets_from_environment=False,   # the pod reads them from a Kubernetes Secret (secretKeyRef)
+        outputs_on_this_machine=False,    # on the cluster's volume (or a URI)
+        outputs_volume="the cluster's volume",
+        renders_yaml=True,                # render prints the manifests
+        price_table_by_scope=True,        # the price table's entry by kubeconfig context first (price_scope)
+    )
     watch_timeout_s = 10               # how long one pod watch lasts before the Job is read again
     poll_s = 0.5
 
     def __init__(self, hosts: "HostSource | None" = None) -> None:
         self.people = hosts            # the layer above's say() and transfer() (progress bars); None: silent
+
+    @classmethod
+    def made(cls, hosts: "HostSource | None") -> "KubernetesBackend":
+        return cls(hosts=hosts)
+
+    @classmethod
+    def outputs_place(cls, job: "Job") -> str | None:
+        """A relative output.dir is on the cache PVC (``/cache/...``): its claim and the job's namespace."""
+        if not (job.output_dir and job.output_dir.startswith(f"{manifests.CACHE_DIR}/")):
+            return None
+        claim = (job.spec.get("runtime") or {}).get("cache_pvc") or HF_CACHE
+        return f"on PersistentVolumeClaim {claim}, namespace {job.handle.get('namespace', '?')}"
 
     def _say(self, line: str) -> None:
         if self.people is not None:

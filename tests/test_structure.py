@@ -1,10 +1,13 @@
-"""The package's shape: its layers (import-linter), no import cycle, no module over 600 lines, and
-imports inside functions only for what pyproject.toml's [tool.gpujob.lazy-imports] lists."""
+"""The package's shape: its layers (import-linter), no import cycle, no module over 600 lines, no
+function over 80 lines without a reason, and imports inside functions only for what pyproject.toml's
+[tool.gpujob.lazy-imports] lists."""
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -15,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cli" / "gpujob"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 MAX_LINES = 600
+MAX_FUNCTION_LINES = 80
+LONG_BECAUSE = re.compile(r"Long because:\s*\S")  # in a long function's docstring, followed by the reason
 
 
 def _modules() -> dict[str, Path]:
@@ -82,6 +87,42 @@ def test_no_import_cycle_among_gpujob_modules():
 def test_no_module_is_over_600_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these (at most {MAX_LINES} lines): {long}"
+
+
+def _long_functions(source: str, where: str) -> list[str]:
+    """``where:line: name (n lines)`` for every function (methods and nested ones too) over
+    MAX_FUNCTION_LINES lines, from its ``def`` to its last line, whose docstring gives no reason."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            if n > MAX_FUNCTION_LINES and not LONG_BECAUSE.search(ast.get_docstring(node) or ""):
+                found.append(f"{where}:{node.lineno}: {node.name} ({n} lines)")
+    return found
+
+
+def test_no_function_is_over_80_lines_without_a_reason():
+    """A long function is split into named steps (functions with one job each), or its docstring says
+    why it stays whole after "Long because:"."""
+    long = [hit for path in _modules().values()
+            for hit in _long_functions(path.read_text(), str(path.relative_to(ROOT)))]
+    assert not long, (f"split these into named steps (at most {MAX_FUNCTION_LINES} lines each), or give the reason "
+                      f"in the docstring after 'Long because:': {long}")
+
+
+def test_the_long_function_check_names_file_and_line_and_takes_a_reason():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    short = "def short():\n" + body[: -len(f"    x{MAX_FUNCTION_LINES - 1} = {MAX_FUNCTION_LINES - 1}\n")]
+    plain = f"import os\n\n\ndef steps():\n{body}"
+    nested = "class A:\n    def outer(self):\n" + textwrap.indent(plain.split("\n", 3)[3], "        ")
+    reasoned = f'def steps():\n    """One table.\n\n    Long because: one literal table reads best whole."""\n{body}'
+    empty_reason = f'def steps():\n    """Long because:"""\n{body}'
+    assert _long_functions(short, "m.py") == []
+    assert _long_functions(plain, "m.py") == [f"m.py:4: steps ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert [hit.split(": ", 1)[1] for hit in _long_functions(nested, "m.py")] == \
+        [f"outer ({MAX_FUNCTION_LINES + 2} lines)", f"steps ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert _long_functions(reasoned, "m.py") == []
+    assert _long_functions(empty_reason, "m.py") == [f"m.py:1: steps ({MAX_FUNCTION_LINES + 2} lines)"]
 
 
 def _function_level_imports(name: str, path: Path):

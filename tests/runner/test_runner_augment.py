@@ -211,7 +211,7 @@ def test_a_frozen_encoder_runs_on_augmented_clips_instead_of_caching_them(tmp_pa
     from gpujob.runner.batches import collate
     from gpujob.runner.evaluate import EncoderCache
     from gpujob.runner.model import freeze, load, pick_precision
-    from gpujob.runner.train import train_cache_for
+    from gpujob.runner.train_setup import train_cache_for
 
     spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe"),
               training=NS(dropout=0.0, augment=AugmentSection(speed=[0.9, 1.1])))

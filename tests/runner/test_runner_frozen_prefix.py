@@ -74,7 +74,7 @@ def test_the_cached_prefix_gives_the_encoders_own_output_loss_and_gradients(load
 
 def test_a_frozen_prefix_is_only_the_stem_and_leading_layers(loaded):
     from gpujob.runner.model import freeze, frozen_prefix
-    from gpujob.runner.train import train_cache_for
+    from gpujob.runner.train_setup import train_cache_for
     from gpujob.runner.evaluate import EncoderCache
 
     model, _ = loaded

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from gpujob_dev.espeak import write_wav  # noqa: E402
 from tiny_runs import SENTENCES, run_runner, steps_and_losses, write_greek_folder, write_spec  # noqa: E402, F401 (re-exported)
 
-from gpujob.runner.train import lr_lambda  # noqa: E402
+from gpujob.runner.train_plan import lr_lambda  # noqa: E402
 
 @pytest.fixture(scope="session")
 def greek_folder(tmp_path_factory) -> Path:

@@ -74,7 +74,8 @@ class _Silent:
         return lambda **fields: None
 
 
-def main(argv: list[str]) -> int:
+def _read_spec(argv: list[str]) -> JobSpec | int:
+    """The job's spec, or exit code 2 (said on stderr, and as the end event) when there is none to run."""
     if len(argv) != 1:
         print("usage: python -m gpujob.runner SPEC", file=sys.stderr)
         return 2
@@ -90,7 +91,13 @@ def main(argv: list[str]) -> int:
     if spec.kind not in ("train", "evaluate"):
         print(f"gpujob runner: kind {spec.kind!r} is not run by the runner", file=sys.stderr)
         return 2
+    return spec
 
+
+def main(argv: list[str]) -> int:
+    spec = _read_spec(argv)
+    if isinstance(spec, int):
+        return spec
     if (stop := _cuda_problem(spec)) is not None:
         return stop
     _quiet_libraries()
@@ -128,17 +135,7 @@ def main(argv: list[str]) -> int:
         if not report["ok"]:
             writer.end(status="failed", message=cut_words("preflight: " + "; ".join(report["errors"]), 480))
             return 2
-        if spec.kind == "train":
-            from gpujob.runner import train
-
-            code = train.run(spec, out_dir, writer, group)
-        else:
-            from gpujob.runner import evaluate, evaluate_ct2
-
-            if evaluate_ct2.wanted(spec):  # a CTranslate2 model directory
-                code = evaluate_ct2.run(spec, out_dir, writer, group)
-            else:
-                code = evaluate.run(spec, out_dir, writer, group)
+        code = _run_kind(spec, out_dir, writer, group)
         if bucket is not None and group.is_writer:
             remote.finish_scratch(out_dir, ok=code == 0)
         return code
@@ -154,19 +151,40 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         if not (group.many and distributed.peer_lost(exc)):
             raise
-        # Most likely not this process's fault: the launcher names the one that failed first.
-        lost = f"{distributed.LOST}: {distributed.plain(exc)}"
-        print(f"gpujob runner: {lost}", file=sys.stderr, flush=True)
-        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
-        get_error_handler().record_exception(RuntimeError(lost))  # for the launcher's summary
-        writer.end(status="failed", message="another process of the job failed, hung or was stopped")
-        return 1
+        return _peer_lost(exc, writer)
     finally:
         if sampler is not None:
             sampler.stop()
         getattr(writer, "close", lambda: None)()
         group.close()
+
+
+def _run_kind(spec: JobSpec, out_dir: Path, writer, group) -> int:
+    """The job itself: training, or evaluation (of a CTranslate2 model directory, or a transformers model)."""
+    if spec.kind == "train":
+        from gpujob.runner import train
+
+        return train.run(spec, out_dir, writer, group)
+    from gpujob.runner import evaluate, evaluate_ct2
+
+    if evaluate_ct2.wanted(spec):  # a CTranslate2 model directory
+        return evaluate_ct2.run(spec, out_dir, writer, group)
+    return evaluate.run(spec, out_dir, writer, group)
+
+
+def _peer_lost(exc: Exception, writer) -> int:
+    """Exit 1 for a process whose peer failed, hung or was stopped: said on stderr, recorded for the
+    launcher's summary and as the end event."""
+    from gpujob.runner import distributed
+
+    # Most likely not this process's fault: the launcher names the one that failed first.
+    lost = f"{distributed.LOST}: {distributed.plain(exc)}"
+    print(f"gpujob runner: {lost}", file=sys.stderr, flush=True)
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    get_error_handler().record_exception(RuntimeError(lost))  # for the launcher's summary
+    writer.end(status="failed", message="another process of the job failed, hung or was stopped")
+    return 1
 
 
 def _cuda_problem(spec: JobSpec) -> int | None:

@@ -1,8 +1,10 @@
 """The ``kind: train`` job: fine-tune Whisper, evaluate as it goes, keep the best.
 
-Reads as numbered steps: processes, device and precision → model → data → optimiser and
-schedule → resume → loop (progress every step, eval every ``eval_steps``, checkpoint every
-``save_steps``) → final evaluation, model, metrics, card.
+:func:`run` reads as numbered steps, each a named function: processes, device and precision → model
+→ optimiser, plan and schedule → resume → evaluation data and augmentation (those in
+:mod:`.train_setup` and :mod:`.train_plan`) → the loop (:func:`_train`: progress every step, eval every
+``eval_steps``, checkpoint every ``save_steps``) → final evaluation, model, metrics, card
+(:func:`_finish`, :func:`_hand_over`).
 
 One process or one per GPU under torchrun (data-parallel, DDP), with the same result:
 
@@ -37,6 +39,7 @@ import math
 import random
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,16 +49,17 @@ import torch
 from gpujob.runner import checkpoint as ckpt
 from gpujob.runner import data as data_mod
 from gpujob.runner import sysmetrics, update, worst_audio
-from gpujob.runner.augment import Augmenter, augment_summary
+from gpujob.runner.augment import Augmenter
 from gpujob.runner.batches import pad_audio, prefetched
-from gpujob.runner.card import base_model_id
 from gpujob.runner.card_curves import Recorder
 from gpujob.runner.distributed import Group
-from gpujob.runner.evaluate import EncoderCache, eval_batch_size, evaluate, summary_lines, write_predictions
+from gpujob.runner.evaluate import EncoderCache, summary_lines, write_predictions
 from gpujob.runner.metrics import worst
 from gpujob.runner.tracking import log_worst
-from gpujob.runner.model import cpu_bf16_note, freeze, job_precision, load, set_gradient_checkpointing
-from gpujob.runner.steps import OUTCOMES, micro_steps_for, steps
+from gpujob.runner.model import Precision
+from gpujob.runner.steps import OUTCOMES, steps
+from gpujob.runner.train_plan import Plan, lr_lambda, plan_steps, resume_point, run_identity
+from gpujob.runner.train_setup import Evaluator, announce, setup_augment, setup_model, setup_optimizer
 
 if TYPE_CHECKING:
     from gpujob.spec.models import JobSpec
@@ -63,76 +67,6 @@ if TYPE_CHECKING:
 
 class Stop(Exception):
     """SIGTERM arrived (at any process): save and leave."""
-
-
-def learning_rate(spec: JobSpec, model) -> float:
-    lr = spec.resolved_learning_rate(getattr(model.config, "d_model", None))
-    if lr is None:
-        raise ValueError("training.learning_rate: cannot derive a default for this checkpoint; set one "
-                         "(rule of thumb: the pre-training rate / 40)")
-    return lr
-
-
-def lr_lambda(warmup: int, total: int, schedule: str):
-    def f(step: int) -> float:  # step = optimiser steps done so far
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return max(0.0, 1.0 - progress)
-
-    return f
-
-
-def count_train_examples(spec: JobSpec) -> int:
-    """Rows in the training sources from their metadata; a counting pass only where none is known."""
-    total = 0
-    for i, source in enumerate(spec.data.train):
-        opened = data_mod.open_source(source, streaming=spec.data.streaming, key=f"data.train[{i}]")
-        rows = opened.num_rows
-        if rows is None:
-            print(f"data.train[{i}]: size unknown; counting its examples once", flush=True)
-            rows = sum(1 for _ in opened.records())
-        total += rows
-    return total
-
-
-def known_train_rows(spec: JobSpec) -> int | None:
-    """Rows in the training sources where their metadata says (no counting pass, nothing streamed);
-    None when any is unknown. What a max_steps run reports its fractional epoch by."""
-    if spec.data.streaming:
-        return None
-    total = 0
-    for i, source in enumerate(spec.data.train):
-        rows = data_mod.open_source(source, streaming=False, key=f"data.train[{i}]").num_rows
-        if rows is None:
-            return None
-        total += rows
-    return total
-
-
-def train_cache_for(cache: EncoderCache, augmenter, spec_augment: bool = False) -> EncoderCache | None:
-    """The encoder cache training may use. It assumes the same input every epoch, so augmented training
-    clips bypass it (a frozen encoder, or frozen prefix, runs on them every step), and so does SpecAugment's
-    masking of the features; evaluation clips, never augmented, still use it."""
-    return None if spec_augment or augmenter is not None and augmenter.active else cache
-
-
-def run_identity(spec: JobSpec) -> dict:
-    """What a checkpoint must share with a job for the job to resume from it: the model, the training data
-    and what is frozen. Steps, rates and evaluation may change between attempts (to train longer, say)."""
-    return {"model.checkpoint": spec.model.checkpoint, "model.language": spec.model.language,
-            "data.train": [s.model_dump(mode="json", exclude={"name"}) for s in spec.data.train],
-            "training.freeze": spec.training.model_dump(mode="json")["freeze"],
-            **({"training.lora": spec.training.lora.model_dump(mode="json", exclude={"merge"})}
-               if spec.training.lora is not None else {})}
-
-
-def different(saved: dict, now: dict) -> str:
-    return ", ".join(k for k in now if saved.get(k) != now[k]) or "their settings"
 
 
 def seed_all(seed: int) -> None:
@@ -154,204 +88,211 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         out_dir.mkdir(parents=True, exist_ok=True)
 
     # 2. model (the checkpoint to resume from is chosen once, by the writer)
-    resume_from = _resume_point(out_dir, group)
-    model, processor = load(spec, device, for_training=True)
-    saved = json.loads((resume_from / "state.json").read_text()) if resume_from is not None else None
-    precision = job_precision(t.precision, device, model.config, group, saved)  # auto on a CPU: measured here
+    resume_from = resume_point(out_dir, group)
+    model, processor, saved, precision = setup_model(spec, group, resume_from)
     writer = Recorder(writer)  # keeps the curves for the model card
-    if (base := base_model_id(spec.model.checkpoint)) is not None:
-        model.config.gpujob_base_model = base  # saved with every checkpoint: the card's base_model
-    frozen = freeze(model, t.freeze)
-    if t.lora is not None:
-        from gpujob.runner import lora
-
-        frozen = lora.apply(model, t.lora, t.freeze, base or spec.model.checkpoint)
-    ckpt_on = set_gradient_checkpointing(model, t.gradient_checkpointing, device=device)
-    print(f"model {spec.model.checkpoint}: {frozen['trainable'] / 1e6:.1f}M trainable, "
-          f"{frozen['frozen'] / 1e6:.1f}M frozen" + (f" (LoRA r {t.lora.r}, {frozen['trainable'] / (frozen['trainable'] + frozen['frozen']):.2%} "
-          "of the weights train)" if t.lora is not None else "") + f"; precision {precision.name}; device {device.type}; "
-          f"gradient checkpointing {'on' if ckpt_on else 'off'}" + cpu_bf16_note(precision, device, model.config), flush=True)
-    if t.lora is not None:
-        print(lora.memory_line(model, device), flush=True)
 
     # 3. optimiser and schedule; resume
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_wer": None, "best_step": None, "baseline": None,
              "evals_since_best": 0, "run": run_identity(spec), "precision": precision.name,
              "global_batch": t.per_device_batch_size * t.gradient_accumulation_steps * group.world}
-    lr = learning_rate(spec, model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
-    workers = data_mod.loader_threads(spec.data.loader_workers)
-    n_train = group.share(count_train_examples(spec) if group.is_writer else None) if t.epochs is not None else None
-    # the epoch reported as a fraction, as Hugging Face's Trainer does (0.37 through the first), also
-    # under max_steps where the size is known without a counting pass
-    n_rows = n_train if t.epochs is not None else group.share(known_train_rows(spec) if group.is_writer else None)
-    if saved is not None and saved.get("run", state["run"]) != state["run"]:
-        raise data_mod.DataError(
-            f"{out_dir} holds checkpoints of another run ({different(saved['run'], state['run'])} differ), so this "
-            "job cannot resume from them: give it an output.dir of its own, or delete "
-            f"{out_dir / 'checkpoints'} to start over", key="output.dir")
-    if saved is not None and "global_batch" not in saved:  # saved before the global batch was: one process
-        saved["global_batch"] = t.per_device_batch_size * t.gradient_accumulation_steps
-        saved["batch_in_epoch"] //= t.gradient_accumulation_steps
-    global_batch = saved["global_batch"] if saved is not None else state["global_batch"]
-    total_steps = max(1, math.ceil(t.epochs * n_train / global_batch)) if n_train is not None else t.max_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps, t.lr_schedule))
+    lr, params, optimizer, scaler = setup_optimizer(spec, model, device, precision)
+    plan = plan_steps(spec, group, saved, state, out_dir)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, plan.total_steps, t.lr_schedule))
     if saved is not None:
         ckpt.restore(resume_from, model, optimizer, scheduler, scaler)
         state.update(saved)
-        print(f"resuming from {resume_from} (step {state['step']}/{total_steps})", flush=True)
-    micro = micro_steps_for(global_batch, t.per_device_batch_size, group.world)
-    per_process = math.ceil(global_batch / (group.world * micro))
+        print(f"resuming from {resume_from} (step {state['step']}/{plan.total_steps})", flush=True)
     ddp = update.wrap(model, group)
 
     # 4. data: evaluation examples decoded once, each process its share
-    eval_examples = list(data_mod.iter_examples(spec.data.eval, streaming=spec.data.streaming, seed=t.seed,
-                                                key="data.eval", workers=workers,
-                                                shard=(group.rank, group.world))) if spec.data.eval else []
-    n_eval = group.sum_ints([len(eval_examples)])[0]  # a process's share can be empty: decide on the total
-    print(f"data: {workers} loader thread{'s' if workers != 1 else ''} decoding ahead"
-          if workers else "data: decoded in the training loop (data.loader_workers: 0)", flush=True)
-    writer.start(total_steps=total_steps, kind="train", name=spec.name, epochs=t.epochs)
-    layout = (f"{group.world} process{'es' if group.many else ''} × {micro} micro-batch{'es' if micro != 1 else ''} "
-              f"of ≤{per_process}" if group.many or micro != t.gradient_accumulation_steps else None)
-    print(f"{total_steps} steps of {global_batch} examples" + (f" ({layout})" if layout else "")
-          + f"; learning rate {lr:.3g} ({t.lr_schedule}, {t.warmup_steps} warmup)"
-          + (f"; {n_train} training examples" if n_train else ""), flush=True)
-
-    cache = EncoderCache()
-    augmenter = Augmenter(t.augment) if t.augment.waveform else None
-    train_cache = train_cache_for(cache, augmenter, t.augment.spec_augment is not None)
-    if augmenter is not None or t.augment.spec_augment is not None:
-        print("augmentation: " + augment_summary(t.augment)
-              + ("; frozen encoder run on every augmented clip (not cached)" if t.freeze == "encoder" and augmenter
-                 else ""), flush=True)
-    eval_batch = 0
-
-    def run_eval(step: int, label: str = ""):
-        nonlocal eval_batch
-        # sized each time: what is free changes once the optimiser state exists
-        size = eval_batch_size(spec.evaluation.batch_size, model, device, precision,
-                               max_length=min(t.generation_max_length, 448))
-        if size != eval_batch:
-            eval_batch = size
-            print(f"evaluation: {n_eval} utterances in batches of {size}"
-                  + (f" on each of {group.world} processes" if group.many else "")
-                  + (" (evaluation.batch_size: auto)" if spec.evaluation.batch_size == "auto" else ""), flush=True)
-        scores = evaluate(model, processor, eval_examples, spec=spec, device=device, precision=precision,
-                          cache=cache, writer=writer, batch_size=size, group=group)
-        writer.eval(step=step, **scores.event_metrics(spec.evaluation.metrics))
-        for line in summary_lines(scores, label)[:1]:
-            print(line, flush=True)
-        return scores
+    evaluator = Evaluator(spec, model, processor, precision, writer, group, plan.workers)
+    announce(spec, plan, lr, writer, group)
+    augmenter, train_cache = setup_augment(spec, evaluator.cache)
 
     stop = {"asked": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
 
-    if n_eval and spec.evaluation.before_training and state["baseline"] is None:
-        baseline = run_eval(0, "before training: ")
+    if evaluator.n and spec.evaluation.before_training and state["baseline"] is None:
+        baseline = evaluator(0, "before training: ")
         state["baseline"] = baseline.as_metrics(spec.evaluation.metrics)
 
     # 5. the loop
-    ddp.train()
-    step = state["step"]
-    skipped: dict[str, int] = {}
+    r = _Run(spec=spec, out_dir=out_dir, writer=writer, group=group, model=model, processor=processor,
+             precision=precision, optimizer=optimizer, params=params, scheduler=scheduler, scaler=scaler, ddp=ddp,
+             state=state, plan=plan, evaluator=evaluator, augmenter=augmenter, train_cache=train_cache, stop=stop,
+             step=state["step"], saved_at=state["step"] if resume_from is not None else None)
+    try:
+        _train(r)
+    except Stop:
+        print(f"SIGTERM: checkpoint saved at step {r.step}; resubmit with the same output to resume", flush=True)
+        writer.end(status="failed", message=f"stopped by SIGTERM at step {r.step}; checkpoint saved")
+        return 143
+
+    if evaluator.cache.encoded:  # what caching the frozen encoder cost, for the stage times (make bench)
+        print(f"frozen encoder: {evaluator.cache.encoded} clips encoded once, in {evaluator.cache.seconds:.1f} s",
+              flush=True)
+
+    # 6. final evaluation, model, metrics, card
+    return _finish(r)
+
+
+# ---------------------------------------------------------------------------- step 5: the loop
+
+
+@dataclass
+class _Run:
+    """What steps 1 to 4 set up, and the loop's counters: what the loop and the end work with."""
+
+    spec: JobSpec
+    out_dir: Path
+    writer: Recorder
+    group: Group
+    model: Any
+    processor: Any
+    precision: Precision
+    optimizer: torch.optim.Optimizer
+    params: list
+    scheduler: Any
+    scaler: Any
+    ddp: Any
+    state: dict
+    plan: Plan
+    evaluator: Evaluator
+    augmenter: Augmenter | None
+    train_cache: EncoderCache | None
+    stop: dict                      # {"asked": True} once SIGTERM arrived at this process
+    step: int = 0
+    saved_at: int | None = None     # the step of the newest checkpoint
+    t_step: float = 0.0             # when the step before ended (examples per second)
+    skipped: dict[str, int] = field(default_factory=dict)
+    # kept / too long / undecodable, summed over processes, for the 5 % rule
+    seen: data_mod.Stats = field(default_factory=data_mod.Stats)
+
+
+def _train(r: _Run) -> None:
+    """Epochs of steps until ``total_steps``, the last epoch or early stopping. SIGTERM at any process:
+    one checkpoint, then :class:`Stop` on every process."""
+    spec, t, group, state = r.spec, r.spec.training, r.group, r.state
+    r.ddp.train()
     labels = data_mod.source_labels(spec.data.train)
-    seen = data_mod.Stats()  # kept / too long / undecodable, summed over processes, for the 5 % rule
-    n_samples = processor.feature_extractor.n_samples
-    filler = update.silence(processor)
-    t_step = time.perf_counter()
+    n_samples = r.processor.feature_extractor.n_samples
+    filler = update.silence(r.processor)
+    r.t_step = time.perf_counter()
 
     def pad(item) -> None:  # on the prefetch thread, while the GPU runs the step before
         for batch in item.micro:
-            batch.padded = pad_audio(batch.audio, n_samples, pin=device.type == "cuda") if len(batch) else None
+            batch.padded = pad_audio(batch.audio, n_samples, pin=group.device.type == "cuda") if len(batch) else None
 
-    saved_at = step if resume_from is not None else None  # the step of the newest checkpoint
+    while r.step < r.plan.total_steps and not state.get("stopped_early") and (t.epochs is None or state["epoch"] < math.ceil(t.epochs)):
+        whole_epoch = state["batch_in_epoch"] == 0
+        stepped = _train_epoch(r, labels, pad, filler)
+        if r.step >= r.plan.total_steps or state.get("stopped_early"):
+            break
+        if whole_epoch and not stepped:
+            raise data_mod.DataError("data.train: no training examples left after filtering "
+                                     "(see the preflight counts above)")
+        _account(r.seen, labels, None, None, group, final=True)
+        state["epoch"] += 1
+        state["batch_in_epoch"] = 0
 
-    def save() -> None:
-        nonlocal saved_at
-        if group.is_writer:
-            ckpt.save(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
-            writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
-        group.barrier()  # no process leaves (or is stopped) while the writer is still writing
-        saved_at = step
 
-    try:
-        while step < total_steps and not state.get("stopped_early") and (t.epochs is None or state["epoch"] < math.ceil(t.epochs)):
-            epoch = state["epoch"]
-            whole_epoch, stepped = state["batch_in_epoch"] == 0, False
-            clips = data_mod.iter_clips(spec.data.train, streaming=spec.data.streaming, seed=t.seed + epoch)
-            with data_mod.decoding_pool(workers, "gpujob-decode") as pool, contextlib.closing(steps(
-                    clips, processor.tokenizer, global_batch=global_batch, micro_steps=micro, rank=group.rank,
-                    world=group.world, seed=t.seed + epoch, group_by_length=t.group_by_length, labels=labels,
-                    skipped=skipped if group.is_writer else None, start=state["batch_in_epoch"], pool=pool,
-                    window=max(2 * per_process * micro, 4 * workers), augment=augmenter)) as made, \
-                    contextlib.closing(prefetched(made, prepare=pad) if workers else made) as stream:
-                for item in sysmetrics.timed(stream, sysmetrics.active()):
-                    counts = group.sum_ints([*item.counts, int(stop["asked"])])
-                    if counts[-1]:  # some process was told to stop: all of them stop here, after one checkpoint
-                        if saved_at != step:
-                            save()
-                        raise Stop()
-                    _account(seen, labels, counts, item, group)
-                    state["batch_in_epoch"] = item.index + 1
-                    tokens, examples = counts[0], counts[1]
-                    if not tokens:
-                        continue  # every clip of this global batch dropped out
-                    total = update.backward(ddp, model, processor, item.micro, tokens, group, device, precision,
-                                            train_cache, filler, scaler)
-                    update.optimizer_step(optimizer, params, scaler)
-                    scheduler.step()
-                    step, stepped = step + 1, True
-                    state["step"] = step
-                    if (sampler := sysmetrics.active()) is not None:
-                        sampler.step = step
-                    loss = group.all_reduce_(total)
-                    now = time.perf_counter()
-                    if group.is_writer:
-                        writer.progress(step=step, total_steps=total_steps,
-                                        epoch=round(step * global_batch / n_rows, 4) if n_rows else epoch,
-                                        loss=float(f"{loss.item() / tokens:.7g}"), learning_rate=scheduler.get_last_lr()[0],
-                                        samples_per_s=round(examples / max(now - t_step, 1e-9), 2))
-                    t_step = now
-                    if n_eval and step % t.eval_steps == 0 and step < total_steps:
-                        _after_eval(run_eval(step), state, step, out_dir, model, processor, group)
-                        if t.early_stopping_patience and state["evals_since_best"] >= t.early_stopping_patience:
-                            print(f"early stopping at step {step}: {state['evals_since_best']} evaluations without "
-                                  f"a lower WER than {state['best_wer']:.4f} (step {state['best_step']})", flush=True)
-                            state["stopped_early"] = step
-                            break
-                    if step % t.save_steps == 0:
-                        save()
-                    if step >= total_steps:
-                        break
-            if step >= total_steps or state.get("stopped_early"):
+def _train_epoch(r: _Run, labels: list[str], pad, filler) -> bool:
+    """The rest of the epoch ``state["epoch"]``, from ``state["batch_in_epoch"]``; whether a step was taken."""
+    spec, t, group, state, plan = r.spec, r.spec.training, r.group, r.state, r.plan
+    epoch, workers = state["epoch"], plan.workers
+    stepped = False
+    clips = data_mod.iter_clips(spec.data.train, streaming=spec.data.streaming, seed=t.seed + epoch)
+    with data_mod.decoding_pool(workers, "gpujob-decode") as pool, contextlib.closing(steps(
+            clips, r.processor.tokenizer, global_batch=plan.global_batch, micro_steps=plan.micro, rank=group.rank,
+            world=group.world, seed=t.seed + epoch, group_by_length=t.group_by_length, labels=labels,
+            skipped=r.skipped if group.is_writer else None, start=state["batch_in_epoch"], pool=pool,
+            window=max(2 * plan.per_process * plan.micro, 4 * workers), augment=r.augmenter)) as made, \
+            contextlib.closing(prefetched(made, prepare=pad) if workers else made) as stream:
+        for item in sysmetrics.timed(stream, sysmetrics.active()):
+            counts = group.sum_ints([*item.counts, int(r.stop["asked"])])
+            if counts[-1]:  # some process was told to stop: all of them stop here, after one checkpoint
+                if r.saved_at != r.step:
+                    _save(r)
+                raise Stop()
+            _account(r.seen, labels, counts, item, group)
+            state["batch_in_epoch"] = item.index + 1
+            tokens, examples = counts[0], counts[1]
+            if not tokens:
+                continue  # every clip of this global batch dropped out
+            _take_step(r, item, tokens, examples, filler)
+            stepped = True
+            if _evaluate_now(r):
+                break  # early stopping
+            if r.step % t.save_steps == 0:
+                _save(r)
+            if r.step >= plan.total_steps:
                 break
-            if whole_epoch and not stepped:
-                raise data_mod.DataError("data.train: no training examples left after filtering "
-                                         "(see the preflight counts above)")
-            _account(seen, labels, None, None, group, final=True)
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    except Stop:
-        print(f"SIGTERM: checkpoint saved at step {step}; resubmit with the same output to resume", flush=True)
-        writer.end(status="failed", message=f"stopped by SIGTERM at step {step}; checkpoint saved")
-        return 143
+    return stepped
 
-    if cache.encoded:  # what caching the frozen encoder cost, for the stage times (make bench)
-        print(f"frozen encoder: {cache.encoded} clips encoded once, in {cache.seconds:.1f} s", flush=True)
 
-    # 6. final evaluation, model, metrics, card
+def _take_step(r: _Run, item, tokens: int, examples: int, filler) -> None:
+    """One optimiser step on a global batch of ``tokens`` label tokens; its progress event."""
+    group = r.group
+    total = update.backward(r.ddp, r.model, r.processor, item.micro, tokens, group, group.device, r.precision,
+                            r.train_cache, filler, r.scaler)
+    update.optimizer_step(r.optimizer, r.params, r.scaler)
+    r.scheduler.step()
+    r.step += 1
+    step = r.state["step"] = r.step
+    if (sampler := sysmetrics.active()) is not None:
+        sampler.step = step
+    loss = group.all_reduce_(total)
+    now = time.perf_counter()
+    if group.is_writer:
+        n_rows = r.plan.n_rows
+        r.writer.progress(step=step, total_steps=r.plan.total_steps,
+                          epoch=round(step * r.plan.global_batch / n_rows, 4) if n_rows else r.state["epoch"],
+                          loss=float(f"{loss.item() / tokens:.7g}"), learning_rate=r.scheduler.get_last_lr()[0],
+                          samples_per_s=round(examples / max(now - r.t_step, 1e-9), 2))
+    r.t_step = now
+
+
+def _evaluate_now(r: _Run) -> bool:
+    """Evaluate every ``eval_steps`` (not at the last step: the end does); True when early stopping ends
+    training here."""
+    t, state, step = r.spec.training, r.state, r.step
+    if r.evaluator.n and step % t.eval_steps == 0 and step < r.plan.total_steps:
+        _after_eval(r.evaluator(step), state, step, r.out_dir, r.model, r.processor, r.group)
+        if t.early_stopping_patience and state["evals_since_best"] >= t.early_stopping_patience:
+            print(f"early stopping at step {step}: {state['evals_since_best']} evaluations without "
+                  f"a lower WER than {state['best_wer']:.4f} (step {state['best_step']})", flush=True)
+            state["stopped_early"] = step
+            return True
+    return False
+
+
+def _save(r: _Run) -> None:
+    """A checkpoint of the step, written by the writer; every process waits for it."""
+    if r.group.is_writer:
+        ckpt.save(r.out_dir, r.model, r.processor, r.optimizer, r.scheduler, r.scaler, r.state,
+                  r.spec.training.save_total_limit)
+        r.writer.checkpoint(step=r.step, path=str(r.out_dir / "checkpoints" / f"checkpoint-{r.step}"))
+    r.group.barrier()  # no process leaves (or is stopped) while the writer is still writing
+    r.saved_at = r.step
+
+
+# ---------------------------------------------------------------------------- step 6: the end
+
+
+def _finish(r: _Run) -> int:
+    """The final evaluation (every process), then, by the writer, the best model, predictions, metrics and
+    a last checkpoint; :func:`_hand_over` does the rest."""
+    spec, out_dir, state, step, group = r.spec, r.out_dir, r.state, r.step, r.group
     metrics: dict[str, Any] = {"steps": step}
-    scores = run_eval(step, "after training: ") if n_eval else None
+    scores = r.evaluator(step, "after training: ") if r.evaluator.n else None
     if scores is not None:
-        _after_eval(scores, state, step, out_dir, model, processor, group)
+        _after_eval(scores, state, step, out_dir, r.model, r.processor, group)
     if not group.is_writer:
         return 0
     if scores is not None:
         write_predictions(out_dir / "predictions.jsonl", scores)
-        worst_audio.save(out_dir, scores, eval_examples)  # their clips, to listen to (the dashboard plays them)
+        worst_audio.save(out_dir, scores, r.evaluator.examples)  # their clips, to listen to (the dashboard plays them)
         metrics.update(scores.as_metrics(spec.evaluation.metrics))
         if scores.loss is not None:
             metrics["eval_loss"] = float(f"{scores.loss:.7g}")
@@ -363,20 +304,31 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         for line in summary_lines(scores, "after training: ")[1:]:
             print(line, flush=True)
     else:
-        ckpt.save_model(out_dir, model, processor)
+        ckpt.save_model(out_dir, r.model, r.processor)
     if state.get("baseline"):
         metrics.update({f"baseline_{k}": v for k, v in state["baseline"].items()})
-    dropped = {**skipped, **{k: v for k, v in (("audio_too_long", seen.too_long), ("bad_audio", seen.bad_audio)) if v}}
+    seen = r.seen
+    dropped = {**r.skipped,
+               **{k: v for k, v in (("audio_too_long", seen.too_long), ("bad_audio", seen.bad_audio)) if v}}
     if dropped:
         metrics["skipped"] = dropped
-    if saved_at != step:
-        ckpt.save(out_dir, model, processor, optimizer, scheduler, scaler, state, t.save_total_limit)
-        writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
+    if r.saved_at != step:
+        ckpt.save(out_dir, r.model, r.processor, r.optimizer, r.scheduler, r.scaler, state,
+                  spec.training.save_total_limit)
+        r.writer.checkpoint(step=step, path=str(out_dir / "checkpoints" / f"checkpoint-{step}"))
+    return _hand_over(r, metrics, scores)
+
+
+def _hand_over(r: _Run, metrics: dict[str, Any], scores) -> int:
+    """The writer's last steps: the export, metrics.json, the model card, the Hub, the worst utterances and
+    the end event; 1 when the export failed."""
+    spec, out_dir, writer = r.spec, r.out_dir, r.writer
     export_problem = None
     if spec.output.export and scores is not None:
         from gpujob.runner.export import after_training
 
-        export_problem = after_training(spec, out_dir, writer, metrics, eval_examples, group, workers, eval_batch)
+        export_problem = after_training(spec, out_dir, writer, metrics, r.evaluator.examples, r.group, r.plan.workers,
+                                        r.evaluator.batch)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     from gpujob.runner.card import write_model_card
 
@@ -401,19 +353,6 @@ def run(spec: JobSpec, out_dir: Path, writer, group: Group | None = None) -> int
         return 1
     writer.end(status="succeeded", metrics=ended)
     return 0
-
-
-def _resume_point(out_dir: Path, group: Group) -> Path | None:
-    """The newest complete checkpoint, as the writer sees it; every process must see the same one."""
-    found = group.share(str(ckpt.latest(out_dir) or "") if group.is_writer else None)
-    path = Path(found) if found else None
-    visible = group.gather(path is None or (path / ckpt.DONE_MARKER).exists())
-    if not all(visible):
-        missing = ", ".join(str(r) for r, ok in enumerate(visible) if not ok)
-        raise data_mod.DataError(f"the checkpoint to resume from, {path}, is not visible to process(es) {missing}: "
-                                 "every node must see output.dir (shared storage: a ReadWriteMany volume)",
-                                 key="output.dir")
-    return path
 
 
 def _account(seen: data_mod.Stats, labels: list[str], counts: list[int] | None, item, group: Group,

@@ -163,6 +163,21 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
     mounts.extend({"Type": "bind", "Source": source, "Target": target, "ReadOnly": True}
                   for source, target in (data_mounts or {}).items())
     create["mounts"] = mounts
+    queued = _request_gpus(create, request, gpu_grants, submitted)
+    if res.memory:
+        create["mem_limit"] = res.memory_bytes
+    if res.cpu is not None:
+        create["nano_cpus"] = int(res.cpu * 1e9)
+    return Plan(image=image, name=name, create=create, files=_files(request, secrets, queued), out_in_container=out,
+                local=local, outputs_on_host=outputs_on_host if not local and not uri_output else None, queued=queued)
+
+
+def _request_gpus(create: dict[str, Any], request: JobRequest, gpu_grants: str | None,
+                  submitted: float | None) -> bool:
+    """Add the job's GPUs to ``create``: a device request for them, or, in a rented host's GPU queue
+    (``gpu_grants``), for every GPU of the host, the grant folder and the labels the queue reads.
+    Whether the job is queued."""
+    res, env, mounts = request.spec.resources, create["environment"], create["mounts"]
     queued = bool(request.gpus and gpu_grants)
     if queued:
         mounts.append({"Type": "bind", "Source": gpu_grants, "Target": GRANT_DIR, "ReadOnly": True})
@@ -174,18 +189,19 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         create["device_requests"] = [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]
     elif request.gpus:
         create["device_requests"] = [{"Driver": "", "Count": request.gpus, "Capabilities": [["gpu"]]}]
-    if res.memory:
-        create["mem_limit"] = res.memory_bytes
-    if res.cpu is not None:
-        create["nano_cpus"] = int(res.cpu * 1e9)
+    return queued
+
+
+def _files(request: JobRequest, secrets: Mapping[str, str] | None, queued: bool) -> list[tuple[str, bytes, int]]:
+    """What is copied into the created container: the spec, the secrets (a file only its user reads) and,
+    for the host's GPU queue, the ready mark."""
     files = [(SPEC_FILE, json.dumps(request.spec_data(), indent=2).encode(), 0o400)]
     if secrets:
         body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
         files.append((SECRETS_FILE, body.encode(), 0o400))
     if queued:  # last: the host's queue starts the container only once everything is in
         files.append((READY_FILE, b"", 0o444))
-    return Plan(image=image, name=name, create=create, files=files, out_in_container=out, local=local,
-                outputs_on_host=outputs_on_host if not local and not uri_output else None, queued=queued)
+    return files
 
 
 def archive(files: list[tuple[str, bytes, int]], owner: tuple[int, int] | None,

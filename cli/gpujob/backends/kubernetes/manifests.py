@@ -45,6 +45,7 @@ from gpujob.image_names import default_image, default_tag
 
 if TYPE_CHECKING:
     from gpujob.spec.models import DistributedSection, JobSpec, ResourcesSection
+    from gpujob.spec.runtime import KubernetesRuntime
 
 DEFAULT_IMAGE = default_tag("cuda")
 SPEC_DIR = "/etc/gpujob"
@@ -147,32 +148,44 @@ def _resources(res: "ResourcesSection", gpus: int) -> dict[str, Any]:
 
 
 def render(request: JobRequest) -> list[dict[str, Any]]:
+    """The job's objects: the ConfigMap with its spec, the Job and, with several nodes, the headless
+    Service its pods find worker 0 by (the module's docstring says what each carries, and why)."""
     from gpujob.spec.runtime import KubernetesRuntime  # the spec is loaded: no import cost here
 
-    rt, res = runtime_of(request, KubernetesRuntime), request.spec.resources
-    gpus, nodes = res.gpus or 0, res.nodes
+    rt = runtime_of(request, KubernetesRuntime)
+    gpus = request.spec.resources.gpus or 0
     name = object_name(request)
-    service = service_name(request)
-    port = distributed(request).port
-    meta_labels = labels(request)
-    namespace = rt.namespace
-    out = output_dir(request)
-
-    def meta(obj_name: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
-        m: dict[str, Any] = {"name": obj_name, "labels": {**meta_labels, **(extra or {})}}
-        if namespace:
-            m["namespace"] = namespace
-        return m
-
     config_map = {
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(f"{name}-spec"),
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(request, rt, f"{name}-spec"),
         "data": {"spec.json": json.dumps(request.spec_data(), indent=2, sort_keys=True)},
     }
+    job_labels = {"kueue.x-k8s.io/queue-name": rt.queue} if rt.queue else {}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(request, rt, name, job_labels),
+           "spec": _job_spec(request, rt, gpus)}
+    objects = [config_map, job]
+    if request.spec.resources.nodes > 1:
+        objects.append(_service(request, rt))
+    return objects
+
+
+def _meta(request: JobRequest, rt: "KubernetesRuntime", obj_name: str,
+          extra: dict[str, str] | None = None) -> dict[str, Any]:
+    m: dict[str, Any] = {"name": obj_name, "labels": {**labels(request), **(extra or {})}}
+    if rt.namespace:
+        m["namespace"] = rt.namespace
+    return m
+
+
+def _container(request: JobRequest, rt: "KubernetesRuntime", gpus: int) -> dict[str, Any]:
+    """The one container: image, runner command, environment, resources, mounts, no privileges; with
+    several nodes, the node's index and host name and the rendezvous port."""
+    res = request.spec.resources
+    nodes = res.nodes
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": rt.image or default_image(gpus),  # a CPU-only job (gpus: 0) runs the CPU image
         "command": _command(request, gpus, nodes),
-        "env": _env(request, rt.secret_store, out),
+        "env": _env(request, rt.secret_store, output_dir(request)),
         "resources": _resources(res, gpus),
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
@@ -189,19 +202,27 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
             {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
                 "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
             {"name": "GPUJOB_NODE_INDEX", "value": "$(JOB_COMPLETION_INDEX)"},
-            {"name": "GPUJOB_NODE_HOST", "value": f"{name}-$(JOB_COMPLETION_INDEX).{service}"},
+            {"name": "GPUJOB_NODE_HOST",
+             "value": f"{object_name(request)}-$(JOB_COMPLETION_INDEX).{service_name(request)}"},
             {"name": "GPUJOB_RDZV_ENDPOINT", "value": rendezvous_endpoint(request)},
         ]
-        container["ports"] = [{"name": "rendezvous", "containerPort": port}]
+        container["ports"] = [{"name": "rendezvous", "containerPort": distributed(request).port}]
+    return container
+
+
+def _pod_spec(request: JobRequest, rt: "KubernetesRuntime", gpus: int) -> dict[str, Any]:
+    """The pod: the container, the restricted security profile, the spec, cache and /dev/shm volumes,
+    the GPU toleration and node selector."""
+    res = request.spec.resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": "gpujob-runner",
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
+        "containers": [_container(request, rt, gpus)],
         "volumes": [
-            {"name": "spec", "configMap": {"name": f"{name}-spec"}},
+            {"name": "spec", "configMap": {"name": f"{object_name(request)}-spec"}},
             {"name": "cache", "persistentVolumeClaim": {"claimName": rt.cache_pvc}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm}},
         ],
@@ -210,9 +231,13 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         if res.gpu_type:
             pod_spec["nodeSelector"] = {rt.gpu_node_label: res.gpu_type}
-    if nodes > 1:
-        pod_spec["subdomain"] = service
-    job_labels = {"kueue.x-k8s.io/queue-name": rt.queue} if rt.queue else {}
+    if res.nodes > 1:
+        pod_spec["subdomain"] = service_name(request)
+    return pod_spec
+
+
+def _failure_rules(nodes: int) -> list[dict[str, Any]]:
+    """The podFailurePolicy's rules: exit 2 fails the Job at once, disruptions are not counted."""
     rules: list[dict[str, Any]] = [
         {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
                                               "values": [CONFIG_ERROR_EXIT]}},
@@ -225,12 +250,18 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
                                                       "values": [GROUP_RESTART_EXIT]}},
                   {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
                                                         "values": [0]}}]
+    return rules
+
+
+def _job_spec(request: JobRequest, rt: "KubernetesRuntime", gpus: int) -> dict[str, Any]:
+    """The Job's spec: retries and failure policy, deadline, clean-up, Kueue's suspend, indexed pods."""
+    nodes = request.spec.resources.nodes
     job_spec: dict[str, Any] = {
         # several nodes: each restart of the group can count a pod of every node
         "backoffLimit": BACKOFF_LIMIT if nodes == 1 else max(1, distributed(request).restarts * nodes),
-        "podFailurePolicy": {"rules": rules},
+        "podFailurePolicy": {"rules": _failure_rules(nodes)},
         "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
-        "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": labels(request)}, "spec": _pod_spec(request, rt, gpus)},
     }
     if request.deadline_s:  # limits.max_runtime, or limits.max_cost as running time if that comes first
         job_spec["activeDeadlineSeconds"] = request.deadline_s
@@ -238,16 +269,17 @@ def render(request: JobRequest) -> list[dict[str, Any]]:
         job_spec["suspend"] = True
     if nodes > 1:
         job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(name, job_labels), "spec": job_spec}
-    objects = [config_map, job]
-    if nodes > 1:
-        objects.append({
-            "apiVersion": "v1", "kind": "Service", "metadata": meta(service),
-            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                     "selector": {"gpujob.dev/id": request.job_id},
-                     "ports": [{"name": "rendezvous", "port": port}]},
-        })
-    return objects
+    return job_spec
+
+
+def _service(request: JobRequest, rt: "KubernetesRuntime") -> dict[str, Any]:
+    """The headless Service of a several-node job: ``<job>-<index>.<service>`` resolves to each pod."""
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(request, rt, service_name(request)),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {"gpujob.dev/id": request.job_id},
+                 "ports": [{"name": "rendezvous", "port": distributed(request).port}]},
+    }
 
 
 def semantic_problems(objects: list[dict[str, Any]]) -> list[str]:

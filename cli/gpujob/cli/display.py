@@ -203,7 +203,7 @@ def job_details(job: Job, history: list[dict[str, Any]] | None = None) -> str:
         rows.append(("checkpoint", f"step {state.checkpoint.get('step')}  {state.checkpoint.get('path')}"))
     outputs = _safe(job.output_dir or "-")
     if job.backend == "kubernetes" and job.output_dir and job.output_dir.startswith("/cache/"):
-        claim = ((job.spec.get("runtime") or {}).get("cache_pvc") or HF_CACHE)
+        claim = getattr(job.spec and job.spec.runtime, "cache_pvc", None) or HF_CACHE
         outputs += f"  (on PersistentVolumeClaim {claim}, namespace {job.handle.get('namespace', '?')})"
     rows.append(("outputs", outputs))
     if job.spec_path:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends import local_data, outputs
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_stop, failure_reason,
-                                  last_error_line, read_saved_log, read_tail, recorded_max_runtime_s, runtime_of)
+                                  last_error_line, read_saved_log, read_tail, runtime_of)
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker import pull as docker_pull
 from gpujob.backends.docker.engine import Engine, current_host, is_local
@@ -155,7 +155,7 @@ class DockerBackend(Backend):
                                              f"{engine.host} (removed outside gpujob: docker rm, docker system prune)")
         state = attrs.get("State") or {}
         tail = self._tail(engine, job, PROGRESS_TAIL_LINES) if state.get("Status") != "created" else None
-        seen = observe(state, max_runtime_s=recorded_max_runtime_s(job), memory=_memory(job),
+        seen = observe(state, max_runtime_s=job.max_runtime_s, memory=_memory(job),
                        log_tail=tail[-ERROR_TAIL_LINES:] if tail else None)
         if tail:
             seen.progress, seen.points = read_tail(job, tail)
@@ -359,7 +359,7 @@ def observe(state: dict[str, Any], *, max_runtime_s: int | None = None, memory: 
 
 
 def _memory(job: "Job") -> str | None:
-    return (job.spec.get("resources") or {}).get("memory")
+    return job.spec.resources.memory if job.spec is not None else None
 
 
 def _my_user() -> tuple[int, int]:

@@ -180,7 +180,7 @@ def test_the_payload_is_redacted_also_where_the_record_holds_a_secret(tmp_path, 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     job = Job(id="abc123", name="x", kind="train", backend="kubernetes", status="failed",
               reason=f"exited with code 1: ValueError: {SECRET}", exit_code=1, spec_path=None,
-              spec_data={"apiVersion": "gpujob/v1", "kind": "train", "runtime": {"secrets": ["HF_TOKEN"]},
+              spec_data={"apiVersion": "gpujob/v1", "kind": "command", "command": ["true"], "runtime": {"secrets": ["HF_TOKEN"]},
                          "notify": {"webhook": hook.url, "on": ["failed"]}},
               output_dir="/cache/out", handle={}, progress={"step": 4}, metrics={"note": SECRET},
               cost_usd=0.0, created_at=1.0, started_at=2.0, finished_at=3.0, updated_at=3.0)

@@ -70,26 +70,45 @@ def _exit_code(value: Any) -> Any:
 
 def read_spec(data: Mapping[str, Any]) -> "tuple[JobSpec | None, str | None]":
     """A stored spec (``spec_json``: the spec as submitted, defaults filled in) validated as a JobSpec, and
-    None or why it is not one. A record written by another version may hold a section this one refuses:
-    that section is read as its defaults (named in the second value), the rest as stored. Never raises."""
+    None or what could not be read. A record written by another version may hold a key this one refuses:
+    that key is read as its default (and named), the rest as stored. Never raises."""
+    import copy
+
     from pydantic import ValidationError  # the spec's models: only when a job's spec is looked at
 
     from gpujob.spec.models import JobSpec
 
-    data, dropped = dict(data), []
-    for _ in range(len(data) + 1):
+    data, dropped = copy.deepcopy(dict(data)), []
+    for _ in range(50):
         try:
-            return JobSpec.model_validate(data), (f"its recorded spec's {', '.join(dropped)} could not be read "
-                                                  "by this version of gpujob; read as defaults" if dropped else None)
+            spec = JobSpec.model_validate(data)
         except ValidationError as e:
-            keys = {str(err["loc"][0]) for err in e.errors() if err["loc"]} & set(data)
-        except ValueError as e:  # a check across sections (CrossFieldError)
-            return None, f"its recorded spec is not valid for this version of gpujob: {str(e)[:300]}"
-        if not keys or set(data) <= keys | {"apiVersion", "kind"}:
-            break
-        dropped += sorted(keys)
-        data = {k: v for k, v in data.items() if k not in keys}
+            found = [_drop(data, err["loc"]) for err in e.errors()]
+            if not any(found) or "apiVersion" not in data or "kind" not in data:
+                return None, "its recorded spec could not be read by this version of gpujob"
+            dropped += [f for f in found if f and f not in dropped]
+            continue
+        return spec, (f"its recorded spec's {', '.join(dropped)} could not be read by this version of gpujob; "
+                      "read as the defaults" if dropped else None)
     return None, "its recorded spec could not be read by this version of gpujob"
+
+
+def _drop(data: dict[str, Any], loc: tuple) -> str | None:
+    """Remove from ``data`` the deepest key on the path ``loc`` (a validation error's; parts that are not
+    keys, as a union's tag, are passed over); the dotted path removed, or None when none was."""
+    parent, key, cur, path, where = None, None, data, [], None
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            parent, key, cur = cur, part, cur[part]
+            path.append(str(part))
+            where = ".".join(path)
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            cur = cur[part]
+            path.append(str(part))
+    if parent is None or key in ("apiVersion", "kind") and parent is data:
+        return None
+    del parent[key]
+    return where
 
 
 # The spec's sections (JobSpec's fields that are mappings) and its other top-level keys' types: a stored

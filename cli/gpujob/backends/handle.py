@@ -1,0 +1,66 @@
+"""A job's handle: what its backend recorded to find the job again (a process, a container, a Kubernetes
+Job). Each backend owns its model, a :class:`Handle` with its own fields; the registry stores it as JSON
+(``Job.handle``, plain data only at that edge) and the backend reads it back validated with ``Model.of(job)``.
+
+A handle is untrusted (the registry file can be edited, or was written by another version): a key whose
+value is not what the model says is read as unknown (None), and named in :attr:`Handle.unreadable`, so
+``gpujob list`` and ``status`` say what they can instead of failing on one record.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from gpujob.records import Job
+
+
+class Handle(BaseModel):
+    """The keys every backend's handle may hold; a backend's model adds its own. Keys that others record
+    beside the backend's (``source``: the git commit submitted; ``damaged``: what a registry rebuild could
+    not read) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    # a queued job's place in a GPU queue (position and words), recorded while it waits
+    queue: dict[str, Any] | None = None
+
+    _unreadable: tuple[str, ...] = PrivateAttr(default=())
+
+    @classmethod
+    def of(cls, job: "Job") -> "Self":
+        """The job's handle as this model: :meth:`read` of what the registry recorded."""
+        return cls.read(job.handle)
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any] | None) -> "Self":
+        """``data`` validated; a key that does not validate is left out (read as None), never an error."""
+        data = dict(data) if isinstance(data, Mapping) else {}
+        dropped: list[str] = []
+        while True:
+            try:
+                handle = cls.model_validate(data)
+            except ValidationError as e:
+                bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]} & set(data)
+                if not bad:  # not one key's fault: nothing of it is known
+                    dropped += sorted(data)
+                    data = {}
+                    continue
+                dropped += sorted(bad)
+                data = {k: v for k, v in data.items() if k not in bad}
+                continue
+            handle._unreadable = tuple(dropped)
+            return handle
+
+    @property
+    def unreadable(self) -> tuple[str, ...]:
+        """The recorded keys that were not what this model says (read as None)."""
+        return self._unreadable
+
+    def dump(self) -> dict[str, Any]:
+        """The handle as plain data, for the registry: keys that are None are left out."""
+        return self.model_dump(mode="json", exclude_none=True)

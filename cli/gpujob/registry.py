@@ -383,7 +383,9 @@ class Registry:
         return [Host._from_row(r) for r in rows]
 
     def jobs_on_host(self, name: str, *, active_only: bool = True) -> list[Job]:
-        return [j for j in self.list(active_only=active_only, backend="host") if j.handle.get("host") == name]
+        from gpujob.backends.host_handle import HostHandle  # the handle's model: only when a host's jobs are asked for
+
+        return [j for j in self.list(active_only=active_only, backend="host") if HostHandle.of(j).host == name]
 
     def integrity_ok(self) -> bool:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

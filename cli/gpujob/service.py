@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 from gpujob import gitsource, history, notify, untrusted
 from gpujob.backends import Backend, JobRequest, get_backend, outputs
 from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
+from gpujob.backends.handle import Handle
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
 from gpujob.fleet.jobs import RegistryHosts
@@ -219,8 +220,9 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
         raise
     src = gitsource.source()  # the code the job came from: the dashboard's overview shows it
     registry.update(job.id, handle={**handle, "source": src} if src and isinstance(handle, dict) else handle)
-    if spec.resources.price_per_hour is None and handle.get("price_cents_per_hour") is not None:  # the host's, now
-        registry.update(job.id, price=(float(handle["price_cents_per_hour"]) / 100.0,
+    learnt = Handle.read(handle)
+    if spec.resources.price_per_hour is None and learnt.price_cents_per_hour is not None:  # the host's, now
+        registry.update(job.id, price=(learnt.price_cents_per_hour / 100.0,
                                        f"host {handle.get('host')}: its provider's price"))
     if not impl.self_reporting:
         return refresh(registry, registry.get(job.id))
@@ -232,7 +234,7 @@ def _wait_started(registry: Registry, job_id: str, timeout: float = 5.0) -> Job:
     waits in the GPU queue (its supervisor records its place, ``handle["queue"]``) returns at once."""
     deadline = time.monotonic() + timeout
     job = registry.get(job_id)
-    while (job.status in ("queued", "starting") and not (job.status == "queued" and job.handle.get("queue"))
+    while (job.status in ("queued", "starting") and not (job.status == "queued" and Handle.of(job).queue)
            and time.monotonic() < deadline):
         time.sleep(0.05)
         job = registry.get(job_id)
@@ -256,7 +258,7 @@ def refresh(registry: Registry, job: Job) -> Job:
             registry.add_history(job.id, seen.points)
         if seen.progress:
             registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
-        if seen.queue is not None and seen.queue != job.handle.get("queue"):
+        if seen.queue is not None and seen.queue != Handle.of(job).queue:
             registry.update(job.id, handle={**job.handle, "queue": seen.queue})
         if seen.status != job.status or (seen.reason or None) != (job.reason or None):
             if registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,

@@ -20,14 +20,21 @@ if TYPE_CHECKING:
 
 
 class Handle(BaseModel):
-    """The keys every backend's handle may hold; a backend's model adds its own. Keys that others record
-    beside the backend's (``source``: the git commit submitted; ``damaged``: what a registry rebuild could
-    not read) are kept as they are."""
+    """The keys every backend's handle may hold, read by the layers above (the service, the CLI); a
+    backend's model adds its own. Keys this version does not know are kept as they are."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     # a queued job's place in a GPU queue (position and words), recorded while it waits
     queue: dict[str, Any] | None = None
+    # variables named like secrets that the job does not get (the local backend's, from your environment)
+    withheld: list[str] | None = None
+    # the price the backend learnt at submit (a rented host's), USD cents per hour
+    price_cents_per_hour: float | None = None
+    # the code the job came from (gitsource.source: dir, commit, dirty), recorded by the service
+    source: dict[str, Any] | None = None
+    # what a registry rebuild could not read of the job's folder
+    damaged: str | None = None
 
     _unreadable: tuple[str, ...] = PrivateAttr(default=())
 
@@ -62,5 +69,6 @@ class Handle(BaseModel):
         return self._unreadable
 
     def dump(self) -> dict[str, Any]:
-        """The handle as plain data, for the registry: keys that are None are left out."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The handle as plain data, for the registry: the keys given or read (a default is not written),
+        less those that are None."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude_none=True)

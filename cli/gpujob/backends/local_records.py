@@ -24,7 +24,6 @@ class LocalHandle(Handle):
     pid: int | None = None
     pgid: int | None = None
     log: str | None = None
-    withheld: list[str] | None = None   # variables named like secrets that the job does not get
 
 
 class GpuAsk(BaseModel):

@@ -111,7 +111,7 @@ def check_entries(entries: Any, where: str) -> dict[str, float]:
 
 
 def _from_entries(entries: Mapping[str, float], spec: "JobSpec", where: str) -> Price | None:
-    gpus = (spec.resources.gpus or 0) * spec.resources.nodes
+    gpus = spec.gpus * spec.resources.nodes
     if gpus == 0:
         per_hour = entries.get(NO_GPU)
         return Price(per_hour * spec.resources.nodes, f"{where}.{NO_GPU}") if per_hour is not None else None

@@ -198,7 +198,7 @@ class Job:
     @property
     def max_runtime_s(self) -> int | None:
         """``limits.max_runtime`` of the job's spec, in seconds; None when unset (or the spec unreadable)."""
-        return self.spec.limits.max_runtime_seconds if self.spec is not None else None
+        return self.spec.max_runtime_s if self.spec is not None else None
 
     @cached_property
     def spec(self) -> "JobSpec | None":

@@ -43,7 +43,7 @@ def _backend(name: str, registry: Registry) -> Backend:
 
 def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path, price: Price | None = None) -> JobRequest:
     spec = loaded.spec
-    gpus = spec.resources.gpus or 0
+    gpus = spec.gpus
     if spec.kind == "command":
         command = list(spec.command or [])
     else:  # one process, or one per GPU under the launcher (kubernetes makes its own multi-node line)
@@ -61,9 +61,8 @@ def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path, price: Pr
         workdir=os.getcwd(),
         output_dir=output_dir(loaded),
         job_dir=job_dir,
-        max_runtime_s=spec.limits.max_runtime_seconds,
+        max_runtime_s=spec.max_runtime_s,
         idle_s=spec.limits.idle_minutes * 60,
-        gpus=gpus,
         labels={"gpujob.dev/id": job_id, "gpujob.dev/name": spec.name},
         price_per_hour=price.usd_per_hour if price else None,
         max_cost=spec.limits.max_cost,

@@ -52,12 +52,16 @@ class JobRequest:
     workdir: str
     output_dir: str
     job_dir: Path         # registry-owned folder for this job (log, spec copy)
-    max_runtime_s: int | None = None
+    max_runtime_s: int | None = None   # limits.max_runtime in seconds (JobSpec.max_runtime_s)
     idle_s: float | None = None   # stop as hung after this long without a progress event
-    gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     price_per_hour: float | None = None  # USD per hour of running, for the whole job; None: unknown
     max_cost: float | None = None        # limits.max_cost (USD)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per machine (JobSpec.gpus: resources.gpus, resolved): the spec is the one source of it."""
+        return self.spec.gpus
 
     @property
     def budget_s(self) -> float | None:

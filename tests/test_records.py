@@ -55,7 +55,7 @@ def test_a_row_this_version_cannot_read_is_listed_and_shown_without_a_traceback(
     newer = {**loaded.data, "limits": {**loaded.data["limits"], "max_gpu_hours": 3, "max_runtime": "1h"}}
     # an active local job whose supervisor fields are of another shape: read as unknown, so it never started
     _old_row(gpujob_home, "abc123", backend="local", status="running", spec_json=json.dumps(newer),
-             handle_json=json.dumps({"supervisor_pid": "1234", "supervisor_start": [1], "pgid": {"x": 1}}))
+             handle_json=json.dumps({"supervisor_pid": "not a pid", "supervisor_start": [1], "pgid": {"x": 1}}))
     _old_row(gpujob_home, "def456", backend="docker", status="running", spec_json='{"kind": "command"}',
              handle_json='{"container_id": ["not", "an", "id"]}')
     job = Registry().get("abc123")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from gpujob.backends.handle import Handle
 from gpujob.records import Job
 from gpujob.words import printable
 
@@ -37,7 +38,7 @@ def overview(job: Job) -> list[tuple[str, str]]:
     for key, label in HANDLE_KEYS:
         if isinstance(handle.get(key), (str, int)) and not isinstance(handle.get(key), bool):
             rows.append((label, str(handle[key])))
-    source = handle.get("source") if isinstance(handle.get("source"), dict) else {}
+    source = Handle.read(handle).source or {}
     if source.get("commit"):
         rows.append(("git commit", f"{str(source['commit'])[:12]}{' (uncommitted changes)' if source.get('dirty') else ''}"
                      + (f" in {source['dir']}" if source.get("dir") else "")))

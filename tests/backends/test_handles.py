@@ -93,3 +93,14 @@ def test_launch_json_written_by_the_previous_version_reads_back(tmp_path):
     launch.write(fresh)
     assert Launch.read(fresh) == launch
     assert oct((fresh / LAUNCH_NAME).stat().st_mode & 0o777) == "0o600"  # it names the job's secrets
+
+
+@pytest.mark.parametrize("queued, outputs", [(False, None), (True, "/srv/o/abc123")])
+def test_the_docker_handle_submit_writes_is_the_one_the_previous_version_wrote(queued, outputs):
+    """As DockerBackend.submit builds it: optional keys only when they say something."""
+    written = DockerHandle(host="ssh://gpu", container="c", container_id="f00d", image="img:1", remote=True,
+                           out_in_container="/outputs", gpu_queue=queued or None, outputs_on_host=outputs or None).dump()
+    old = {"host": "ssh://gpu", "container": "c", "container_id": "f00d", "image": "img:1", "remote": True,
+           "out_in_container": "/outputs", **({"gpu_queue": True} if queued else {}),
+           **({"outputs_on_host": outputs} if outputs else {})}
+    assert written == old

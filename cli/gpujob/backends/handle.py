@@ -71,4 +71,4 @@ class Handle(BaseModel):
     def dump(self) -> dict[str, Any]:
         """The handle as plain data, for the registry: the keys given or read (a default is not written),
         less those that are None."""
-        return self.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        return {k: v for k, v in self.model_dump(mode="json", exclude_unset=True).items() if v is not None}

@@ -13,5 +13,5 @@ class DockerHandle(Handle):
     image: str | None = None
     remote: bool = False                 # the engine is on another machine: outputs are copied back at the end
     out_in_container: str | None = None  # output.dir inside the container
-    gpu_queue: bool = False              # started by the host agent's GPU queue, not at submit
+    gpu_queue: bool | None = None        # True: started by the host agent's GPU queue, not at submit
     outputs_on_host: str | None = None   # the outputs' folder on the engine's machine (a bind mount there)

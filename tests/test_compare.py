@@ -50,17 +50,17 @@ def test_settings_of_another_type_differ_and_a_missing_key_differs():
 def job(**kw) -> Job:
     now = time.time()
     base = dict(id="abcdef", name="hello-1", kind="train", backend="local", status="succeeded", reason=None,
-                exit_code=0, spec_path=None, spec={}, output_dir=None, handle={}, progress={}, metrics={},
+                exit_code=0, spec_path=None, spec_data={}, output_dir=None, handle={}, progress={}, metrics={},
                 cost_usd=0.0, created_at=now - 100, started_at=now - 90, finished_at=now - 30, updated_at=now)
     return Job(**{**base, **kw})
 
 
 def test_sweep_suffixes_of_name_and_output_dir_are_not_differences():
-    a = job(id="a", sweep_id="s12345", spec={"name": "hello-1", "output": {"dir": "out/hello/s12345-1"}, "priority": 1})
-    b = job(id="b", sweep_id="s12345", spec={"name": "hello-2", "output": {"dir": "out/hello/s12345-2"}, "priority": 2})
+    a = job(id="a", sweep_id="s12345", spec_data={"name": "hello-1", "output": {"dir": "out/hello/s12345-1"}, "priority": 1})
+    b = job(id="b", sweep_id="s12345", spec_data={"name": "hello-2", "output": {"dir": "out/hello/s12345-2"}, "priority": 2})
     assert compare.spec_differences([compare.comparable_spec(a), compare.comparable_spec(b)]) == {"priority": [1, 2]}
-    c = job(id="c", spec={"name": "hello-1", "output": {"dir": "out/hello/s12345-1"}, "priority": 1})
-    d = job(id="d", spec={"name": "hello-2", "output": {"dir": "out/hello/s12345-2"}, "priority": 1})
+    c = job(id="c", spec_data={"name": "hello-1", "output": {"dir": "out/hello/s12345-1"}, "priority": 1})
+    d = job(id="d", spec_data={"name": "hello-2", "output": {"dir": "out/hello/s12345-2"}, "priority": 1})
     assert set(compare.spec_differences([compare.comparable_spec(c), compare.comparable_spec(d)])) == {
         "name", "output.dir"}  # not from a sweep: their names are theirs
 

@@ -180,7 +180,8 @@ def test_the_payload_is_redacted_also_where_the_record_holds_a_secret(tmp_path, 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     job = Job(id="abc123", name="x", kind="train", backend="kubernetes", status="failed",
               reason=f"exited with code 1: ValueError: {SECRET}", exit_code=1, spec_path=None,
-              spec={"runtime": {"secrets": ["HF_TOKEN"]}, "notify": {"webhook": hook.url, "on": ["failed"]}},
+              spec_data={"apiVersion": "gpujob/v1", "kind": "command", "command": ["true"], "runtime": {"secrets": ["HF_TOKEN"]},
+                         "notify": {"webhook": hook.url, "on": ["failed"]}},
               output_dir="/cache/out", handle={}, progress={"step": 4}, metrics={"note": SECRET},
               cost_usd=0.0, created_at=1.0, started_at=2.0, finished_at=3.0, updated_at=3.0)
     notify.send_in_background(job)
@@ -230,7 +231,7 @@ def test_an_end_the_cli_records_is_sent_by_the_cli(tmp_path, hook):
 
 def test_the_marker_lets_one_claim_win(tmp_path, hook):
     job = Job(id="def456", name="x", kind="command", backend="docker", status="succeeded", reason=None,
-              exit_code=0, spec_path=None, spec={"notify": {"webhook": hook.url}}, output_dir=None, handle={},
+              exit_code=0, spec_path=None, spec_data={"apiVersion": "gpujob/v1", "kind": "command", "command": ["true"], "notify": {"webhook": hook.url}}, output_dir=None, handle={},
               progress={}, metrics={}, cost_usd=0.0, created_at=1.0, started_at=2.0, finished_at=3.0,
               updated_at=3.0)
     first, second = notify.Notifier.for_job(job), notify.Notifier.for_job(job)

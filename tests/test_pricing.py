@@ -135,7 +135,7 @@ def test_the_deadline_is_the_sooner_of_max_runtime_and_the_budget_in_whole_secon
 def job(**changes) -> Job:
     now = time.time()
     fields = dict(id="abc123", name="t", kind="train", backend="local", status="running", reason=None, exit_code=None,
-                  spec_path=None, spec={}, output_dir=None, handle={}, progress={}, metrics={}, cost_usd=0.0,
+                  spec_path=None, spec_data={}, output_dir=None, handle={}, progress={}, metrics={}, cost_usd=0.0,
                   created_at=now - 100, started_at=now - 60, finished_at=None, updated_at=now)
     fields.update(changes)
     return Job(**fields)
@@ -157,8 +157,8 @@ def test_an_earlier_run_of_the_same_setup_projects_the_cost_and_warns_of_a_budge
     same = spec.model_dump(mode="json", by_alias=True)
     other = {**same, "resources": {**same["resources"], "gpu_type": "H100"}}
     progress = {"step": 100, "total_steps": 4000, "steps_per_s": 0.5}
-    jobs = [job(id="other1", spec=other, progress={**progress, "steps_per_s": 9.0}),
-            job(id="same01", spec=same, progress=progress)]
+    jobs = [job(id="other1", spec_data=other, progress={**progress, "steps_per_s": 9.0}),
+            job(id="same01", spec_data=same, progress=progress)]
     seen = earlier_throughput(spec, jobs)
     assert seen.job_id == "same01" and seen.steps_per_s == 0.5  # the H100 run's speed does not hold on an A10
     est = estimate(spec, Price(2.0, "x"), jobs, LOCAL_PROVIDER_PRICED)

@@ -415,7 +415,7 @@ def make_job(progress: Any, metrics: Any = None, **kw):
     from gpujob.registry import Job
 
     fields = {"id": "abc123", "name": "hostile", "kind": "command", "backend": "local", "status": "failed",
-              "reason": "exit 1: \x1b[2J\x1b[31mboom", "exit_code": 1, "spec_path": None, "spec": {},
+              "reason": "exit 1: \x1b[2J\x1b[31mboom", "exit_code": 1, "spec_path": None, "spec_data": {},
               "output_dir": "/o", "handle": {}, "progress": progress, "metrics": metrics, "cost_usd": 0.0,
               "created_at": 1000.0, "started_at": 1001.0, "finished_at": 1010.0, "updated_at": 1010.0}
     fields.update(kw)

@@ -26,7 +26,7 @@ def test_create_and_get_round_trip(gpujob_home):
     reg = Registry()
     job = _new(reg)
     assert len(job.id) == 6 and job.id[0].isalpha()
-    assert job.status == "queued" and job.spec == {"kind": "command"}
+    assert job.status == "queued" and job.spec_data == {"kind": "command"}
     assert (gpujob_home / "registry.db").exists()
     assert oct(gpujob_home.stat().st_mode & 0o777) == "0o700"
     assert [t[0] for t in reg.get(job.id).transitions] == ["queued"]

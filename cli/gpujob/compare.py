@@ -50,7 +50,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def comparable_spec(job: Job) -> dict[str, Any]:
     """The job's spec, flat, with the suffixes its sweep gave ``name`` and ``output.dir`` taken off."""
-    flat = flatten(job.spec)
+    flat = flatten(job.spec_data)
     if job.sweep_id:
         if isinstance(flat.get("name"), str):
             flat["name"] = re.sub(r"-\d+$", "", flat["name"])

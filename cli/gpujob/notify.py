@@ -91,9 +91,8 @@ def event_for(status: str, reason: str | None) -> str | None:
 
 
 def settings(job: Job) -> dict[str, Any]:
-    """The job's ``notify`` section as recorded (empty when it has none)."""
-    section = (job.spec or {}).get("notify")
-    return section if isinstance(section, dict) else {}
+    """The job's ``notify`` section as recorded, as plain data (empty when its spec is unreadable)."""
+    return job.spec.notify.model_dump(mode="json") if job.spec is not None else {}
 
 
 def wanted(job: Job) -> str | None:
@@ -107,8 +106,8 @@ def wanted(job: Job) -> str | None:
 
 def secret_values(job: Job, environ: Mapping[str, str]) -> list[str]:
     """The job's secret values as far as this process knows them (runtime.secrets from ``environ``)."""
-    names = ((job.spec or {}).get("runtime") or {}).get("secrets") or []
-    return [environ[n] for n in names if isinstance(n, str) and environ.get(n)]
+    names = job.spec.runtime.secrets if job.spec is not None else []
+    return [environ[n] for n in names if environ.get(n)]
 
 
 def payload(job: Job, event: str, redactor: Redactor) -> dict[str, Any]:

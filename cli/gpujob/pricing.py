@@ -112,7 +112,7 @@ def check_entries(entries: Any, where: str) -> dict[str, float]:
 
 
 def _from_entries(entries: Mapping[str, float], spec: "JobSpec", where: str) -> Price | None:
-    gpus = (spec.resources.gpus or 0) * spec.resources.nodes
+    gpus = spec.gpus * spec.resources.nodes
     if gpus == 0:
         per_hour = entries.get(NO_GPU)
         return Price(per_hour * spec.resources.nodes, f"{where}.{NO_GPU}") if per_hour is not None else None
@@ -171,26 +171,23 @@ class Throughput:
     total_steps: int | None  # the earlier run's, when its data and epochs were the same as this job's
 
 
-def _same_setup(spec: "JobSpec", other: Mapping[str, Any]) -> bool:
+def _same_setup(spec: "JobSpec", other: "JobSpec | None") -> bool:
     """Same model, GPU type and count, nodes and batch: an earlier run's speed holds for this job."""
-    res, tr = other.get("resources") or {}, other.get("training") or {}
-    return (other.get("kind") == spec.kind and (other.get("model") or {}).get("checkpoint") == spec.model.checkpoint
-            and res.get("gpu_type") == spec.resources.gpu_type and res.get("gpus") == spec.resources.gpus
-            and (res.get("nodes") or 1) == spec.resources.nodes
-            and tr.get("per_device_batch_size", 16) == spec.training.per_device_batch_size
-            and tr.get("gradient_accumulation_steps", 1) == spec.training.gradient_accumulation_steps
-            and tr.get("freeze", "none") == _plain(spec.training.freeze))
-
-
-def _plain(value: Any) -> Any:
-    return value.model_dump() if hasattr(value, "model_dump") else value
+    if other is None:
+        return False
+    res, tr = other.resources, other.training
+    return (other.kind == spec.kind and other.model.checkpoint == spec.model.checkpoint
+            and res.gpu_type == spec.resources.gpu_type and res.gpus == spec.resources.gpus
+            and res.nodes == spec.resources.nodes
+            and tr.per_device_batch_size == spec.training.per_device_batch_size
+            and tr.gradient_accumulation_steps == spec.training.gradient_accumulation_steps
+            and tr.freeze == spec.training.freeze)
 
 
 def earlier_throughput(spec: "JobSpec", jobs: Iterable["Job"]) -> Throughput | None:
     """The steps per second of the newest earlier train/evaluate run with the same setup (``jobs``: newest first)."""
     if spec.kind == "command":
         return None
-    data = spec.data.model_dump(mode="json")
     for job in jobs:
         if not _same_setup(spec, job.spec):
             continue
@@ -198,7 +195,7 @@ def earlier_throughput(spec: "JobSpec", jobs: Iterable["Job"]) -> Throughput | N
         rate = state.steps_per_s
         if not rate or rate <= 0 or not math.isfinite(rate):
             continue
-        same_data = job.spec.get("data") == data and (job.spec.get("training") or {}).get("epochs") == spec.training.epochs
+        same_data = job.spec.data == spec.data and job.spec.training.epochs == spec.training.epochs
         return Throughput(rate, job.id, state.total_steps if same_data and state.total_steps else None)
     return None
 

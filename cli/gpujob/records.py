@@ -8,10 +8,14 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from gpujob import untrusted
+
+if TYPE_CHECKING:
+    from gpujob.spec.models import JobSpec
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -64,6 +68,49 @@ def _exit_code(value: Any) -> Any:
     return value if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**32 else _BAD
 
 
+def read_spec(data: Mapping[str, Any]) -> "tuple[JobSpec | None, str | None]":
+    """A stored spec (``spec_json``: the spec as submitted, defaults filled in) validated as a JobSpec, and
+    None or what could not be read. A record written by another version may hold a key this one refuses:
+    that key is read as its default (and named), the rest as stored. Never raises."""
+    import copy
+
+    from pydantic import ValidationError  # the spec's models: only when a job's spec is looked at
+
+    from gpujob.spec.models import JobSpec
+
+    data, dropped = copy.deepcopy(dict(data)), []
+    for _ in range(50):
+        try:
+            spec = JobSpec.model_validate(data)
+        except ValidationError as e:
+            found = [_drop(data, err["loc"]) for err in e.errors()]
+            if not any(found) or "apiVersion" not in data or "kind" not in data:
+                return None, "its recorded spec could not be read by this version of gpujob"
+            dropped += [f for f in found if f and f not in dropped]
+            continue
+        return spec, (f"its recorded spec's {', '.join(dropped)} could not be read by this version of gpujob; "
+                      "read as the defaults" if dropped else None)
+    return None, "its recorded spec could not be read by this version of gpujob"
+
+
+def _drop(data: dict[str, Any], loc: tuple) -> str | None:
+    """Remove from ``data`` the deepest key on the path ``loc`` (a validation error's; parts that are not
+    keys, as a union's tag, are passed over); the dotted path removed, or None when none was."""
+    parent, key, cur, path, where = None, None, data, [], None
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            parent, key, cur = cur, part, cur[part]
+            path.append(str(part))
+            where = ".".join(path)
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            cur = cur[part]
+            path.append(str(part))
+    if parent is None or key in ("apiVersion", "kind") and parent is data:
+        return None
+    del parent[key]
+    return where
+
+
 # The spec's sections (JobSpec's fields that are mappings) and its other top-level keys' types: a stored
 # spec of another shape has the wrong parts left out (and its job marked damaged), so nothing that reads
 # `job.spec` meets a list where a mapping belongs.
@@ -105,9 +152,9 @@ class Job:
     reason: str | None
     exit_code: int | None
     spec_path: str | None
-    spec: dict[str, Any]
+    spec_data: dict[str, Any]   # the spec as stored (plain JSON); read it as ``spec``, the validated JobSpec
     output_dir: str | None
-    handle: dict[str, Any]
+    handle: dict[str, Any]      # as stored; each backend reads it through its own model (backends.handle.Handle)
     progress: dict[str, Any]
     metrics: dict[str, Any]
     cost_usd: float
@@ -146,8 +193,21 @@ class Job:
     @property
     def max_cost(self) -> float | None:
         """``limits.max_cost`` of the job's spec (USD), or None."""
-        value = (self.spec.get("limits") or {}).get("max_cost")
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return self.spec.limits.max_cost if self.spec is not None else None
+
+    @property
+    def max_runtime_s(self) -> int | None:
+        """``limits.max_runtime`` of the job's spec, in seconds; None when unset (or the spec unreadable)."""
+        return self.spec.max_runtime_s if self.spec is not None else None
+
+    @cached_property
+    def spec(self) -> "JobSpec | None":
+        """The job's spec, validated: what it was submitted with (:func:`read_spec`); None when the stored
+        spec is not one this version reads (:attr:`spec_problem` says why)."""
+        spec, self.spec_problem = read_spec(self.spec_data)
+        return spec
+
+    spec_problem: str | None = None  # why ``spec`` is None, once it was read
 
     @property
     def runtime_s(self) -> float | None:
@@ -193,7 +253,7 @@ class Job:
             id=get("id", _text, "?", optional=False), name=get("name", _text, "?", optional=False),
             kind=get("kind", _text, "unknown", optional=False), backend=get("backend", _text, "unknown", optional=False),
             status=status, reason=get("reason", _text), exit_code=get("exit_code", _exit_code),
-            spec_path=get("spec_path", _text), spec=obj("spec_json"), output_dir=get("output_dir", _text),
+            spec_path=get("spec_path", _text), spec_data=obj("spec_json"), output_dir=get("output_dir", _text),
             handle=obj("handle_json"), progress=obj("progress_json"), metrics=obj("metrics_json"),
             cost_usd=get("cost_usd", _number, 0.0) or 0.0, created_at=get("created_at", _number, 0.0, optional=False),
             started_at=get("started_at", _number), finished_at=get("finished_at", _number),
@@ -201,7 +261,7 @@ class Job:
             price_usd_per_hour=get("price_usd_per_hour", _number), price_source=get("price_source", _text),
             sweep_id=get("sweep_id", _text),
         )
-        job.spec, wrong = _spec_shape(job.spec)
+        job.spec_data, wrong = _spec_shape(job.spec_data)
         if wrong:
             bad.append(f"spec: {', '.join(wrong)}")
         said = job.handle.get("damaged")  # what a rebuild from its folder could not read

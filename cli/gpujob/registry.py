@@ -386,9 +386,11 @@ class Registry:
     def jobs_on_host(self, name: str, *, active_only: bool = True) -> list[Job]:
         """The jobs on rented host ``name``: those of the backends that run on the hosts kept here
         (:attr:`~gpujob.backends.base.Capabilities.rents_hosts`) whose handle names it."""
+        from gpujob.backends.host_handle import HostHandle  # the handle's model: only when a host's jobs are asked for
+
         renting = [b for b in BACKEND_NAMES if capabilities(b).rents_hosts]
         return [j for b in renting for j in self.list(active_only=active_only, backend=b)
-                if j.handle.get("host") == name]
+                if HostHandle.of(j).host == name]
 
     def integrity_ok(self) -> bool:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 from gpujob import gitsource, history, notify, untrusted
 from gpujob.backends import Backend, JobRequest, capabilities, get_backend, outputs, price_tables
 from gpujob.backends.base import LOG_NAME, RUNNER_MODULE
+from gpujob.backends.handle import Handle
 from gpujob.backends.launch import runner_command
 from gpujob.errors import JobStateError, MissingSecret, UserError
 from gpujob.fleet.jobs import RegistryHosts
@@ -42,7 +43,7 @@ def _backend(name: str, registry: Registry) -> Backend:
 
 def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path, price: Price | None = None) -> JobRequest:
     spec = loaded.spec
-    gpus = spec.resources.gpus or 0
+    gpus = spec.gpus
     if spec.kind == "command":
         command = list(spec.command or [])
     else:  # one process, or one per GPU under the launcher (kubernetes makes its own multi-node line)
@@ -60,9 +61,8 @@ def build_request(loaded: "LoadedSpec", *, job_id: str, job_dir: Path, price: Pr
         workdir=os.getcwd(),
         output_dir=output_dir(loaded),
         job_dir=job_dir,
-        max_runtime_s=spec.limits.max_runtime_seconds,
+        max_runtime_s=spec.max_runtime_s,
         idle_s=spec.limits.idle_minutes * 60,
-        gpus=gpus,
         labels={"gpujob.dev/id": job_id, "gpujob.dev/name": spec.name},
         price_per_hour=price.usd_per_hour if price else None,
         max_cost=spec.limits.max_cost,
@@ -221,8 +221,9 @@ def submit(loaded: "LoadedSpec", registry: Registry, *, backend: str | None = No
         raise
     src = gitsource.source()  # the code the job came from: the dashboard's overview shows it
     registry.update(job.id, handle={**handle, "source": src} if src and isinstance(handle, dict) else handle)
-    if spec.resources.price_per_hour is None and handle.get("price_cents_per_hour") is not None:  # the host's, now
-        registry.update(job.id, price=(float(handle["price_cents_per_hour"]) / 100.0,
+    learnt = Handle.read(handle)
+    if spec.resources.price_per_hour is None and learnt.price_cents_per_hour is not None:  # the host's, now
+        registry.update(job.id, price=(learnt.price_cents_per_hour / 100.0,
                                        f"host {handle.get('host')}: its provider's price"))
     if not impl.capabilities.self_reporting:
         return refresh(registry, registry.get(job.id))
@@ -234,7 +235,7 @@ def _wait_started(registry: Registry, job_id: str, timeout: float = 5.0) -> Job:
     waits in the GPU queue (its supervisor records its place, ``handle["queue"]``) returns at once."""
     deadline = time.monotonic() + timeout
     job = registry.get(job_id)
-    while (job.status in ("queued", "starting") and not (job.status == "queued" and job.handle.get("queue"))
+    while (job.status in ("queued", "starting") and not (job.status == "queued" and Handle.of(job).queue)
            and time.monotonic() < deadline):
         time.sleep(0.05)
         job = registry.get(job_id)
@@ -258,7 +259,7 @@ def refresh(registry: Registry, job: Job) -> Job:
             registry.add_history(job.id, seen.points)
         if seen.progress:
             registry.update(job.id, progress=seen.progress, metrics=seen.progress.get("metrics") or None)
-        if seen.queue is not None and seen.queue != job.handle.get("queue"):
+        if seen.queue is not None and seen.queue != Handle.of(job).queue:
             registry.update(job.id, handle={**job.handle, "queue": seen.queue})
         if seen.status != job.status or (seen.reason or None) != (job.reason or None):
             if registry.transition(job.id, seen.status, reason=seen.reason, exit_code=seen.exit_code,

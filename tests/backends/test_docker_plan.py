@@ -13,15 +13,15 @@ from gpujob.backends.docker.container import ENTRY, SECRETS_FILE, archive, image
 from gpujob.spec import JobSpec
 
 
-def request(tmp_path: Path, **over) -> JobRequest:
+def request(tmp_path: Path, gpus: int = 2, **over) -> JobRequest:
     spec = JobSpec.model_validate({
         "apiVersion": "gpujob/v1", "kind": "command", "name": "p", "command": ["python", "x.py", "{spec}"],
-        "resources": {"gpus": 2, "shm": "1Gi", "memory": "4Gi", "cpu": "500m"},
+        "resources": {"gpus": gpus, "shm": "1Gi", "memory": "4Gi", "cpu": "500m"},
         "runtime": {"backend": "docker", "image": "img:1"}})
     base = dict(job_id="abc123", name="p", kind="command", spec=spec, spec_path=None,
                 command=["python", "x.py", "{spec}"], env={"A": "1"}, secret_names=["HF_TOKEN"],
                 workdir=str(tmp_path), output_dir=str(tmp_path / "outputs/p"), job_dir=tmp_path / "home",
-                max_runtime_s=90, gpus=2, labels={"gpujob.dev/id": "abc123", "gpujob.dev/name": "p"})
+                max_runtime_s=90, labels={"gpujob.dev/id": "abc123", "gpujob.dev/name": "p"})
     base.update(over)
     return JobRequest(**base)
 

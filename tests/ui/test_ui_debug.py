@@ -84,6 +84,7 @@ def test_the_git_commit_of_the_submitting_folder_and_its_dirty_flag(tmp_path):
     import subprocess
 
     from gpujob import gitsource
+    from gpujob.spec.models import JobSpec
     from gpujob.ui.overview import overview
 
     assert gitsource.source(str(tmp_path)) is None  # not a repository
@@ -97,10 +98,11 @@ def test_the_git_commit_of_the_submitting_folder_and_its_dirty_flag(tmp_path):
     (tmp_path / "a.txt").write_text("2")
     src = gitsource.source(str(tmp_path))
     assert src["dirty"] is True
-    job = NS(spec={"kind": "train", "model": {"checkpoint": "openai/whisper-small"}, "resources": {"gpus": 1},
-                   "runtime": {"image": "gpujob:1"}}, kind="train", handle={"host": "gpu-1", "source": src},
-             spec_path="/x/spec.yaml", created_at=0.0)
+    spec = JobSpec.model_validate({"apiVersion": "gpujob/v1", "kind": "train", "data": {"train": [{"dataset": "d/"}]},
+                                   "training": {"max_steps": 10}, "model": {"checkpoint": "openai/whisper-small"},
+                                   "resources": {"gpus": 1}, "runtime": {"backend": "docker", "image": "gpujob:1"}})
+    job = NS(spec=spec, kind="train", handle={"host": "gpu-1", "source": src}, spec_path="/x/spec.yaml", created_at=0.0)
     rows = dict(overview(job))
     assert rows["git commit"] == f"{head[:12]} (uncommitted changes) in {tmp_path}"
-    assert rows["image"] == "gpujob:1" and rows["resources"] == "gpus 1" and rows["host"] == "gpu-1"
+    assert rows["image"] == "gpujob:1" and rows["resources"].startswith("gpus 1, nodes 1") and rows["host"] == "gpu-1"
     assert rows["command"].startswith("python -m gpujob.runner")

@@ -316,8 +316,8 @@ def test_compare_shows_the_spec_differences_results_and_overlaid_curves(cli, cli
     b = hello(cli, name="b", seed=2, steps=20)
     r = client.get(f"/compare?jobs={a},{b}")
     page = Page(r.text)
-    cmd_a = Registry().get(a).spec["command"]
-    cmd_b = Registry().get(b).spec["command"]
+    cmd_a = Registry().get(a).spec.command
+    cmd_b = Registry().get(b).spec.command
     differing = {f"command.{i}": (x, y) for i, (x, y) in enumerate(zip(cmd_a, cmd_b)) if x != y}
     assert differing and set(differing) | {"name", "output.dir"} == set(page.rows) - {a, b}
     for key, (x, y) in differing.items():

@@ -41,7 +41,8 @@ from gpujob import history, notify, procs
 from gpujob.backends import gpuqueue, reaper
 from gpujob.backends.base import JobStore, budget_reason, failure_reason
 from gpujob.backends.gpus import VISIBLE
-from gpujob.backends.local import LAUNCH_NAME, LOG_NAME, SECRET_PREFIX, _write_private, kill_strays
+from gpujob.backends.local import LOG_NAME, SECRET_PREFIX, _write_private, kill_strays
+from gpujob.backends.local_records import Launch, LocalHandle
 from gpujob.backends.output import JobOutput
 from gpujob.progress_state import ProgressState
 from gpujob.redact import Redactor
@@ -60,8 +61,8 @@ class Supervisor:
         self.store = store
         self.job = store.get(job_id)
         self.dir = self.job.job_dir
-        self.launch = json.loads((self.dir / LAUNCH_NAME).read_text())
-        self.secrets = {n: os.environ.get(SECRET_PREFIX + n, "") for n in self.launch["secret_names"]}
+        self.launch = Launch.read(self.dir)
+        self.secrets = {n: os.environ.get(SECRET_PREFIX + n, "") for n in self.launch.secret_names}
         self.webhook_url = webhook_url  # notify.webhook_env's, handed on stdin: in memory only, redacted too
         self.output = JobOutput(Redactor([*self.secrets.values(), *([webhook_url] if webhook_url else [])]))
         self.state = ProgressState.from_dict(self.job.progress)
@@ -98,15 +99,15 @@ class Supervisor:
         if not self._wait_for_gpus() or self.stop_reason:
             return self._finish(None, cancelled=True)
         self.store.transition(self.job.id, "starting", only_from=("queued",))
-        argv = self.launch["argv"]
+        argv = self.launch.argv
         # Not GPUJOB_HOME: the job is not told where gpujob keeps its state (the GPU queue, the registry).
         env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX) and k != "GPUJOB_HOME"}
-        env.update(self.launch.get("env", {}))
+        env.update(self.launch.env)
         env.update(self.secrets)
         reaper.become_subreaper()  # orphans of the job come to us, not to init: nothing escapes
         try:
             self.child = subprocess.Popen(
-                argv, cwd=self.launch["workdir"], env=env, stdin=subprocess.DEVNULL,
+                argv, cwd=self.launch.workdir, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0, close_fds=True,
                 preexec_fn=reaper.die_with_parent)
         except FileNotFoundError:
@@ -119,10 +120,10 @@ class Supervisor:
             self._write_line(f"gpujob: could not start {argv[0]}: {exc.strerror}")
             return self._finish(126, reason=f"could not start {argv[0]!r}: {exc.strerror}")
         handle = self._record_handle(pid=self.child.pid, pgid=self.child.pid, queue=None)
-        _write_private(self.dir / "handle.json", json.dumps(handle))
+        _write_private(self.dir / "handle.json", json.dumps(handle.dump()))
         self.store.transition(self.job.id, "running", only_from=("queued", "starting"))
         started = time.monotonic()
-        limit = self.launch.get("max_runtime_s")
+        limit = self.launch.max_runtime_s
         self._pump(started, limit)
         return self._finish(self.child.wait())
 
@@ -132,17 +133,17 @@ class Supervisor:
         """Wait in the GPU queue until the job's own GPUs are free and give them to it; meanwhile its
         place is in its handle (``queue``: position and words), for submit, status and list. A job
         without GPUs does not wait. False: it was cancelled while it waited."""
-        ask = self.launch.get("gpu_queue")
+        ask = self.launch.gpu_queue
         if not ask or self.stop_reason:
             return self.stop_reason is None
         self.queue = gpuqueue.GpuQueue(self.dir.parent.parent)
-        me = gpuqueue.Entry(self.job.id, ask["gpus"], ask["candidates"], ask.get("priority", 0),
-                            self.job.created_at, ask.get("share", False), os.getpid(), procs.start_time(os.getpid()))
+        me = gpuqueue.Entry(self.job.id, ask.gpus, ask.candidates, ask.priority,
+                            self.job.created_at, ask.share, os.getpid(), procs.start_time(os.getpid()))
         self.queue.join(me)
         while self.stop_reason is None:
             got = self.queue.take(me)
             if isinstance(got, list):
-                self.launch["env"][VISIBLE] = ",".join(got)
+                self.launch.env[VISIBLE] = ",".join(got)
                 self.held = (me, got)
                 return True
             self._record_handle(queue=got.to_dict())
@@ -157,15 +158,15 @@ class Supervisor:
             except OSError as exc:  # the queue's folder went away: the job runs on regardless
                 self._write_line(f"gpujob: the GPU queue could not be updated ({exc.strerror})")
 
-    def _record_handle(self, **changes) -> dict:
+    def _record_handle(self, **changes) -> LocalHandle:
         """Record the job's handle with ``changes`` (None removes a key) if they change it. Read afresh
         each time, since submit records its part too; our own part is always written with it."""
-        current = self.store.get(self.job.id).handle
-        handle = {**current, "supervisor_pid": os.getpid(), "supervisor_start": procs.start_time(os.getpid()),
-                  "log": str(self.dir / LOG_NAME), "withheld": self.launch.get("withheld") or None, **changes}
-        handle = {k: v for k, v in handle.items() if v is not None}
-        if handle != current:
-            self.store.update(self.job.id, handle=handle)
+        current = LocalHandle.of(self.store.get(self.job.id))
+        handle = current.model_copy(update={
+            "supervisor_pid": os.getpid(), "supervisor_start": procs.start_time(os.getpid()),
+            "log": str(self.dir / LOG_NAME), "withheld": self.launch.withheld or None, **changes})
+        if handle.dump() != current.dump():
+            self.store.update(self.job.id, handle=handle.dump())
         return handle
 
     def _pump(self, started: float, limit: int | None) -> None:
@@ -208,12 +209,12 @@ class Supervisor:
         self.log.flush()
 
     def _check_limits(self, now: float, started: float, limit: int | None) -> None:
-        idle, budget = self.launch.get("idle_s"), self.launch.get("budget_s")
+        idle, budget = self.launch.idle_s, self.launch.budget_s
         # The budget is a hard bound: SIGTERM comes a grace period early (at most half the budget), so that
         # a job that ignores it is killed when its budget runs out, not a grace period later.
         grace = min(KILL_GRACE_S, budget / 2) if budget else 0.0
         if budget and self.stop_reason is None and now - started >= budget - grace:
-            self._stop(budget_reason(self.launch.get("max_cost"), self.launch.get("price_per_hour"),
+            self._stop(budget_reason(self.launch.max_cost, self.launch.price_per_hour,
                                      self.state.step), now, grace=grace)
         if limit and self.stop_reason is None and now - started > limit:
             self._stop(f"ran past limits.max_runtime ({fmt_duration(limit)}) and was stopped", now)

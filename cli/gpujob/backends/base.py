@@ -52,12 +52,16 @@ class JobRequest:
     workdir: str
     output_dir: str
     job_dir: Path         # registry-owned folder for this job (log, spec copy)
-    max_runtime_s: int | None = None
+    max_runtime_s: int | None = None   # limits.max_runtime in seconds (JobSpec.max_runtime_s)
     idle_s: float | None = None   # stop as hung after this long without a progress event
-    gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     price_per_hour: float | None = None  # USD per hour of running, for the whole job; None: unknown
     max_cost: float | None = None        # limits.max_cost (USD)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per machine (JobSpec.gpus: resources.gpus, resolved): the spec is the one source of it."""
+        return self.spec.gpus
 
     @property
     def budget_s(self) -> float | None:
@@ -358,7 +362,7 @@ def budget_reason(max_cost: float | None, price_per_hour: float | None, step: in
 def budget_stop(job: "Job", seen: Observed) -> str | None:
     """For a job stopped at its deadline (``seen``): the budget words when that deadline was its budget, not
     limits.max_runtime (the docker and kubernetes backends enforce the sooner of the two as one deadline)."""
-    if not budget_comes_first(job.budget_s, recorded_max_runtime_s(job)):
+    if not budget_comes_first(job.budget_s, job.max_runtime_s):
         return None
     return budget_reason(job.max_cost, job.price_usd_per_hour, ProgressState.from_dict(seen.progress or job.progress).step)
 
@@ -367,13 +371,3 @@ def usd(amount: float) -> str:
     """$3.00, $1,234.50; an amount that cents do not show exactly keeps its digits: $0.004, $0.0125."""
     return f"${amount:,.2f}" if abs(amount * 100 - round(amount * 100)) < 1e-9 else f"${amount:,.4g}"
 
-
-def recorded_max_runtime_s(job: "Job") -> int | None:
-    """``limits.max_runtime`` of the job's recorded spec, in seconds; None when unset (or unreadable)."""
-    from gpujob.spec.units import parse_duration  # the spec is loaded whenever a job is looked at
-
-    raw = (job.spec.get("limits") or {}).get("max_runtime")
-    try:
-        return parse_duration(raw) if isinstance(raw, str) and raw else None
-    except ValueError:
-        return None

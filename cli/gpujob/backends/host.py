@@ -46,6 +46,7 @@ from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker.backend import DockerBackend
 from gpujob.backends.docker.engine import Engine
 from gpujob.backends.host_data import DATA_MOUNT, in_container, local_folders, rewritten
+from gpujob.backends.host_handle import HostHandle
 from gpujob.errors import GpujobError, UserError
 from gpujob.hosts import upload as up
 from gpujob.hosts.choose import NoMatchingType, choose_type
@@ -232,10 +233,9 @@ class HostBackend(Backend):
                 session.conn.run(f"rm -f {shlex.quote(claim)}", timeout_s=30, check=False)
             except GpujobError:
                 pass
-        handle["engine"] = handle.pop("host", None)
-        handle["host"] = host.name
-        handle["price_cents_per_hour"] = host.price_cents_per_hour
-        return handle
+        on_engine = HostHandle.read(handle)
+        return on_engine.model_copy(update={"engine": on_engine.host, "host": host.name,
+                                            "price_cents_per_hour": host.price_cents_per_hour}).dump()
 
     @staticmethod
     def _gpu_grants(session: _Session, host: "Host", lay: "HostLayout") -> str:
@@ -279,14 +279,15 @@ class HostBackend(Backend):
     # ------------------------------------------------------------------ status
 
     def status(self, job: "Job") -> Observed | None:
-        if not job.handle.get("container_id"):
+        handle = HostHandle.of(job)
+        if not handle.container_id or not handle.host:
             return None
-        host = self.hosts.find(job.handle["host"])
+        host = self.hosts.find(handle.host)
         if host is None or not host.active:
             if job.job_dir.joinpath(LOG_NAME).exists() and not job.active:
                 return None
             why = f" ({host.reason})" if host is not None and host.reason else ""
-            return Observed("failed", reason=f"its host {job.handle['host']} was terminated{why} before gpujob "
+            return Observed("failed", reason=f"its host {handle.host} was terminated{why} before gpujob "
                                              "saw the job end; outputs written to a persistent file system are there")
         try:
             session = _session(host, self.hosts)
@@ -295,7 +296,7 @@ class HostBackend(Backend):
             if not job.active:
                 return None
             return Observed(job.status, reason=f"cannot reach host {host.name} right now: {exc.message}")
-        if seen is not None and seen.status == "queued" and job.handle.get("gpu_queue"):
+        if seen is not None and seen.status == "queued" and handle.gpu_queue:
             place = _queue_place(session, self.hosts.layout(host), job.id, host.name)
             seen.reason = place["words"] if place else f"in host {host.name}'s GPU queue; its agent has not placed it yet"
             seen.queue = place if place and isinstance(place.get("position"), int) else None
@@ -309,15 +310,16 @@ class HostBackend(Backend):
 
     def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
              all_workers: bool = False) -> Iterator[str]:
-        if not job.handle.get("container_id"):
+        handle = HostHandle.of(job)
+        if not handle.container_id or not handle.host:
             return
         saved = job.job_dir / LOG_NAME
-        host = self.hosts.find(job.handle["host"])
+        host = self.hosts.find(handle.host)
         if host is None or not host.active:
             if saved.exists():
                 yield from read_saved_log(saved, tail)
                 return
-            raise GpujobError(f"job {job.id}'s host {job.handle['host']} is gone and its log was not saved",
+            raise GpujobError(f"job {job.id}'s host {handle.host} is gone and its log was not saved",
                               hint="outputs written to the host's persistent file system are kept there")
         if saved.exists() and not job.active:
             yield from read_saved_log(saved, tail)
@@ -332,17 +334,23 @@ class HostBackend(Backend):
         here = Path(job.output_dir) if job.output_dir and "://" not in job.output_dir else None
         if here is not None and not job.active and here.is_dir():
             return outputs.pull_dir(here, dest, only, job.active, progress)
-        host = self.hosts.find(job.handle.get("host", ""))
-        if host is None or not host.active or not job.handle.get("container_id"):
+        host = self._host_of(job)
+        if host is None:
             raise UserError(f"job {job.id}'s host is gone and its outputs were not copied back here",
                             hint="set output.dir to a bucket (s3://, gs://, az://) so outputs outlive the host")
         return _session(host, self.hosts).docker().pull(job, dest, only, progress)
 
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
-        host = self.hosts.find(job.handle.get("host", ""))
-        if host is None or not host.active or not job.handle.get("container_id"):
+        host = self._host_of(job)
+        if host is None:
             return
         _session(host, self.hosts).docker().cancel(job, grace_s=grace_s)
+
+    def _host_of(self, job: "Job") -> "Host | None":
+        """The active host the job's container is on; None when it has none (or the host is gone)."""
+        handle = HostHandle.of(job)
+        host = self.hosts.find(handle.host) if handle.host and handle.container_id else None
+        return host if host is not None and host.active else None
 
     def list(self) -> list[str]:
         ids: set[str] = set()
@@ -356,8 +364,8 @@ class HostBackend(Backend):
         return sorted(ids)
 
     def cleanup(self, job: "Job") -> None:
-        host = self.hosts.find(job.handle.get("host", ""))
-        if host is not None and host.active and job.handle.get("container_id"):
+        host = self._host_of(job)
+        if host is not None:
             _session(host, self.hosts).docker().cleanup(job)
 
     # ------------------------------------------------------------------ price

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 from gpujob import notify, procs, untrusted
 from gpujob.backends import gpuqueue, gpus, outputs, reaper
 from gpujob.backends.base import LOG_NAME, Backend, Capabilities, JobRequest, Observed
+from gpujob.backends.local_records import LAUNCH_NAME, GpuAsk, Launch, LocalHandle
 from gpujob.errors import GpujobError, UserError
 from gpujob.linesplit import LineSplitter
 from gpujob.records import gpujob_home
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from gpujob.backends.gpus import Found
     from gpujob.records import Job
 
-LAUNCH_NAME = "launch.json"
 POLL_S = 0.2
 
 
@@ -101,23 +101,16 @@ class LocalBackend(Backend):
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         spec_file = job_dir / "spec.json"
         _write_private(spec_file, json.dumps(request.spec_data(), indent=2))
-        launch = {
-            "argv": self._argv(request),
-            "workdir": request.workdir,
-            "max_runtime_s": request.max_runtime_s,
-            "idle_s": request.idle_s,
-            # limits.max_cost as running time at the job's price; the price, also for a rebuilt registry
-            "budget_s": request.budget_s, "max_cost": request.max_cost,
-            "price_per_hour": request.price_per_hour,
-            "secret_names": sorted(secrets),
-        }
+        ask = None
         if found is not None:  # its supervisor waits in the GPU queue and sets CUDA_VISIBLE_DEVICES then
-            launch["gpu_queue"] = {"gpus": request.gpus, "candidates": [g.uuid for g in found.gpus],
-                                   "priority": request.spec.priority, "share": _shares(request)}
+            ask = GpuAsk(gpus=request.gpus, candidates=[g.uuid for g in found.gpus],
+                         priority=request.spec.priority, share=_shares(request))
             gpu_env = {gpus.VISIBLE: ""}
         job_env, withheld = job_environment(request, os.environ, gpu_env)
-        launch["env"], launch["withheld"] = job_env, withheld
-        _write_private(job_dir / LAUNCH_NAME, json.dumps(launch, indent=2))
+        Launch(argv=self._argv(request), workdir=request.workdir, env=job_env, withheld=withheld,
+               secret_names=sorted(secrets), max_runtime_s=request.max_runtime_s, idle_s=request.idle_s,
+               budget_s=request.budget_s, max_cost=request.max_cost, price_per_hour=request.price_per_hour,
+               gpu_queue=ask).write(job_dir)
         # The supervisor runs in your environment as it is, less what looks like a secret; the job's
         # own variables (runtime.env: PYTHONPATH, LD_PRELOAD...) are only set for the job, and its
         # secrets travel under names nothing else reads.
@@ -133,8 +126,8 @@ class LocalBackend(Backend):
             pid = procs.spawn_detached(["-m", "gpujob.supervisor", request.job_id], log=sup_log,
                                        cwd=request.workdir, env=env,
                                        stdin_data=json.dumps(handed).encode() if handed else None)
-        return {"supervisor_pid": pid, "supervisor_start": procs.start_time(pid),
-                "log": str(job_dir / LOG_NAME), **({"withheld": withheld} if withheld else {})}
+        return LocalHandle(supervisor_pid=pid, supervisor_start=procs.start_time(pid), log=str(job_dir / LOG_NAME),
+                           withheld=withheld or None).dump()
 
     def _argv(self, request: JobRequest) -> list[str]:
         spec_file = str(request.job_dir / "spec.json")
@@ -145,7 +138,8 @@ class LocalBackend(Backend):
     def status(self, job: "Job") -> Observed | None:
         if not job.active:
             return None
-        pid, start = job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")
+        handle = LocalHandle.of(job)
+        pid, start = handle.supervisor_pid, handle.supervisor_start
         if pid is None:
             if time.time() - job.created_at > 60:
                 return Observed("failed", reason="the job never started (its supervisor was not launched)")
@@ -162,7 +156,8 @@ class LocalBackend(Backend):
     def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
              all_workers: bool = False) -> Iterator[str]:
         path = job.job_dir / LOG_NAME
-        pid, start = job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")
+        handle = LocalHandle.of(job)
+        pid, start = handle.supervisor_pid, handle.supervisor_start
         waited = 0.0
         while not path.exists():
             if not follow or not _alive(pid, start) or waited > 30:
@@ -195,18 +190,19 @@ class LocalBackend(Backend):
         alive = []
         for launch in sorted(jobs_dir.glob(f"*/{LAUNCH_NAME}")):
             handle = _read_handle(launch.parent)
-            if handle and _alive(handle.get("supervisor_pid"), handle.get("supervisor_start")):
+            if handle and _alive(handle.supervisor_pid, handle.supervisor_start):
                 alive.append(launch.parent.name)
         return alive
 
     # ------------------------------------------------------------------ stop
 
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
-        pid, start = job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")
+        handle = LocalHandle.of(job)
+        pid, start = handle.supervisor_pid, handle.supervisor_start
         if not _alive(pid, start):
             self.cleanup(job)
             return
-        pgid = job.handle.get("pgid")
+        pgid = handle.pgid
         # SIGTERM to the job's group lets it save a checkpoint; the supervisor keeps
         # logging and records the exit. Before the job started, the supervisor itself
         # is told, so it never starts it.
@@ -227,9 +223,10 @@ class LocalBackend(Backend):
     def cleanup(self, job: "Job") -> None:
         """Kill whatever is left of the job (orphaned workers holding a GPU): its process group, and
         its processes in sessions of their own."""
-        if _alive(job.handle.get("supervisor_pid"), job.handle.get("supervisor_start")):
+        handle = LocalHandle.of(job)
+        if _alive(handle.supervisor_pid, handle.supervisor_start):
             return  # it cleans up after its job itself
-        pgid = job.handle.get("pgid")
+        pgid = handle.pgid
         if pgid:
             _signal_group(pgid, signal.SIGKILL)
         reaper.kill_recorded(job.job_dir)  # what its supervisor last saw, wherever it went
@@ -320,12 +317,12 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _read_handle(job_dir: Path) -> dict | None:
+def _read_handle(job_dir: Path) -> LocalHandle | None:
     try:
         data = untrusted.read_json(job_dir / "handle.json", 1 << 20)
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return LocalHandle.read(data) if isinstance(data, dict) else None
 
 
 def _alive(pid: int | None, start: int | None) -> bool:

@@ -105,8 +105,10 @@ def estimate_lines(est: Any) -> list[str]:
 
 def _queue(job: Job) -> dict[str, Any] | None:
     """Where a queued local job waits in the GPU queue (its supervisor records it), or None."""
-    queue = job.handle.get("queue") if job.status == "queued" else None
-    return queue if isinstance(queue, dict) and isinstance(queue.get("position"), int) else None
+    from gpujob.backends.handle import Handle  # the handle's model: only for a job that waits
+
+    queue = Handle.of(job).queue if job.status == "queued" else None
+    return queue if queue and isinstance(queue.get("position"), int) else None
 
 
 def status_words(job: Job) -> str:

@@ -59,10 +59,13 @@ def submit(
     if est.price is not None or est.warnings:  # an unknown price is said by status and list
         for line in display.estimate_lines(est):
             err(line)
-    if job.handle.get("withheld"):  # local: variables named like secrets that the job does not get
+    from gpujob.backends.handle import Handle
+
+    withheld = Handle.of(job).withheld  # local: variables named like secrets that the job does not get
+    if withheld:
         from gpujob.backends.local import withheld_words
 
-        err(f"withheld: {withheld_words(job.handle['withheld'])}")
+        err(f"withheld: {withheld_words(withheld)}")
     if job.status == "failed":
         typer.echo(f"reason: {job.reason}", err=as_json or quiet)
         raise typer.Exit(1)

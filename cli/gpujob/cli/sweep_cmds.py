@@ -101,7 +101,7 @@ def sweep(
 def _same_as_submitted(member, job) -> None:
     """--resume: the combination's spec must be the one its job was submitted with (the same spec, --set
     and --grid as the sweep), else its number names another job."""
-    diffs = cmp.spec_differences([cmp.flatten(job.spec), cmp.flatten(member.loaded.data)])
+    diffs = cmp.spec_differences([cmp.flatten(job.spec_data), cmp.flatten(member.loaded.data)])
     if diffs:
         shown = "; ".join(f"{k}: {cmp.show(a)} then, {cmp.show(b)} now" for k, (a, b) in list(diffs.items())[:3])
         raise UserError(f"--resume: combination {member.combo.n} ({member.combo.words}) is not what job {job.id} "

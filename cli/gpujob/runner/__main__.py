@@ -191,7 +191,7 @@ def _cuda_problem(spec: JobSpec) -> int | None:
     """Exit 2 with one plain line when the spec asks for GPUs that this torch cannot use (runner/cuda_check.py)."""
     from gpujob.runner import cuda_check
 
-    gpus = spec.resources.gpus or 0
+    gpus = spec.gpus
     if (warning := cuda_check.cpu_torch_warning(gpus)) is not None:
         print(f"gpujob runner: warning: {warning}", file=sys.stderr, flush=True)
     if (problem := cuda_check.problem(gpus)) is None:

@@ -120,7 +120,7 @@ def preflight(spec: JobSpec, *, tokenizer: Any = None, sample: int = 200, max_ba
         set_window_seconds(float(spec.model.window_seconds))
     report = PreflightReport(sample=sample)
     training, data = spec.training, spec.data
-    processes = processes or max(1, int(spec.resources.gpus or 0)) * int(spec.resources.nodes or 1)
+    processes = processes or max(1, spec.gpus) * spec.resources.nodes
     report.effective_batch_size = training.per_device_batch_size * training.gradient_accumulation_steps * processes
     count_tokens, method = _token_counter(tokenizer)
     gen_limit = training.generation_max_length

@@ -462,6 +462,16 @@ class JobSpec(BaseModel):
             self.resources.gpus = 0 if self.kind == "command" else 1
         return self
 
+    @property
+    def gpus(self) -> int:
+        """GPUs per machine, resolved once: ``resources.gpus``, or its default by kind (a command 0, else 1)."""
+        return self.resources.gpus if self.resources.gpus is not None else (0 if self.kind == "command" else 1)
+
+    @property
+    def max_runtime_s(self) -> int | None:
+        """``limits.max_runtime`` in seconds; None when unset."""
+        return self.limits.max_runtime_seconds
+
     def resolved_learning_rate(self, d_model: int | None = None) -> float | None:
         """The learning rate to use: the given number, or the ``auto`` default (None if unknown);
         ``d_model`` (from the checkpoint's config) sizes checkpoints whose name says nothing."""

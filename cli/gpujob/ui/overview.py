@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from gpujob.backends.handle import Handle
 from gpujob.records import Job
 from gpujob.words import printable
 
@@ -19,22 +20,17 @@ def _text(value: Any, limit: int = 500) -> str:
 
 def overview(job: Job) -> list[tuple[str, str]]:
     """(label, value) rows; a value that is not known is left out."""
-    spec = job.spec if isinstance(job.spec, dict) else {}
+    spec = job.spec
     rows: list[tuple[str, str]] = []
-    command = spec.get("command")
-    if isinstance(command, list):
-        rows.append(("command", " ".join(str(c) for c in command)))
-    elif isinstance(command, str):
-        rows.append(("command", command))
+    if spec is not None and spec.command:
+        rows.append(("command", " ".join(spec.command)))
     elif job.kind in ("train", "evaluate"):
         rows.append(("command", f"python -m gpujob.runner <spec> ({job.kind}: gpujob's runner)"))
-    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-    if model.get("checkpoint"):
-        rows.append(("model", str(model["checkpoint"])))
-    runtime = spec.get("runtime") if isinstance(spec.get("runtime"), dict) else {}
-    if runtime.get("image"):
-        rows.append(("image", str(runtime["image"])))
-    resources = spec.get("resources") if isinstance(spec.get("resources"), dict) else {}
+    if spec is not None and spec.model.checkpoint:
+        rows.append(("model", spec.model.checkpoint))
+    if getattr(spec and spec.runtime, "image", None):
+        rows.append(("image", str(spec.runtime.image)))
+    resources = spec.resources.model_dump(mode="json") if spec is not None else {}
     parts = [f"{k} {v}" for k, v in resources.items() if v not in (None, "", [], {})]
     if parts:
         rows.append(("resources", ", ".join(parts)))
@@ -42,7 +38,7 @@ def overview(job: Job) -> list[tuple[str, str]]:
     for key, label in HANDLE_KEYS:
         if isinstance(handle.get(key), (str, int)) and not isinstance(handle.get(key), bool):
             rows.append((label, str(handle[key])))
-    source = handle.get("source") if isinstance(handle.get("source"), dict) else {}
+    source = Handle.read(handle).source or {}
     if source.get("commit"):
         rows.append(("git commit", f"{str(source['commit'])[:12]}{' (uncommitted changes)' if source.get('dirty') else ''}"
                      + (f" in {source['dir']}" if source.get("dir") else "")))

@@ -163,7 +163,7 @@ def spec_yaml(job: Job) -> str:
     yaml = YAML()
     yaml.default_flow_style = False
     buf = io.StringIO()
-    yaml.dump(job.spec, buf)
+    yaml.dump(job.spec_data, buf)
     return buf.getvalue()
 
 

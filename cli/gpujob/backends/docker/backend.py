@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from gpujob.backends import local_data, outputs
 from gpujob.backends.base import (LOG_NAME, Backend, JobRequest, Observed, budget_stop, failure_reason,
-                                  last_error_line, read_saved_log, read_tail, recorded_max_runtime_s, runtime_of)
+                                  last_error_line, read_saved_log, read_tail, runtime_of)
 from gpujob.backends.docker import container as cplan
 from gpujob.backends.docker import pull as docker_pull
+from gpujob.backends.docker.handle import DockerHandle
 from gpujob.backends.docker.engine import Engine, current_host, is_local
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone
 from gpujob.errors import UserError
@@ -100,13 +101,9 @@ class DockerBackend(Backend):
                 except Exception:
                     pass
             raise
-        handle = {"host": engine.host, "container": p.name, "container_id": created.id, "image": p.image,
-                  "remote": not engine.local, "out_in_container": p.out_in_container}
-        if p.queued:
-            handle["gpu_queue"] = True
-        if p.outputs_on_host:
-            handle["outputs_on_host"] = p.outputs_on_host
-        return handle
+        return DockerHandle(host=engine.host, container=p.name, container_id=created.id, image=p.image,
+                            remote=not engine.local, out_in_container=p.out_in_container, gpu_queue=p.queued or None,
+                            outputs_on_host=p.outputs_on_host or None).dump()
 
     def _outputs_dir(self, job_id: str) -> str | None:
         return f"{self._outputs_root.rstrip('/')}/{job_id}" if self._outputs_root else None
@@ -144,18 +141,19 @@ class DockerBackend(Backend):
     # ------------------------------------------------------------------ status
 
     def status(self, job: "Job") -> Observed | None:
-        if not job.handle.get("container_id"):
+        handle = DockerHandle.of(job)
+        if not handle.container_id:
             return None
         engine = self._engine(job)
         attrs = self._inspect(engine, job)
         if attrs is None:
             if job.job_dir.joinpath(LOG_NAME).exists() and job.status in TERMINAL:
                 return None
-            return Observed("failed", reason=f"its container {job.handle['container']} is gone from the engine at "
+            return Observed("failed", reason=f"its container {handle.container} is gone from the engine at "
                                              f"{engine.host} (removed outside gpujob: docker rm, docker system prune)")
         state = attrs.get("State") or {}
         tail = self._tail(engine, job, PROGRESS_TAIL_LINES) if state.get("Status") != "created" else None
-        seen = observe(state, max_runtime_s=recorded_max_runtime_s(job), memory=_memory(job),
+        seen = observe(state, max_runtime_s=job.max_runtime_s, memory=_memory(job),
                        log_tail=tail[-ERROR_TAIL_LINES:] if tail else None)
         if tail:
             seen.progress, seen.points = read_tail(job, tail)
@@ -170,7 +168,8 @@ class DockerBackend(Backend):
 
     def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
              all_workers: bool = False) -> Iterator[str]:
-        if not job.handle.get("container_id"):
+        cid = DockerHandle.of(job).container_id
+        if not cid:
             return
         engine = self._engine(job)
         saved = job.job_dir / LOG_NAME
@@ -179,7 +178,6 @@ class DockerBackend(Backend):
             return
         import docker.errors as derr
 
-        cid = job.handle["container_id"]
         transient = engine.transient()
 
         def open_stream(since: str | None, tail_lines: int | None, follow_now: bool):
@@ -224,12 +222,13 @@ class DockerBackend(Backend):
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
         import docker.errors as derr
 
-        if not job.handle.get("container_id"):
+        cid = DockerHandle.of(job).container_id
+        if not cid:
             return
         engine = self._engine(job)
         with engine.errors("stopping the job's container"):
             try:
-                c = engine.client.containers.get(job.handle["container_id"])
+                c = engine.client.containers.get(cid)
             except derr.NotFound:
                 return
             if c.status in ("running", "restarting", "paused", "created"):
@@ -243,7 +242,7 @@ class DockerBackend(Backend):
         return sorted({c.labels[ID_LABEL] for c in found if ID_LABEL in c.labels})
 
     def cleanup(self, job: "Job") -> None:
-        if job.handle.get("container_id"):
+        if DockerHandle.of(job).container_id:
             engine = self._engine(job)
             attrs = self._inspect(engine, job, quiet=True)
             if attrs is not None and (attrs.get("State") or {}).get("Status") in ("exited", "dead", "created"):
@@ -256,20 +255,23 @@ class DockerBackend(Backend):
         container's output folder through the Engine API's archive (:mod:`.pull`)."""
         import docker.errors as derr
 
+        handle = DockerHandle.of(job)
         here = Path(job.output_dir) if job.output_dir and "://" not in job.output_dir else None
-        if here is not None and (not job.handle.get("remote") or (not job.active and here.is_dir())):
+        if here is not None and (not handle.remote or (not job.active and here.is_dir())):
             return outputs.pull_dir(here, dest, only, job.active, progress)
+        if not handle.container_id or not handle.out_in_container:
+            raise docker_pull.not_there(job.id)
         engine = self._engine(job)
         try:
             with engine.errors("reading the job's outputs"):
-                container = engine.client.containers.get(job.handle["container_id"])
+                container = engine.client.containers.get(handle.container_id)
         except derr.NotFound:
             raise docker_pull.not_there(job.id) from None
-        return docker_pull.from_container(container, job.handle["out_in_container"], dest, only, job.active,
+        return docker_pull.from_container(container, handle.out_in_container, dest, only, job.active,
                                           progress)
 
     def _engine(self, job: "Job") -> Engine:
-        return self._fixed_engine or Engine(job.handle.get("host"))
+        return self._fixed_engine or Engine(DockerHandle.of(job).host)
 
     @staticmethod
     def _inspect(engine: Engine, job: "Job", quiet: bool = False) -> dict | None:
@@ -277,7 +279,7 @@ class DockerBackend(Backend):
 
         try:
             with engine.errors("reading the job's container"):
-                return engine.client.api.inspect_container(job.handle["container_id"])
+                return engine.client.api.inspect_container(DockerHandle.of(job).container_id)
         except derr.NotFound:
             return None
         except UserError:
@@ -288,7 +290,7 @@ class DockerBackend(Backend):
     @staticmethod
     def _tail(engine: Engine, job: "Job", lines: int) -> list[str] | None:
         try:
-            raw = engine.client.api.logs(job.handle["container_id"], tail=lines)
+            raw = engine.client.api.logs(DockerHandle.of(job).container_id, tail=lines)
         except Exception:  # the log is a bonus for progress and the reason; never fail status over it
             return None
         return raw.decode("utf-8", "replace").splitlines()
@@ -298,7 +300,8 @@ class DockerBackend(Backend):
         If saving fails the container stays, so nothing is lost; the next status tries again."""
         import docker.errors as derr
 
-        cid = job.handle["container_id"]
+        handle = DockerHandle.of(job)
+        cid = handle.container_id
         try:
             c = engine.client.containers.get(cid)
         except derr.NotFound:
@@ -310,12 +313,12 @@ class DockerBackend(Backend):
         try:
             data = engine.client.api.logs(cid, stdout=True, stderr=True)
             _write_private(job.job_dir / LOG_NAME, data)
-            copy_back = (job.handle.get("remote") and "://" not in job.handle.get("out_in_container", "://")
+            copy_back = (handle.remote and "://" not in (handle.out_in_container or "://")
                          and c.status != "created")  # never started (cancelled in a GPU queue): nothing to copy
             if copy_back:
-                _copy_out(c, job.handle["out_in_container"], Path(job.output_dir))
+                _copy_out(c, handle.out_in_container, Path(job.output_dir))
             c.remove(v=False)
-            if copy_back and not job.handle.get("outputs_on_host"):
+            if copy_back and not handle.outputs_on_host:
                 engine.client.volumes.get(cplan.outputs_volume(job.id)).remove()
         except (derr.APIError, OSError, tarfile.TarError, *engine.transient()):
             return
@@ -359,7 +362,7 @@ def observe(state: dict[str, Any], *, max_runtime_s: int | None = None, memory: 
 
 
 def _memory(job: "Job") -> str | None:
-    return (job.spec.get("resources") or {}).get("memory")
+    return job.spec.resources.memory if job.spec is not None else None
 
 
 def _my_user() -> tuple[int, int]:

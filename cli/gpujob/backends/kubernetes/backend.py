@@ -27,6 +27,7 @@ from gpujob.backends.base import (LOG_NAME, Backend, Capabilities, JobRequest, N
                                   read_saved_log, read_tail, runtime_of)
 from gpujob.backends.kubernetes import explain, manifests, prices, staging
 from gpujob.backends.kubernetes import pull as pvc_pull
+from gpujob.backends.kubernetes.handle import KubernetesHandle
 from gpujob.backends.logfollow import Follower, LogNotReady, SourceGone, parse_ts
 from gpujob.defaults import HF_CACHE
 from gpujob.errors import GpujobError, UserError
@@ -68,8 +69,8 @@ class KubernetesBackend(Backend):
         """A relative output.dir is on the cache PVC (``/cache/...``): its claim and the job's namespace."""
         if not (job.output_dir and job.output_dir.startswith(f"{manifests.CACHE_DIR}/")):
             return None
-        claim = (job.spec.get("runtime") or {}).get("cache_pvc") or HF_CACHE
-        return f"on PersistentVolumeClaim {claim}, namespace {job.handle.get('namespace', '?')}"
+        claim = getattr(job.spec and job.spec.runtime, "cache_pvc", None) or HF_CACHE
+        return f"on PersistentVolumeClaim {claim}, namespace {KubernetesHandle.of(job).namespace or '?'}"
 
     def _say(self, line: str) -> None:
         if self.people is not None:
@@ -151,9 +152,9 @@ class KubernetesBackend(Backend):
                     pass
             raise
         t = cluster.target
-        return {"namespace": t.namespace, "job": job["metadata"]["name"], "uid": job["metadata"].get("uid"),
-                "context": t.context, "server": t.server, "nodes": request.spec.resources.nodes,
-                "objects": [[o["kind"], o["metadata"]["name"]] for o in created]}
+        return KubernetesHandle(namespace=t.namespace, job=job["metadata"]["name"], uid=job["metadata"].get("uid"),
+                                context=t.context, server=t.server, nodes=request.spec.resources.nodes,
+                                objects=[(o["kind"], o["metadata"]["name"]) for o in created]).dump()
 
     def pull(self, job: "Job", dest, only: str, progress=None):
         """The job's outputs off the cache PVC through a transfer pod (:mod:`.pull`)."""
@@ -162,10 +163,10 @@ class KubernetesBackend(Backend):
     # ------------------------------------------------------------------ status
 
     def status(self, job: "Job") -> Observed | None:
-        if not job.handle.get("job"):
+        name = KubernetesHandle.of(job).job
+        if not name:
             return None
         cluster = self._cluster(job)
-        name = job.handle["job"]
         kjob = cluster.job(name)
         pods = self._pods(cluster, job)
         lead = self._lead_pods(pods, 0)
@@ -193,10 +194,11 @@ class KubernetesBackend(Backend):
 
     def logs(self, job: "Job", *, follow: bool = False, tail: int | None = None,
              all_workers: bool = False) -> Iterator[str]:
-        if not job.handle.get("job"):
+        handle = KubernetesHandle.of(job)
+        if not handle.job:
             return
         cluster = self._cluster(job)
-        indices = list(range(int(job.handle.get("nodes") or 1))) if all_workers else [0]
+        indices = list(range(max(1, handle.nodes))) if all_workers else [0]
         if len(indices) == 1:
             yield from self._worker_lines(cluster, job, indices[0], follow=follow, tail=tail, prefix="")
             return
@@ -208,7 +210,7 @@ class KubernetesBackend(Backend):
                       tail: int | None, prefix: str) -> Iterator[str]:
         from gpujob.backends.kubernetes.cluster import ClusterError, WatchExpired
 
-        name = job.handle["job"]
+        name = KubernetesHandle.of(job).job
         followed: set[str] = set()
         first, last_notice = True, None
         while True:
@@ -311,12 +313,13 @@ class KubernetesBackend(Backend):
     # ------------------------------------------------------------------ cancel / list / cleanup
 
     def cancel(self, job: "Job", *, grace_s: float = 10.0) -> None:
-        if not job.handle.get("job"):
+        handle = KubernetesHandle.of(job)
+        if not handle.job:
             return
         cluster = self._cluster(job)
         pods = self._pods(cluster, job)
         self._save_log(cluster, job, pods)
-        cluster.delete("Job", job.handle["job"], propagation="Foreground")
+        cluster.delete("Job", handle.job, propagation="Foreground")
         for pod in pods:
             if not explain.pod_ended(pod):
                 try:
@@ -326,7 +329,7 @@ class KubernetesBackend(Backend):
         deadline = time.monotonic() + grace_s + 15
         while time.monotonic() < deadline and [p for p in self._pods(cluster, job) if not explain.pod_ended(p)]:
             time.sleep(self.poll_s)
-        for kind, obj_name in job.handle.get("objects") or []:
+        for kind, obj_name in handle.objects:
             if kind != "Job":
                 cluster.delete(kind, obj_name)
 
@@ -337,11 +340,12 @@ class KubernetesBackend(Backend):
                        if "gpujob.dev/id" in j["metadata"].get("labels", {})})
 
     def cleanup(self, job: "Job") -> None:
-        if not job.handle.get("job"):
+        handle = KubernetesHandle.of(job)
+        if not handle.job:
             return
         cluster = self._cluster(job)
         self._save_log(cluster, job, self._pods(cluster, job))
-        for kind, obj_name in reversed(job.handle.get("objects") or []):
+        for kind, obj_name in reversed(handle.objects):
             cluster.delete(kind, obj_name, propagation="Foreground" if kind == "Job" else None)
 
     # ------------------------------------------------------------------ helpers
@@ -352,7 +356,8 @@ class KubernetesBackend(Backend):
         return Cluster(context=context, namespace=namespace)
 
     def _cluster(self, job: "Job") -> "Cluster":
-        return self._connect(context=job.handle.get("context"), namespace=job.handle.get("namespace"))
+        handle = KubernetesHandle.of(job)
+        return self._connect(context=handle.context, namespace=handle.namespace)
 
     @staticmethod
     def _selector(job: "Job") -> dict[str, str]:

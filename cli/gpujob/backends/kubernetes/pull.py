@@ -42,9 +42,8 @@ def pull(cluster: "Cluster", job: "Job", dest: Path, only: str, progress: Callab
         raise UserError(f"job {job.id} wrote its outputs to {out or '(nowhere)'} inside its pod, not on the cache PVC; "
                         "they went with the pod",
                         hint="give output.dir a relative path (kept on the PVC) or a bucket URI to pull outputs")
-    runtime = (job.spec or {}).get("runtime") or {}
-    pvc = runtime.get("cache_pvc") if isinstance(runtime.get("cache_pvc"), str) else None
-    image = runtime.get("image") if isinstance(runtime.get("image"), str) else None
+    runtime = job.spec.runtime if job.spec is not None else None
+    pvc, image = getattr(runtime, "cache_pvc", None), getattr(runtime, "image", None)
     with podexec.transfer_pod(cluster, f"gpujob-pull-{job.id}", image or DEFAULT_IMAGE, pvc or HF_CACHE,
                               {"gpujob.dev/id": job.id}, say) as pod:
         listed = podexec.run(cluster, pod, ["sh", "-c", _LIST, "sh", out])

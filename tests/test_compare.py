@@ -136,7 +136,7 @@ def test_predictions_on_a_backends_own_volume_are_said_to_be_there_not_missing(t
     is told apart from a job that has not written predictions yet."""
     now = time.time()
     record = Job(id="k1", name="on-cluster", kind="evaluate", backend="kubernetes", status="succeeded", reason=None,
-                 exit_code=0, spec_path=None, spec={}, output_dir="/cache/outputs/on-cluster", handle={}, progress={},
+                 exit_code=0, spec_path=None, spec_data={}, output_dir="/cache/outputs/on-cluster", handle={}, progress={},
                  metrics={}, cost_usd=0.0, created_at=now, started_at=now, finished_at=now, updated_at=now)
     with pytest.raises(UserError) as away:
         compare.predictions_path(record, capabilities(record.backend).outputs_volume)

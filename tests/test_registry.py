@@ -295,7 +295,8 @@ def test_every_example_spec_recorded_as_submit_records_it_reads_back_undamaged(g
     job = registry.create(name=loaded.spec.name, kind=loaded.spec.kind, backend="local", spec=loaded.data,
                           spec_path=str(loaded.path), output_dir="/tmp/out")
     again = registry.get(job.id)
-    assert again.damage is None and again.spec == json.loads(json.dumps(loaded.data))
+    assert again.damage is None and again.spec_problem is None and again.spec_data == json.loads(json.dumps(loaded.data))
+    assert again.spec == loaded.spec
 
 
 def test_the_jobs_on_a_host_are_those_of_a_backend_that_rents_hosts_naming_it():

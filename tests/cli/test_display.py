@@ -16,7 +16,7 @@ from gpujob.records import Job
 def job(**changes) -> Job:
     now = time.time()
     fields = dict(id="abc123", name="t", kind="command", backend="local", status="succeeded", reason=None, exit_code=0,
-                  spec_path=None, spec={}, output_dir="/data/out/t", handle={}, progress={}, metrics={}, cost_usd=0.0,
+                  spec_path=None, spec_data={}, output_dir="/data/out/t", handle={}, progress={}, metrics={}, cost_usd=0.0,
                   created_at=now - 100, started_at=now - 60, finished_at=now, updated_at=now)
     fields.update(changes)
     return Job(**fields)
@@ -36,7 +36,8 @@ def test_a_succeeded_job_suggests_listing_its_outputs_only_where_the_job_wrote_t
 
 @pytest.mark.parametrize("backend", [*NAMES, "unknown"])
 def test_outputs_on_the_clusters_cache_volume_name_their_claim_and_namespace(backend):
-    record = job(backend=backend, output_dir="/cache/outputs/t", spec={"runtime": {"cache_pvc": "team-cache"}},
+    record = job(backend=backend, output_dir="/cache/outputs/t", spec_data={"apiVersion": "gpujob/v1", "kind": "command", "name": "t", "command": ["true"],
+                            "runtime": {"backend": "kubernetes", "cache_pvc": "team-cache"}},
                  handle={"namespace": "speech"})
     shown = row(job_details(record), "outputs")
     if backend == "kubernetes":

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gpujob.backends import capabilities, get_backend
+from gpujob.records import TERMINAL
 from gpujob_cli import GPUJOB
 
 SECRET = "tok_cOnFoRm-not-a-real-token-0123456789"
@@ -110,7 +111,7 @@ def test_the_saved_log_of_a_cancelled_job_keeps_what_its_handler_printed(backend
 def test_max_runtime_stops_the_job_and_the_reason_says_so(backend):
     job_id = backend.submit(backend.spec("too-long", py("import time; print('working', flush=True); "
                                                         "time.sleep(120)"), limits={"max_runtime": "3s"}))
-    st = backend.wait_status(job_id, lambda s: s["status"] not in ("queued", "running"), timeout=90)
+    st = backend.wait_status(job_id, lambda s: s["status"] in TERMINAL, timeout=90)
     assert st["status"] == "failed"
     assert "limits.max_runtime (3s)" in st["reason"], st["reason"]
     assert backend.leftovers(job_id) == []
@@ -121,7 +122,7 @@ def test_a_failing_job_reports_its_exit_code_and_error_line(backend):
     code = ("import sys, time; print('loading data', flush=True); time.sleep(1); "
             "print('ValueError: column sentence not found', file=sys.stderr, flush=True); sys.exit(3)")
     job_id = backend.submit(backend.spec("fails", py(code)))
-    st = backend.wait_status(job_id, lambda s: s["status"] not in ("queued", "running"), timeout=120)
+    st = backend.wait_status(job_id, lambda s: s["status"] in TERMINAL, timeout=120)
     assert st["status"] == "failed" and st["exit_code"] == 3
     assert "exited with code 3" in st["reason"], st["reason"]
     assert "ValueError: column sentence not found" in st["reason"], st["reason"]

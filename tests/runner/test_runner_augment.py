@@ -213,7 +213,7 @@ def test_a_frozen_encoder_runs_on_augmented_clips_instead_of_caching_them(tmp_pa
     from gpujob.runner.model import freeze, load, pick_precision
     from gpujob.runner.train_setup import train_cache_for
 
-    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe"),
+    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe", window_seconds=None),
               training=NS(dropout=0.0, augment=AugmentSection(speed=[0.9, 1.1])))
     model, processor = load(spec, torch.device("cpu"), for_training=True)
     freeze(model, "encoder")

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 def loaded(tiny_model):
     from gpujob.runner.model import load
 
-    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe"), training=NS(dropout=0.0))
+    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe", window_seconds=None), training=NS(dropout=0.0))
     return load(spec, torch.device("cpu"), for_training=True)
 
 

@@ -29,7 +29,7 @@ def test_language_task_freeze_and_checkpointing_are_set_as_the_spec_says(tiny_mo
 
     from gpujob.runner.model import encoder_frozen, freeze, load, set_gradient_checkpointing
 
-    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe"), training=NS(dropout=0.05))
+    spec = NS(model=NS(checkpoint=str(tiny_model), language="el", task="transcribe", window_seconds=None), training=NS(dropout=0.05))
     model, processor = load(spec, torch.device("cpu"), for_training=True)
     assert model.generation_config.language == "greek" and model.generation_config.task == "transcribe"
     assert model.generation_config.forced_decoder_ids is None and model.config.forced_decoder_ids is None

@@ -6,9 +6,6 @@ the window are left out and counted, and the model a job saves loads and reads t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +14,8 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from tiny_runs import write_greek_folder, write_spec  # noqa: E402
+from tiny_runs import run_runner, write_greek_folder, write_spec  # noqa: E402
 
-from gpujob.events import parse_line  # noqa: E402
 from gpujob.runner import data as data_mod  # noqa: E402
 from gpujob.runner import model as model_mod  # noqa: E402
 
@@ -102,11 +98,8 @@ def test_a_job_with_a_window_saves_a_model_transformers_and_ctranslate2_read_the
     raw["model"]["window_seconds"] = 5
     raw["output"]["export"] = ["ctranslate2"]  # fails the job where CTranslate2 scores the model differently
     path.write_text(json.dumps(raw))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-m", "gpujob.runner", str(path)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    events = [e for line in proc.stdout.splitlines() for e in parse_line(line)]
+    code, events, output = run_runner(path)
+    assert code == 0, output[-6000:]
     assert events[-1]["status"] == "succeeded"
     saved = tmp_path / "out" / "model"
     assert json.loads((saved / "config.json").read_text())["max_source_positions"] == 250

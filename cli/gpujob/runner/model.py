@@ -133,7 +133,7 @@ def load(spec: JobSpec, device: torch.device, *, for_training: bool):
         gen.language = language
     gen.task = spec.model.task
     processor.tokenizer.set_prefix_tokens(language=language, task=spec.model.task, predict_timestamps=False)
-    set_window(model, processor, getattr(spec.model, "window_seconds", None))
+    set_window(model, processor, spec.model.window_seconds)
     return model.to(device), processor
 
 

@@ -116,9 +116,8 @@ def preflight(spec: JobSpec, *, tokenizer: Any = None, sample: int = 200, max_ba
     so their size comes from the dataset's metadata and is "unknown" where that has none.
     """
     spec = getattr(spec, "spec", spec)
-    window = getattr(spec.model, "window_seconds", None)
-    if window is not None:  # the job's window, before its model is loaded
-        set_window_seconds(float(window))
+    if spec.model.window_seconds is not None:  # the job's window, before its model is loaded
+        set_window_seconds(float(spec.model.window_seconds))
     report = PreflightReport(sample=sample)
     training, data = spec.training, spec.data
     processes = processes or max(1, spec.gpus) * spec.resources.nodes

@@ -15,9 +15,8 @@ import pytest
 pytest.importorskip("ctranslate2")
 torch = pytest.importorskip("torch")
 
-from tiny_runs import write_greek_folder, write_spec  # noqa: E402
+from tiny_runs import run_runner, write_greek_folder, write_spec  # noqa: E402
 
-from gpujob.events import parse_line  # noqa: E402
 from gpujob.runner import data as data_mod  # noqa: E402
 from gpujob.runner import export  # noqa: E402
 from gpujob.spec.models import JobSpec  # noqa: E402
@@ -103,11 +102,8 @@ def test_a_train_job_with_export_reports_both_engines_everywhere(tmp_path, tiny_
     raw = json.loads(path.read_text())
     raw["output"]["export"] = ["ctranslate2"]
     path.write_text(json.dumps(raw))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-m", "gpujob.runner", str(path)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    events = [e for line in proc.stdout.splitlines() for e in parse_line(line)]
+    code, events, output = run_runner(path)
+    assert code == 0, output[-6000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     result = metrics["export"]["ctranslate2"]
     assert result["transformers_wer"] == pytest.approx(metrics["wer"])  # the final model is the one exported

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,22 +75,30 @@ def stage_times(lines: list[tuple[float, str]], end: float, assets: float | None
 def build_assets(into: Path) -> float:
     """``make assets``'s commands into ``into``; their seconds."""
     start = time.perf_counter()
-    py = sys.executable
     cache = tempfile.mkdtemp(prefix="gpujob-bench-cache-")  # a newcomer's first conversion, not a cache hit
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPUJOB_CACHE": cache}
+    try:
+        _make_assets(into, env)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return time.perf_counter() - start
+
+
+def _make_assets(into: Path, env: dict) -> None:
+    py = sys.executable
     subprocess.run([py, "-m", "gpujob_dev.convert_ct2", "--out", str(into / "whisper-base")], check=True, env=env,
                    cwd=ROOT, stdout=subprocess.DEVNULL)
     subprocess.run([py, "-m", "gpujob_dev.greek_speech", str(into / "greek-speech"), "--heldout", "40",
                     "--extra-sentences", "dev/gpujob_dev/greek_sentences_train.txt"], check=True, env=env, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def run_one(isa: str, *, short: bool, assets: float | None, log=print) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
     if isa != "default":
         env["ONEDNN_MAX_CPU_ISA"] = isa
-    env["GPUJOB_HOME"] = tempfile.mkdtemp(prefix="gpujob-bench-")
+    home = tempfile.mkdtemp(prefix="gpujob-bench-")  # its registry and model (~1.6 GB): gone after the run
+    env["GPUJOB_HOME"] = home
     env.pop("GPUJOB_CPU_PRECISION", None)
     out = Path(env["GPUJOB_HOME"]) / "output"  # each run its own: the next one must not resume this one's checkpoints
     cmd = [sys.executable, "-m", "gpujob", "submit", "jobs/quickstart.yaml", "--follow", "--set", f"output.dir={out}",
@@ -102,6 +111,7 @@ def run_one(isa: str, *, short: bool, assets: float | None, log=print) -> dict:
             lines.append((time.perf_counter() - start, line.rstrip()))
             log(f"  [{isa} {lines[-1][0]:6.0f}s] {line.rstrip()}")
     row = stage_times(lines, time.perf_counter() - start, assets)
+    shutil.rmtree(home, ignore_errors=True)
     row.update(isa=isa, exit=proc.returncode, load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
     return row
 

@@ -31,7 +31,8 @@ from polling import pid_alive, wait_for
 UUID = "GPU-5a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"
 
 # The holder: starts a "rank" in a session of its own (as torchrun does) that beats a clock file every
-# 10 ms until it is killed, then waits. The waiter: records when it started.
+# 10 ms until it is killed (each beat replaces the file whole: a kill mid-write must not leave it
+# empty), then waits. The waiter: records when it started.
 HOLDER = r"""
 import os, subprocess, sys, time
 d = sys.argv[1]
@@ -39,7 +40,8 @@ rank = ("import os, sys, time\n"
         "os.setsid()\n"
         "open(sys.argv[1] + '/rank.pid', 'w').write(str(os.getpid()))\n"
         "while True:\n"
-        "    open(sys.argv[1] + '/rank.beat', 'w').write(repr(time.time()))\n"
+        "    open(sys.argv[1] + '/rank.beat~', 'w').write(repr(time.time()))\n"
+        "    os.replace(sys.argv[1] + '/rank.beat~', sys.argv[1] + '/rank.beat')\n"
         "    time.sleep(0.01)\n")
 subprocess.Popen([sys.executable, "-c", rank, d])
 open(d + "/holder.env", "w").write("\n".join(sorted(os.environ)))

@@ -298,10 +298,13 @@ def _serve_torch_index(root: Path) -> tuple[ThreadingHTTPServer | None, dict[str
     return server, {"PIP_EXTRA_INDEX_URL": f"http://127.0.0.1:{server.server_port}/"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cpu_image(docker_engine, docker_base_image, tmp_path_factory):
-    """The cpu variant, built once per session through gpujob.image.build (the engine's layer cache
-    makes later sessions quick): its name, the build's output lines, and the seconds it took."""
+    """The cpu variant, built once for this module through gpujob.image.build: its name, the build's
+    output lines, and the seconds it took. On the tests' vfs engine every layer is a whole copy of the
+    root filesystem, ~20 GB for this image, so it is removed when the module ends (a CI machine's disk
+    filled up with it kept for the rest of the run); GPUJOB_TEST_KEEP_IMAGE=1 keeps it, and the layer
+    cache with it, for quick rebuilds while working on the Dockerfile."""
     from docker.errors import DockerException
 
     client = docker_engine.client(timeout=600)
@@ -321,6 +324,19 @@ def cpu_image(docker_engine, docker_base_image, tmp_path_factory):
            "build_args": build_args, "client": client, "engine": docker_engine}
     if server is not None:
         server.shutdown()
+    if not os.environ.get("GPUJOB_TEST_KEEP_IMAGE"):
+        _remove_image(client, built.image_id, prune=docker_engine.owned)
+
+
+def _remove_image(client, image_id: str, *, prune: bool) -> None:
+    """The image, every tag of it, and (on the tests' own engine) the dangling layers builds left."""
+    from docker.errors import DockerException
+
+    with contextlib.suppress(DockerException):
+        client.images.remove(image_id, force=True)
+    if prune:
+        with contextlib.suppress(DockerException):
+            client.images.prune(filters={"dangling": True})
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ GPU_CHECK_ARGS ?=
 PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install test test-fast assets assets-short demo demo-hello bench gpu-check docs image image-cpu lock clean
 
@@ -36,6 +37,14 @@ $(STAMP): pyproject.toml dev/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,trackers,kubernetes,docker,host,storage,export,plot,ui,test]' -e ./dev
 	touch $@
 
+# What the demo and its assets need, and no more (the runner's libraries and gpujob_dev): a newcomer's first
+# `make demo` does not wait for the trackers, cloud clients, dashboard and test tools. `make test` adds them.
+$(DEMO_STAMP): pyproject.toml dev/pyproject.toml
+	bash dev/system-packages.sh venv $(PYTHON)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner]' -e ./dev
+	touch $@
+
 install: $(STAMP)
 
 test: $(STAMP)
@@ -45,7 +54,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 4 --dist loadgroup -m "not slow and not daemon and not model"
 
-assets: $(STAMP)
+assets: $(DEMO_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m gpujob_dev.convert_ct2 --out .assets/whisper-base
 	$(PY) -m gpujob_dev.greek_speech .assets/greek-speech --heldout 40 \
 		--extra-sentences dev/gpujob_dev/greek_sentences_train.txt

@@ -367,7 +367,7 @@ echo "packages=$(pip list --format=json --disable-pip-version-check)"
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def probe(cpu_image) -> dict[str, str]:
     out = cpu_image["client"].containers.run(cpu_image["tag"], ["bash", "-c", PROBE], remove=True,
                                              network_mode="none")

@@ -65,6 +65,7 @@ def _jobs_on(out: Path) -> list:
     return [j for j in Registry().list() if j.output_dir == str(out)]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_concurrent_submits_to_one_output_dir_start_exactly_one_job(tmp_path):
     """Each job runs until the test ends, so every submit of a round finds its directory taken."""
     stop, sync = tmp_path / "stop", tmp_path / "sync"

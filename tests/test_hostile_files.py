@@ -230,6 +230,7 @@ special = st.tuples(st.sampled_from(sorted(KEYS) + ["output.log", "pids.json"]),
                                      ("symlink", "/etc/passwd"), ("symlink", "loop")]))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(st.lists(st.one_of(typed_object, raw_bytes, special), min_size=1, max_size=3))
@@ -251,6 +252,7 @@ ROW_COLUMNS = ["spec_json", "handle_json", "progress_json", "metrics_json", "sta
                "price_usd_per_hour", "sweep_id"]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(ROW_COLUMNS), column_value, min_size=1, max_size=4))

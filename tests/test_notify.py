@@ -142,6 +142,7 @@ def test_a_webhook_that_fails_twice_gets_it_once_on_the_third_try(tmp_path):
     hook.close()
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_a_dead_webhook_does_not_change_the_job_or_keep_its_supervisor(tmp_path):
     """The supervisor claims the notification and exits (ended() waits for that); a detached sender
     retries, a bounded number of times."""

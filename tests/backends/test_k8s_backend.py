@@ -108,6 +108,7 @@ def numbered(n: int, pause: float = 0.01) -> str:
 # ----------------------------------------------------------------------------- the must-show scenario
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_submit_status_logs_follow_and_cancel_end_to_end(k8s):
     job_id = k8s.submit(k8s.spec("long-run", demo("--steps", "4000", "--step-time", "0.05", "--eval-every", "100")))
     running = k8s.wait_status(job_id, lambda s: s["status"] == "running" and (s["step"] or 0) >= 5,
@@ -143,6 +144,7 @@ def test_submit_status_logs_follow_and_cancel_end_to_end(k8s):
         assert not [c for c in k8s.fake.objects(CONFIGMAPS) if job_id in c["metadata"]["name"]]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_a_job_that_succeeds_reports_progress_metrics_and_keeps_its_log(k8s):
     job_id = k8s.submit(k8s.spec("short-run", demo("--steps", "40", "--step-time", "0.02", "--eval-every", "20")))
     r = k8s.gpujob("logs", "-f", job_id)
@@ -165,6 +167,7 @@ def test_a_job_that_succeeds_reports_progress_metrics_and_keeps_its_log(k8s):
         assert later.returncode == 0 and "[end] succeeded" in later.stdout
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_the_metric_history_is_whole_and_outlives_the_pods(k8s):
     """Each look at a running job records the points of its log's tail; at the end the whole saved
     log is the history, kept in the registry after the Job and its pods are gone."""
@@ -210,6 +213,7 @@ def test_unschedulable_gpu_request_is_explained(k8s):
     k8s.gpujob("cancel", job_id)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_gpu_type_no_node_has_is_explained(k8s):
     job_id = k8s.submit(k8s.spec("wrong-gpu", "print('never')", resources={"gpus": 1, "gpu_type": "NO-SUCH-GPU"}))
     s = k8s.wait_status(job_id, lambda s: "unschedulable" in (s["reason"] or ""), what="Unschedulable")
@@ -217,6 +221,7 @@ def test_gpu_type_no_node_has_is_explained(k8s):
     k8s.gpujob("cancel", job_id)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_image_that_cannot_be_pulled_is_explained(k8s):
     if k8s.emulated:
         k8s.fake.images = {k8s.image}
@@ -244,6 +249,7 @@ def test_max_runtime_is_enforced_as_deadline_exceeded(k8s):
     assert not [p for p in k8s.pods(job_id) if p["status"].get("phase") == "Running"]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_max_cost_is_enforced_as_the_jobs_deadline_and_said_as_its_budget(k8s):
     path = k8s.spec("over-budget", "import time; print('working', flush=True); time.sleep(120)",
                     resources={"price_per_hour": 3600}, limits={"max_cost": 3, "max_runtime": "1h"})
@@ -300,6 +306,7 @@ def test_missing_secret_is_explained_then_used_once_created(k8s):
         k8s.core.delete_namespaced_secret(store, k8s.namespace)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_retried_attempt_is_followed_and_the_job_succeeds(k8s):
     code = ("import os, sys\nmarker = os.path.join(os.environ['HF_HOME'], 'attempted-' + os.environ['GPUJOB_JOB_ID'])\n"
             "os.makedirs(os.path.dirname(marker), exist_ok=True)\n"
@@ -321,6 +328,7 @@ def test_retried_attempt_is_followed_and_the_job_succeeds(k8s):
 # ----------------------------------------------------------------------------- streams and watches
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_dropped_log_streams_lose_and_repeat_no_line(emulated):
     fake = emulated.fake
     fake.drop_streams_after, fake.drops_left, fake.drop_mid_line = 7, 4, True
@@ -340,6 +348,7 @@ def test_dropped_log_streams_lose_and_repeat_no_line(emulated):
     assert fake.drops == 4  # every stream broke off inside a line, while the job ran
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_a_quiet_stretch_longer_than_the_read_timeout_is_followed(emulated):
     emulated.env["GPUJOB_K8S_READ_TIMEOUT_S"] = "1"
     code = "import time\nprint('before', flush=True)\ntime.sleep(4)\nprint('after', flush=True)"

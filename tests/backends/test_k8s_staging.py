@@ -71,6 +71,7 @@ def files_the_job_read(k8s: K8s, job_id: str) -> dict[str, str]:
     return read
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_a_local_folder_is_staged_on_the_pvc_read_by_the_job_and_sent_once(cluster, tmp_path):
     data = dataset(tmp_path / "my-data", FILES)
     spec = cluster.spec("staged", READ, model={"checkpoint": str(data)})
@@ -164,6 +165,7 @@ READ_BUCKET = ("import hashlib, json, os, s3fs\n"
                "    print('FILE', path[len(root) + 1:], hashlib.sha256(fs.cat_file(path)).hexdigest(), flush=True)\n")
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_a_local_folder_is_staged_to_the_bucket_prefix_read_by_the_job_and_sent_once(cluster, tmp_path, s3):
     import base64
 

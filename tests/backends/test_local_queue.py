@@ -124,6 +124,7 @@ def on(gpus: int):
 # ----------------------------------------------------------------------------- the must-show
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 @on(2)
 def test_three_one_gpu_jobs_on_two_gpus_run_two_at_a_time_each_on_its_own_gpu(machine):
     a, said_a = machine.submit("a")
@@ -157,6 +158,7 @@ def test_three_one_gpu_jobs_on_two_gpus_run_two_at_a_time_each_on_its_own_gpu(ma
 # ----------------------------------------------------------------------------- order
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 @on(1)
 def test_higher_priority_first_then_first_come_first_served(machine):
     holder, _ = machine.submit("holder")
@@ -196,6 +198,7 @@ def test_a_one_gpu_job_does_not_pass_a_two_gpu_job_waiting_ahead_of_it(machine):
 # ----------------------------------------------------------------------------- cancel, a killed supervisor
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 @on(1)
 def test_a_queued_job_is_cancelled_at_once_and_the_queue_moves_on(machine):
     holder, _ = machine.submit("holder")

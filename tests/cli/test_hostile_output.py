@@ -69,6 +69,7 @@ def test_a_mathtext_source_name_is_drawn_by_plot_and_the_dashboard(cli):
 names = st.text(min_size=1, max_size=30).filter(lambda s: s.strip() and "\x00" not in s)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 @pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
 @settings(max_examples=25, deadline=None)
 @given(source=names, label=names, title=names)

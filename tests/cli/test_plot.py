@@ -143,6 +143,7 @@ def test_several_jobs_overlaid_each_in_one_colour(cli):
     assert {"loss", "WER (%)", "learning rate", "samples/s"} <= panels
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_plot_writes_a_png_an_svg_and_a_pdf(cli):
     job = run_hello(cli)
     r = cli.gpujob("plot", job, "-o", "curves.png")

@@ -31,6 +31,7 @@ def env(gpujob_home) -> dict[str, str]:
     return env_with(gpujob_home)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_it_prints_its_url_serves_imports_no_torch_and_stops_on_ctrl_c(tmp_path, env, gpujob_home):
     cli = GpujobCli(tmp_path, env)
     job_id = cli.submit(HELLO, "--follow", "--set", "output.dir=out/hello")

@@ -121,6 +121,7 @@ def csrf_of(page: Page) -> str:
 # ----------------------------------------------------------------------------- the jobs page
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_the_jobs_table_shows_what_status_says_and_filters_without_javascript(cli, client):
     done = hello(cli, name="done")
     failed = hello(cli, "--fail-at, '5'", name="broken")

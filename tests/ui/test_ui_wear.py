@@ -115,6 +115,7 @@ def world(tmp_path, gpujob_home):
         cli.gpujob("cancel", job_id, "--grace", "1")
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_streams_abandoned_on_a_quiet_job_leave_no_thread_and_no_descriptor(world, tmp_path):
     cli, env, jobs = world
     quiet = _submit(cli, "quiet", QUIET.format(secs=120))
@@ -132,6 +133,7 @@ def test_streams_abandoned_on_a_quiet_job_leave_no_thread_and_no_descriptor(worl
         assert cli.status(quiet)["status"] == "running"  # the job printed nothing meanwhile
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the fast tier leaves it to make test
 def test_a_client_that_never_reads_a_chatty_jobs_stream_does_not_grow_the_server(world, tmp_path):
     cli, env, jobs = world
     chatty = _submit(cli, "chatty", CHATTY.format(secs=40, lines=40))

@@ -1,6 +1,7 @@
 """The conformance suite's one fixture: ``backend``, a harness per backend (harnesses.py), so every scenario
 in this folder runs on each. Docker and host need daemons the tests start (dockerd, sshd): marked ``daemon``,
-so the fast tier (`make test-fast`) runs the scenarios on local and kubernetes."""
+and the emulated cluster's runs take 4-17 s each on 2 cores (marked ``slow``): so the fast tier
+(`make test-fast`) runs the scenarios on local, and `make test` on all four."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 BACKENDS = [
     pytest.param("local", id="local"),
-    pytest.param("kubernetes", id="kubernetes"),
+    pytest.param("kubernetes", id="kubernetes", marks=pytest.mark.slow),  # 4-17 s each on 2 cores
     pytest.param("docker", id="docker", marks=pytest.mark.daemon),
     pytest.param("host", id="host", marks=pytest.mark.daemon),
 ]

@@ -26,23 +26,24 @@ PY     := $(VENV)/bin/python
 GPUJOB := $(VENV)/bin/gpujob
 STAMP  := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
+# both installs: the venv (python3-venv first where PYTHON lacks it), then pip with the pinned torch
+VENV_NEW := bash dev/system-packages.sh venv $(PYTHON) && { test -x $(PY) || $(PYTHON) -m venv $(VENV); }
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)'
 
 .PHONY: install test test-fast assets assets-short demo demo-hello bench gpu-check docs image image-cpu lock clean
 
 # gpujob (editable) and, beside it, the development package dev/ (gpujob_dev: the demo and test assets,
 # the benchmark; not part of gpujob's wheel)
 $(STAMP): pyproject.toml dev/pyproject.toml
-	bash dev/system-packages.sh venv $(PYTHON)
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner,trackers,kubernetes,docker,host,storage,export,plot,ui,test]' -e ./dev
+	$(VENV_NEW)
+	$(PIP_INSTALL) -e '.[runner,trackers,kubernetes,docker,host,storage,export,plot,ui,test]' -e ./dev
 	touch $@
 
 # What the demo and its assets need, and no more (the runner's libraries and gpujob_dev): a newcomer's first
 # `make demo` does not wait for the trackers, cloud clients, dashboard and test tools. `make test` adds them.
 $(DEMO_STAMP): pyproject.toml dev/pyproject.toml
-	bash dev/system-packages.sh venv $(PYTHON)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[runner]' -e ./dev
+	$(VENV_NEW)
+	$(PIP_INSTALL) -e '.[runner]' -e ./dev
 	touch $@
 
 install: $(STAMP)

@@ -77,20 +77,16 @@ def build_assets(into: Path) -> float:
     start = time.perf_counter()
     cache = tempfile.mkdtemp(prefix="gpujob-bench-cache-")  # a newcomer's first conversion, not a cache hit
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPUJOB_CACHE": cache}
+    py = sys.executable
     try:
-        _make_assets(into, env)
+        subprocess.run([py, "-m", "gpujob_dev.convert_ct2", "--out", str(into / "whisper-base")], check=True,
+                       env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run([py, "-m", "gpujob_dev.greek_speech", str(into / "greek-speech"), "--heldout", "40",
+                        "--extra-sentences", "dev/gpujob_dev/greek_sentences_train.txt"], check=True, env=env,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return time.perf_counter() - start
-
-
-def _make_assets(into: Path, env: dict) -> None:
-    py = sys.executable
-    subprocess.run([py, "-m", "gpujob_dev.convert_ct2", "--out", str(into / "whisper-base")], check=True, env=env,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)
-    subprocess.run([py, "-m", "gpujob_dev.greek_speech", str(into / "greek-speech"), "--heldout", "40",
-                    "--extra-sentences", "dev/gpujob_dev/greek_sentences_train.txt"], check=True, env=env, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
 
 
 def run_one(isa: str, *, short: bool, assets: float | None, log=print) -> dict:
@@ -100,7 +96,7 @@ def run_one(isa: str, *, short: bool, assets: float | None, log=print) -> dict:
     home = tempfile.mkdtemp(prefix="gpujob-bench-")  # its registry and model (~1.6 GB): gone after the run
     env["GPUJOB_HOME"] = home
     env.pop("GPUJOB_CPU_PRECISION", None)
-    out = Path(env["GPUJOB_HOME"]) / "output"  # each run its own: the next one must not resume this one's checkpoints
+    out = Path(home) / "output"  # each run its own: the next one must not resume this one's checkpoints
     cmd = [sys.executable, "-m", "gpujob", "submit", "jobs/quickstart.yaml", "--follow", "--set", f"output.dir={out}",
            *(SHORT if short else [])]
     load = os.getloadavg()[0]

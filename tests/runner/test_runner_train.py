@@ -83,6 +83,27 @@ def test_tiny_run_loss_falls_and_writes_checkpoints_metrics_and_card(tmp_path, t
     assert "Caching is incompatible" not in output and "forced_decoder_ids" not in output
 
 
+def test_frozen_token_embeddings_stay_as_they_were_while_the_decoder_trains(tmp_path, tiny_model, greek_folder):
+    from safetensors.torch import load_file
+
+    spec = write_spec(tmp_path, tiny_model, greek_folder, max_steps=6, learning_rate=5e-3, freeze="encoder",
+                      freeze_token_embeddings=True)
+    code, events, output = run_runner(spec)
+    assert code == 0, output[-3000:]
+    assert events[-1]["status"] == "succeeded"
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "out" / "model" / "model.safetensors")
+    embed = "model.decoder.embed_tokens.weight"
+    assert torch.equal(after[embed], before[embed])  # the output layer too: the same (tied) tensor
+    assert "proj_out.weight" not in after or torch.equal(after["proj_out.weight"], before[embed])
+    assert torch.equal(after["model.encoder.layers.0.fc1.weight"], before["model.encoder.layers.0.fc1.weight"])
+    changed = [k for k in before if k.startswith("model.decoder.layers.") and not torch.equal(after[k], before[k])]
+    assert any(".self_attn." in k for k in changed) and any(".fc1." in k for k in changed)
+    n_embed = before[embed].numel()
+    trainable = next(line for line in output.splitlines() if "M trainable" in line)
+    whole = sum(v.numel() for k, v in before.items() if k.startswith("model.decoder.")) - n_embed
+    assert f"{whole / 1e6:.1f}M trainable" in trainable, trainable
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_steps(tmp_path, tiny_model, greek_folder):
     (tmp_path / "a").mkdir()
     code, events, output = run_runner(write_spec(tmp_path / "a", tiny_model, greek_folder))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from gpujob.runner.batches import MAX_LABEL_TOKENS, example_key, features, label_ids
+from gpujob.runner.loss import DecoderLoss
 from gpujob.runner.metrics import Scores, score_sources, worst
 from gpujob.spec.tracking import source_names
 from gpujob.runner.model import (Precision, encode, encode_prefix, encode_rest, encoder_frozen, frozen_prefix,
@@ -113,7 +114,6 @@ def teacher_forced_loss(model, tokenizer, states: torch.Tensor, texts: list[str]
                         precision: Precision) -> tuple[float, int]:
     """(summed token cross-entropy, label tokens) of ``texts`` given the encoder ``states``: the training
     loss's definition (:func:`gpujob.runner.update.loss_sum`), on the states the generation reuses."""
-    from transformers.modeling_outputs import BaseModelOutput
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
     ids = [label_ids(tokenizer, text)[: MAX_LABEL_TOKENS - 1] for text in texts]
@@ -123,10 +123,7 @@ def teacher_forced_loss(model, tokenizer, states: torch.Tensor, texts: list[str]
     labels = labels.to(device)
     decoder_input_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
     with autocast(device, precision):
-        logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=states),
-                       decoder_input_ids=decoder_input_ids, use_cache=False).logits
-    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+        loss = DecoderLoss(model)(labels, decoder_input_ids, states=states)
     return float(loss.item()), int((labels != -100).sum().item())
 
 

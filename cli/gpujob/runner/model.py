@@ -174,9 +174,13 @@ def set_window(model, processor, seconds: int | None) -> float:
     return have
 
 
-def freeze(model, how: Literal["none", "encoder"] | FreezeLayers) -> dict[str, int]:
-    """Apply ``training.freeze``; returns trainable/frozen parameter counts."""
+def freeze(model, how: Literal["none", "encoder"] | FreezeLayers, token_embeddings: bool = False) -> dict[str, int]:
+    """Apply ``training.freeze`` (and ``training.freeze_token_embeddings``: the decoder's token embeddings,
+    which Whisper's output layer shares); returns trainable/frozen parameter counts."""
     encoder = model.model.encoder
+    if token_embeddings:
+        model.model.decoder.embed_tokens.weight.requires_grad_(False)
+        model.proj_out.weight.requires_grad_(False)  # the same tensor where tied (every Whisper checkpoint)
     if how == "encoder":
         for p in encoder.parameters():
             p.requires_grad_(False)

@@ -39,7 +39,7 @@ def setup_model(spec: JobSpec, group: Group, resume_from: Path | None) -> tuple[
     precision = job_precision(t.precision, device, model.config, group, saved)  # auto on a CPU: measured here
     if (base := base_model_id(spec.model.checkpoint)) is not None:
         model.config.gpujob_base_model = base  # saved with every checkpoint: the card's base_model
-    frozen = freeze(model, t.freeze)
+    frozen = freeze(model, t.freeze, t.freeze_token_embeddings)
     if t.lora is not None:
         from gpujob.runner import lora
 

@@ -11,16 +11,19 @@ import torch
 from gpujob.runner.batches import Batch, collate, features
 from gpujob.runner.distributed import Group
 from gpujob.runner.evaluate import autocast, encoder_states
+from gpujob.runner.loss import DecoderLoss
 
 
 def wrap(model, group: Group):
-    """DDP over the processes (gradients averaged in buckets while the backward pass runs); the model
-    itself for one. Inputs are already on the device, so DDP is given no device_ids to move them."""
+    """The training step's module: the model's loss (:class:`DecoderLoss`), under DDP over the processes
+    (gradients averaged in buckets while the backward pass runs) when there are several. Inputs are already
+    on the device, so DDP is given no device_ids to move them."""
+    step = DecoderLoss(model)
     if not group.many:
-        return model
+        return step
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=None, gradient_as_bucket_view=True)
+    return DistributedDataParallel(step, device_ids=None, gradient_as_bucket_view=True)
 
 
 def backward(ddp, model, processor, micro: list[Batch], tokens: int, group: Group, device, precision, cache,
@@ -67,25 +70,21 @@ def optimizer_step(optimizer, params, scaler) -> None:
 def loss_sum(forward, model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:
     """The sum of the per-token cross-entropy over the batch's label tokens, in float32.
 
-    ``forward`` is the model or its DDP wrapper (through which the pass must go for gradients to be
-    averaged); ``model`` is the plain model, for the frozen encoder's cached states."""
-    from transformers.modeling_outputs import BaseModelOutput
+    ``forward`` is :func:`wrap`'s module (under DDP, through which the pass must go for gradients to be
+    averaged) or the plain model; ``model`` is the plain model, for the frozen encoder's cached states."""
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
+    if forward is model:
+        forward = DecoderLoss(model)
     labels = batch.labels.to(device, non_blocking=True)
     decoder_input_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
     audio = batch.padded if batch.padded is not None else batch.audio
     states = encoder_states(model, processor.feature_extractor, audio, batch.ids, device, precision, cache)
     with autocast(device, precision):
         if states is not None:
-            out = forward(encoder_outputs=BaseModelOutput(last_hidden_state=states),
-                          decoder_input_ids=decoder_input_ids, use_cache=False)
-        else:
-            out = forward(input_features=features(processor.feature_extractor, audio, device),
-                          decoder_input_ids=decoder_input_ids, use_cache=False)
-    logits = out.logits
-    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+            return forward(labels, decoder_input_ids, states=states)
+        return forward(labels, decoder_input_ids,
+                       input_features=features(processor.feature_extractor, audio, device))
 
 
 def mean_loss(model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:

@@ -203,6 +203,10 @@ class TrainingSection(Section):
         "Augmentation of the training clips (SpecAugment, speed, noise, gain); all off by default."))
     freeze: Annotated[Literal["none", "encoder"] | FreezeLayers, BeforeValidator(_check_freeze)] = Field(
         "none", description="What to keep frozen: `none`, `encoder` (the whole encoder), or `{encoder_layers: N}`.")
+    freeze_token_embeddings: bool = Field(False, description=(
+        "Keep the decoder's token embeddings as they are. Whisper's output layer is the same matrix (tied): "
+        "51,865 x d weights, half of whisper-base's decoder, whose gradient and AdamW update a step then "
+        "skips (a step about a quarter cheaper on a CPU). The decoder's layers still train."))
     lora: LoraSection | None = Field(None, description=(
         "Train LoRA adapters (peft) instead of every weight, e.g. `{r: 32, alpha: 64}`: a fraction of the memory, "
         "so large checkpoints fit 24–48 GB GPUs. Unset: full fine-tuning."))

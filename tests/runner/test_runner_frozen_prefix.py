@@ -33,6 +33,7 @@ def test_the_cached_prefix_gives_the_encoders_own_output_loss_and_gradients(load
     from gpujob.runner.batches import Batch, features
     from gpujob.runner.evaluate import EncoderCache, encoder_states
     from gpujob.runner.model import Precision, freeze, frozen_prefix
+    from gpujob.runner.loss import DecoderLoss
     from gpujob.runner.update import loss_sum
 
     model, processor = loaded
@@ -59,7 +60,7 @@ def test_the_cached_prefix_gives_the_encoders_own_output_loss_and_gradients(load
 
     def grads(cache_or_none):
         model.zero_grad(set_to_none=True)
-        loss = loss_sum(model, model, processor, batch, torch.device("cpu"), fp32, cache_or_none)
+        loss = loss_sum(DecoderLoss(model), model, processor, batch, torch.device("cpu"), fp32, cache_or_none)
         loss.backward()
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
 

@@ -7,7 +7,8 @@ zero-filled or written in full). :func:`linear_cross_entropy` computes the logit
 and the gradient of the summed loss with respect to them (``softmax - onehot``) in the same pass, in place:
 the same loss and gradients with less memory written (with whisper-base on 2 cores of an AVX2-only CPU
 the step's time changed by less than its run-to-run spread; freezing the token embeddings, which skips
-the output layer's weight gradient, saved a quarter: docs/recipe.md). :class:`DecoderLoss` is the module a training step calls (and DDP wraps).
+the output layer's weight gradient, saved a quarter: docs/recipe.md). :class:`DecoderLoss` is the module a
+training step calls (and DDP wraps).
 """
 
 from __future__ import annotations

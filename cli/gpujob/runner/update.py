@@ -70,12 +70,10 @@ def optimizer_step(optimizer, params, scaler) -> None:
 def loss_sum(forward, model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:
     """The sum of the per-token cross-entropy over the batch's label tokens, in float32.
 
-    ``forward`` is :func:`wrap`'s module (under DDP, through which the pass must go for gradients to be
-    averaged) or the plain model; ``model`` is the plain model, for the frozen encoder's cached states."""
+    ``forward`` is the model's :class:`DecoderLoss` (:func:`wrap`'s, under DDP through which the pass must go
+    for gradients to be averaged); ``model`` is the plain model, for the frozen encoder's cached states."""
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-    if forward is model:
-        forward = DecoderLoss(model)
     labels = batch.labels.to(device, non_blocking=True)
     decoder_input_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
     audio = batch.padded if batch.padded is not None else batch.audio
@@ -89,7 +87,7 @@ def loss_sum(forward, model, processor, batch: Batch, device, precision, cache) 
 
 def mean_loss(model, processor, batch: Batch, device, precision, cache) -> torch.Tensor:
     """The batch's mean token loss: one process, one batch (the benchmark's training step)."""
-    return loss_sum(model, model, processor, batch, device, precision, cache) / max(1, batch.tokens)
+    return loss_sum(DecoderLoss(model), model, processor, batch, device, precision, cache) / max(1, batch.tokens)
 
 
 def silence(processor) -> Batch:

@@ -177,6 +177,47 @@ def test_many_first_calls_at_once_on_a_new_home_all_succeed(tmp_path):
         assert len(Registry(home).list()) == 6
 
 
+@pytest.mark.parametrize("side", ["registry.db-wal", "registry.db-shm"])
+def test_a_journal_file_removed_while_it_is_looked_at_does_not_make_the_registry_read_only(tmp_path, monkeypatch,
+                                                                                           side):
+    """Another call's closing connection removes -wal/-shm; one that is gone between "is it there" and
+    "may I write it" is not a journal we may not write (seen in CI: a first call failed with it)."""
+    from gpujob import registry_open
+
+    reg = Registry(tmp_path)
+    reg.create(name="first", kind="command", backend="local", spec={}, spec_path=None, output_dir=None)
+    reg.close()  # the files go only when no connection is open
+    (tmp_path / side).touch()
+    real_access = registry_open._access
+
+    def removed_as_looked_at(path, mode):
+        if path.name == side and path.exists():
+            path.unlink()  # what another process's last close does
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(registry_open, "_access", removed_as_looked_at)
+    assert registry_open.read_only_reason(tmp_path, tmp_path / "registry.db") is None
+    monkeypatch.setattr(registry_open, "_access", real_access)
+    other = Registry(tmp_path)
+    other.create(name="second", kind="command", backend="local", spec={}, spec_path=None, output_dir=None)
+    assert sorted(j.name for j in Registry(tmp_path).list()) == ["first", "second"]
+
+
+def test_a_journal_file_that_is_not_ours_still_makes_the_registry_read_only(tmp_path, monkeypatch):
+    from gpujob import registry_open
+
+    reg = Registry(tmp_path)
+    reg.create(name="first", kind="command", backend="local", spec={}, spec_path=None, output_dir=None)
+    reg.close()
+    (tmp_path / "registry.db-wal").touch()
+    real_access = registry_open._access
+    monkeypatch.setattr(registry_open, "_access",
+                        lambda path, mode: False if path.name == "registry.db-wal" else real_access(path, mode))
+    why = registry_open.read_only_reason(tmp_path, tmp_path / "registry.db")
+    assert why and "registry.db-wal" in why and "not writable by you" in why
+
+
 # ----------------------------------------------------------------------------- hosts
 
 

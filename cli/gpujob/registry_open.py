@@ -214,9 +214,19 @@ def read_only_reason(home: Path, path: Path) -> str | None:
     if not _access(home, os.W_OK):
         return f"gpujob's home {home} is read-only for you ({_owner_words(home)})"
     for side in _sidecars(path):
-        if side.exists() and not _access(side, os.R_OK | os.W_OK):
+        if _sidecar_unwritable(side):
             return f"{side} (SQLite's journal of the registry) is not writable by you ({_owner_words(side)})"
     return None
+
+
+def _sidecar_unwritable(side: Path) -> bool:
+    """Whether a -wal/-shm file is there and not writable by us. Another gpujob call's closing
+    connection removes these files, and the next one makes them again, so an access check that
+    fails may only have missed a file that was just gone: it counts only when it fails again."""
+    for _ in range(3):
+        if not side.exists() or _access(side, os.R_OK | os.W_OK):
+            return False
+    return True
 
 
 def open_read_only(home: Path, path: Path, why: str) -> sqlite3.Connection:

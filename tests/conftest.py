@@ -19,6 +19,13 @@ DAEMON_FIXTURES = {"docker_engine", "ssh_host"}
 MODEL_FIXTURES = {"base_model", "tiny_model", "small_greek", "converted"}
 
 
+# `make test` runs two xdist workers: every daemon test goes to one of them, in order (one dockerd, one
+# image build, one sshd), while the other takes the rest. tryfirst: xdist reads the group from the marks
+# in its own hook.
+DAEMON_GROUP = "daemons"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -26,6 +33,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.daemon)
         if used & MODEL_FIXTURES:
             item.add_marker(pytest.mark.model)
+        if item.get_closest_marker("daemon"):
+            item.add_marker(pytest.mark.xdist_group(DAEMON_GROUP))
 
 
 @pytest.fixture(autouse=True)

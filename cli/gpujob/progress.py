@@ -113,7 +113,10 @@ class ProgressWriter:
     """Writes event lines for a job. ``ProgressWriter().progress(step=3, total_steps=10, loss=0.5)``."""
 
     def __init__(self, stream: IO[str] | None = None, clock=time.time) -> None:
-        self._stream = stream
+        # the stream is the one standard output is when the writer is made, not whatever it is when a line is
+        # written: a tracker's call redirects sys.stdout to stderr (runner/tracking.py) for its own prints, and a
+        # system sample written from the sampler's thread meanwhile went to stderr, out of the job's events
+        self._stream = stream if stream is not None else sys.stdout
         self._clock = clock
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -122,9 +125,8 @@ class ProgressWriter:
         payload = {"event": event, "t": round(self._clock(), 3)}
         payload.update({k: v for k, v in fields.items() if v is not None})
         line = PREFIX + json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str) + "\n"
-        stream = self._stream or sys.stdout
-        stream.write(line)  # one write call: a whole line, so lines from threads do not tear
-        stream.flush()
+        self._stream.write(line)  # one write call: a whole line, so lines from threads do not tear
+        self._stream.flush()
 
     def start(self, **fields: Any) -> None:
         self.emit("start", **fields)

@@ -170,8 +170,11 @@ def test_connecting_to_a_host_without_an_address_names_the_command_that_waits_fo
 # ----------------------------------------------------------------------------- transfers, for people
 
 
-def test_a_transfer_off_a_terminal_prints_a_line_now_and_then_and_one_at_the_end(capsys, monkeypatch):
+@pytest.mark.parametrize("up_for_s", [30.0, 2 * 3600.0, 40 * 86400.0])
+def test_a_transfer_off_a_terminal_prints_a_line_now_and_then_and_one_at_the_end(capsys, monkeypatch, up_for_s):
+    """Whatever the monotonic clock reads (seconds since boot on Linux: a fresh CI machine's is small)."""
     monkeypatch.setattr(transfer, "PLAIN_EVERY_S", 3600.0)
+    monkeypatch.setattr(transfer.time, "monotonic", lambda: up_for_s)
     with transfer.transfer_progress("image to box") as update:
         for done in range(0, 2_500_001, 100_000):
             update(done, 2_500_000)

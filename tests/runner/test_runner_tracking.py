@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,40 @@ def test_a_tracker_that_fails_mid_run_is_skipped_after_one_warning_and_events_ar
     assert steady.calls[1] == ("scalars", 1, {"loss": 1.0, "learning_rate": 1e-5, "samples_per_s": 3.0})
     assert steady.calls[-2] == ("scalars", 4, {"wer": 0.5, "cer": 0.25, "wer/cv": 0.4})
     assert steady.calls[-1] == ("close", True)
+
+
+class Slow(Flaky):
+    """A tracker whose log call waits (a slow upload), printing to stdout as tracker libraries do."""
+
+    name = "wandb"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logging, self.release = threading.Event(), threading.Event()
+
+    def scalars(self, step, values):
+        print("wandb: uploading")
+        self.logging.set()
+        assert self.release.wait(10)
+
+
+def test_a_system_sample_written_while_a_tracker_logs_is_still_an_event_on_stdout(capsys):
+    """A tracker's call sends its own prints to stderr; the sampler's thread writing a system sample meanwhile
+    must still reach the job's events (seen in a loaded test run: samples the trackers had, missing from stdout)."""
+    slow = Slow()
+    writer = TrackedWriter(ProgressWriter(), [slow], {"kind": "train"})
+    writer.start(total_steps=2)
+    logging = threading.Thread(target=writer.progress, kwargs=dict(step=1, total_steps=2, loss=0.5))
+    logging.start()
+    assert slow.logging.wait(10)
+    sampler = threading.Thread(target=writer.system, kwargs=dict(n=1, step=1, rss_bytes=123_456_789))
+    sampler.start()
+    sampler.join(10)
+    slow.release.set()
+    logging.join(10)
+    writer.end(status="succeeded")
+    out, err = capsys.readouterr()
+    events = [e for line in out.splitlines() for e in parse_line(line)]
+    assert [e["event"] for e in events] == ["start", "progress", "system", "end"]
+    assert events[2]["rss_bytes"] == 123_456_789
+    assert "wandb: uploading" in err and "wandb: uploading" not in out

@@ -3,6 +3,7 @@ else a plain line every few seconds and one at the end (logs, CI)."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ def transfer_progress(label: str) -> Iterator[Callable[[int, int], None]]:
         with _rich(label) as update:
             yield update
         return
-    started, shown = time.monotonic(), [0.0, -1]
+    started, shown = time.monotonic(), [-math.inf, -1]  # the first call shows a line, however long the machine has been up
 
     def update(done: int, total: int) -> None:
         now = time.monotonic()

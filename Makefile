@@ -50,7 +50,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	bash dev/system-packages.sh test
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 4 --dist loadgroup -m "not slow and not daemon and not model"

@@ -1,7 +1,15 @@
-"""`make test` runs two pytest-xdist workers (`--dist loadgroup`): every test that needs a daemon the tests
-start goes to one of them, in order, so there is one dockerd, one image build and one sshd. Here a small
-suite in a temporary folder gets the real marking hook of tests/conftest.py and stand-in daemon fixtures
-that record which worker made them."""
+"""In pytest-xdist workers (`-n 2 --dist loadgroup`), every test that needs a daemon the tests start goes to
+one of them, in order, so there is one dockerd, one image build and one sshd (`make test` itself runs
+serially; `make test-fast` keeps the browser tests' groups the same way). Here a small suite in a temporary
+folder gets the real marking hook of tests/conftest.py and stand-in daemon fixtures that record which worker
+made them.
+
+Two workers ran the whole suite in about 45 minutes against about 73 serially (AMD EPYC, 2 cores), and
+their load showed three real faults and two flaky tests: progress events written to stderr while a tracker
+logged (gpujob.progress), a first transfer line held back on a freshly booted machine (gpujob.fleet.transfer),
+pytest 9.2 ignoring every xdist_group (pyproject.toml), a "free" port that another worker's server took
+(tests/storage/test_storage_s3.py), and a hung-container check that found no container hung
+(tests/hosts/test_host_agent.py, not yet understood)."""
 
 from __future__ import annotations
 
@@ -67,7 +75,7 @@ def test_a_scenario(backend):
 '''
 
 
-def test_make_tests_daemon_tests_all_run_on_one_worker_while_the_other_takes_the_rest(tmp_path):
+def test_daemon_tests_all_run_on_one_worker_while_the_other_takes_the_rest(tmp_path):
     (tmp_path / "conftest.py").write_text(TOY_CONFTEST)
     (tmp_path / "test_toy.py").write_text(TOY_TESTS)
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    daemon: x\n    model: x\n")

@@ -110,14 +110,21 @@ def test_keys_the_store_refuses_are_access_denied(tmp_path, monkeypatch):
 
 
 def test_server_gone_fails_naming_the_object_after_retries(tmp_path, monkeypatch):
-    from s3_server import KEYS, free_port
+    import socket
 
-    for name, value in {**KEYS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "GPUJOB_STORAGE_ATTEMPTS": "2"}.items():
-        monkeypatch.setenv(name, value)
-    src = _tree(tmp_path / "src", {"model.bin": b"m" * 10})
-    uri = parse_uri("s3://bkt/out/final")
-    with pytest.raises(StorageFailed) as err:
-        Store(uri).upload_dir(src, uri)
+    from s3_server import KEYS
+
+    # a port held, bound and not listening, for the whole test: connections to it are refused, and no other
+    # server (another test worker's) can take it meanwhile, as one did to a port found free and let go
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        for name, value in {**KEYS, "AWS_ENDPOINT_URL": endpoint, "GPUJOB_STORAGE_ATTEMPTS": "2"}.items():
+            monkeypatch.setenv(name, value)
+        src = _tree(tmp_path / "src", {"model.bin": b"m" * 10})
+        uri = parse_uri("s3://bkt/out/final")
+        with pytest.raises(StorageFailed) as err:
+            Store(uri).upload_dir(src, uri)
     assert "s3://bkt/out/final/model.bin" in err.value.message and "tried 2 times" in err.value.message
     assert err.value.exit_code == 1
 

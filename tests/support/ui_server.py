@@ -22,12 +22,15 @@ class UiServer:
         self.proc: subprocess.Popen | None = None
         self.out: list[str] = []
         self.err: list[str] = []
+        self._readers: list[threading.Thread] = []
 
     def start(self, timeout: float = 30) -> "UiServer":
         self.proc = subprocess.Popen([*self.python, "ui", "--port", "0", *self.args], cwd=self.cwd, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=lambda s=stream, k=sink: [k.append(line) for line in s], daemon=True).start()
+            reader = threading.Thread(target=lambda s=stream, k=sink: [k.append(line) for line in s], daemon=True)
+            reader.start()
+            self._readers.append(reader)
         wait_for(lambda: self.url or self.proc.poll() is not None, timeout=timeout, what="gpujob ui to print its URL")
         assert self.url, f"gpujob ui exited {self.proc.returncode}: {''.join(self.out + self.err)}"
         return self
@@ -59,10 +62,19 @@ class UiServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for reader in self._readers:  # its last lines, so that log() after stop() holds all it printed
+            reader.join(timeout=5)
         return self.proc.returncode
 
     def log(self) -> str:
+        """What it printed so far: stdout and stderr are read apart, so a line just printed on one may not be
+        here yet while the other's is; wait_for_line() waits for one, and after stop() all of it is here."""
         return "".join(self.out + self.err)
+
+    def wait_for_line(self, text: str, timeout: float = 15) -> None:
+        wait_for(lambda: text in self.log() or self.proc.poll() is not None, timeout=timeout,
+                 what=f"gpujob ui to print {text!r}")
+        assert text in self.log(), f"gpujob ui exited {self.proc.returncode} without printing {text!r}: {self.log()}"
 
     def __enter__(self) -> "UiServer":
         return self.start()

@@ -14,6 +14,17 @@ PROBE_TIMEOUT_S = 3.0
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
+def hub_endpoint() -> str:
+    """The Hugging Face Hub's address, as huggingface_hub reads it."""
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def hub_offline_set() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set: the Hub's client reads its cache alone."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """Why ``url``'s server cannot be reached from here, in words; None when it answers a TCP
     connection (or when no probe applies: a proxy is set and cannot be told apart, an odd URL).

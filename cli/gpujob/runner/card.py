@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpujob.reach import hub_endpoint, hub_offline_set, unreachable
 from gpujob.runner.card_body import language_code
 from gpujob.spec.tracking import source_names
 
@@ -79,6 +80,8 @@ def _hub_readme(repo: str) -> Path | None:
     cached = try_to_load_from_cache(repo, "README.md")
     if isinstance(cached, str):
         return Path(cached)
+    if hub_offline_set() or unreachable(hub_endpoint()):
+        return None  # at once: offline, the Hub's client would retry for half a minute, printing each try
     try:
         return Path(hf_hub_download(repo, "README.md"))
     except Exception:  # noqa: BLE001 - offline, gated, no card: the licence is left out

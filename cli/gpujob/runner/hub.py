@@ -14,12 +14,11 @@ Load failures become :class:`DataError` messages that name the spec key and say 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpujob.reach import unreachable
+from gpujob.reach import hub_endpoint, hub_offline_set, unreachable
 
 from .source_parts import SPLIT_ALIASES, DataError, Part, Record, short
 
@@ -128,18 +127,12 @@ def _hf_load(source: Source, path: str, split: str, *, streaming: bool, key: str
     raise _hub_error(errors[0], where, split, key, local) from None
 
 
-def _hub_offline_set() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _check_hub_reachable(where: str, key: str) -> None:
     """Offline or without DNS, say so in one line at once: the Hub's client would retry for most of a
     minute, printing each try. (With HF_HUB_OFFLINE set, the cache alone is read: no probe.)"""
-    if _hub_offline_set():
+    if hub_offline_set():
         return
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    why = unreachable(endpoint)
+    why = unreachable(hub_endpoint())
     if why:
         raise DataError(f"dataset {where}: the Hugging Face Hub cannot be reached from this machine ({why}). "
                         "To fix: check the network (or HF_ENDPOINT / HTTPS_PROXY); if the dataset is in the local "

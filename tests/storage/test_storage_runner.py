@@ -148,7 +148,7 @@ def test_the_store_going_away_mid_job_fails_it_naming_the_object(tiny_model, gre
             lines.append(line)
             if keys_at_stop is None and any(e["event"] == "checkpoint" for e in parse_line(line)):
                 keys_at_stop = server.keys(bucket)
-                server.stop()
+                server.go_away()
         code = proc.wait(timeout=300)
     finally:
         server.stop()

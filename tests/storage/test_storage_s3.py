@@ -144,7 +144,7 @@ def test_the_server_going_away_mid_upload_fails_naming_the_object_and_writes_no_
     def stop_after_first_file(done, total):
         if done >= 100 and not at_stop:
             at_stop.append(server.keys(bucket))
-            server.stop()
+            server.go_away()
 
     try:
         with pytest.raises(StorageFailed) as err:

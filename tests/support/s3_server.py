@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ class S3Server:
     process: subprocess.Popen
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    held: socket.socket | None = None
 
     def client(self):
         import boto3
@@ -49,6 +52,34 @@ class S3Server:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        if self.held is not None:
+            self.held.close()
+            self.held = None
+
+    def go_away(self) -> None:
+        """The server gone, mid-test: it stops, and its port stays ours until :meth:`stop`, resetting every
+        connection, so that no other server (another test worker's moto, started on a port it found free)
+        takes the port and answers in its place. Held by listening: a port merely bound (SO_REUSEADDR, which
+        the server's TIME_WAIT connections require) can still be taken by a server that listens on it."""
+        port = int(self.url.rsplit(":", 1)[1])
+        self.stop()
+        held = socket.socket()
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", port))
+        held.listen(16)
+        self.held = held
+
+        def reset_every_connection() -> None:
+            while True:
+                try:
+                    conn, _ = held.accept()
+                except OSError:
+                    return  # closed by stop()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # a reset, at once
+
+        threading.Thread(target=reset_every_connection, daemon=True).start()
 
 
 def free_port() -> int:

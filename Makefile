@@ -50,7 +50,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	bash dev/system-packages.sh test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 4 --dist loadgroup -m "not slow and not daemon and not model"

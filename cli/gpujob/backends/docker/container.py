@@ -33,9 +33,13 @@ import shlex
 import tarfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
+from gpujob import redact
 from gpujob.backends.base import JobRequest
+from gpujob.backends.docker import mask_entry
+from gpujob.backends.docker.mask_entry import NAMES_VAR as SECRET_NAMES_VAR
 from gpujob.defaults import HF_CACHE
 from gpujob.image_names import default_image as image_for
 from gpujob.wire import (GPUS_LABEL, KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE, PRIORITY_LABEL, READY_FILE,
@@ -44,6 +48,8 @@ from gpujob.wire import (GPUS_LABEL, KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE, P
 RUN_DIR = "/run/gpujob"                 # the spec and (briefly) the secrets, inside the container
 SPEC_FILE = f"{RUN_DIR}/spec.json"
 SECRETS_FILE = f"{RUN_DIR}/secrets.env"
+MASK_FILE = f"{RUN_DIR}/mask.py"            # runs a job given secrets with them masked in its output
+REDACT_FILE = f"{RUN_DIR}/gpujob_redact.py"  # gpujob.redact, beside it
 CACHE_VOLUME = HF_CACHE
 CACHE_DIR = "/cache"
 OUTPUTS_DIR = "/outputs"                # remote engines: the job's outputs volume, until copied back
@@ -51,7 +57,8 @@ KILL_AFTER_S = 30                        # limits.max_runtime: SIGTERM, then SIG
 GRANT_DIR = "/run/gpujob-gpus"          # a rented host's GPU grants (its agent's queue writes them), read-only
 
 # The entry: read the secrets file into the environment and delete it, enforce limits.max_runtime
-# with timeout(1) when the image has it, then exec the job (so it gets the signals).
+# with timeout(1) when the image has it, then exec the job (so it gets the signals). A job given secrets
+# runs under mask.py (.mask_entry), which passes signals on and masks the secrets in what it prints.
 # A job in a rented host's GPU queue (GPUJOB_GPU_GRANT set) is started by the host's agent once it has
 # written the GPUs it gives the job: the entry makes them the job's CUDA_VISIBLE_DEVICES.
 ENTRY = f"""\
@@ -64,6 +71,13 @@ if [ -n "$GPUJOB_GPU_GRANT" ]; then
   fi
   CUDA_VISIBLE_DEVICES=$(cat "$GPUJOB_GPU_GRANT"); export CUDA_VISIBLE_DEVICES
   echo "gpujob: GPUs from the host's GPU queue: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES" >&2
+fi
+if [ -n "$GPUJOB_SECRET_NAMES" ]; then
+  if command -v python3 >/dev/null 2>&1 && [ -f {MASK_FILE} ]; then
+    set -- python3 -I -S {MASK_FILE} "$@"
+  else
+    echo "gpujob: python3 is not in the image, so a secret the job prints is not masked in its log" >&2
+  fi
 fi
 if [ -n "$GPUJOB_MAX_RUNTIME_S" ]; then
   if command -v timeout >/dev/null 2>&1; then
@@ -130,6 +144,9 @@ def plan(request: JobRequest, *, local: bool, image: str | None = None, user: tu
         "HF_HOME": f"{CACHE_DIR}/huggingface",
         "PYTHONUNBUFFERED": "1",
     }
+    names = sorted(secrets) if secrets is not None else sorted(request.secret_names)  # None: a dry run
+    if names:  # the names, never the values: the entry runs the job under mask.py, masking them
+        env[SECRET_NAMES_VAR] = ",".join(names)
     if request.deadline_s:  # limits.max_runtime, or limits.max_cost as running time if that comes first
         env["GPUJOB_MAX_RUNTIME_S"] = str(request.deadline_s)
     mounts: list[dict[str, Any]] = [
@@ -199,6 +216,8 @@ def _files(request: JobRequest, secrets: Mapping[str, str] | None, queued: bool)
     if secrets:
         body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
         files.append((SECRETS_FILE, body.encode(), 0o400))
+        files += [(MASK_FILE, Path(mask_entry.__file__).read_bytes(), 0o444),
+                  (REDACT_FILE, Path(redact.__file__).read_bytes(), 0o444)]
     if queued:  # last: the host's queue starts the container only once everything is in
         files.append((READY_FILE, b"", 0o444))
     return files

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,13 @@ def test_the_adapter_alone_loads_with_peft_onto_its_base_and_names_it(tmp_path, 
     finally:
         model._gpujob_merge = True
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == config["gpujob_base_model"] == "openai/whisper-base"
+    assert config["base_model_name_or_path"] == "openai/whisper-base"
     assert not (tmp_path / "model.safetensors").exists()
     base = WhisperForConditionalGeneration.from_pretrained(tiny_model)
-    loaded = PeftModel.from_pretrained(base, str(tmp_path)).eval()
+    with warnings.catch_warnings(record=True) as caught:  # a config peft reads without complaint
+        warnings.simplefilter("always")
+        loaded = PeftModel.from_pretrained(base, str(tmp_path)).eval()
+    assert not [str(w.message) for w in caught if "Unexpected keyword" in str(w.message)]
     features, ids = torch.randn(1, 80, 3000), torch.tensor([[50258, 50281, 50359, 50363, 400]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_features=features, decoder_input_ids=ids).logits,

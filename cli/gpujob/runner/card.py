@@ -5,7 +5,8 @@ The card's metadata is what the Hub's widgets and leaderboards read:
 
 - ``base_model``: the Hub id the fine-tune started from: ``model.checkpoint`` when it is a Hub id, else
   the id recorded in the local checkpoint's config (``gpujob_base_model``, which gpujob writes into every
-  model it saves, or ``_name_or_path`` when that is a Hub id); never a local path (omitted where unknown).
+  model it saves, ``base_model_name_or_path`` in a LoRA adapter's config, or ``_name_or_path`` when that is
+  a Hub id); never a local path (omitted where unknown).
 - ``license``: the base model's own card's licence (its README.md, in the checkpoint folder or the Hub
   cache); omitted, with a note in the body, where that card is not at hand.
 - ``eval_results``: one ``EvalResult`` per metric and eval source (task automatic-speech-recognition,

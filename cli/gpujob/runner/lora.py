@@ -15,7 +15,6 @@ stopping run as for full fine-tuning. ``training.freeze`` still applies: no adap
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,8 +128,5 @@ def save_output(folder: Path, model, processor) -> None:
         plain.save_pretrained(folder)
     else:
         save_adapter(model, folder)
-        model.generation_config.save_pretrained(folder)
-        config = json.loads((folder / ADAPTER_CONFIG).read_text())
-        config["gpujob_base_model"] = lora.base_model_name_or_path
-        (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+        model.generation_config.save_pretrained(folder)  # the base's Hub id is peft's base_model_name_or_path
     processor.save_pretrained(folder)

@@ -85,6 +85,9 @@ _LAYOUT = (
     ("cpu", "CPU", hist.UNITS["cpu_percent"], [("system", "cpu_percent", _MAIN, 1.0, "-")]),
 )
 
+# A panel's title when none of its lines is a GPU's (a job on the CPU); job.js names them the same.
+WITHOUT_GPU = {"util": "loader wait"}
+
 
 def _by_time(history: Sequence[dict[str, Any]], field: str) -> tuple[list[float], list[float]]:
     """(minutes since the run's first system sample, values) of one system field."""
@@ -128,6 +131,8 @@ def panels(runs: Sequence[Run], only: Sequence[str] | None = None) -> list[Panel
                                   steps=tuple(steps), values=tuple(v * scale for v in values),
                                   style=style, marker=marker))
         if lines:
+            if key in WITHOUT_GPU and not any(line.label.endswith(("GPU", "GPU memory")) for line in lines):
+                title = WITHOUT_GPU[key]  # a CPU job's panel is not named after a GPU it never had
             out.append(Panel(key=key, title=title, ylabel=ylabel, lines=tuple(lines),
                              xlabel=TIME_LABEL if base[0][0] == "system" else X_LABEL))
     return out

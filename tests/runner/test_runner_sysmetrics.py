@@ -159,6 +159,7 @@ def test_the_plot_draws_the_gpu_and_system_panels_and_no_gpu_panel_line_without_
     assert {"util/a · GPU", "memory/a · GPU memory", "cpu/a"} <= gids
     cpu_only = {p.key: p for p in plots.panels([plots.Run("b", gpu_history([0] * 3, [5] * 3, gpu=False))])}
     assert [line.label for line in cpu_only["util"].lines] == ["b · loader wait"]
+    assert cpu_only["util"].title == "loader wait" and util.title == "GPU utilisation, loader wait"
     assert [line.label for line in cpu_only["memory"].lines] == ["b · RSS"]
 
 

@@ -162,6 +162,7 @@ def test_the_job_page_debugs_the_run(trained, browser):
         assert {c for cs in colours.values() for c in cs} == {"#1f77b4"}  # one job: one colour everywhere
         util = [s for s in series if s["panel"] == "util"]
         assert [s["label"] for s in util] == ["loader wait"]  # no GPU series on this machine
+        assert page.locator('#chart .panel[data-panel="util"] h3').text_content() == "loader wait (%)"
 
         # the log: [progress] lines folded out until asked for
         log = page.locator("#log")

@@ -3,11 +3,16 @@
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
-  // [key, y label, x label]: the system panels (runner/sysmetrics.py's samples) against minutes
+  // [key, y label, x label(, y label with no GPU line: a CPU job's, as gpujob.plots.WITHOUT_GPU)]: the
+  // system panels (runner/sysmetrics.py's samples) against minutes
   var PANELS = [["loss", "loss", "step"], ["lr", "learning rate", "step"], ["wer", "WER (%)", "step"],
                 ["cer", "CER (%)", "step"], ["speed", "samples/s", "step"],
-                ["util", "GPU utilisation, loader wait (%)", "minutes"], ["memory", "memory (GB)", "minutes"],
-                ["cpu", "CPU (% of a core)", "minutes"]];
+                ["util", "GPU utilisation, loader wait (%)", "minutes", "loader wait (%)"],
+                ["memory", "memory (GB)", "minutes"], ["cpu", "CPU (% of a core)", "minutes"]];
+  function panelTitle(pt, lines) {
+    var gpu = lines.some(function (s) { return /(^| )GPU( memory)?$/.test(s.label); });
+    return pt[3] && !gpu ? pt[3] : pt[1];
+  }
 
   // ---- the series the chart draws, from the metric history (as gpujob.plots.panels makes them)
   function seriesFrom(points, prefix, run) {
@@ -76,14 +81,16 @@
       }));
       var div = plots[pt[0]] && plots[pt[0]].div;
       if (plots[pt[0]] && plots[pt[0]].n === lines.length) { plots[pt[0]].u.setData(data); return; }
+      var title = panelTitle(pt, lines);
       if (!div) {
         div = document.createElement("div"); div.className = "panel";
-        var h = document.createElement("h3"); h.textContent = pt[1]; div.appendChild(h); chart.appendChild(div);
+        var h = document.createElement("h3"); div.appendChild(h); chart.appendChild(div);
       } else { plots[pt[0]].u.destroy(); }
+      div.querySelector("h3").textContent = title;
       var u = new window.uPlot({
         width: panelWidth(div), height: 220,
         scales: { x: { time: false }, y: controls.log && positive(data) ? { distr: 3 } : {} },
-        axes: [{ label: pt[2] }, { label: pt[1], size: 60, values: function (u, vals) { return vals.map(tick); } }],
+        axes: [{ label: pt[2] }, { label: title, size: 60, values: function (u, vals) { return vals.map(tick); } }],
         series: [{ label: pt[2] }].concat(lines.map(function (s) {
           return { label: s.label, stroke: colour(s), width: 1.5, spanGaps: true, dash: s.dash ? [6, 4] : undefined,
                    points: { show: pt[0] === "wer" || pt[0] === "cer" || s.steps.length < 3 } };

@@ -189,7 +189,7 @@ class TrainingSection(Section):
         "Forward passes per optimizer step; effective batch = per_device_batch_size x this x GPUs."))
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description=(
         "Numeric precision; `auto` picks bf16 where the GPU supports it, else fp16; on a CPU, bf16 where a "
-        "start-up probe measures it at least 1.15x as fast as fp32 there, else fp32 (the job prints the ratio)."))
+        "start-up probe measures it at least 2.5x as fast as fp32 there (AMX), else fp32 (the job prints the ratio)."))
     gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description=(
         "Trade compute for memory; `auto` turns it on when the batch would not fit otherwise."))
     dropout: float = Field(0.0, ge=0, lt=1, description=(

@@ -229,28 +229,24 @@ def test_list_active_with_none_says_so():
 # ----------------------------------------------------------------------------- offline: one line, at once
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:  # bound, never listening, closed: connections to it are refused
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("endpoint", ["closed-port", "https://hub.nonexistent.invalid"])
 def test_check_of_a_hub_dataset_offline_fails_within_10_s_in_one_line(endpoint, tmp_path):
     """The network denied (the Hub's address a closed local port, or a name that does not resolve):
     `gpujob check` of a Hub dataset says so at once; none of huggingface_hub's retry lines."""
+    import contextlib
     import os
     import subprocess
 
-    url = f"http://127.0.0.1:{_closed_port()}" if endpoint == "closed-port" else endpoint
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE") and "PROXY" not in k.upper()}
-    env.update(HF_ENDPOINT=url, GPUJOB_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"))
-    started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "gpujob", "check", str(ROOT / "jobs" / "eval-el.yaml"), "--sample", "2"],
-                         capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
-    took = time.monotonic() - started
+    from ports import refusing_port
+
+    with refusing_port() if endpoint == "closed-port" else contextlib.nullcontext() as port:
+        url = f"http://127.0.0.1:{port}" if port else endpoint
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE") and "PROXY" not in k.upper()}
+        env.update(HF_ENDPOINT=url, GPUJOB_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"))
+        started = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "gpujob", "check", str(ROOT / "jobs" / "eval-el.yaml"),
+                              "--sample", "2"], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+        took = time.monotonic() - started
     text = out.stdout + out.stderr
     assert out.returncode == 2, text
     assert took < 10, f"took {took:.1f}s"

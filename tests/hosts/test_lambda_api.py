@@ -7,7 +7,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -29,6 +28,7 @@ from gpujob.hosts.lambda_api import (
     api_key,
 )
 from lambda_emulator import LambdaEmulator
+from ports import refusing_port
 
 KEY_NAME = "gpujob-laptop"
 
@@ -310,13 +310,11 @@ def test_an_error_without_a_json_body_shows_the_status_and_the_start_of_the_body
 
 
 def test_an_unreachable_base_url_names_it_and_suggests_the_setting(clock):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api/v1"
-    client = LambdaClient("k" * 20, url, sleep=clock.sleep, clock=clock.now, max_attempts=3)
-    with pytest.raises(LambdaError) as err:
-        client.instances()
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}/api/v1"
+        client = LambdaClient("k" * 20, url, sleep=clock.sleep, clock=clock.now, max_attempts=3)
+        with pytest.raises(LambdaError) as err:
+            client.instances()
     assert err.value.code == "client/unreachable"
     assert url in err.value.message and "connection refused" in err.value.message
     assert "tried 3 times" in err.value.message

@@ -103,22 +103,21 @@ def test_a_hub_checkpoint_is_its_own_base_model_and_its_cached_card_gives_the_li
 def test_offline_the_hub_cards_licence_is_left_out_at_once_without_retry_lines(endpoint, tmp_path, monkeypatch, capfd):
     """A Hub checkpoint whose card is not cached, the network denied: the card is written within seconds,
     its licence left out with the note; none of huggingface_hub's retry lines in the job's log."""
-    import socket
+    import contextlib
     import time
 
-    if endpoint == "closed-port":
-        with socket.socket() as s:  # bound, never listening, closed: connections to it are refused
-            s.bind(("127.0.0.1", 0))
-            endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    from ports import refusing_port
+
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     data = tmp_path / "speech"
     data.mkdir()
-    started = time.monotonic()
-    readme = write_model_card(tmp_path / "model", spec_for("openai/whisper-small", data), METRICS)
-    took = time.monotonic() - started
+    with refusing_port() if endpoint == "closed-port" else contextlib.nullcontext() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}" if port else endpoint)
+        started = time.monotonic()
+        readme = write_model_card(tmp_path / "model", spec_for("openai/whisper-small", data), METRICS)
+        took = time.monotonic() - started
     meta = metadata_load(readme)
     assert took < 10, f"took {took:.1f}s"
     assert meta["base_model"] == "openai/whisper-small" and "license" not in meta

@@ -110,15 +110,11 @@ def test_keys_the_store_refuses_are_access_denied(tmp_path, monkeypatch):
 
 
 def test_server_gone_fails_naming_the_object_after_retries(tmp_path, monkeypatch):
-    import socket
-
+    from ports import refusing_port
     from s3_server import KEYS
 
-    # a port held, bound and not listening, for the whole test: connections to it are refused, and no other
-    # server (another test worker's) can take it meanwhile, as one did to a port found free and let go
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with refusing_port() as port:
+        endpoint = f"http://127.0.0.1:{port}"
         for name, value in {**KEYS, "AWS_ENDPOINT_URL": endpoint, "GPUJOB_STORAGE_ATTEMPTS": "2"}.items():
             monkeypatch.setenv(name, value)
         src = _tree(tmp_path / "src", {"model.bin": b"m" * 10})

@@ -39,7 +39,6 @@ from typing import Any, Mapping
 from gpujob import redact
 from gpujob.backends.base import JobRequest
 from gpujob.backends.docker import mask_entry
-from gpujob.backends.docker.mask_entry import NAMES_VAR as SECRET_NAMES_VAR
 from gpujob.defaults import HF_CACHE
 from gpujob.image_names import default_image as image_for
 from gpujob.wire import (GPUS_LABEL, KIND_LABEL, MANAGED_LABEL, MANAGED_VALUE, PRIORITY_LABEL, READY_FILE,
@@ -50,6 +49,7 @@ SPEC_FILE = f"{RUN_DIR}/spec.json"
 SECRETS_FILE = f"{RUN_DIR}/secrets.env"
 MASK_FILE = f"{RUN_DIR}/mask.py"            # runs a job given secrets with them masked in its output
 REDACT_FILE = f"{RUN_DIR}/gpujob_redact.py"  # gpujob.redact, beside it
+SECRET_NAMES_VAR = mask_entry.NAMES_VAR      # the secrets' names (never values), for mask.py
 CACHE_VOLUME = HF_CACHE
 CACHE_DIR = "/cache"
 OUTPUTS_DIR = "/outputs"                # remote engines: the job's outputs volume, until copied back

@@ -30,12 +30,11 @@ import subprocess
 import sys
 import threading
 
-if __name__ == "__main__":  # in the container, run with -I: its own folder is not on the path
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-    from gpujob_redact import Redactor, StreamRedactor  # copied in beside this file
-except ImportError:  # imported as a part of gpujob
+if __package__:  # imported as a part of gpujob
     from gpujob.redact import Redactor, StreamRedactor
+else:  # the container's mask.py, run with -I: its own folder, where gpujob_redact.py is, is not on the path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gpujob_redact import Redactor, StreamRedactor
 
 NAMES_VAR = "GPUJOB_SECRET_NAMES"
 FORWARDED = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
